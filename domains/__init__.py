@@ -1,0 +1,1 @@
+"""Domain adapters over the robustkit core (filled in by their issues)."""
