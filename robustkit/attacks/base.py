@@ -1,0 +1,331 @@
+"""The attack interface and the chores every attack shares.
+
+:class:`Attack` owns input validation, the mask of attackable examples, device placement, frozen
+eval mode, pass counting and the final success check; a concrete attack only implements
+:meth:`Attack._run` on the examples it may attack, through a :class:`Problem`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustkit.errors import ConfigError, DataError, ModelError
+from robustkit.losses import LossFn, get_loss
+from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.spaces import ContinuousSpace, PerturbationSpace
+
+__all__ = ["Attack", "AttackResult", "Best", "Problem"]
+
+
+@dataclass
+class AttackResult:
+    """What every attack returns.
+
+    Attributes:
+        x_adv: adversarial inputs (a tensor, or a list of objects for discrete spaces); examples
+            outside the mask are returned unchanged.
+        success: bool per example: the returned input crosses the model's decision rule.
+        loss: the attack loss of each returned input (0 for examples not attacked).
+        attacked: bool per example: was it attacked (the mask)?
+        forward_passes: example-forward passes spent (a batch of 256 counts 256).
+        backward_passes: example-backward passes spent.
+    """
+
+    x_adv: Any
+    success: torch.Tensor
+    loss: torch.Tensor
+    attacked: torch.Tensor
+    forward_passes: int = 0
+    backward_passes: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        """Share of attacked examples on which the attack succeeded."""
+        n = int(self.attacked.sum())
+        return float(self.success[self.attacked].sum()) / n if n else 0.0
+
+
+class Problem:
+    """The attackable examples of one call and the model's view of them, with pass counting.
+
+    Attacks call :meth:`loss_grad` and :meth:`evaluate`; both take the positions (into this
+    problem's examples) of the inputs passed, so the active set may shrink as examples succeed.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[Any], Any],
+        x: Any,
+        y: torch.Tensor,
+        target: torch.Tensor | None,
+        ids: torch.Tensor,
+        loss_fn: LossFn,
+        eot: int = 1,
+    ) -> None:
+        self.model = model
+        self.x = x
+        self.y = y
+        self.target = target
+        self.ids = ids
+        self.loss_fn = loss_fn
+        self.eot = eot
+        self.forward_passes = 0
+        self.backward_passes = 0
+        self.n_classes: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def logits(self, x: Any) -> torch.Tensor:
+        """Logits of a batch, validated against the labels on first use."""
+        out = logits_of(self.model(x))
+        self.forward_passes += len(out)
+        if self.n_classes is None:
+            self._validate(out)
+        return out
+
+    def _validate(self, logits: torch.Tensor) -> None:
+        n_classes = logits.shape[1]
+        if len(self.y) and int(self.y.max()) >= n_classes:
+            raise DataError(
+                f"labels go up to {int(self.y.max())} but the model outputs {n_classes} logits: "
+                "labels must be class indices 0..C-1 matching the model's outputs"
+            )
+        if self.target is not None and len(self.target) and int(self.target.max()) >= n_classes:
+            raise DataError(f"target classes must lie in 0..{n_classes - 1}")
+        if not bool(torch.isfinite(logits).all()):
+            raise ModelError("the model returned NaN or Inf logits on the inputs: check the model and inputs")
+        self.n_classes = n_classes
+
+    def success(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Decision rule: misclassified (untargeted) or the target predicted (targeted)."""
+        pred = logits.argmax(dim=1)
+        if self.target is not None:
+            return pred == self.target[idx]
+        return pred != self.y[idx]
+
+    def loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        target = None if self.target is None else self.target[idx]
+        return self.loss_fn(logits, self.y[idx], target)
+
+    def loss_grad(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, per-example loss and the input gradient (averaged over ``eot`` samples)."""
+        grad = torch.zeros_like(x)
+        loss_sum = torch.zeros(len(x), device=x.device, dtype=x.dtype)
+        logits = None
+        for _ in range(self.eot):
+            xr = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                logits = self.logits(xr)
+                loss = self.loss(logits, idx)
+                (g,) = torch.autograd.grad(loss.sum(), xr)
+            self.backward_passes += len(x)
+            grad += torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
+            loss_sum += loss.detach()
+        assert logits is not None
+        return logits.detach(), loss_sum / self.eot, grad / self.eot
+
+    def evaluate(self, x: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and per-example loss without gradients."""
+        with torch.no_grad():
+            logits = self.logits(x)
+            return logits, self.loss(logits, idx)
+
+
+class Best:
+    """Per-example best point so far: a success beats a failure, then a higher loss wins."""
+
+    def __init__(self, x: Any, device: torch.device) -> None:
+        self.x = x.clone() if isinstance(x, torch.Tensor) else list(x)
+        n = len(x)
+        self.loss = torch.full((n,), float("-inf"), device=device)
+        self.success = torch.zeros(n, dtype=torch.bool, device=device)
+
+    def update(self, idx: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
+        """Take ``x[i]`` as the best point of example ``idx[i]`` where it beats the one held."""
+        old_s, old_l = self.success[idx], self.loss[idx]
+        better = (success & ~old_s) | ((success == old_s) & (loss > old_l))
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        self.x[idx] = torch.where(better.view(shape), x.to(self.x.dtype), self.x[idx])
+        self.loss[idx] = torch.where(better, loss.to(self.loss.dtype), old_l)
+        self.success[idx] = success | old_s
+
+
+class Attack(ABC):
+    """Base of every attack: ``attack(model, x, y, mask=..., target=...) -> AttackResult``.
+
+    Args:
+        space: the perturbation space (threat model).
+        loss: name of the loss to maximise ("ce", "margin", "dlr") or a callable.
+        targeted: if True, ``target=`` classes must be passed and success means predicting them.
+        seed: seed of the per-example random streams (random starts, restarts).
+        early_stop: stop spending work on examples that already succeeded.
+        eot: gradient samples averaged per step (expectation over transformation, for random models).
+    """
+
+    name = "attack"
+    #: True for attacks that run the model in train mode (none of the shipped ones).
+    train_mode = False
+
+    def __init__(
+        self,
+        space: PerturbationSpace,
+        *,
+        loss: str | LossFn = "ce",
+        targeted: bool = False,
+        seed: int = 0,
+        early_stop: bool = True,
+        eot: int = 1,
+    ) -> None:
+        if not isinstance(space, PerturbationSpace):
+            raise ConfigError(f"space must be a robustkit PerturbationSpace (e.g. rk.LinfBall), got {space!r}")
+        if int(eot) < 1:
+            raise ConfigError(f"eot must be >= 1, got {eot!r}")
+        self.space = space
+        self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+        self.loss_fn = get_loss(loss, targeted)
+        self.targeted = targeted
+        self.seed = int(seed)
+        self.early_stop = early_stop
+        self.eot = int(eot)
+
+    def config(self) -> dict[str, Any]:
+        """The settings that define this attack, for reports and ``metrics.json``."""
+        return {"loss": self.loss_name, "targeted": self.targeted, "eot": self.eot}
+
+    def with_space(self, space: PerturbationSpace) -> Attack:
+        """A copy of this attack over another space (another budget)."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.space = space
+        return clone
+
+    def __repr__(self) -> str:
+        settings = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({self.space!r}, {settings})"
+
+    def __call__(
+        self,
+        model: nn.Module,
+        x: Any,
+        y: torch.Tensor | Sequence[int],
+        *,
+        mask: torch.Tensor | None = None,
+        target: torch.Tensor | None = None,
+        ids: torch.Tensor | None = None,
+    ) -> AttackResult:
+        """Attack the examples selected by ``mask`` (all by default) and return an :class:`AttackResult`.
+
+        Args:
+            model: module returning logits (argmax is the decision rule).
+            x: clean inputs (a tensor for continuous spaces, a sequence of objects for discrete ones).
+            y: true class indices.
+            mask: bool per example: which examples may be attacked (the others are returned unchanged).
+            target: target classes, required when ``targeted=True``.
+            ids: int64 per example keying its random stream (default: positions in this batch).
+        """
+        device = model_device(model)
+        y_t = torch.as_tensor(y, device=device).long()
+        n = len(y_t)
+        x = self._prepare_inputs(x, n, device)
+        if y_t.dim() != 1:
+            raise DataError(f"labels must be a 1-D tensor of class indices, got shape {tuple(y_t.shape)}")
+        if n and int(y_t.min()) < 0:
+            raise DataError("labels must be class indices >= 0")
+        mask_t = self._prepare_mask(mask, n, device)
+        target_t = self._prepare_target(target, y_t, device)
+        ids_t = torch.arange(n, device=device) if ids is None else torch.as_tensor(ids, device=device).long()
+        if len(ids_t) != n:
+            raise DataError(f"ids has {len(ids_t)} entries for {n} examples")
+
+        idx = mask_t.nonzero().squeeze(1)
+        success = torch.zeros(n, dtype=torch.bool, device=device)
+        loss = torch.zeros(n, device=device)
+        if len(idx) == 0:
+            return AttackResult(self._copy(x), success, loss, mask_t)
+        sub_x = self._take(x, idx)
+        problem = Problem(
+            model, sub_x, y_t[idx], None if target_t is None else target_t[idx], ids_t[idx], self.loss_fn, self.eot
+        )
+        with frozen_eval(model, train=self.train_mode):
+            best = self._run(problem)
+            self._confirm(problem, best)
+        x_adv = self._merge(x, idx, best.x)
+        success[idx] = best.success
+        loss[idx] = best.loss.to(loss.dtype)
+        return AttackResult(
+            x_adv, success, loss, mask_t, problem.forward_passes, problem.backward_passes, self._info(problem)
+        )
+
+    # ----------------------------------------------------------------- hooks for subclasses
+    @abstractmethod
+    def _run(self, problem: Problem) -> Best:
+        """Adversarial versions of ``problem.x`` (same order), each inside the space, with the
+        success flag and loss that a forward pass on exactly that point gave."""
+
+    def _info(self, problem: Problem) -> dict[str, Any]:
+        return {}
+
+    def _confirm(self, problem: Problem, best: Best) -> None:
+        """Re-check the claimed successes with one fresh batched forward pass on the returned points.
+
+        Failures need no re-check: each returned failure is the point whose own forward pass said so.
+        """
+        idx = best.success.nonzero().squeeze(1)
+        if len(idx) == 0:
+            return
+        logits, loss = problem.evaluate(self._take(best.x, idx), idx)
+        best.success[idx] = problem.success(logits, idx)
+        best.loss[idx] = loss.to(best.loss.dtype)
+
+    # ----------------------------------------------------------------- input handling (continuous)
+    def _prepare_inputs(self, x: Any, n: int, device: torch.device) -> Any:
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"inputs must be a tensor for {type(self.space).__name__}, got {type(x).__name__}")
+        if len(x) != n:
+            raise DataError(f"got {len(x)} inputs but {n} labels: pass one label per input")
+        x = x.to(device)
+        if isinstance(self.space, ContinuousSpace):
+            self.space.check_inputs(x)
+        return x
+
+    def _take(self, x: Any, idx: torch.Tensor) -> Any:
+        return x[idx]
+
+    def _copy(self, x: Any) -> Any:
+        return x.clone()
+
+    def _merge(self, x: Any, idx: torch.Tensor, x_sub: Any) -> Any:
+        out = x.clone()
+        out[idx] = x_sub.to(out.dtype)
+        return out
+
+    @staticmethod
+    def _prepare_mask(mask: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:
+        if mask is None:
+            return torch.ones(n, dtype=torch.bool, device=device)
+        m = torch.as_tensor(mask, device=device)
+        if m.shape != (n,):
+            raise DataError(f"mask must hold one bool per example ({n}), got shape {tuple(m.shape)}")
+        return m.bool()
+
+    def _prepare_target(self, target: Any, y: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        if not self.targeted:
+            if target is not None:
+                raise ConfigError("target= was given to an untargeted attack: build it with targeted=True")
+            return None
+        if target is None:
+            raise ConfigError("a targeted attack needs target= (one class index per example)")
+        t = torch.as_tensor(target, device=device).long()
+        if t.shape != y.shape:
+            raise DataError(f"target must hold one class per example, got shape {tuple(t.shape)}")
+        if len(t) and int(t.min()) < 0:
+            raise DataError("target classes must be >= 0")
+        return t

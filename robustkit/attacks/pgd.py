@@ -1,0 +1,144 @@
+"""Projected gradient descent (Madry et al. 2018) and FGSM, over any continuous space.
+
+The gradient loop is written once here: a space says how to start, step and project.
+
+Example:
+    >>> import torch, robustkit as rk
+    >>> model = torch.nn.Linear(4, 3)
+    >>> x, y = torch.rand(8, 4), torch.randint(0, 3, (8,))
+    >>> result = rk.PGD(rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), steps=5)(model, x, y)
+    >>> bool(rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)).contains(result.x_adv, x).all())
+    True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from robustkit import _random
+from robustkit.attacks.base import Attack, Best, Problem
+from robustkit.errors import ConfigError
+from robustkit.losses import LossFn
+from robustkit.spaces import ContinuousSpace, PerturbationSpace
+
+__all__ = ["FGSM", "PGD"]
+
+
+class PGD(Attack):
+    """Projected gradient ascent on the loss from a random start, with restarts.
+
+    Args:
+        space: a continuous space (``LinfBall``, ``L2Ball`` or a domain's own).
+        steps: gradient steps per restart.
+        step_size: step length; default ``space.default_step_size(steps)`` (2.5 eps / steps).
+        restarts: random restarts, each run only on the examples still robust; the worst case is kept.
+        random_start: start from a random point of the space (else from the clean input).
+        loss, targeted, seed, early_stop, eot: see :class:`~robustkit.attacks.base.Attack`.
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        space: PerturbationSpace,
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        restarts: int = 1,
+        random_start: bool = True,
+        loss: str | LossFn = "ce",
+        targeted: bool = False,
+        seed: int = 0,
+        early_stop: bool = True,
+        eot: int = 1,
+    ) -> None:
+        super().__init__(space, loss=loss, targeted=targeted, seed=seed, early_stop=early_stop, eot=eot)
+        if not isinstance(space, ContinuousSpace):
+            raise ConfigError(f"{type(self).__name__} needs a continuous space, got {type(space).__name__}")
+        if int(steps) < 1 or int(restarts) < 1:
+            raise ConfigError(f"steps and restarts must be >= 1, got steps={steps!r}, restarts={restarts!r}")
+        if step_size is not None and not float(step_size) > 0:
+            raise ConfigError(f"step_size must be > 0, got {step_size!r}")
+        self.steps = int(steps)
+        self.restarts = int(restarts)
+        self.step_size = None if step_size is None else float(step_size)
+        self.random_start = random_start
+
+    @property
+    def cspace(self) -> ContinuousSpace:
+        assert isinstance(self.space, ContinuousSpace)
+        return self.space
+
+    def config(self) -> dict[str, Any]:
+        return {"steps": self.steps, "restarts": self.restarts, "step_size": self._alpha(), **super().config()}
+
+    def _alpha(self) -> float:
+        return self.cspace.default_step_size(self.steps) if self.step_size is None else self.step_size
+
+    def _run(self, problem: Problem) -> Best:
+        space, x = self.cspace, problem.x
+        best = Best(x, x.device)
+        alpha = self._alpha()
+        for restart in range(self.restarts):
+            todo = (~best.success).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            x0 = x[todo]
+            if self.random_start:
+                x_adv = space.init(x0, seed=_random.derive(self.seed, restart), ids=problem.ids[todo])
+            else:
+                x_adv = x0.clone()
+            active = todo
+            for t in range(self.steps + 1):
+                if t < self.steps:
+                    logits, loss, grad = problem.loss_grad(x_adv, active)
+                else:
+                    logits, loss = problem.evaluate(x_adv, active)
+                success = problem.success(logits, active)
+                best.update(active, x_adv, loss, success)
+                if t == self.steps:
+                    break
+                if self.early_stop:
+                    keep = (~success).nonzero().squeeze(1)
+                    if len(keep) == 0:
+                        break
+                    if len(keep) < len(active):
+                        active, x_adv, grad, x0 = active[keep], x_adv[keep], grad[keep], x0[keep]
+                x_adv = space.project(space.step(x_adv, grad, alpha), x0)
+        return best
+
+
+class FGSM(PGD):
+    """The fast gradient sign method: one step of size eps from the clean input (or a random start).
+
+    Example:
+        >>> import torch, robustkit as rk
+        >>> w = torch.nn.Linear(2, 2, bias=False)
+        >>> with torch.no_grad():
+        ...     _ = w.weight.copy_(torch.tensor([[1.0, -1.0], [-1.0, 1.0]]))
+        >>> rk.FGSM(rk.LinfBall(eps=0.5))(w, torch.zeros(1, 2), torch.tensor([0])).x_adv
+        tensor([[-0.5000,  0.5000]])
+    """
+
+    name = "fgsm"
+
+    def __init__(
+        self,
+        space: PerturbationSpace,
+        *,
+        step_size: float | None = None,
+        random_start: bool = False,
+        loss: str | LossFn = "ce",
+        targeted: bool = False,
+        seed: int = 0,
+        eot: int = 1,
+    ) -> None:
+        super().__init__(
+            space, steps=1, step_size=step_size, restarts=1, random_start=random_start, loss=loss,
+            targeted=targeted, seed=seed, early_stop=True, eot=eot,
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {"step_size": self._alpha(), "random_start": self.random_start, **Attack.config(self)}

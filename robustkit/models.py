@@ -1,0 +1,104 @@
+"""Model helpers: logits from any module, decision thresholds, and leaving a model as it was found.
+
+A model is any ``torch.nn.Module`` returning logits of shape (N, C); Hugging Face outputs are read
+through their ``.logits``. Binary tasks decided at an operating threshold wrap the model with
+:class:`ThresholdModel`, so that argmax equals the threshold decision and an attack's success means
+"crossed the threshold".
+
+Example:
+    >>> import torch, robustkit as rk
+    >>> net = torch.nn.Linear(3, 2)
+    >>> decided = rk.ThresholdModel(net, threshold=0.9)
+    >>> decided(torch.zeros(4, 3)).shape
+    torch.Size([4, 2])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustkit.errors import ConfigError, ModelError
+
+__all__ = ["ThresholdModel", "frozen_eval", "logits_of", "model_device"]
+
+
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits tensor of a model output: a tensor, an object with ``.logits``, or a tuple's first item."""
+    if isinstance(output, torch.Tensor):
+        logits = output
+    elif hasattr(output, "logits"):
+        logits = output.logits
+    elif isinstance(output, tuple | list) and output and isinstance(output[0], torch.Tensor):
+        logits = output[0]
+    else:
+        raise ModelError(
+            f"the model returned {type(output).__name__}, not logits: return a (N, C) tensor "
+            "or an object with a .logits attribute"
+        )
+    if logits.dim() == 1:
+        logits = logits.unsqueeze(1)
+    if logits.dim() != 2:
+        raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}: expected (N, C)")
+    if logits.shape[1] == 1:
+        logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+    return logits
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU for a module without either)."""
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def frozen_eval(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
+    """Run attacks with parameters frozen and the model in eval mode (``train=True`` keeps train mode).
+
+    On exit the model's train/eval mode of every submodule and every ``requires_grad`` flag are
+    restored exactly as found, so no gradient accumulates in parameters during an attack.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.train(train)
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+class ThresholdModel(nn.Module):
+    """Wrap a binary classifier so that argmax of its logits equals ``P(class 1) >= threshold``.
+
+    The wrapped model returns two logits (or one, taken as the class-1 logit against 0). The
+    wrapper subtracts ``log(t / (1 - t))`` from the class-1 logit; the log-odds of the decision are
+    then shifted by exactly the threshold's, so attacks judged by argmax are judged at the threshold.
+    """
+
+    def __init__(self, model: nn.Module | Callable[..., Any], threshold: float) -> None:
+        super().__init__()
+        if not 0.0 < float(threshold) < 1.0:
+            raise ConfigError(f"threshold must lie strictly between 0 and 1, got {threshold!r}")
+        self.model = model
+        self.threshold = float(threshold)
+        self.offset = math.log(self.threshold / (1.0 - self.threshold))
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        logits = logits_of(self.model(*args, **kwargs))
+        if logits.shape[1] != 2:
+            raise ModelError(f"ThresholdModel needs a binary model, got {logits.shape[1]} logits")
+        shift = torch.tensor([0.0, self.offset], dtype=logits.dtype, device=logits.device)
+        return logits - shift
