@@ -68,8 +68,10 @@ class Problem:
         ids: torch.Tensor,
         loss_fn: LossFn,
         eot: int = 1,
+        reference: torch.Tensor | None = None,
     ) -> None:
         self.model = model
+        self.reference = reference
         self.x = x
         self.y = y
         self.target = target
@@ -112,8 +114,9 @@ class Problem:
         return pred != self.y[idx]
 
     def loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        target = None if self.target is None else self.target[idx]
-        return self.loss_fn(logits, self.y[idx], target)
+        """Per-example loss; its third argument is the target class, else the ``reference`` if given."""
+        third = self.target if self.target is not None else self.reference
+        return self.loss_fn(logits, self.y[idx], None if third is None else third[idx])
 
     def loss_grad(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, per-example loss and the input gradient (averaged over ``eot`` samples)."""
@@ -220,6 +223,7 @@ class Attack(ABC):
         mask: torch.Tensor | None = None,
         target: torch.Tensor | None = None,
         ids: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
     ) -> AttackResult:
         """Attack the examples selected by ``mask`` (all by default) and return an :class:`AttackResult`.
 
@@ -230,6 +234,8 @@ class Attack(ABC):
             mask: bool per example: which examples may be attacked (the others are returned unchanged).
             target: target classes, required when ``targeted=True``.
             ids: int64 per example keying its random stream (default: positions in this batch).
+            reference: optional per-example tensor handed to the loss as its third argument
+                (for example the clean logits of the TRADES KL loss).
         """
         device = model_device(model)
         y_t = torch.as_tensor(y, device=device).long()
@@ -251,8 +257,9 @@ class Attack(ABC):
         if len(idx) == 0:
             return AttackResult(self._copy(x), success, loss, mask_t)
         sub_x = self._take(x, idx)
+        ref = None if reference is None else torch.as_tensor(reference, device=device)[idx]
         problem = Problem(
-            model, sub_x, y_t[idx], None if target_t is None else target_t[idx], ids_t[idx], self.loss_fn, self.eot
+            model, sub_x, y_t[idx], None if target_t is None else target_t[idx], ids_t[idx], self.loss_fn, self.eot, ref
         )
         with frozen_eval(model, train=self.train_mode):
             best = self._run(problem)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from robustkit import _random
 from robustkit.attacks.base import Attack, Best, Problem
 from robustkit.errors import ConfigError
@@ -35,6 +33,7 @@ class PGD(Attack):
         step_size: step length; default ``space.default_step_size(steps)`` (2.5 eps / steps).
         restarts: random restarts, each run only on the examples still robust; the worst case is kept.
         random_start: start from a random point of the space (else from the clean input).
+        init_scale: the random start is drawn from the ball of ``init_scale * budget`` (TRADES: tiny).
         loss, targeted, seed, early_stop, eot: see :class:`~robustkit.attacks.base.Attack`.
     """
 
@@ -48,6 +47,7 @@ class PGD(Attack):
         step_size: float | None = None,
         restarts: int = 1,
         random_start: bool = True,
+        init_scale: float = 1.0,
         loss: str | LossFn = "ce",
         targeted: bool = False,
         seed: int = 0,
@@ -55,6 +55,9 @@ class PGD(Attack):
         eot: int = 1,
     ) -> None:
         super().__init__(space, loss=loss, targeted=targeted, seed=seed, early_stop=early_stop, eot=eot)
+        if not 0.0 < float(init_scale) <= 1.0:
+            raise ConfigError(f"init_scale must lie in (0, 1], got {init_scale!r}")
+        self.init_scale = float(init_scale)
         if not isinstance(space, ContinuousSpace):
             raise ConfigError(f"{type(self).__name__} needs a continuous space, got {type(space).__name__}")
         if int(steps) < 1 or int(restarts) < 1:
@@ -87,7 +90,8 @@ class PGD(Attack):
                 break
             x0 = x[todo]
             if self.random_start:
-                x_adv = space.init(x0, seed=_random.derive(self.seed, restart), ids=problem.ids[todo])
+                start_space = space if self.init_scale == 1.0 else space.with_budget(space.budget * self.init_scale)
+                x_adv = start_space.init(x0, seed=_random.derive(self.seed, restart), ids=problem.ids[todo])
             else:
                 x_adv = x0.clone()
             active = todo

@@ -1,0 +1,106 @@
+"""Checkpoints that a reader never sees half-written, and that load without running code.
+
+A checkpoint is a folder ``epoch-NNNN`` holding ``model.safetensors`` (weights), ``trainer.pt``
+(optimizer, scheduler and RNG states: tensors and plain values only, loaded with
+``weights_only=True``), optional extra ``*.safetensors`` states, and ``state.json``. It is written under
+a temporary name and renamed into place; the file ``latest`` then names it, and older ones are removed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from robustkit.errors import ConfigError
+
+__all__ = ["atomic_write_text", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    epoch: int,
+    model_state: dict[str, torch.Tensor],
+    trainer_state: dict[str, Any],
+    state: dict[str, Any],
+    extra_weights: dict[str, dict[str, torch.Tensor]] | None = None,
+) -> Path:
+    """Write checkpoint ``epoch`` into ``directory`` atomically and point ``latest`` at it."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"epoch-{epoch:04d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
+    try:
+        save_file(_cpu_state(model_state), str(tmp / "model.safetensors"))
+        for key, weights in (extra_weights or {}).items():
+            save_file(_cpu_state(weights), str(tmp / f"{key}.safetensors"))
+        torch.save(trainer_state, tmp / "trainer.pt")
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=float), encoding="utf-8")
+        final = root / name
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_text(root / "latest", name + "\n")
+    for old in root.glob("epoch-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(directory: str | os.PathLike[str]) -> Path:
+    """The checkpoint folder that ``directory/latest`` names (or ``directory`` itself if it is one)."""
+    path = Path(directory)
+    if (path / "state.json").is_file():
+        return path
+    pointer = path / "latest"
+    if not pointer.is_file():
+        raise ConfigError(f"no checkpoint found in {path}: expected a 'latest' file written by a previous fit")
+    found = path / pointer.read_text(encoding="utf-8").strip()
+    if not (found / "state.json").is_file():
+        raise ConfigError(f"checkpoint {found} is incomplete: remove it and resume from an earlier run")
+    return found
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
+    """Model weights, trainer state, ``state.json`` and extra weights of the latest checkpoint.
+
+    Nothing here unpickles arbitrary objects: weights are safetensors and ``trainer.pt`` is read
+    with ``torch.load(weights_only=True)``.
+    """
+    path = latest_checkpoint(directory)
+    model_state = load_file(str(path / "model.safetensors"), device=str(device))
+    trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    extra = {
+        p.stem: load_file(str(p), device=str(device)) for p in path.glob("*.safetensors") if p.stem != "model"
+    }
+    return model_state, trainer_state, state, extra

@@ -1,0 +1,260 @@
+"""Adversarial training methods: each one computes the training loss of a batch.
+
+The loop (:class:`~robustkit.training.AdversarialTrainer`) owns everything else: the optimizer,
+schedules, checkpoints, validation. A method is a small class with :meth:`Method.loss`; pass it by
+name (``method="pgd"``) or configured (``method=rk.methods.TRADES(beta=6.0)``).
+
+Example:
+    >>> import robustkit as rk
+    >>> rk.methods.get("trades").beta
+    6.0
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustkit import losses
+from robustkit.attacks import FGSM, PGD
+from robustkit.errors import ConfigError
+from robustkit.models import logits_of
+from robustkit.spaces import ContinuousSpace
+
+__all__ = ["TRADES", "FGSMMix", "Fast", "Free", "Method", "PGDTraining", "Standard", "get"]
+
+
+@dataclass
+class Batch:
+    """What a method sees of one training batch.
+
+    Attributes:
+        model: the model, in train mode.
+        x, y: inputs and labels on the model's device.
+        space: the perturbation space at this step's budget (after warm-up).
+        attackable: bool per example: which examples may be perturbed (the others stay clean).
+        ids: per-example random-stream ids; seed: this epoch's seed.
+        class_weights: optional per-class loss weights.
+        replay: index of the replay (``Free``), else 0.
+    """
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    space: ContinuousSpace
+    attackable: torch.Tensor
+    ids: torch.Tensor
+    seed: int
+    class_weights: torch.Tensor | None = None
+    replay: int = 0
+    logits: torch.Tensor | None = field(default=None, repr=False)
+    targets: torch.Tensor | None = field(default=None, repr=False)
+
+    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy, weighted per class when class weights are set; records accuracy inputs."""
+        self.logits, self.targets = logits.detach(), y
+        return nn.functional.cross_entropy(logits, y, weight=self.class_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return logits_of(self.model(x))
+
+
+class Method:
+    """A training method: the loss of one batch, plus what the loop needs to know about it."""
+
+    #: name used in configs and reports
+    name = "method"
+    #: optimizer steps taken on each batch (``Free`` replays); epochs are divided by it
+    replays = 1
+    #: run the catastrophic-overfitting guard every epoch (``Fast``)
+    guard = False
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """The scalar training loss of a batch."""
+        raise NotImplementedError
+
+    def after_step(self, batch: Batch) -> None:
+        """Called after each optimizer step (``Free`` updates its perturbation here)."""
+
+    def config(self) -> dict[str, Any]:
+        """Settings for reports and ``config.yaml``."""
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config()})"
+
+
+class Standard(Method):
+    """Plain training on clean inputs: the baseline every report compares against."""
+
+    name = "standard"
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        return batch.criterion(batch.forward(batch.x), batch.y)
+
+
+class FGSMMix(Method):
+    """The classic recipe (Goodfellow et al. 2015): clean and FGSM batches concatenated, equal weight."""
+
+    name = "fgsm-mix"
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        x_adv = FGSM(batch.space, seed=batch.seed)(batch.model, batch.x, batch.y, mask=batch.attackable).x_adv
+        both = torch.cat([batch.x, x_adv])
+        return batch.criterion(batch.forward(both), torch.cat([batch.y, batch.y]))
+
+
+class _AdversarialCE(Method):
+    """Cross-entropy on adversarial inputs produced by an attack built per batch."""
+
+    def _attack(self, space: ContinuousSpace, seed: int) -> PGD:
+        raise NotImplementedError
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        attack = self._attack(batch.space, batch.seed)
+        x_adv = attack(batch.model, batch.x, batch.y, mask=batch.attackable, ids=batch.ids).x_adv
+        return batch.criterion(batch.forward(x_adv), batch.y)
+
+
+class Fast(_AdversarialCE):
+    """FGSM from a random start with step ``alpha`` x eps (Wong et al. 2020), guarded against
+    catastrophic overfitting: every epoch the loop checks PGD accuracy on a held-out batch and, if it
+    falls by more than ``guard_drop`` from its best, restores the best weights and stops."""
+
+    name = "fast"
+    guard = True
+
+    def __init__(self, alpha: float = 1.25, guard_drop: float = 0.2, guard_steps: int = 10) -> None:
+        if not alpha > 0 or not 0 < guard_drop <= 1 or guard_steps < 1:
+            raise ConfigError("Fast needs alpha > 0, 0 < guard_drop <= 1 and guard_steps >= 1")
+        self.alpha, self.guard_drop, self.guard_steps = float(alpha), float(guard_drop), int(guard_steps)
+
+    def _attack(self, space: ContinuousSpace, seed: int) -> PGD:
+        return PGD(space, steps=1, step_size=self.alpha * space.budget, seed=seed, early_stop=False)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "alpha": self.alpha, "guard_drop": self.guard_drop, "guard_steps": self.guard_steps}
+
+
+class PGDTraining(_AdversarialCE):
+    """Madry et al. (2018): cross-entropy on PGD examples from a random start."""
+
+    name = "pgd"
+
+    def __init__(self, steps: int = 10, step_size: float | None = None) -> None:
+        if steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {steps!r}")
+        self.steps, self.step_size = int(steps), step_size
+
+    def _attack(self, space: ContinuousSpace, seed: int) -> PGD:
+        return PGD(space, steps=self.steps, step_size=self.step_size, seed=seed, early_stop=False)
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "steps": self.steps, "step_size": self.step_size}
+
+
+class TRADES(Method):
+    """Zhang et al. (2019): CE(f(x), y) + beta * KL(f(x) || f(x')), with x' maximising the KL term
+    by PGD from a tiny random start (the inner maximisation is on the KL, as in the paper)."""
+
+    name = "trades"
+
+    def __init__(self, beta: float = 6.0, steps: int = 10, step_size: float | None = None) -> None:
+        if beta < 0 or steps < 1:
+            raise ConfigError("TRADES needs beta >= 0 and steps >= 1")
+        self.beta, self.steps, self.step_size = float(beta), int(steps), step_size
+
+    @staticmethod
+    def _kl_loss(logits: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None) -> torch.Tensor:
+        assert clean_logits is not None
+        return losses.kl(logits, clean_logits)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        model = batch.model
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            clean_ref = batch.forward(batch.x)
+        model.train(was_training)
+        step = self.step_size if self.step_size is not None else batch.space.default_step_size(self.steps)
+        attack = PGD(
+            batch.space, steps=self.steps, step_size=step, init_scale=1e-3 if batch.space.budget > 0 else 1.0,
+            loss=self._kl_loss, seed=batch.seed, early_stop=False,
+        )
+        x_adv = attack(model, batch.x, batch.y, mask=batch.attackable, ids=batch.ids, reference=clean_ref).x_adv
+        logits_clean = batch.forward(batch.x)
+        logits_adv = batch.forward(x_adv)
+        natural = batch.criterion(logits_clean, batch.y)
+        robust = losses.kl(logits_adv, logits_clean).mean()
+        batch.logits = logits_adv.detach()
+        return natural + self.beta * robust
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "beta": self.beta, "steps": self.steps, "step_size": self.step_size}
+
+
+class Free(Method):
+    """Shafahi et al. (2019): each batch is replayed ``replays`` times; one train-mode backward pass
+    gives both the parameter gradient and the input gradient, which updates a perturbation carried
+    over from batch to batch. Its attack runs in train mode: that shared pass is the method's point.
+    The loop divides the number of epochs by ``replays`` so the optimizer steps stay comparable."""
+
+    name = "free"
+
+    def __init__(self, replays: int = 4) -> None:
+        if replays < 1:
+            raise ConfigError(f"replays must be >= 1, got {replays!r}")
+        self.replays = int(replays)
+        self._delta: torch.Tensor | None = None
+        self._x_adv: torch.Tensor | None = None
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        x = batch.x
+        if self._delta is None or self._delta.shape[1:] != x.shape[1:]:
+            self._delta = torch.zeros_like(x)
+        delta = self._delta[: len(x)]
+        if len(delta) < len(x):
+            delta = torch.cat([delta, torch.zeros_like(x[len(delta):])])
+        x_adv = batch.space.project(x + delta * batch.attackable.view(-1, *[1] * (x.dim() - 1)), x)
+        self._x_adv = x_adv.detach().requires_grad_(True)
+        return batch.criterion(batch.forward(self._x_adv), batch.y)
+
+    def after_step(self, batch: Batch) -> None:
+        assert self._x_adv is not None
+        grad = self._x_adv.grad
+        if grad is None:
+            return
+        keep = batch.attackable.view(-1, *[1] * (grad.dim() - 1))
+        moved = batch.space.project(batch.space.step(self._x_adv.detach(), grad, batch.space.budget), batch.x)
+        self._delta = (moved - batch.x) * keep
+        self._x_adv = None
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "replays": self.replays}
+
+
+_METHODS: dict[str, type[Method]] = {
+    "standard": Standard,
+    "fgsm-mix": FGSMMix,
+    "fast": Fast,
+    "pgd": PGDTraining,
+    "trades": TRADES,
+    "free": Free,
+}
+
+#: names accepted by ``method=``
+NAMES = tuple(_METHODS)
+
+
+def get(method: str | Method, **options: Any) -> Method:
+    """The method called ``method`` (configured with ``options``), or ``method`` itself if configured."""
+    if isinstance(method, Method):
+        if options:
+            raise ConfigError("options were given with an already configured method object")
+        return method
+    if method not in _METHODS:
+        raise ConfigError(f"unknown training method {method!r}: choose one of {', '.join(NAMES)}")
+    return _METHODS[method](**options)

@@ -1,0 +1,421 @@
+"""The adversarial training loop, written once for every method and every domain.
+
+Example:
+    >>> import torch, robustkit as rk
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> x, y = rk.datasets.robust_nonrobust(256, seed=0)
+    >>> model = torch.nn.Sequential(torch.nn.Linear(66, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    >>> space = rk.LinfBall(eps=0.25, bounds=rk.datasets.TOY_BOUNDS)
+    >>> trainer = rk.AdversarialTrainer(model, space, method="pgd", progress=False)
+    >>> history = trainer.fit(DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True), epochs=1)
+    >>> list(history["epoch"])
+    [1]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustkit import _random
+from robustkit.attacks import PGD, Attack
+from robustkit.errors import ConfigError, DataError
+from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.spaces import ContinuousSpace
+from robustkit.training import methods as methods_mod
+from robustkit.training.callbacks import Callback
+from robustkit.training.checkpoint import load_checkpoint, save_checkpoint
+from robustkit.training.methods import Batch, Method
+
+__all__ = ["AdversarialTrainer"]
+
+log = logging.getLogger("robustkit")
+
+AttackableFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(batch, dict):
+        return batch["x"], batch["y"]
+    if isinstance(batch, Sequence) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise DataError("each batch must be (inputs, labels) or a dict with 'x' and 'y'")
+
+
+class AdversarialTrainer:
+    """Train ``model`` to resist perturbations from ``space`` with a training ``method``.
+
+    Args:
+        model: any ``nn.Module`` returning logits.
+        space: the continuous perturbation space at the full training budget.
+        method: a name (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``, ``free``) or a
+            configured :class:`~robustkit.training.methods.Method`.
+        optimizer: a torch optimizer over the model's parameters (default Adam, lr 1e-3).
+        scheduler: optional LR scheduler, stepped every epoch or every optimizer step (``scheduler_interval``).
+        eps_warmup: epochs over which the budget grows linearly from 0 to ``space.budget`` (per batch).
+        class_weights: per-class loss weights, ``"balanced"`` (from the training labels), or None.
+        attackable: optional function ``(x, y) -> bool mask`` of the examples that may be perturbed.
+        val_attack: attack for robust validation accuracy (default PGD-10 over ``space``).
+        select_best: at the end, restore the weights with the best robust validation accuracy.
+        checkpoint_dir: folder for a checkpoint after every epoch (needed by ``fit(resume=...)``).
+        callbacks: :class:`~robustkit.training.callbacks.Callback` objects.
+        seed: seeds the data order and every attack's per-example random streams.
+        device: where to train (default: the model's device).
+        amp: ``"bf16"`` or ``"fp16"`` for ``torch.autocast`` on CUDA; ignored on CPU. ``"auto"`` picks bf16 on CUDA.
+        progress: show tqdm bars (default: when stderr is a terminal).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: ContinuousSpace,
+        method: str | Method = "pgd",
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        scheduler: Any = None,
+        scheduler_interval: str = "epoch",
+        eps_warmup: float = 0.0,
+        class_weights: torch.Tensor | Sequence[float] | str | None = None,
+        attackable: AttackableFn | None = None,
+        val_attack: Attack | None = None,
+        select_best: bool = True,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        callbacks: Iterable[Callback] = (),
+        seed: int = 0,
+        device: str | torch.device | None = None,
+        amp: str | None = "auto",
+        progress: bool | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(space, ContinuousSpace):
+            raise ConfigError("AdversarialTrainer needs a continuous space such as rk.LinfBall or rk.L2Ball")
+        if scheduler_interval not in ("epoch", "step"):
+            raise ConfigError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
+        if not (isinstance(eps_warmup, int | float) and math.isfinite(eps_warmup) and eps_warmup >= 0):
+            raise ConfigError(f"eps_warmup must be a number of epochs >= 0, got {eps_warmup!r}")
+        if amp not in (None, "auto", "bf16", "fp16"):
+            raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {amp!r}")
+        self.device = torch.device(device) if device is not None else model_device(model)
+        self.model = model.to(self.device)
+        self.space = space
+        self.method = methods_mod.get(method)
+        self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.eps_warmup = float(eps_warmup)
+        self._class_weights_arg = class_weights
+        self.class_weights: torch.Tensor | None = None
+        self.attackable = attackable
+        self.val_attack = val_attack or PGD(space, steps=10, seed=seed)
+        self.select_best = select_best
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.callbacks = list(callbacks)
+        self.seed = int(seed)
+        self.amp = amp
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.history: list[dict[str, Any]] = []
+        self.epoch = 0
+        self.global_step = 0
+        self.stop_training = False
+        self.best_score: float | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._guard_best: float | None = None
+        self._guard_state: dict[str, torch.Tensor] | None = None
+        self._scaler: Any = None
+        self._n_classes = 0
+
+    # ----------------------------------------------------------------- public API
+    def fit(
+        self,
+        train_loader: Iterable[Any],
+        epochs: int,
+        val_loader: Iterable[Any] | None = None,
+        resume: str | os.PathLike[str] | None = None,
+    ) -> pd.DataFrame:
+        """Train for ``epochs`` epochs (divided by the method's replays) and return the history.
+
+        With ``resume`` (a checkpoint folder written by an earlier fit with the same settings),
+        training continues after the last completed epoch and runs only the remaining steps.
+        """
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
+        total_epochs = max(1, math.ceil(epochs / self.method.replays))
+        probe = self._probe(train_loader)
+        if val_loader is not None:
+            self._probe(val_loader)
+        self._setup_class_weights(train_loader)
+        guard_batch = self._guard_batch(val_loader, probe) if self.method.guard else None
+        if resume is not None:
+            self._restore(resume)
+        else:
+            torch.manual_seed(self.seed)
+            random.seed(self.seed)
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        self.stop_training = False
+        while self.epoch < total_epochs and not self.stop_training:
+            record = self._train_epoch(train_loader, total_epochs)
+            record.update(self._validate(val_loader))
+            if guard_batch is not None:
+                record.update(self._check_guard(guard_batch))
+            self._select(record)
+            self.history.append(record)
+            if self.checkpoint_dir is not None:
+                self._save(total_epochs)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, record)
+        if self.select_best and self._best_state is not None and not self._guard_fired():
+            self.model.load_state_dict(self._best_state)
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
+        return self.history_frame()
+
+    def history_frame(self) -> pd.DataFrame:
+        """Per-epoch training and validation figures as a DataFrame."""
+        return pd.DataFrame(self.history)
+
+    # ----------------------------------------------------------------- checks before work
+    def _probe(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            first = next(iter(loader))
+        except StopIteration:
+            raise DataError("the data loader is empty: give it at least one batch") from None
+        x, y = _unpack(first)
+        x, y = x.to(self.device), torch.as_tensor(y, device=self.device)
+        if torch.is_floating_point(y) or y.dim() != 1:
+            raise DataError("labels must be a 1-D tensor of integer class indices")
+        self.space.check_inputs(x)
+        with frozen_eval(self.model), torch.no_grad():
+            logits = logits_of(self.model(x))
+        if logits.shape[0] != len(y):
+            raise DataError(f"the model returned {logits.shape[0]} rows for a batch of {len(y)}")
+        if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
+            raise DataError(
+                f"labels span {int(y.min())}..{int(y.max())} but the model outputs {logits.shape[1]} classes: "
+                "labels must be class indices 0..C-1 matching the model's output"
+            )
+        self._n_classes = logits.shape[1]
+        return x, y.long()
+
+    def _setup_class_weights(self, loader: Iterable[Any]) -> None:
+        cw = self._class_weights_arg
+        if cw is None:
+            self.class_weights = None
+            return
+        if isinstance(cw, str):
+            if cw != "balanced":
+                raise ConfigError(f"class_weights must be a list of weights or 'balanced', got {cw!r}")
+            counts = torch.zeros(self._n_classes)
+            for batch in loader:
+                counts += torch.bincount(torch.as_tensor(_unpack(batch)[1]).long().cpu(), minlength=self._n_classes)
+            weights = counts.sum() / (self._n_classes * counts.clamp_min(1))
+        else:
+            weights = torch.as_tensor(cw, dtype=torch.float32)
+            if weights.shape != (self._n_classes,) or bool((weights < 0).any()):
+                raise ConfigError(f"class_weights needs {self._n_classes} non-negative weights, got {cw!r}")
+        self.class_weights = weights.to(self.device)
+
+    # ----------------------------------------------------------------- one epoch
+    def _budget(self, epoch: int, fraction: float) -> float:
+        if self.eps_warmup <= 0:
+            return self.space.budget
+        return self.space.budget * min(1.0, (epoch + fraction) / self.eps_warmup)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.device.type != "cuda" or self.amp is None:
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
+        if self.amp == "fp16" and self._scaler is None:
+            self._scaler = torch.amp.GradScaler("cuda")
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _train_epoch(self, loader: Iterable[Any], total_epochs: int) -> dict[str, Any]:
+        epoch = self.epoch
+        start = time.perf_counter()
+        self.model.train()
+        n_batches = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        seed = _random.derive(self.seed, epoch)
+        seen = 0
+        loss_sum, correct, counted = 0.0, 0.0, 0
+        bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not self.progress,
+                   leave=False)
+        for i, raw in enumerate(bar):
+            x, y = _unpack(raw)
+            x, y = x.to(self.device), torch.as_tensor(y, device=self.device).long()
+            fraction = i / n_batches if n_batches else 0.0
+            space = self.space.with_budget(self._budget(epoch, fraction))
+            attackable = (
+                torch.ones(len(y), dtype=torch.bool, device=self.device)
+                if self.attackable is None
+                else torch.as_tensor(self.attackable(x, y), device=self.device).bool()
+            )
+            ids = torch.arange(seen, seen + len(y), device=self.device)
+            seen += len(y)
+            batch = Batch(self.model, x, y, space, attackable, ids, seed, self.class_weights)
+            for replay in range(self.method.replays):
+                batch.replay = replay
+                loss = self._step(batch)
+                loss_sum += float(loss) * len(y)
+                counted += len(y)
+                if batch.logits is not None and batch.targets is not None:
+                    correct += float((batch.logits.argmax(1) == batch.targets).float().mean()) * len(y)
+                for cb in self.callbacks:
+                    cb.on_step_end(self, float(loss))
+            bar.set_postfix(loss=f"{loss_sum / max(counted, 1):.4f}")
+        if counted == 0:
+            raise DataError("the training loader yielded no batch in this epoch")
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        self.epoch += 1
+        return {
+            "epoch": self.epoch,
+            "eps": self._budget(epoch, 1.0),
+            "lr": float(self.optimizer.param_groups[0]["lr"]),
+            "train_loss": loss_sum / counted,
+            "train_accuracy": correct / counted,
+            "train_seconds": time.perf_counter() - start,
+        }
+
+    def _step(self, batch: Batch) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = self.method.loss(batch)
+        if not torch.isfinite(loss):
+            raise DataError(
+                f"the training loss became {float(loss)} at step {self.global_step}: lower the learning rate "
+                "or check the inputs for extreme values"
+            )
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+        self.method.after_step(batch)
+        self.global_step += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        return loss.detach()
+
+    # ----------------------------------------------------------------- validation and selection
+    def _robust_accuracy(self, data: Any, attack: Attack) -> tuple[float, float]:
+        from robustkit.evaluation import evaluate
+
+        report = evaluate(
+            self.model, data, self.space, attacks=[attack], mask=self.attackable, checks=False, seed=self.seed
+        )
+        return report.clean_accuracy, report.robust_accuracy["worst"]
+
+    def _validate(self, val_loader: Iterable[Any] | None) -> dict[str, Any]:
+        if val_loader is None:
+            return {}
+        start = time.perf_counter()
+        clean, robust = self._robust_accuracy(val_loader, self.val_attack)
+        return {"val_clean_accuracy": clean, "val_robust_accuracy": robust, "val_seconds": time.perf_counter() - start}
+
+    def _select(self, record: dict[str, Any]) -> None:
+        score = record.get("val_robust_accuracy")
+        if score is None or (self.best_score is not None and score <= self.best_score):
+            return
+        self.best_score = float(score)
+        record["best"] = True
+        self._best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+
+    def _guard_batch(
+        self, val_loader: Iterable[Any] | None, probe: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if val_loader is None:
+            return probe
+        x, y = _unpack(next(iter(val_loader)))
+        return x.to(self.device), torch.as_tensor(y, device=self.device).long()
+
+    def _check_guard(self, guard_batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
+        method = self.method
+        drop = float(getattr(method, "guard_drop", 0.2))
+        steps = int(getattr(method, "guard_steps", 10))
+        _, acc = self._robust_accuracy(guard_batch, PGD(self.space, steps=steps, seed=self.seed))
+        record: dict[str, Any] = {"guard_robust_accuracy": acc, "guard_fired": False}
+        if self._guard_best is None or acc > self._guard_best:
+            self._guard_best = acc
+            self._guard_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        elif acc < self._guard_best - drop:
+            assert self._guard_state is not None
+            log.warning(
+                "catastrophic overfitting: PGD accuracy on the held-out batch fell from %.3f to %.3f; "
+                "restoring the best weights and stopping", self._guard_best, acc,
+            )
+            self.model.load_state_dict(self._guard_state)
+            record["guard_fired"] = True
+            self.stop_training = True
+        return record
+
+    def _guard_fired(self) -> bool:
+        return any(r.get("guard_fired") for r in self.history)
+
+    # ----------------------------------------------------------------- checkpoints
+    def _save(self, total_epochs: int) -> None:
+        assert self.checkpoint_dir is not None
+        trainer_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self._scaler.state_dict() if self._scaler is not None else None,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python_rng": random.getstate(),
+        }
+        state = {
+            "epoch": self.epoch,
+            "global_step": self.global_step,
+            "total_epochs": total_epochs,
+            "method": self.method.config(),
+            "best_score": self.best_score,
+            "guard_best": self._guard_best,
+            "history": self.history,
+        }
+        extra = {}
+        if self._best_state is not None:
+            extra["best"] = self._best_state
+        if self._guard_state is not None:
+            extra["guard_best"] = self._guard_state
+        save_checkpoint(self.checkpoint_dir, self.epoch, self.model.state_dict(), trainer_state, state, extra)
+
+    def _restore(self, directory: str | os.PathLike[str]) -> None:
+        model_state, trainer_state, state, extra = load_checkpoint(directory, self.device)
+        if state.get("method", {}).get("name") != self.method.name:
+            raise ConfigError(
+                f"the checkpoint was written by method {state.get('method')!r}, not {self.method.name!r}: "
+                "resume with the same method"
+            )
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(trainer_state["optimizer"])
+        if self.scheduler is not None and trainer_state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(trainer_state["scheduler"])
+        torch.set_rng_state(trainer_state["torch_rng"])
+        if trainer_state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
+        py_state = trainer_state["python_rng"]
+        random.setstate((py_state[0], tuple(py_state[1]), py_state[2]))
+        self.epoch = int(state["epoch"])
+        self.global_step = int(state["global_step"])
+        self.best_score = state.get("best_score")
+        self._guard_best = state.get("guard_best")
+        self.history = list(state.get("history", []))
+        self._best_state = extra.get("best")
+        self._guard_state = extra.get("guard_best")
+        log.info("resumed from %s after epoch %d (step %d)", directory, self.epoch, self.global_step)

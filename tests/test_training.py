@@ -1,0 +1,220 @@
+"""The training loop and its methods on the built-in robust/non-robust problem."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+import robustkit as rk
+from robustkit.datasets import TOY_BOUNDS, TOY_EPS, robust_nonrobust
+
+SPACE = rk.LinfBall(eps=TOY_EPS, bounds=TOY_BOUNDS)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict[str, torch.Tensor]:
+    x, y = robust_nonrobust(2000, seed=0)
+    xt, yt = robust_nonrobust(1000, seed=1)
+    return {"x": x, "y": y, "xt": xt, "yt": yt}
+
+
+def make_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(66, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+
+
+def loader(data: dict[str, torch.Tensor], batch_size: int = 128) -> DataLoader:
+    return DataLoader(TensorDataset(data["x"], data["y"]), batch_size=batch_size, shuffle=True)
+
+
+def robust_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    result = rk.PGD(SPACE, steps=20)(model, x, y)
+    with torch.no_grad():
+        return float((model(result.x_adv).argmax(1) == y).float().mean())
+
+
+def train(data: dict[str, torch.Tensor], method: str | rk.methods.Method, epochs: int = 8, **kw) -> torch.nn.Module:
+    model = make_model()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    rk.AdversarialTrainer(model, SPACE, method=method, optimizer=opt, progress=False, **kw).fit(
+        loader(data), epochs=epochs
+    )
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def standard_robust(data: dict[str, torch.Tensor]) -> float:
+    return robust_accuracy(train(data, "standard"), data["xt"], data["yt"])
+
+
+@pytest.mark.parametrize("method", ["fgsm-mix", "fast", "pgd", "trades", "free"])
+def test_every_method_beats_standard_under_pgd(data, standard_robust, method):
+    model = train(data, method)
+    margin = 0.2 if method in ("pgd", "trades") else 0.1
+    assert robust_accuracy(model, data["xt"], data["yt"]) > standard_robust + margin
+
+
+def test_standard_model_is_not_robust_on_the_toy_problem(data, standard_robust):
+    model = train(data, "standard")
+    with torch.no_grad():
+        clean = float((model(data["xt"]).argmax(1) == data["yt"]).float().mean())
+    assert clean > 0.9
+    assert standard_robust < clean - 0.3
+
+
+def test_trades_maximises_kl_not_cross_entropy(data):
+    """The inner loss of TRADES is KL to the clean prediction: its attack must raise the KL."""
+    model = train(data, "standard", epochs=2)
+    x, y = data["xt"][:200], data["yt"][:200]
+    with torch.no_grad():
+        clean = model(x)
+    attack = rk.PGD(SPACE, steps=5, init_scale=1e-3, loss=rk.methods.TRADES._kl_loss, early_stop=False)
+    x_adv = attack(model, x, y, reference=clean).x_adv
+    with torch.no_grad():
+        kl = rk.losses.kl(model(x_adv), clean)
+    assert float(kl.mean()) > 0.05
+    assert bool(SPACE.contains(x_adv, x).all())
+
+
+class StepCounter(rk.Callback):
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def on_step_end(self, trainer, loss):
+        self.steps += 1
+
+
+class StopAfter(rk.Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, trainer, record):
+        trainer.stop_training = record["epoch"] >= self.epoch
+
+
+def test_resume_runs_only_the_remaining_steps_and_matches_an_uninterrupted_run(data, tmp_path):
+    small = {"x": data["x"][:512], "y": data["y"][:512]}
+    steps_per_epoch = 4
+
+    def run(callbacks, ckpt, resume=None):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.7)
+        trainer = rk.AdversarialTrainer(
+            model, SPACE, method="pgd", optimizer=opt, scheduler=sched, checkpoint_dir=ckpt,
+            callbacks=callbacks, progress=False, seed=3,
+        )
+        trainer.fit(loader(small, batch_size=128), epochs=4, resume=resume)
+        return model, trainer
+
+    full, _ = run([], tmp_path / "full")
+    run([StopAfter(2)], tmp_path / "cut")
+    counter = StepCounter()
+    resumed, trainer = run([counter], tmp_path / "cut", resume=tmp_path / "cut")
+    assert counter.steps == 2 * steps_per_epoch
+    assert trainer.global_step == 4 * steps_per_epoch
+    assert [r["epoch"] for r in trainer.history] == [1, 2, 3, 4]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_catastrophic_overfitting_guard_restores_the_best_weights(data):
+    snapshots: dict[int, dict[str, torch.Tensor]] = {}
+
+    class Collapse(rk.Callback):
+        """Destroy robustness at the last step of epoch 3, then record each epoch's weights."""
+
+        def on_step_end(self, trainer, loss):
+            if trainer.global_step == 3 * 16:
+                with torch.no_grad():
+                    first = trainer.model[0].weight
+                    first[:, :2] = 0.0
+                    first[:, 2:] *= 20.0
+
+        def on_epoch_end(self, trainer, record):
+            snapshots[record["epoch"]] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    model = make_model()
+    trainer = rk.AdversarialTrainer(
+        model, SPACE, method=rk.methods.Fast(), optimizer=torch.optim.Adam(model.parameters(), lr=3e-3),
+        callbacks=[Collapse()], progress=False,
+    )
+    history = trainer.fit(loader(data), epochs=6)
+    assert list(history["guard_fired"]) == [False, False, True]
+    best_epoch = int(history["guard_robust_accuracy"][:2].idxmax()) + 1
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, snapshots[best_epoch][k]), k
+
+
+def test_eps_warmup_and_class_weights(data):
+    model = make_model()
+    trainer = rk.AdversarialTrainer(model, SPACE, method="pgd", eps_warmup=2, class_weights="balanced", progress=False)
+    history = trainer.fit(loader(data), epochs=3)
+    assert list(history["eps"]) == pytest.approx([TOY_EPS / 2, TOY_EPS, TOY_EPS])
+    assert trainer.class_weights is not None and torch.allclose(trainer.class_weights, torch.ones(3), atol=0.01)
+
+
+def test_attackable_mask_leaves_other_examples_clean(data):
+    """With only class 0 attackable, PGD training must not perturb the other classes."""
+    seen: list[torch.Tensor] = []
+
+    class Spy(rk.methods.PGDTraining):
+        def loss(self, batch):
+            seen.append(batch.attackable.clone())
+            attack = self._attack(batch.space, batch.seed)
+            result = attack(batch.model, batch.x, batch.y, mask=batch.attackable, ids=batch.ids)
+            assert torch.equal(result.x_adv[~batch.attackable], batch.x[~batch.attackable])
+            return batch.criterion(batch.forward(result.x_adv), batch.y)
+
+    trainer = rk.AdversarialTrainer(make_model(), SPACE, method=Spy(steps=2), attackable=lambda x, y: y == 0,
+                                    progress=False)
+    trainer.fit(loader(data), epochs=1)
+    assert seen and all(m.any() and not m.all() for m in seen)
+
+
+def test_training_leaves_no_gradient_in_inputs_and_restores_train_mode_after_attacks(data):
+    model = make_model()
+    model.train()
+    trainer = rk.AdversarialTrainer(model, SPACE, method="trades", progress=False)
+    trainer.fit(loader({"x": data["x"][:256], "y": data["y"][:256]}), epochs=1)
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fit_kwargs", "error"),
+    [
+        ({"method": "nope"}, {}, rk.ConfigError),
+        ({"eps_warmup": -1}, {}, rk.ConfigError),
+        ({"class_weights": [1.0, 2.0]}, {}, rk.ConfigError),
+        ({}, {"epochs": 0}, rk.ConfigError),
+    ],
+)
+def test_bad_settings_are_refused_before_training(data, kwargs, fit_kwargs, error):
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(error):
+        trainer = rk.AdversarialTrainer(model, SPACE, progress=False, **kwargs)
+        trainer.fit(loader(data), **{"epochs": 1, **fit_kwargs})
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "match"),
+    [
+        (torch.full((8, 66), 9.0), torch.zeros(8, dtype=torch.long), "outside the space's bounds"),
+        (torch.full((8, 66), float("nan")), torch.zeros(8, dtype=torch.long), "NaN"),
+        (torch.zeros(8, 66), torch.full((8,), 5, dtype=torch.long), "labels span"),
+    ],
+)
+def test_bad_data_is_refused_before_training(x, y, match):
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(rk.DataError, match=match):
+        rk.AdversarialTrainer(model, SPACE, progress=False).fit(DataLoader(TensorDataset(x, y), batch_size=4), 1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_empty_loader_is_refused():
+    with pytest.raises(rk.DataError, match="empty"):
+        rk.AdversarialTrainer(make_model(), SPACE, progress=False).fit([], epochs=1)
