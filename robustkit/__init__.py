@@ -8,32 +8,44 @@ Example:
     torch.Size([5, 4])
 """
 
-from robustkit import losses
-from robustkit.attacks import FGSM, PGD, Attack, AttackResult
+from robustkit import datasets, losses
+from robustkit.attacks import APGD, FGSM, PGD, Attack, AttackResult, DiscreteSearch, Ensemble, RandomSearch
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
+from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, Edit, L2Ball, LinfBall, PerturbationSpace
+from robustkit.training import AdversarialTrainer, Callback, methods
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "APGD",
     "FGSM",
     "PGD",
+    "AdversarialTrainer",
     "Attack",
     "AttackResult",
+    "Callback",
     "ConfigError",
     "ContinuousSpace",
     "DataError",
+    "DiscreteSearch",
     "DiscreteSpace",
     "Edit",
+    "Ensemble",
     "L2Ball",
     "LinfBall",
     "ModelError",
     "PerturbationSpace",
+    "RandomSearch",
     "RobustkitError",
+    "RobustnessReport",
     "ThresholdModel",
     "__version__",
+    "datasets",
+    "evaluate",
     "frozen_eval",
     "logits_of",
     "losses",
+    "methods",
 ]

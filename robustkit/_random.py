@@ -46,10 +46,18 @@ def normal(seed: int, ids: torch.Tensor, shape: tuple[int, ...], dtype: torch.dt
     return (torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)).to(dtype)
 
 
+def _fmix32_int(h: int) -> int:
+    """:func:`_fmix32` on a plain Python integer."""
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _MASK32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
 def derive(seed: int, *parts: int) -> int:
     """A new 32-bit seed derived from ``seed`` and integer parts (epoch, restart, ...)."""
     h = seed & _MASK32
     for p in parts:
-        t = _fmix32(torch.tensor((h ^ ((p * 0x9E3779B1) & _MASK32)) & _MASK32, dtype=torch.int64))
-        h = int(t.item())
+        h = _fmix32_int((h ^ ((p * 0x9E3779B1) & _MASK32)) & _MASK32)
     return h

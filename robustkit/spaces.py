@@ -83,8 +83,8 @@ class ContinuousSpace(PerturbationSpace):
         self.eps = _check_budget(eps, "eps")
         if not isinstance(bounds, tuple | list) or len(bounds) != 2:
             raise ConfigError(f"bounds must be a (low, high) pair, got {bounds!r}")
-        low = torch.as_tensor(bounds[0], dtype=torch.float32)
-        high = torch.as_tensor(bounds[1], dtype=torch.float32)
+        low = torch.as_tensor(bounds[0], dtype=torch.float64)
+        high = torch.as_tensor(bounds[1], dtype=torch.float64)
         if torch.isnan(low).any() or torch.isnan(high).any():
             raise ConfigError("bounds contain NaN: give finite numbers or +-inf for an open side")
         try:
@@ -137,6 +137,16 @@ class ContinuousSpace(PerturbationSpace):
             above = x > high + self.atol
         except RuntimeError as exc:
             raise DataError(f"bounds do not broadcast to the inputs' shape {tuple(x.shape)}: {exc}") from None
+        if self.mask is not None:
+            try:
+                fits = torch.broadcast_shapes(self.mask.shape, x.shape[1:]) == x.shape[1:]
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise DataError(
+                    f"mask of shape {tuple(self.mask.shape)} does not fit one example of shape "
+                    f"{tuple(x.shape[1:])}: pass a bool mask broadcastable to one example's shape"
+                )
         if bool(below.any()) or bool(above.any()):
             lo_v, hi_v = float(x.min()), float(x.max())
             hint = " (pixels in 0-255? divide by 255)" if hi_v > 1.5 and float(high.max()) <= 1.0 else ""
@@ -298,8 +308,11 @@ class L2Ball(ContinuousSpace):
 
     def _ball_sample(self, shape: tuple[int, ...], seed: int, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         direction = self._sphere_sample(shape, seed, ids, dtype)
-        u = _random.uniform(_random.derive(seed, 1), ids, (1,), dtype).reshape(-1, *([1] * len(shape)))
-        return direction * u ** (1.0 / self._n_free(shape))
+        # the root in float64: float32 pow rounds differently in vectorised and scalar code paths,
+        # which would make an example's start depend on its position in the batch
+        u = _random.uniform(_random.derive(seed, 1), ids, (1,), torch.float64)
+        radius = (u ** (1.0 / self._n_free(shape))).to(dtype)
+        return direction * radius.reshape(-1, *([1] * len(shape)))
 
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.flatten(1).norm(dim=1)

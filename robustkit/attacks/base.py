@@ -81,6 +81,8 @@ class Problem:
         self.forward_passes = 0
         self.backward_passes = 0
         self.n_classes: int | None = None
+        #: diagnostics an attack records for this call (returned as ``AttackResult.info``)
+        self.info: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return len(self.y)
@@ -146,7 +148,7 @@ class Best:
     """Per-example best point so far: a success beats a failure, then a higher loss wins."""
 
     def __init__(self, x: Any, device: torch.device) -> None:
-        self.x = x.clone() if isinstance(x, torch.Tensor) else list(x)
+        self.x: Any = x.clone() if isinstance(x, torch.Tensor) else list(x)
         n = len(x)
         self.loss = torch.full((n,), float("-inf"), device=device)
         self.success = torch.zeros(n, dtype=torch.bool, device=device)
@@ -239,10 +241,10 @@ class Attack(ABC):
         """
         device = model_device(model)
         y_t = torch.as_tensor(y, device=device).long()
-        n = len(y_t)
-        x = self._prepare_inputs(x, n, device)
         if y_t.dim() != 1:
             raise DataError(f"labels must be a 1-D tensor of class indices, got shape {tuple(y_t.shape)}")
+        n = len(y_t)
+        x = self._prepare_inputs(x, n, device)
         if n and int(y_t.min()) < 0:
             raise DataError("labels must be class indices >= 0")
         mask_t = self._prepare_mask(mask, n, device)
@@ -267,18 +269,13 @@ class Attack(ABC):
         x_adv = self._merge(x, idx, best.x)
         success[idx] = best.success
         loss[idx] = best.loss.to(loss.dtype)
-        return AttackResult(
-            x_adv, success, loss, mask_t, problem.forward_passes, problem.backward_passes, self._info(problem)
-        )
+        return AttackResult(x_adv, success, loss, mask_t, problem.forward_passes, problem.backward_passes, problem.info)
 
     # ----------------------------------------------------------------- hooks for subclasses
     @abstractmethod
     def _run(self, problem: Problem) -> Best:
         """Adversarial versions of ``problem.x`` (same order), each inside the space, with the
         success flag and loss that a forward pass on exactly that point gave."""
-
-    def _info(self, problem: Problem) -> dict[str, Any]:
-        return {}
 
     def _confirm(self, problem: Problem, best: Best) -> None:
         """Re-check the claimed successes with one fresh batched forward pass on the returned points.

@@ -62,6 +62,8 @@ class PGD(Attack):
             raise ConfigError(f"{type(self).__name__} needs a continuous space, got {type(space).__name__}")
         if int(steps) < 1 or int(restarts) < 1:
             raise ConfigError(f"steps and restarts must be >= 1, got steps={steps!r}, restarts={restarts!r}")
+        if restarts > 1 and not random_start:
+            raise ConfigError("restarts > 1 need random_start=True: without it every restart repeats the same run")
         if step_size is not None and not float(step_size) > 0:
             raise ConfigError(f"step_size must be > 0, got {step_size!r}")
         self.steps = int(steps)

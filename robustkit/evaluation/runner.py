@@ -1,0 +1,727 @@
+"""evaluate(): robust accuracy of a model under a suite of attacks and budgets, with masking checks.
+
+Example:
+    >>> import torch, robustkit as rk
+    >>> model = torch.nn.Linear(1, 2, bias=False)  # class 0 when x > 0, else class 1
+    >>> with torch.no_grad():
+    ...     _ = model.weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    >>> x, y = torch.tensor([[-0.5], [-0.05], [0.05], [0.5]]), torch.tensor([1, 1, 0, 0])
+    >>> report = rk.evaluate(model, (x, y), rk.LinfBall(eps=0.1, bounds=(-1.0, 1.0)), attacks="quick")
+    >>> report.clean_accuracy, report.robust_accuracy, report.verdict
+    (1.0, {'pgd': 0.5, 'worst': 0.5}, 'robust at budget 0.1')
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustkit import _random
+from robustkit.attacks.base import Attack, AttackResult
+from robustkit.attacks.ensemble import Ensemble
+from robustkit.attacks.pgd import FGSM, PGD
+from robustkit.attacks.random_search import RandomSearch
+from robustkit.errors import ConfigError, DataError, ModelError
+from robustkit.evaluation import checks as ck
+from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
+from robustkit.evaluation.report import WORST, RobustnessReport
+from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.spaces import ContinuousSpace, DiscreteSpace, PerturbationSpace
+
+__all__ = ["AttackLike", "evaluate"]
+
+#: What ``attacks=`` takes besides names: an attack or an ensemble of attacks.
+AttackLike: TypeAlias = Attack | Ensemble
+#: What ``mask=`` takes: None (all), a bool per example in data order, or ``(x, y) -> bool tensor``.
+MaskLike: TypeAlias = torch.Tensor | Sequence[bool] | Callable[[Any, torch.Tensor], Any] | None
+
+
+def evaluate(
+    model: nn.Module,
+    data: Any,
+    space: PerturbationSpace,
+    *,
+    eps: float | Sequence[float] | None = None,
+    attacks: str | AttackLike | Sequence[str | AttackLike] = "standard",
+    mask: MaskLike = None,
+    checks: bool | ck.CheckSettings = True,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> RobustnessReport:
+    """Clean and robust accuracy of ``model`` under ``attacks`` at each budget in ``eps``, with checks.
+
+    Robust accuracy is accuracy on the whole set where each attackable example is replaced by its
+    adversarial version and the others stay clean; attackable examples misclassified when clean count
+    as non-robust without being attacked. The "worst" case counts an example robust only if it
+    survives every attack (and the checks' FGSM and random search at the main budget).
+
+    Args:
+        model: a ``torch.nn.Module`` returning logits; its train/eval mode and ``requires_grad``
+            flags are restored on return. With a discrete space it takes ``space.encode(objects)``.
+        data: a ``DataLoader`` (or any iterable) of ``(x, y, ...)`` batches, or a tuple ``(x, y)``
+            batched by ``batch_size``. Extra items of a batch are ignored.
+        space: the perturbation space (threat model); its budget is rescaled to each eps.
+        eps: budgets to evaluate (default ``[space.budget]``); the main budget is ``space.budget``
+            if listed, else the largest.
+        attacks: a preset ("quick", "standard", "thorough"; see :mod:`robustkit.evaluation.presets`),
+            a name ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-margin", "square", "search"), an
+            attack instance, or a list of names and instances. Each is rebuilt per budget with
+            ``attack.with_space(space.with_budget(e))``; instances keep their own seed.
+        mask: which examples may be attacked: None (all), a bool tensor aligned with the data order,
+            or a callable ``(x, y) -> bool tensor`` per batch.
+        checks: run the gradient-masking checks (True), skip them (False), or settings for them.
+        batch_size: examples per batch when ``data`` is a tuple.
+        seed: seed of the attacks built from names and of the checks; an example's random streams are
+            keyed by its position in the data, so results do not depend on ``batch_size``.
+        device: move the model there first (default: leave it where it is); data follow the model.
+        progress: show a progress bar over batches.
+
+    Raises:
+        ConfigError: bad eps, attack names or options. DataError: empty data, labels or inputs that
+        do not fit the space or the model, a bad mask. ModelError: outputs that are not logits.
+    """
+    started = time.perf_counter()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
+    if not isinstance(space, PerturbationSpace):
+        raise ConfigError(f"space must be a robustkit PerturbationSpace (e.g. rk.LinfBall), got {space!r}")
+    budgets, main = _budgets(eps, space)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(checks, ck.CheckSettings):
+        settings: ck.CheckSettings | None = checks
+    elif isinstance(checks, bool):
+        settings = ck.CheckSettings() if checks else None
+    else:
+        raise ConfigError(f"checks must be True, False or a CheckSettings, got {checks!r}")
+    chosen = _parse_attacks(attacks, space)
+    source = _Source(data, batch_size, space)
+    masker = _Mask(mask, source.length)
+    if device is not None:
+        try:
+            model.to(torch.device(device))
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device {device!r} is not usable: {exc}; pass e.g. device='cpu' or 'cuda'") from None
+    run = _Run(model, space, budgets, main, settings, int(seed))
+    with frozen_eval(model), tqdm(total=source.n_batches, desc="evaluate", unit="batch", disable=not progress) as bar:
+        batches = iter(source)
+        first = next(batches, None)
+        if first is None:
+            raise DataError("data holds no example: pass a non-empty DataLoader or (x, y) tuple")
+        x, y = run.place(*first)
+        attackable = masker.batch(x, y, 0)
+        run.probe(x, y)
+        source.check_labels(run.n_classes)
+        run.build(chosen)
+        run.batch(x, y, attackable)
+        bar.update()
+        for batch in batches:
+            x, y = run.place(*batch)
+            run.batch(x, y, masker.batch(x, y, run.n))
+            bar.update()
+    masker.finish(run.n)
+    return run.report(time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------- argument parsing
+def _budgets(eps: float | Sequence[float] | None, space: PerturbationSpace) -> tuple[list[float], float]:
+    if eps is None:
+        raw: list[Any] = [space.budget]
+    elif isinstance(eps, int | float) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):
+        raw = [eps]
+    else:
+        try:
+            raw = list(eps)
+        except TypeError:
+            raise ConfigError(f"eps must be a number or a list of numbers, got {eps!r}") from None
+    if not raw:
+        raise ConfigError("eps is empty: pass e.g. eps=[0.1, 0.3], or leave it out for the space's budget")
+    values = []
+    for v in raw:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"eps values must be numbers, got {v!r}") from None
+        if not math.isfinite(f) or f < 0:
+            raise ConfigError(f"eps values must be finite numbers >= 0, got {v!r}: pass e.g. eps=[0.1, 0.3]")
+        values.append(space.budget if math.isclose(f, space.budget, rel_tol=1e-9, abs_tol=1e-12) else f)
+    budgets = sorted(set(values))
+    main = space.budget if space.budget in budgets else budgets[-1]
+    return budgets, main
+
+
+@dataclass
+class _Choice:
+    """Attacks as asked: a preset to resolve once the number of classes is known, or a list."""
+
+    preset: str | None
+    items: list[tuple[str | None, AttackSpec | AttackLike]]
+
+
+def _parse_attacks(attacks: Any, space: PerturbationSpace) -> _Choice:
+    discrete = not isinstance(space, ContinuousSpace)
+    if isinstance(attacks, str) and attacks in PRESETS:
+        return _Choice(attacks, [])
+    items = [attacks] if isinstance(attacks, str | Attack | Ensemble) else attacks
+    try:
+        items = list(items)
+    except TypeError:
+        raise ConfigError(f"attacks must be a preset name, an attack or a list of them, got {attacks!r}") from None
+    if not items:
+        raise ConfigError(f"attacks is empty: pass a preset ({', '.join(PRESETS)}) or a list of attacks")
+    out: list[tuple[str | None, AttackSpec | AttackLike]] = []
+    for item in items:
+        if isinstance(item, str):
+            if item not in ATTACKS:
+                hint = " (a preset cannot go inside a list)" if item in PRESETS else ""
+                raise ConfigError(
+                    f"unknown attack {item!r}{hint}: choose a preset ({', '.join(PRESETS)}) or names from "
+                    f"{', '.join(ATTACKS)}, or pass attack instances"
+                )
+            if discrete == (item in CONTINUOUS_ONLY):
+                need = "a continuous space (e.g. rk.LinfBall)" if discrete else "a DiscreteSpace"
+                raise ConfigError(f"attack {item!r} needs {need}, but space is {type(space).__name__}")
+            out.append((item, ATTACKS[item]))
+        elif isinstance(item, Attack | Ensemble):
+            if item.targeted:
+                raise ConfigError(
+                    f"evaluate runs untargeted attacks; {item!r} is targeted: build it with targeted=False"
+                )
+            out.append((None, item))
+        else:
+            raise ConfigError(f"attacks must be names or robustkit attacks, got {item!r}")
+    return _Choice(None, out)
+
+
+def _label(attack: AttackLike) -> str:
+    name = str(getattr(attack, "name", type(attack).__name__.lower()))
+    loss = getattr(attack, "loss_name", "ce")
+    if name == "apgd" or (isinstance(attack, PGD) and loss != "ce"):
+        return f"{name}-{loss}"
+    return name
+
+
+def _kind(attack: AttackLike) -> str:
+    """The attack's kind for the checks: fgsm, free (gradient-free) or gradient (multi-step)."""
+    if isinstance(attack, FGSM):
+        return "fgsm"
+    if isinstance(attack, RandomSearch):
+        return "free"
+    if isinstance(attack, Ensemble) and all(_kind(a) == "free" for a in attack.attacks):
+        return "free"
+    return "gradient"
+
+
+def _with_eot(attack: AttackLike, eot: int) -> AttackLike:
+    """Average ``eot`` gradient samples per step in a (freshly cloned) gradient attack."""
+    members = attack.attacks if isinstance(attack, Ensemble) else [attack]
+    for member in members:
+        if _kind(member) != "free":
+            member.eot = max(member.eot, eot)
+    return attack
+
+
+# ---------------------------------------------------------------------------- data and masks
+def _split(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, tuple | list) and len(batch) >= 2:
+        return batch[0], batch[1]
+    raise DataError(
+        f"each batch must be a tuple (x, y, ...), got {type(batch).__name__}: "
+        "wrap tensors in a TensorDataset, or pass data=(x, y)"
+    )
+
+
+def _length(x: Any) -> int:
+    try:
+        return len(x)
+    except TypeError:
+        raise DataError(f"inputs must be a tensor or a sequence of examples, got {type(x).__name__}") from None
+
+
+class _Source:
+    """Batches ``(x, y)`` from a DataLoader or a tuple, with what can be validated before any work."""
+
+    def __init__(self, data: Any, batch_size: int, space: PerturbationSpace) -> None:
+        self.batch_size = batch_size
+        self.space = space
+        self.length: int | None = None
+        self.n_batches: int | None = None
+        self.tensors: tuple[Any, torch.Tensor] | None = None
+        if isinstance(data, tuple):
+            if len(data) < 2:
+                raise DataError("data=(x, y) needs inputs and labels")
+            x, y = data[0], _labels(data[1])
+            n = _length(x)
+            if n != len(y):
+                raise DataError(f"got {n} inputs but {len(y)} labels: pass one label per input")
+            if n == 0:
+                raise DataError("data holds no example: pass a non-empty (x, y) tuple")
+            _check_inputs(space, x)
+            self.tensors = (x, y)
+            self.length, self.n_batches = n, math.ceil(n / batch_size)
+        elif isinstance(data, torch.Tensor | str | bytes | dict) or not isinstance(data, Iterable):
+            raise DataError(f"data must be a DataLoader of (x, y) batches or a tuple (x, y), got {type(data).__name__}")
+        else:
+            self.loader = data
+            self.length = _loader_length(data)
+            try:
+                self.n_batches = len(data)  # type: ignore[arg-type]
+            except TypeError:
+                self.n_batches = None
+
+    def check_labels(self, n_classes: int) -> None:
+        """With tuple data, check every label against the model's classes before any attack."""
+        if self.tensors is not None:
+            _check_label_range(self.tensors[1], n_classes)
+
+    def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
+        if self.tensors is not None:
+            x, y = self.tensors
+            for start in range(0, len(y), self.batch_size):
+                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
+            return
+        for batch in self.loader:
+            x, y = _split(batch)
+            y = _labels(y)
+            if _length(x) != len(y):
+                raise DataError(f"a batch has {_length(x)} inputs but {len(y)} labels: pass one label per input")
+            if len(y):
+                _check_inputs(self.space, x)
+                yield x, y
+
+
+def _loader_length(loader: Any) -> int | None:
+    """Examples a DataLoader yields, when its sampler says so without iterating."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    if isinstance(batch_sampler, torch.utils.data.BatchSampler) and not batch_sampler.drop_last:
+        try:
+            return len(batch_sampler.sampler)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+    return None
+
+
+def _labels(y: Any) -> torch.Tensor:
+    try:
+        t = torch.as_tensor(y)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"labels must be class indices (a 1-D integer tensor), got {type(y).__name__}") from None
+    if t.dim() == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.dim() != 1:
+        raise DataError(f"labels must be a 1-D tensor of class indices, got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not bool((t == t.round()).all()):
+            raise DataError("labels must be class indices 0..C-1, got fractional values (one-hot or soft labels?)")
+    elif t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        raise DataError(f"labels must be integer class indices, got dtype {t.dtype}")
+    t = t.long()
+    if len(t) and int(t.min()) < 0:
+        raise DataError("labels must be class indices >= 0")
+    return t
+
+
+def _check_label_range(y: torch.Tensor, n_classes: int) -> None:
+    if len(y) and int(y.max()) >= n_classes:
+        raise DataError(
+            f"labels go up to {int(y.max())} but the model outputs {n_classes} logits: labels must be "
+            "class indices 0..C-1 matching the model's outputs"
+        )
+
+
+def _check_inputs(space: PerturbationSpace, x: Any) -> None:
+    if isinstance(space, ContinuousSpace):
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"inputs must be a tensor for {type(space).__name__}, got {type(x).__name__}")
+        space.check_inputs(x)
+
+
+class _Mask:
+    """Which examples may be attacked, per batch: all, a tensor in data order, or a callable."""
+
+    def __init__(self, mask: MaskLike, length: int | None) -> None:
+        self.fn: Callable[[Any, torch.Tensor], Any] | None = None
+        self.tensor: torch.Tensor | None = None
+        if mask is None:
+            return
+        if callable(mask):
+            self.fn = mask
+            return
+        m = self._as_bool(mask, "mask")
+        if length is not None and len(m) != length:
+            raise DataError(f"mask has {len(m)} entries but the data has {length} examples: one bool per example")
+        if not bool(m.any()):
+            raise DataError("mask selects no example to attack: set True where an example may be attacked")
+        self.tensor = m
+
+    @staticmethod
+    def _as_bool(mask: Any, what: str) -> torch.Tensor:
+        try:
+            m = torch.as_tensor(mask)
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(f"{what} must be a bool tensor (one per example), got {type(mask).__name__}") from None
+        if m.dim() != 1:
+            raise DataError(f"{what} must be 1-D (one bool per example), got shape {tuple(m.shape)}")
+        if m.dtype != torch.bool:
+            if not bool(((m == 0) | (m == 1)).all()):
+                raise DataError(f"{what} must be boolean (True where an example may be attacked)")
+            m = m.bool()
+        return m
+
+    def batch(self, x: Any, y: torch.Tensor, start: int) -> torch.Tensor:
+        n = len(y)
+        if self.tensor is not None:
+            if start + n > len(self.tensor):
+                raise DataError(f"mask has {len(self.tensor)} entries but the data has more examples")
+            return self.tensor[start : start + n].to(y.device)
+        if self.fn is not None:
+            m = self._as_bool(self.fn(x, y), "mask(x, y)")
+            if len(m) != n:
+                raise DataError(f"mask(x, y) returned {len(m)} entries for a batch of {n}: one bool per example")
+            return m.to(y.device)
+        return torch.ones(n, dtype=torch.bool, device=y.device)
+
+    def finish(self, total: int) -> None:
+        if self.tensor is not None and len(self.tensor) != total:
+            raise DataError(f"mask has {len(self.tensor)} entries but the data has {total} examples")
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class _Tally:
+    broken: int = 0
+    forward: int = 0
+    backward: int = 0
+    seconds: float = 0.0
+
+    def add(self, result: AttackResult, broken: torch.Tensor, seconds: float) -> None:
+        self.broken += int(broken.sum())
+        self.forward += int(result.forward_passes)
+        self.backward += int(result.backward_passes)
+        self.seconds += seconds
+
+
+class _Run:
+    """State of one evaluation: attacks per budget, running counts, check measurements."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        space: PerturbationSpace,
+        budgets: list[float],
+        main: float,
+        settings: ck.CheckSettings | None,
+        seed: int,
+    ) -> None:
+        self.model, self.space, self.budgets, self.main = model, space, budgets, main
+        self.settings, self.seed = settings, seed
+        self.device = model_device(model)
+        self.continuous = isinstance(space, ContinuousSpace)
+        self.n = self.n_correct = self.n_att = self.n_att_correct = 0
+        self.n_classes = 0
+        self.gap = 0.0
+        self.sigmoid = False
+        self.random_model = False
+        self.suite: dict[float, list[tuple[str, AttackLike, str]]] = {}
+        self.tally: dict[float, dict[str, _Tally]] = {}
+        self.worst = dict.fromkeys(budgets, 0)
+        # check measurements
+        self.fgsm: FGSM | None = None
+        self.fgsm_broken = 0
+        self.search: RandomSearch | None = None
+        self.listed_free = False
+        self.rs_tested = self.rs_broken = 0
+        self.cover: PGD | None = None
+        self.cover_budget: float | None = None
+        self.n_cover = self.n_cover_robust = 0
+        self.n_grad = self.n_zero_grad = 0
+        self.n_rows = self.n_prob = self.n_nonfinite = 0
+
+    # ------------------------------------------------------------------ setup
+    def _input(self, x: Any) -> Any:
+        """What the model takes: the tensor itself, or a discrete space's encoding of the objects."""
+        if isinstance(x, torch.Tensor):
+            return x.to(self.device)
+        if isinstance(self.space, DiscreteSpace):
+            return self.space.encode(list(x), self.device)
+        raise DataError(f"inputs must be tensors for {type(self.space).__name__}, got {type(x).__name__}")
+
+    def _logits(self, inp: Any, n: int) -> tuple[Any, torch.Tensor]:
+        with torch.no_grad():
+            raw = self.model(inp)
+        logits = logits_of(raw)
+        if len(logits) != n:
+            raise ModelError(f"the model returned {len(logits)} rows of logits for {n} inputs: one row per input")
+        if self.n_classes and logits.shape[1] != self.n_classes:
+            raise ModelError(f"the model returned {logits.shape[1]} logits on one batch, {self.n_classes} on another")
+        return raw, logits
+
+    def probe(self, x: Any, y: torch.Tensor) -> None:
+        """Validate the model's output against the first batch; measure randomness."""
+        inp = self._input(x)
+        raw, logits = self._logits(inp, len(y))
+        if not bool(torch.isfinite(logits).any()):
+            raise ModelError("the model returned only NaN or Inf on the first batch: check the model and inputs")
+        self.n_classes = logits.shape[1]
+        _check_label_range(y, self.n_classes)
+        if isinstance(raw, torch.Tensor) and (raw.dim() == 1 or raw.shape[-1] == 1):
+            vals = raw[torch.isfinite(raw)]
+            self.sigmoid = bool(len(vals)) and bool(((vals >= 0) & (vals <= 1)).all())
+        if self.settings is not None:
+            self.gap = ck.determinism_gap(self.model, inp)
+            self.random_model = self.gap > ck.DETERMINISM_TOL
+            if self.continuous:
+                assert isinstance(self.space, ContinuousSpace) and isinstance(inp, torch.Tensor)
+                self.cover_budget = self.space.covering_budget(inp)
+
+    def build(self, choice: _Choice) -> None:
+        """Resolve names now that the classes are known; one attack per (name, budget)."""
+        items: list[tuple[str | None, AttackSpec | AttackLike]]
+        if choice.preset is not None:
+            specs = PRESETS[choice.preset].attacks_for(self.n_classes, discrete=not self.continuous)
+            items = [(s.label, s) for s in specs]
+        else:
+            items = choice.items
+        base: list[tuple[str, AttackLike]] = []
+        for name, item in items:
+            attack = item.build(self.space, self.seed) if isinstance(item, AttackSpec) else item
+            base.append((name or _label(attack), attack))
+            for member in attack.attacks if isinstance(attack, Ensemble) else [attack]:
+                if member.loss_name == "dlr" and self.n_classes < 3:
+                    raise ConfigError(
+                        f"attack {name or _label(attack)!r} uses the DLR loss, which needs 3+ classes, but the model "
+                        "has 2: use 'apgd-margin' or 'apgd-ce'"
+                    )
+        labels = _unique([label for label, _ in base])
+        eot = self.settings.eot if self.settings is not None and self.random_model else 0
+        for e in self.budgets:
+            sub = self.space.with_budget(e)
+            suite = []
+            for label, (_, attack) in zip(labels, base, strict=True):
+                a = attack.with_space(sub)
+                suite.append((label, _with_eot(a, eot) if eot else a, _kind(attack)))
+            self.suite[e] = suite
+            self.tally[e] = {label: _Tally() for label in labels}
+        kinds = {kind for _, _, kind in self.suite[self.main]}
+        if self.settings is None or not self.continuous:
+            return
+        s, main_space = self.settings, self.space.with_budget(self.main)
+        if "gradient" in kinds and "fgsm" not in kinds:
+            self.fgsm = FGSM(main_space, seed=_random.derive(self.seed, 1), eot=max(1, eot))
+        self.listed_free = "free" in kinds
+        if kinds & {"gradient", "fgsm"} and not self.listed_free:
+            self.search = RandomSearch(main_space, queries=s.search_queries, seed=_random.derive(self.seed, 2))
+        if self.cover_budget is not None:
+            cover_space = self.space.with_budget(self.cover_budget)
+            self.cover = PGD(
+                cover_space, steps=s.cover_steps, loss="margin", seed=_random.derive(self.seed, 3), eot=max(1, eot)
+            )
+
+    # ------------------------------------------------------------------ per batch
+    def place(self, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        """A batch on the model's device (tensors; a discrete space's objects stay as they are)."""
+        return (x.to(self.device) if isinstance(x, torch.Tensor) else x), y.to(self.device)
+
+    def batch(self, x: Any, y: torch.Tensor, attackable: torch.Tensor) -> None:
+        """Clean predictions, every attack at every budget, and the checks' measurements on one batch."""
+        b = len(y)
+        if self.n:
+            _check_label_range(y, self.n_classes)
+        ids = torch.arange(self.n, self.n + b, device=self.device)
+        inp = self._input(x)
+        _, logits = self._logits(inp, b)
+        finite = torch.isfinite(logits).all(dim=1)
+        correct = (logits.argmax(dim=1) == y) & finite
+        targets = attackable & correct
+        self.n += b
+        self.n_correct += int(correct.sum())
+        self.n_att += int(attackable.sum())
+        self.n_att_correct += int(targets.sum())
+        for e in self.budgets:
+            broken = torch.zeros(b, dtype=torch.bool, device=self.device)
+            by_gradient = broken.clone()
+            by_free = broken.clone()
+            for label, attack, kind in self.suite[e]:
+                if not bool(targets.any()):
+                    continue
+                started = time.perf_counter()
+                result = attack(self.model, x, y, mask=targets, ids=ids)
+                success = result.success.to(self.device) & targets
+                self._sync()
+                self.tally[e][label].add(result, success, time.perf_counter() - started)
+                broken |= success
+                if kind == "free":
+                    by_free |= success
+                else:
+                    by_gradient |= success
+            if self.settings is not None and e == self.main and bool(targets.any()):
+                self._main_budget_checks(x, y, ids, targets, broken, by_gradient, by_free)
+            self.worst[e] += int(broken.sum())
+        if self.settings is not None:
+            self._batch_checks(x, inp, y, ids, attackable, correct, logits)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _main_budget_checks(
+        self,
+        x: Any,
+        y: torch.Tensor,
+        ids: torch.Tensor,
+        targets: torch.Tensor,
+        broken: torch.Tensor,
+        by_gradient: torch.Tensor,
+        by_free: torch.Tensor,
+    ) -> None:
+        """FGSM for check (b) and the random search of check (e); their successes join the worst case."""
+        assert self.settings is not None
+        if self.fgsm is not None:
+            success = self.fgsm(self.model, x, y, mask=targets, ids=ids).success & targets
+            self.fgsm_broken += int(success.sum())
+            broken |= success
+            by_gradient |= success
+        survivors = targets & ~by_gradient
+        if self.listed_free:
+            self.rs_tested += int(survivors.sum())
+            self.rs_broken += int((survivors & by_free).sum())
+        elif self.search is not None:
+            room = self.settings.search_examples - self.rs_tested
+            pick = survivors.nonzero().squeeze(1)[: max(0, room)]
+            if len(pick):
+                result = self.search(self.model, x[pick], y[pick], ids=ids[pick])
+                self.rs_tested += len(pick)
+                self.rs_broken += int(result.success.sum())
+                broken[pick[result.success.to(self.device)]] = True
+
+    def _batch_checks(
+        self,
+        x: Any,
+        inp: Any,
+        y: torch.Tensor,
+        ids: torch.Tensor,
+        attackable: torch.Tensor,
+        correct: torch.Tensor,
+        logits: torch.Tensor,
+    ) -> None:
+        """Gradients (d), outputs (f) and the covering budget (c) on this batch."""
+        assert self.settings is not None
+        prob, nonfinite = ck.output_flags(logits)
+        self.n_rows += len(logits)
+        self.n_prob += int(prob.sum())
+        self.n_nonfinite += int(nonfinite.sum())
+        idx = attackable.nonzero().squeeze(1)
+        if len(idx) and isinstance(inp, torch.Tensor):
+            feature_mask = self.space.mask if isinstance(self.space, ContinuousSpace) else None
+            flags = ck.gradient_flags(self.model, inp[idx], y[idx], feature_mask)
+            self.n_grad += len(idx)
+            self.n_zero_grad += int(flags.sum())
+        if self.cover is not None:
+            pick = idx[: max(0, self.settings.cover_examples - self.n_cover)]
+            if len(pick):
+                ok = correct[pick]
+                result = self.cover(self.model, x[pick], y[pick], mask=ok, ids=ids[pick])
+                self.n_cover += len(pick)
+                self.n_cover_robust += int((ok & ~result.success.to(self.device)).sum())
+
+    # ------------------------------------------------------------------ the report
+    def _entry(self, broken: int, forward: int, backward: int, seconds: float) -> dict[str, Any]:
+        return {
+            "robust_accuracy": (self.n_correct - broken) / self.n,
+            "attack_success_rate": broken / self.n_att_correct if self.n_att_correct else 0.0,
+            "forward_passes": forward,
+            "backward_passes": backward,
+            "seconds": seconds,
+            "robust_accuracy_attackable": (self.n_att_correct - broken) / self.n_att,
+        }
+
+    def _checks(self, per_eps: list[dict[str, Any]]) -> list[ck.Check]:
+        assert self.settings is not None
+        s = self.settings
+        main = self.tally[self.main]
+        suite = self.suite[self.main]
+        multi = [main[label].broken for label, _, kind in suite if kind == "gradient"]
+        listed_fgsm = [main[label].broken for label, _, kind in suite if kind == "fgsm"]
+        fgsm_broken = max(listed_fgsm) if listed_fgsm else (self.fgsm_broken if self.fgsm is not None else None)
+        if not self.continuous:
+            fgsm = ck.Check(ck.FGSM_WEAKER, None, "FGSM needs a continuous space")
+        else:
+            fgsm = ck.fgsm_check(fgsm_broken, max(multi) if multi else None, self.n_att_correct, s.fgsm_tolerance)
+        if not self.continuous:
+            search = ck.Check(ck.RANDOM_SEARCH, None, "the random search needs a continuous space")
+        elif not any(kind != "free" for _, _, kind in suite):
+            search = ck.Check(ck.RANDOM_SEARCH, None, "no gradient attack was run")
+        else:
+            queries = None if self.listed_free else s.search_queries
+            search = ck.random_search_check(self.rs_tested, self.rs_broken, queries, s.search_tolerance)
+        if not self.continuous:
+            cover = ck.Check(ck.COVERING, None, "no covering budget for a discrete space")
+        else:
+            cover = ck.covering_check(self.cover_budget, self.n_cover, self.n_cover_robust, s.cover_max_accuracy)
+        if self.n_grad == 0 and not self.continuous:
+            grads = ck.Check(ck.GRADIENTS, None, "the space's encoding is not a tensor")
+        else:
+            grads = ck.gradient_check(self.n_zero_grad, self.n_grad, s.max_zero_gradients)
+        worst = [p["attacks"][WORST]["robust_accuracy"] for p in per_eps]
+        return [
+            ck.logits_check(self.n_prob, self.n_nonfinite, self.n_rows, self.sigmoid),
+            ck.determinism_check(self.gap, s.eot),
+            grads,
+            fgsm,
+            search,
+            cover,
+            ck.monotone_check(self.budgets, worst, self.n),
+        ]
+
+    def report(self, seconds: float) -> RobustnessReport:
+        if self.n_att == 0:
+            raise DataError("the mask selected no example to attack: set True where an example may be attacked")
+        per_eps: list[dict[str, Any]] = []
+        for e in self.budgets:
+            entries: dict[str, dict[str, Any]] = {}
+            for label, tally in self.tally[e].items():
+                entries[label] = self._entry(tally.broken, tally.forward, tally.backward, tally.seconds)
+            tallies = list(self.tally[e].values())
+            entries[WORST] = self._entry(
+                self.worst[e],
+                sum(t.forward for t in tallies),
+                sum(t.backward for t in tallies),
+                sum(t.seconds for t in tallies),
+            )
+            per_eps.append({"eps": e, "attacks": entries})
+        main: dict[str, dict[str, Any]] = per_eps[self.budgets.index(self.main)]["attacks"]
+        checks = self._checks(per_eps) if self.settings is not None else []
+        clean_att = self.n_att_correct / self.n_att
+        verdict = ck.verdict(checks, self.main, main[WORST]["robust_accuracy_attackable"], clean_att)
+        return RobustnessReport(
+            clean_accuracy=self.n_correct / self.n,
+            robust_accuracy={label: entry["robust_accuracy"] for label, entry in main.items()},
+            per_eps=per_eps,
+            checks=checks,
+            verdict=verdict,
+            attacks={label: attack.config() for label, attack, _ in self.suite[self.main]},
+            threat={"space": self.space.name, "budget": self.main, "eps": self.main},
+            n_examples=self.n,
+            n_attackable=self.n_att,
+            clean_accuracy_attackable=clean_att,
+            seconds=seconds,
+        )
+
+
+def _unique(labels: list[str]) -> list[str]:
+    """Labels made unique by numbering repeats: ["pgd", "pgd"] -> ["pgd", "pgd-2"]."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
+    return out
