@@ -124,7 +124,7 @@ def _quickstart(args: argparse.Namespace) -> int:
             "versions": {"robustkit": __version__, "torch": _torch.__version__},
         }
         sections = "".join(
-            f"<h2>{name} model</h2>{rep.to_html(fragment=True)}" for name, rep in reports.items()
+            f"<h2>{name} model</h2>{rep._repr_html_()}" for name, rep in reports.items()
         )
         html = (
             "<!doctype html><html><head><meta charset='utf-8'><title>robustkit quickstart</title></head><body>"
@@ -139,7 +139,7 @@ def _quickstart(args: argparse.Namespace) -> int:
         raise
 
     print(f"{'model':10s} {'clean':>7s} {'robust':>7s}  verdict (Linf eps={space.budget:g}, worst of "
-          f"{', '.join(hardened.attack_names)})")
+          f"{', '.join(a for a in hardened.attack_names if a != 'worst')})")
     for name, rep in reports.items():
         print(f"{name:10s} {rep.clean_accuracy:7.1%} {rep.robust_accuracy['worst']:7.1%}  {rep.verdict}")
     print(f"report: {out / 'report.html'}")

@@ -1,0 +1,41 @@
+"""The ``robustkit`` command: the quickstart writes a complete run and refuses to overwrite one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from robustkit.cli import main
+
+
+@pytest.fixture(scope="module")
+def quickstart_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "quick"
+    assert main(["quickstart", "--out", str(out), "--quiet", "--threads", "2"]) == 0
+    return out
+
+
+def test_quickstart_writes_metrics_and_report(quickstart_run):
+    metrics = json.loads((quickstart_run / "metrics.json").read_text())
+    standard, hardened = metrics["models"]["standard"], metrics["models"]["hardened"]
+    assert metrics["schema_version"] == 1 and metrics["threat"]["space"] == "linf"
+    assert hardened["robust_accuracy"]["worst"] > standard["robust_accuracy"]["worst"] + 0.15
+    assert standard["clean_accuracy"] >= hardened["clean_accuracy"] - 0.02
+    html = (quickstart_run / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    assert not list(quickstart_run.parent.glob(".quick.*")), "temporary folder left behind"
+
+
+def test_existing_complete_run_is_refused_without_force(quickstart_run, capsys):
+    before = (quickstart_run / "metrics.json").read_bytes()
+    assert main(["quickstart", "--out", str(quickstart_run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("robustkit: error:") and "--force" in err and "\n" not in err
+    assert (quickstart_run / "metrics.json").read_bytes() == before
+
+
+def test_bad_option_value_exits_2_with_one_line(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path / "x"), "--threads", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
