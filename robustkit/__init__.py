@@ -10,6 +10,7 @@ Example:
 
 from robustkit import datasets, losses
 from robustkit.attacks import APGD, FGSM, PGD, Attack, AttackResult, DiscreteSearch, Ensemble, RandomSearch
+from robustkit.domain import DatasetInfo, Domain, DomainData, available_domains, get_domain, register_domain
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
@@ -29,8 +30,11 @@ __all__ = [
     "ConfigError",
     "ContinuousSpace",
     "DataError",
+    "DatasetInfo",
     "DiscreteSearch",
     "DiscreteSpace",
+    "Domain",
+    "DomainData",
     "Edit",
     "Ensemble",
     "L2Ball",
@@ -42,10 +46,13 @@ __all__ = [
     "RobustnessReport",
     "ThresholdModel",
     "__version__",
+    "available_domains",
     "datasets",
     "evaluate",
     "frozen_eval",
+    "get_domain",
     "logits_of",
     "losses",
     "methods",
+    "register_domain",
 ]

@@ -11,7 +11,7 @@ Example:
     >>> import robustkit as rk
     >>> x, y = rk.datasets.robust_nonrobust(100, seed=0)
     >>> tuple(x.shape), int(y.max())
-    ((100, 66), 2)
+    ((100, 130), 2)
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def robust_nonrobust(
     n: int,
     *,
     n_classes: int = 3,
-    n_nonrobust: int = 64,
+    n_nonrobust: int = 128,
     eta: float = 0.2,
     radius: float = 1.5,
     noise: float = 0.9,

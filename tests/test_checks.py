@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_evaluate import BOX, blobs, trained_mlp
 from torch import nn
 
 import robustkit as rk
 from robustkit.evaluation import CheckSettings, evaluate
 from robustkit.evaluation import checks as ck
+from tests.test_evaluate import BOX, blobs, trained_mlp
 
 FAST = CheckSettings(search_queries=300, cover_examples=96)
 

@@ -1,4 +1,4 @@
-"""The ``robustkit`` command: the quickstart writes a complete run and refuses to overwrite one."""
+"""``robustkit quickstart`` runs ``harden toy`` end to end and refuses to overwrite a complete run."""
 
 from __future__ import annotations
 
@@ -16,15 +16,15 @@ def quickstart_run(tmp_path_factory):
     return out
 
 
-def test_quickstart_writes_metrics_and_report(quickstart_run):
+def test_quickstart_hardens_the_toy_model(quickstart_run, capsys):
     metrics = json.loads((quickstart_run / "metrics.json").read_text())
     standard, hardened = metrics["models"]["standard"], metrics["models"]["hardened"]
-    assert metrics["schema_version"] == 1 and metrics["threat"]["space"] == "linf"
+    assert metrics["domain"] == "toy" and metrics["threat"]["space"] == "linf"
     assert hardened["robust_accuracy"]["worst"] > standard["robust_accuracy"]["worst"] + 0.15
-    assert standard["clean_accuracy"] >= hardened["clean_accuracy"] - 0.02
+    assert standard["clean_accuracy"] > 0.85 and hardened["clean_accuracy"] > 0.8
+    assert metrics["verdict"].startswith("robust at budget")
     html = (quickstart_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
-    assert not list(quickstart_run.parent.glob(".quick.*")), "temporary folder left behind"
 
 
 def test_existing_complete_run_is_refused_without_force(quickstart_run, capsys):

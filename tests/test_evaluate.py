@@ -15,10 +15,10 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from toy_discrete import CategoricalSpace, logistic_model, score
 
 import robustkit as rk
 from robustkit.evaluation import PRESETS, CheckSettings, RobustnessReport, describe_presets, evaluate
+from tests.toy_discrete import CategoricalSpace, logistic_model, score
 
 BOX = (-1.0, 1.0)
 CENTERS = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]])

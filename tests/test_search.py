@@ -7,10 +7,10 @@ import itertools
 import pytest
 import torch
 from torch import nn
-from toy_discrete import CategoricalSpace, logistic_model, score
 
 import robustkit as rk
 from robustkit.spaces import Edit
+from tests.toy_discrete import CategoricalSpace, logistic_model, score
 
 # z = bias + sum_j W[j][x_j]; class 1 when z > 0. From (0, 0, 0, 0) the edits gain
 # +3 (x0 -> 2), +2.5 (x2 -> 2), +2 (x1 -> 1), +0.5 (x3 -> 1), in that order of preference.

@@ -21,7 +21,7 @@ def data() -> dict[str, torch.Tensor]:
 
 def make_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(66, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
+    return torch.nn.Sequential(torch.nn.Linear(130, 64), torch.nn.ReLU(), torch.nn.Linear(64, 3))
 
 
 def loader(data: dict[str, torch.Tensor], batch_size: int = 128) -> DataLoader:
@@ -202,9 +202,9 @@ def test_bad_settings_are_refused_before_training(data, kwargs, fit_kwargs, erro
 @pytest.mark.parametrize(
     ("x", "y", "match"),
     [
-        (torch.full((8, 66), 9.0), torch.zeros(8, dtype=torch.long), "outside the space's bounds"),
-        (torch.full((8, 66), float("nan")), torch.zeros(8, dtype=torch.long), "NaN"),
-        (torch.zeros(8, 66), torch.full((8,), 5, dtype=torch.long), "labels span"),
+        (torch.full((8, 130), 9.0), torch.zeros(8, dtype=torch.long), "outside the space's bounds"),
+        (torch.full((8, 130), float("nan")), torch.zeros(8, dtype=torch.long), "NaN"),
+        (torch.zeros(8, 130), torch.full((8,), 5, dtype=torch.long), "labels span"),
     ],
 )
 def test_bad_data_is_refused_before_training(x, y, match):

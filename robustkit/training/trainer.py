@@ -4,7 +4,7 @@ Example:
     >>> import torch, robustkit as rk
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> x, y = rk.datasets.robust_nonrobust(256, seed=0)
-    >>> model = torch.nn.Sequential(torch.nn.Linear(66, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    >>> model = torch.nn.Sequential(torch.nn.Linear(130, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
     >>> space = rk.LinfBall(eps=0.25, bounds=rk.datasets.TOY_BOUNDS)
     >>> trainer = rk.AdversarialTrainer(model, space, method="pgd", progress=False)
     >>> history = trainer.fit(DataLoader(TensorDataset(x, y), batch_size=64, shuffle=True), epochs=1)

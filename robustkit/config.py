@@ -1,0 +1,145 @@
+"""Run configuration: every option of ``harden`` / ``evaluate`` / ``attack`` in one validated object.
+
+A YAML file holds the same keys (``config.yaml`` in every run directory is one); command-line flags
+override it. Unknown keys and bad values are rejected with the key's name and what is allowed.
+
+Example:
+    >>> from robustkit.config import RunConfig
+    >>> RunConfig.from_dict({"domain": "images", "budget": 0.3, "epochs": 2}).epochs
+    2
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustkit.errors import ConfigError
+from robustkit.evaluation.presets import PRESETS
+from robustkit.training.methods import NAMES as METHOD_NAMES
+
+__all__ = ["RunConfig"]
+
+
+def _positive_int(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"{key} must be a finite number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ConfigError(f"{key} must be {'> 0' if positive else '>= 0'}, got {value!r}")
+    return float(value)
+
+
+@dataclass
+class RunConfig:
+    """All options of a run. ``None`` means "the domain's default", resolved by :meth:`resolved`.
+
+    Attributes:
+        domain: registered domain name (``images``, ``tabular``, ``text`` or a third party's).
+        data: data spec for the domain (``digits``, ``mnist:DIR``, ``csv:PATH`` ...).
+        method: training method (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``, ``free``).
+        budget: threat budget (eps; cost budget; embedding radius).
+        eps: budgets of the accuracy-vs-budget curve (default: the domain's, up to ``budget``).
+        epochs, batch_size, lr, eps_warmup: training settings.
+        preset: evaluation attacks (``quick``, ``standard``, ``thorough``).
+        seed, device, threads: reproducibility and hardware.
+        model: a model folder or run directory (``evaluate`` and ``attack``).
+        options: domain-specific options (passed to the domain untouched).
+    """
+
+    domain: str = ""
+    data: str | None = None
+    method: str | None = None
+    budget: float | None = None
+    eps: list[float] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    eps_warmup: float = 0.0
+    preset: str = "standard"
+    seed: int = 0
+    device: str = "cpu"
+    threads: int | None = None
+    model: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        """A validated config from a mapping (unknown keys are an error)."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(cls.keys()))
+        if unknown:
+            raise ConfigError(f"unknown config key {unknown[0]!r}: allowed keys are {', '.join(cls.keys())}")
+        config = cls(**values)
+        config.validate()
+        return config
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> RunConfig:
+        """Read a YAML config file (a run directory's ``config.yaml`` reproduces that run)."""
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found")
+        try:
+            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+        return cls.from_dict(values)
+
+    def merged(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with the non-None ``overrides`` applied (command-line flags over a config file)."""
+        values = dataclasses.asdict(self)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return RunConfig.from_dict(values)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first bad key."""
+        if not isinstance(self.domain, str):
+            raise ConfigError(f"domain must be a name, got {self.domain!r}")
+        if self.data is not None and not isinstance(self.data, str):
+            raise ConfigError(f"data must be a data spec string, got {self.data!r}")
+        if self.method is not None and self.method not in METHOD_NAMES:
+            raise ConfigError(f"method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+        if self.budget is not None:
+            self.budget = _number("budget", self.budget)
+        if self.eps is not None:
+            if not isinstance(self.eps, list) or not self.eps:
+                raise ConfigError(f"eps must be a non-empty list of budgets, got {self.eps!r}")
+            self.eps = [_number("eps", e) for e in self.eps]
+        if self.epochs is not None:
+            _positive_int("epochs", self.epochs)
+        if self.batch_size is not None:
+            _positive_int("batch_size", self.batch_size)
+        if self.lr is not None:
+            self.lr = _number("lr", self.lr, positive=True)
+        self.eps_warmup = _number("eps_warmup", self.eps_warmup)
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.threads is not None:
+            _positive_int("threads", self.threads)
+        if self.model is not None and not isinstance(self.model, str):
+            raise ConfigError(f"model must be a folder path, got {self.model!r}")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"options must be a mapping, got {self.options!r}")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

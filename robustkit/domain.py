@@ -1,0 +1,223 @@
+"""The adapter interface every domain fills, and the registry that finds domains by name.
+
+A :class:`Domain` answers four questions (what an attacker may change, how raw inputs become model
+inputs and back, which examples are attacked and how a prediction is decided, what "robust" means
+for its users); :mod:`robustkit.pipeline` does everything else once for all domains.
+
+Third parties add a domain without touching robustkit, through the entry-point group
+``robustkit.domains`` in their package metadata::
+
+    [project.entry-points."robustkit.domains"]
+    audio = "my_package.audio:AudioDomain"
+
+or at run time with :func:`register_domain`.
+
+Example:
+    >>> import robustkit as rk
+    >>> class Tiny(rk.Domain):
+    ...     name = "tiny"
+    >>> rk.register_domain(Tiny)
+    >>> rk.get_domain("tiny").name
+    'tiny'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from robustkit.errors import ConfigError
+from robustkit.models import ThresholdModel
+from robustkit.spaces import ContinuousSpace, PerturbationSpace
+
+__all__ = ["DatasetInfo", "Domain", "DomainData", "available_domains", "get_domain", "register_domain"]
+
+log = logging.getLogger("robustkit")
+
+ENTRY_POINT_GROUP = "robustkit.domains"
+_REGISTRY: dict[str, type[Domain]] = {}
+
+
+@dataclass
+class DatasetInfo:
+    """What ``metrics.json`` says about the data: name, content hash and how it was split."""
+
+    name: str
+    sha256: str | None = None
+    split: str = ""
+    n_classes: int = 2
+    class_names: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "split": self.split}
+
+
+@dataclass
+class DomainData:
+    """A domain's data, split and encoded: each split a torch ``Dataset`` of (model input, label).
+
+    ``raw`` may hold anything the domain needs later (original rows, strings, preprocessing).
+    """
+
+    train: Dataset[Any]
+    val: Dataset[Any]
+    test: Dataset[Any]
+    info: DatasetInfo
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+class Domain:
+    """Base class of domain adapters; override what your domain needs.
+
+    Class attributes give the defaults the CLI and the pipeline use when an option is not set.
+    """
+
+    #: registry name, used on the command line (``robustkit harden NAME``)
+    name: ClassVar[str] = ""
+    #: data spec read when ``--data`` is not given (built-in data that always works offline)
+    default_data: ClassVar[str] = ""
+    #: default threat budget (eps for Lp balls)
+    default_budget: ClassVar[float] = 0.1
+    #: default training method and epochs for ``harden``
+    default_method: ClassVar[str] = "pgd"
+    default_epochs: ClassVar[int] = 5
+    default_batch_size: ClassVar[int] = 128
+    default_lr: ClassVar[float] = 1e-3
+
+    # ----------------------------------------------------------------- data
+    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
+        """Read the data named by ``spec`` (``digits``, ``mnist:DIR``, ``csv:PATH`` ...) and split it."""
+        raise ConfigError(f"domain {self.name!r} does not read data")
+
+    def loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
+        """A DataLoader over one split (override for custom batching, e.g. dynamic padding).
+
+        Shuffling draws from torch's global generator, which the trainer seeds and checkpoints, so a
+        resumed run sees the same data order as an uninterrupted one.
+        """
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
+
+    # ----------------------------------------------------------------- model
+    def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
+        """JSON-able settings from which :meth:`build_model` builds the default model."""
+        return {}
+
+    def build_model(self, spec: dict[str, Any]) -> nn.Module:
+        """The (untrained) model described by ``spec``."""
+        raise ConfigError(f"domain {self.name!r} has no default model")
+
+    # ----------------------------------------------------------------- threat model
+    def space(self, budget: float, data: DomainData) -> ContinuousSpace:
+        """The continuous space adversarial training perturbs, at ``budget``."""
+        raise ConfigError(f"domain {self.name!r} defines no perturbation space")
+
+    def eval_space(self, budget: float, data: DomainData) -> PerturbationSpace:
+        """The space evaluation attacks search (default: the training space)."""
+        return self.space(budget, data)
+
+    def eval_budgets(self, budget: float) -> list[float]:
+        """Budgets of the accuracy-vs-budget curve (default: a quarter steps up to the budget)."""
+        return [round(budget * f, 6) for f in (0.25, 0.5, 0.75, 1.0)]
+
+    def attackable(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """Which examples may be attacked (None: all). Fraud and spam attack only the positive class."""
+        return None
+
+    # ----------------------------------------------------------------- decision rule
+    def choose_threshold(self, model: nn.Module, data: DomainData) -> float | None:
+        """Operating threshold for binary domains, chosen on validation data (None: argmax)."""
+        return None
+
+    def decided(self, model: nn.Module, threshold: float | None) -> nn.Module:
+        """The model as evaluated: argmax of its logits equals the domain's decision."""
+        return model if threshold is None else ThresholdModel(model, threshold)
+
+    # ----------------------------------------------------------------- metrics and examples
+    def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
+        """Extra figures for ``metrics.json`` under ``domain_metrics`` (default: none)."""
+        return {}
+
+    def write_examples(
+        self, directory: Path, x: Any, x_adv: Any, y: torch.Tensor, success: torch.Tensor, data: DomainData
+    ) -> list[Path]:
+        """Write adversarial examples in the domain's own form; default: a safetensors file of tensors."""
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "examples.safetensors"
+        save_file(
+            {"x": x.detach().cpu().contiguous(), "x_adv": x_adv.detach().cpu().contiguous(),
+             "y": y.cpu(), "success": success.cpu()},
+            str(path),
+        )
+        return [path]
+
+    # ----------------------------------------------------------------- persistence
+    def save_model(
+        self, model: nn.Module, directory: Path, spec: dict[str, Any], threshold: float | None = None
+    ) -> None:
+        """Write ``model.safetensors`` and ``model.json`` (domain, spec, threshold): never a pickle."""
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(directory / "model.safetensors"))
+        meta = {"domain": self.name, "spec": spec, "threshold": threshold}
+        (directory / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+
+    def load_model(self, directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+        """The model saved in ``directory`` and its metadata (``spec``, ``threshold``)."""
+        path = Path(directory)
+        if (path / "models" / "hardened" / "model.json").is_file():
+            path = path / "models" / "hardened"
+        elif (path / "models" / "evaluated" / "model.json").is_file():
+            path = path / "models" / "evaluated"
+        meta_file = path / "model.json"
+        if not meta_file.is_file() or not (path / "model.safetensors").is_file():
+            pickles = [p.name for p in path.glob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]
+            hint = f" (found {', '.join(pickles)}: pickled weights are refused, they can run code)" if pickles else ""
+            raise ConfigError(
+                f"{path} is not a robustkit model folder: expected model.json and model.safetensors{hint}"
+            )
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if meta.get("domain") != self.name:
+            raise ConfigError(f"{path} holds a {meta.get('domain')!r} model, not a {self.name!r} one")
+        model = self.build_model(meta.get("spec", {}))
+        try:
+            model.load_state_dict(load_file(str(path / "model.safetensors")))
+        except RuntimeError as exc:
+            raise ConfigError(f"the weights in {path} do not fit the model its model.json describes: {exc}") from None
+        return model, meta
+
+
+def register_domain(domain: type[Domain], name: str | None = None) -> None:
+    """Make ``domain`` available under ``name`` (default: its ``name`` attribute)."""
+    key = name or domain.name
+    if not key:
+        raise ConfigError("a domain needs a name: set the class attribute `name` or pass name=")
+    _REGISTRY[key] = domain
+
+
+def _entry_point_domains() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_domains() -> list[str]:
+    """Names of the registered domains and those installed through entry points."""
+    return sorted(set(_REGISTRY) | set(_entry_point_domains()))
+
+
+def get_domain(name: str) -> Domain:
+    """An instance of the domain called ``name``."""
+    if name not in _REGISTRY:
+        found = _entry_point_domains().get(name)
+        if found is None:
+            names = ", ".join(available_domains()) or "none installed"
+            raise ConfigError(f"unknown domain {name!r}: choose one of {names}")
+        register_domain(found.load(), name)
+    return _REGISTRY[name]()

@@ -1,0 +1,382 @@
+"""``harden``, ``evaluate`` and ``attack``: the one pipeline that writes a run directory, for every domain.
+
+A domain only fills the :class:`~robustkit.domain.Domain` interface; splitting, training both models
+on the same split, evaluating them under the same attacks, resuming and writing the run directory
+happen here once.
+
+Run directory (contract)::
+
+    RUN/metrics.json   written last: its presence means the run is complete
+    RUN/report.html  RUN/report.md  RUN/config.yaml  RUN/history.csv
+    RUN/checkpoints/<model>/   RUN/models/<model>/   RUN/examples/
+
+Example:
+    >>> from robustkit.config import RunConfig
+    >>> from robustkit import pipeline
+    >>> callable(pipeline.harden)
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+
+from robustkit import __version__
+from robustkit.attacks import Ensemble
+from robustkit.config import RunConfig
+from robustkit.domain import Domain, DomainData, get_domain
+from robustkit.errors import ConfigError
+from robustkit.evaluation import RobustnessReport, evaluate
+from robustkit.evaluation.presets import PRESETS
+from robustkit.reporting import write_reports
+from robustkit.training import AdversarialTrainer
+from robustkit.training.checkpoint import atomic_write_text
+
+__all__ = ["attack", "evaluate_model", "harden", "prepare_run_dir"]
+
+log = logging.getLogger("robustkit")
+
+#: number of test examples whose adversarial versions are written to examples/ by harden and evaluate
+N_EXAMPLES = 16
+
+
+@dataclass
+class _Trained:
+    model: nn.Module
+    spec: dict[str, Any]
+    threshold: float | None
+    seconds: float
+    history: list[dict[str, Any]]
+
+
+# ----------------------------------------------------------------------------- run directory
+def prepare_run_dir(out: Path, *, force: bool, resume: bool) -> None:
+    """Refuse to clobber a complete run (unless ``force``); check a run to ``resume``. Writes nothing."""
+    complete = (out / "metrics.json").is_file()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder: choose another --out")
+    if resume:
+        if complete:
+            raise ConfigError(f"{out} is already complete: nothing to resume (use --force to redo it)")
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"{out} holds no stopped run to resume (no config.yaml): start it without --resume")
+        return
+    if complete and not force:
+        raise ConfigError(f"{out} already holds a complete run: pass --force to overwrite it or choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not complete and not force:
+        raise ConfigError(f"{out} holds a stopped run: pass --resume {out} to continue it, or --force to start over")
+
+
+def _clear(out: Path) -> None:
+    """Remove an old run: metrics.json first, so it never looks complete while half deleted."""
+    (out / "metrics.json").unlink(missing_ok=True)
+    if out.is_dir():
+        for child in out.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+
+
+def _versions() -> dict[str, str]:
+    return {"robustkit": __version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+def _setup_torch(config: RunConfig) -> torch.device:
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {config.device!r} was asked for but CUDA is not available: use --device cpu")
+    torch.use_deterministic_algorithms(False)
+    return torch.device(config.device)
+
+
+def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
+    """Fill the domain's defaults into every option left unset."""
+    budget = config.budget if config.budget is not None else domain.default_budget
+    return config.merged(
+        {
+            "data": config.data or domain.default_data,
+            "method": config.method or domain.default_method,
+            "budget": budget,
+            "eps": config.eps or domain.eval_budgets(budget),
+            "epochs": config.epochs or domain.default_epochs,
+            "batch_size": config.batch_size or domain.default_batch_size,
+            "lr": config.lr or domain.default_lr,
+        }
+    )
+
+
+def _attackable_fn(domain: Domain) -> Any:
+    def mask(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        m = domain.attackable(x, y)
+        return torch.ones(len(y), dtype=torch.bool, device=y.device) if m is None else m
+
+    return mask
+
+
+# ----------------------------------------------------------------------------- training
+def _train(
+    name: str, method: str, domain: Domain, data: DomainData, config: RunConfig, out: Path, resume: bool,
+    progress: bool,
+) -> _Trained:
+    model_dir = out / "models" / name
+    spec = domain.model_spec(data, config.options)
+    if resume and (model_dir / "model.json").is_file():
+        model, meta = domain.load_model(model_dir)
+        saved = json.loads((model_dir / "train.json").read_text(encoding="utf-8"))
+        log.info("%s model: already trained, loaded from %s", name, model_dir)
+        return _Trained(model, meta.get("spec", spec), meta.get("threshold"), saved["seconds"], saved["history"])
+    assert config.budget is not None and config.epochs is not None and config.batch_size is not None
+    assert config.lr is not None
+    torch.manual_seed(config.seed)
+    model = domain.build_model(spec).to(config.device)
+    space = domain.space(config.budget, data)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    ckpt = out / "checkpoints" / name
+    trainer = AdversarialTrainer(
+        model, space, method=method, optimizer=optimizer, eps_warmup=config.eps_warmup,
+        attackable=_attackable_fn(domain), checkpoint_dir=ckpt, seed=config.seed, progress=progress,
+        select_best=method != "standard",
+    )
+    resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
+    log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
+             " (resuming)" if resume_from else "")
+    trainer.fit(
+        domain.loader(data.train, config.batch_size, shuffle=True),
+        epochs=config.epochs,
+        val_loader=domain.loader(data.val, config.batch_size, shuffle=False),
+        resume=resume_from,
+    )
+    model.eval()
+    threshold = domain.choose_threshold(model, data)
+    history = [{"model": name, **r} for r in trainer.history]
+    seconds = float(sum(r.get("train_seconds", 0.0) + r.get("val_seconds", 0.0) for r in trainer.history))
+    tmp = model_dir.with_name(f".{name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    domain.save_model(model, tmp, spec, threshold)
+    (tmp / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
+    shutil.rmtree(model_dir, ignore_errors=True)
+    os.replace(tmp, model_dir)
+    return _Trained(model, spec, threshold, seconds, history)
+
+
+# ----------------------------------------------------------------------------- evaluation
+def _evaluate(
+    domain: Domain, model: nn.Module, threshold: float | None, data: DomainData, config: RunConfig, progress: bool
+) -> tuple[RobustnessReport, dict[str, Any], nn.Module]:
+    assert config.budget is not None and config.batch_size is not None
+    decided = domain.decided(model.eval(), threshold)
+    space = domain.eval_space(config.budget, data)
+    report = evaluate(
+        decided,
+        domain.loader(data.test, config.batch_size, shuffle=False),
+        space,
+        eps=config.eps,
+        attacks=config.preset,
+        mask=_attackable_fn(domain),
+        seed=config.seed,
+        batch_size=config.batch_size,
+        progress=progress,
+    )
+    metrics = domain.domain_metrics(decided, data, report)
+    if threshold is not None:
+        metrics.setdefault("threshold", threshold)
+    return report, metrics, decided
+
+
+def _strongest(domain: Domain, data: DomainData, config: RunConfig, n_classes: int) -> Ensemble:
+    assert config.budget is not None
+    space = domain.eval_space(config.budget, data)
+    specs = PRESETS[config.preset].attacks_for(n_classes, discrete=not hasattr(space, "project"))
+    return Ensemble([s.build(space, seed=config.seed) for s in specs])
+
+
+def _write_examples(
+    domain: Domain, decided: nn.Module, data: DomainData, config: RunConfig, out: Path, limit: int | None
+) -> dict[str, Any]:
+    """Attack the first ``limit`` test examples (all if None) with the preset's attacks; write them."""
+    assert config.batch_size is not None
+    loader = domain.loader(data.test, config.batch_size, shuffle=False)
+    xs, advs, ys, wins = [], [], [], []
+    taken = 0
+    n_classes = data.info.n_classes
+    attack = _strongest(domain, data, config, n_classes)
+    mask_fn = _attackable_fn(domain)
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        if limit is not None:
+            x, y = x[: limit - taken], y[: limit - taken]
+        ids = torch.arange(taken, taken + len(y))
+        result = attack(decided, x, y, mask=mask_fn(x, y), ids=ids)
+        xs.append(x)
+        advs.append(result.x_adv.cpu() if isinstance(result.x_adv, torch.Tensor) else result.x_adv)
+        ys.append(y)
+        wins.append(result.success.cpu())
+        taken += len(y)
+        if limit is not None and taken >= limit:
+            break
+    x_all: Any = torch.cat(xs) if isinstance(xs[0], torch.Tensor) else [v for part in xs for v in part]
+    adv_all: Any = torch.cat(advs) if isinstance(advs[0], torch.Tensor) else [v for part in advs for v in part]
+    success = torch.cat(wins)
+    domain.write_examples(out / "examples", x_all, adv_all, torch.cat(ys), success, data)
+    return {"n": taken, "successes": int(success.sum())}
+
+
+# ----------------------------------------------------------------------------- commands
+def _model_entry(report: RobustnessReport, domain_metrics: dict[str, Any], seconds: float | None) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "clean_accuracy": report.clean_accuracy,
+        "robust_accuracy": dict(report.robust_accuracy),
+        "domain_metrics": domain_metrics,
+        "verdict": report.verdict,
+    }
+    if seconds is not None:
+        entry["train_seconds"] = seconds
+    return entry
+
+
+def _metrics(
+    command: str, domain: Domain, data: DomainData, config: RunConfig, reports: dict[str, RobustnessReport],
+    entries: dict[str, dict[str, Any]], main: str,
+) -> dict[str, Any]:
+    rep = reports[main]
+    return {
+        "schema_version": 1,
+        "command": command,
+        "domain": domain.name,
+        "dataset": data.info.to_dict(),
+        "seed": config.seed,
+        "threat": dict(rep.threat),
+        "attacks": rep.attacks,
+        "models": entries,
+        "checks": [c.to_dict() for c in rep.checks],
+        "verdict": rep.verdict,
+        "versions": _versions(),
+    }
+
+
+def _finish(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
+            config: RunConfig, argv: list[str] | None) -> None:
+    command = "robustkit " + shlex.join(argv) if argv is not None else " ".join(shlex.quote(a) for a in sys.argv)
+    if not history.empty:
+        atomic_write_text(out / "history.csv", history.to_csv(index=False))
+    write_reports(out, metrics, reports, history, config.to_yaml(), command)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
+
+
+def _start(config: RunConfig, out: Path, force: bool, resume: bool) -> tuple[Domain, RunConfig, DomainData]:
+    """Everything that can fail on bad input, before the first write."""
+    prepare_run_dir(out, force=force, resume=resume)
+    if resume:
+        saved = RunConfig.from_yaml(out / "config.yaml")
+        if saved.domain != config.domain:
+            raise ConfigError(f"{out} is a {saved.domain!r} run, not {config.domain!r}")
+        config = saved
+    domain = get_domain(config.domain)
+    config = _resolve(config, domain)
+    _setup_torch(config)
+    assert config.data is not None
+    data = domain.load_data(config.data, config.seed, config.options)
+    if force and not resume:
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", config.to_yaml())
+    return domain, config, data
+
+
+def harden(
+    config: RunConfig, out: str | Path, *, force: bool = False, resume: bool = False, progress: bool = False,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train a standard and a hardened model on the same split, evaluate both, write the run directory.
+
+    Returns the ``metrics.json`` content. With ``resume=True`` a stopped run in ``out`` continues from
+    its checkpoints (models already saved are not retrained).
+    """
+    out = Path(out)
+    domain, config, data = _start(config, out, force, resume)
+    assert config.method is not None
+    start = time.perf_counter()
+    trained = {
+        "standard": _train("standard", "standard", domain, data, config, out, resume, progress),
+        "hardened": _train("hardened", config.method, domain, data, config, out, resume, progress),
+    }
+    reports: dict[str, RobustnessReport] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    decided_hardened: nn.Module | None = None
+    for name, t in trained.items():
+        log.info("%s model: evaluating with the %r preset", name, config.preset)
+        report, dm, decided = _evaluate(domain, t.model, t.threshold, data, config, progress)
+        reports[name], entries[name] = report, _model_entry(report, dm, t.seconds)
+        decided_hardened = decided
+    assert decided_hardened is not None
+    _write_examples(domain, decided_hardened, data, config, out, N_EXAMPLES)
+    history = pd.DataFrame([row for t in trained.values() for row in t.history])
+    metrics = _metrics("harden", domain, data, config, reports, entries, "hardened")
+    metrics["method"] = config.method
+    _finish(out, metrics, reports, history, config, argv)
+    log.info("run written to %s in %.1f s", out, time.perf_counter() - start)
+    return metrics
+
+
+def _load_for_eval(config: RunConfig, out: Path, force: bool) -> tuple[Domain, RunConfig, DomainData, nn.Module,
+                                                                          dict[str, Any]]:
+    if not config.model:
+        raise ConfigError("--model is required: a model folder or a run directory")
+    model_path = Path(config.model)
+    if not model_path.exists():
+        raise ConfigError(f"--model {model_path} does not exist")
+    domain = get_domain(config.domain)
+    model, meta = domain.load_model(model_path)
+    domain_, config, data = _start(config, out, force, False)
+    model = model.to(config.device)
+    domain.save_model(model, out / "models" / "evaluated", meta.get("spec", {}), meta.get("threshold"))
+    return domain_, config, data, model, meta
+
+
+def evaluate_model(
+    config: RunConfig, out: str | Path, *, force: bool = False, progress: bool = False,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved model (``config.model``) and write a run directory with one model, ``evaluated``."""
+    out = Path(out)
+    domain, config, data, model, meta = _load_for_eval(config, out, force)
+    report, dm, decided = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
+    _write_examples(domain, decided, data, config, out, N_EXAMPLES)
+    reports = {"evaluated": report}
+    metrics = _metrics("evaluate", domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
+                       "evaluated")
+    _finish(out, metrics, reports, pd.DataFrame(), config, argv)
+    return metrics
+
+
+def attack(
+    config: RunConfig, out: str | Path, *, force: bool = False, progress: bool = False,
+    argv: list[str] | None = None,
+) -> dict[str, Any]:
+    """Attack every test example of a saved model and write the adversarial inputs themselves."""
+    out = Path(out)
+    domain, config, data, model, meta = _load_for_eval(config, out, force)
+    report, dm, decided = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
+    written = _write_examples(domain, decided, data, config, out, None)
+    reports = {"evaluated": report}
+    metrics = _metrics("attack", domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
+                       "evaluated")
+    metrics["examples"] = written
+    _finish(out, metrics, reports, pd.DataFrame(), config, argv)
+    return metrics

@@ -1,0 +1,175 @@
+"""``report.md`` and ``report.html`` of a run directory: what a person looks at after a run.
+
+The HTML page is one self-contained file: plots (robust accuracy vs budget for every model, the
+training history) and any PNG the domain wrote to ``examples/`` are embedded as base64 images.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from robustkit.evaluation import RobustnessReport
+from robustkit.training.checkpoint import atomic_write_text
+
+__all__ = ["budget_figure", "history_figure", "write_reports"]
+
+_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;color:#222;padding:0 1em}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
+    "th{background:#f3f3f3}td.l,th.l{text-align:left}.verdict{font-size:1.3em;font-weight:bold}"
+    "li.pass b{color:#2a7a2a}li.fail b{color:#b00}li.na b{color:#777}img{max-width:100%}"
+    "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
+)
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def budget_figure(reports: dict[str, RobustnessReport]) -> Figure:
+    """Robust accuracy vs budget: the worst case of every model (solid) and each attack (dotted)."""
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    for i, (name, rep) in enumerate(reports.items()):
+        colour = f"C{i}"
+        table = rep.table
+        for attack, rows in table.groupby("attack", sort=False):
+            worst = attack == "worst"
+            ax.plot(rows["eps"], rows["robust_accuracy"], color=colour, linestyle="-" if worst else ":",
+                    marker="o" if worst else None, linewidth=2 if worst else 1,
+                    label=f"{name}: worst case" if worst else f"{name}: {attack}")
+        ax.axhline(rep.clean_accuracy, color=colour, linestyle="--", linewidth=0.8)
+    ax.set_xlabel(f"budget ({next(iter(reports.values())).threat.get('space', '')})")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title("Robust accuracy vs budget (dashed: clean accuracy)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def history_figure(history: pd.DataFrame) -> Figure:
+    """Per-epoch training loss and validation accuracy (clean and robust) of every model."""
+    fig = Figure(figsize=(9.0, 3.4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for i, (name, rows) in enumerate(history.groupby("model", sort=False)):
+        colour = f"C{i}"
+        ax_loss.plot(rows["epoch"], rows["train_loss"], color=colour, marker="o", label=str(name))
+        if "val_clean_accuracy" in rows:
+            ax_acc.plot(rows["epoch"], rows["val_clean_accuracy"], color=colour, linestyle="--", label=f"{name}: clean")
+        if "val_robust_accuracy" in rows:
+            ax_acc.plot(rows["epoch"], rows["val_robust_accuracy"], color=colour, marker="o", label=f"{name}: robust")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("training loss")
+    ax_loss.legend(fontsize=7)
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("validation accuracy")
+    ax_acc.set_ylim(0, 1.02)
+    ax_acc.legend(fontsize=7)
+    fig.suptitle("Training history")
+    return fig
+
+
+def _pct(v: Any) -> str:
+    return f"{100 * float(v):.1f}%" if isinstance(v, int | float) else str(v)
+
+
+def _summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, m in metrics["models"].items():
+        seconds = m.get("train_seconds")
+        rows.append([name, _pct(m["clean_accuracy"]), _pct(m["robust_accuracy"].get("worst")), m.get("verdict", ""),
+                     "" if seconds is None else f"{seconds:.1f}"])
+    return rows
+
+
+def _markdown(metrics: dict[str, Any], reports: dict[str, RobustnessReport], config_yaml: str, command: str) -> str:
+    threat = metrics["threat"]
+    lines = [
+        f"# robustkit {metrics.get('command', 'run')}: {metrics['domain']}",
+        "",
+        f"**Verdict:** {metrics['verdict']}",
+        "",
+        f"Data: {metrics['dataset']['name']} ({metrics['dataset'].get('split', '')}); threat: "
+        f"{threat.get('space')} budget {threat.get('budget')}; seed {metrics['seed']}.",
+        "",
+        "| model | clean accuracy | robust accuracy (worst case) | verdict | training seconds |",
+        "|---|---|---|---|---|",
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in _summary_rows(metrics)]
+    for name, rep in reports.items():
+        lines += ["", f"## {name} model", "", *_markdown_table(rep.table), "", "Checks:", ""]
+        lines += [f"- **{c.status}**: {c.name}: {c.detail}" for c in rep.checks]
+    lines += ["", "## Reproduce", "", "```", command, "```", "", "```yaml", config_yaml.rstrip(), "```", "",
+              "Versions: " + ", ".join(f"{k} {v}" for k, v in metrics["versions"].items()), ""]
+    return "\n".join(lines)
+
+
+def _markdown_table(table: pd.DataFrame) -> list[str]:
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    head = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "---|" * len(table.columns)
+    return [head, rule, *("| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False))]
+
+
+def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
+          examples: list[Path], config_yaml: str, command: str) -> str:
+    esc = html.escape
+    parts = [
+        "<!DOCTYPE html>",
+        f'<html lang="en"><head><meta charset="utf-8"><title>robustkit {esc(metrics["domain"])} report</title>'
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>robustkit {esc(str(metrics.get('command', 'run')))}: {esc(metrics['domain'])}</h1>",
+        f'<p class="verdict" id="verdict">{esc(metrics["verdict"])}</p>',
+        "<table id='summary'><tr><th class=l>model</th><th>clean accuracy</th><th>robust accuracy (worst case)</th>"
+        "<th class=l>verdict</th><th>training seconds</th></tr>",
+    ]
+    for row in _summary_rows(metrics):
+        parts.append(f"<tr data-model='{esc(row[0])}'><td class=l>{esc(row[0])}</td><td>{esc(row[1])}</td>"
+                     f"<td>{esc(row[2])}</td><td class=l>{esc(row[3])}</td><td>{esc(row[4])}</td></tr>")
+    parts.append("</table>")
+    parts.append(f'<h2>Robust accuracy vs budget</h2><img id="budget-plot" alt="robust accuracy vs budget" '
+                 f'src="data:image/png;base64,{_png(budget_figure(reports))}">')
+    if not history.empty:
+        parts.append(f'<h2>Training</h2><img id="history-plot" alt="training history" '
+                     f'src="data:image/png;base64,{_png(history_figure(history))}">')
+    for path in examples:
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f'<h2>Examples</h2><img alt="{esc(path.name)}" src="data:image/png;base64,{data}">')
+    for name, rep in reports.items():
+        parts.append(f"<h2>{esc(name)} model: attacks and checks</h2>")
+        parts.append(rep.table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+        parts.append("<ul>")
+        for c in rep.checks:
+            cls = {True: "pass", False: "fail", None: "na"}[c.passed]
+            parts.append(f'<li class="{cls}"><b>{esc(c.status)}</b>: {esc(c.name)}<br>'
+                         f"<small>{esc(c.detail)}</small></li>")
+        parts.append("</ul>")
+    versions = ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())
+    parts += [
+        "<h2>Reproduce</h2>",
+        f"<pre id='command'>{esc(command)}</pre>",
+        f"<pre id='config'>{esc(config_yaml)}</pre>",
+        f"<p id='versions'>Versions: {esc(versions)}</p>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_reports(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
+                  config_yaml: str, command: str) -> None:
+    """Write ``report.md`` and the self-contained ``report.html`` into the run directory ``out``."""
+    examples = sorted((out / "examples").glob("*.png"))
+    atomic_write_text(out / "report.md", _markdown(metrics, reports, config_yaml, command))
+    atomic_write_text(out / "report.html", _html(metrics, reports, history, examples, config_yaml, command))
