@@ -1,7 +1,7 @@
 """The ``robustkit`` command: ``quickstart``, ``harden``, ``evaluate``, ``attack``.
 
 Errors print one line and exit with status 2 (a traceback only with ``--debug``); argparse's own
-usage errors exit with status 2 too.
+usage errors exit with status 2 too. An unexpected internal error prints one line and exits with 1.
 """
 
 from __future__ import annotations
@@ -153,9 +153,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"robustkit: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if args.debug:
+            raise
+        print(f"robustkit: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print("robustkit: interrupted", file=sys.stderr)
+        print("robustkit: interrupted; a stopped harden run continues with --resume RUN", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"robustkit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
     return 0
 
 

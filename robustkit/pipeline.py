@@ -101,7 +101,6 @@ def _setup_torch(config: RunConfig) -> torch.device:
         torch.set_num_threads(config.threads)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r} was asked for but CUDA is not available: use --device cpu")
-    torch.use_deterministic_algorithms(False)
     return torch.device(config.device)
 
 

@@ -14,15 +14,6 @@ from robustkit.attacks import apgd_checkpoints
 from robustkit.attacks.apgd import apgd_should_halve
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _blobs_mlp(n_classes: int = 4, dim: int = 8, n: int = 200, seed: int = 0):
     """A small MLP trained on seeded gaussian blobs (float64), with its training data."""
     g = torch.Generator().manual_seed(seed)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -12,14 +11,6 @@ from robustkit.evaluation import checks as ck
 from tests.test_evaluate import BOX, blobs, trained_mlp
 
 FAST = CheckSettings(search_queries=300, cover_examples=96)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def run(model: nn.Module, attacks="quick", eps=(0.1,), settings: CheckSettings = FAST, n: int = 150):

@@ -12,7 +12,7 @@ from robustkit.cli import main
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "quick"
-    assert main(["quickstart", "--out", str(out), "--quiet", "--threads", "2"]) == 0
+    assert main(["quickstart", "--out", str(out), "--quiet"]) == 0
     return out
 
 

@@ -10,15 +10,6 @@ from robustkit.attacks.base import Attack, Best, Problem
 from robustkit.attacks.ensemble import _where
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class _Spy(Attack):
     """Returns the clean inputs after one forward pass, remembering which examples it was given."""
 

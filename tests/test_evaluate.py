@@ -25,15 +25,6 @@ CENTERS = torch.tensor([[-0.5, -0.5], [0.5, -0.5], [0.0, 0.5]])
 FAST = CheckSettings(search_queries=200, cover_examples=64)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; restore the setting for other modules."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def blobs(n: int = 200, seed: int = 0, spread: float = 0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """Three Gaussian blobs in 2-D, clipped to the [-1, 1] box; labels cycle 0, 1, 2."""
     g = torch.Generator().manual_seed(seed)

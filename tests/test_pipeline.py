@@ -13,7 +13,7 @@ from robustkit.cli import main
 from robustkit.training.trainer import AdversarialTrainer
 from tests import toy_domain
 
-FAST = ["--preset", "quick", "--quiet", "--threads", "1"]
+FAST = ["--preset", "quick", "--quiet"]
 TIMING_KEYS = {"train_seconds", "seconds", "versions"}
 
 

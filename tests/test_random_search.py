@@ -8,15 +8,6 @@ import torch
 import robustkit as rk
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine they thrash."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _linear(d: int, n_classes: int, n: int, seed: int = 0):
     torch.manual_seed(seed)
     model = torch.nn.Linear(d, n_classes).double()
