@@ -333,19 +333,35 @@ def harden(
     return metrics
 
 
-def _load_for_eval(config: RunConfig, out: Path, force: bool) -> tuple[Domain, RunConfig, DomainData, nn.Module,
-                                                                          dict[str, Any]]:
+def _load_for_eval(
+    config: RunConfig, out: Path, force: bool
+) -> tuple[Domain, RunConfig, DomainData, nn.Module, dict[str, Any]]:
+    """Load the model to evaluate (refusing pickles) before anything is written, then start the run."""
     if not config.model:
         raise ConfigError("--model is required: a model folder or a run directory")
     model_path = Path(config.model)
     if not model_path.exists():
         raise ConfigError(f"--model {model_path} does not exist")
-    domain = get_domain(config.domain)
-    model, meta = domain.load_model(model_path)
-    domain_, config, data = _start(config, out, force, False)
+    model, meta = get_domain(config.domain).load_model(model_path)
+    domain, config, data = _start(config, out, force, False)
     model = model.to(config.device)
     domain.save_model(model, out / "models" / "evaluated", meta.get("spec", {}), meta.get("threshold"))
-    return domain_, config, data, model, meta
+    return domain, config, data, model, meta
+
+
+def _single_model(
+    command: str, config: RunConfig, out: Path, force: bool, progress: bool, argv: list[str] | None,
+    all_examples: bool,
+) -> dict[str, Any]:
+    domain, config, data, model, meta = _load_for_eval(config, out, force)
+    report, dm, decided = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
+    written = _write_examples(domain, decided, data, config, out, None if all_examples else N_EXAMPLES)
+    reports = {"evaluated": report}
+    metrics = _metrics(command, domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
+                       "evaluated")
+    metrics["examples"] = written
+    _finish(out, metrics, reports, pd.DataFrame(), config, argv)
+    return metrics
 
 
 def evaluate_model(
@@ -353,15 +369,7 @@ def evaluate_model(
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model (``config.model``) and write a run directory with one model, ``evaluated``."""
-    out = Path(out)
-    domain, config, data, model, meta = _load_for_eval(config, out, force)
-    report, dm, decided = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
-    _write_examples(domain, decided, data, config, out, N_EXAMPLES)
-    reports = {"evaluated": report}
-    metrics = _metrics("evaluate", domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
-                       "evaluated")
-    _finish(out, metrics, reports, pd.DataFrame(), config, argv)
-    return metrics
+    return _single_model("evaluate", config, Path(out), force, progress, argv, all_examples=False)
 
 
 def attack(
@@ -369,13 +377,4 @@ def attack(
     argv: list[str] | None = None,
 ) -> dict[str, Any]:
     """Attack every test example of a saved model and write the adversarial inputs themselves."""
-    out = Path(out)
-    domain, config, data, model, meta = _load_for_eval(config, out, force)
-    report, dm, decided = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
-    written = _write_examples(domain, decided, data, config, out, None)
-    reports = {"evaluated": report}
-    metrics = _metrics("attack", domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
-                       "evaluated")
-    metrics["examples"] = written
-    _finish(out, metrics, reports, pd.DataFrame(), config, argv)
-    return metrics
+    return _single_model("attack", config, Path(out), force, progress, argv, all_examples=True)

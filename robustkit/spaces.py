@@ -178,9 +178,16 @@ class ContinuousSpace(PerturbationSpace):
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
         """Per-example norm of a perturbation."""
 
-    @abstractmethod
     def covering_budget(self, x: torch.Tensor) -> float | None:
         """A budget whose ball covers the whole box around any point, or None if the box is unbounded."""
+        low, high = self._bounds_like(x)
+        width = torch.broadcast_to(high - low, x.shape[1:])
+        mask = self._mask_like(x)
+        if mask is not None:
+            width = width[torch.broadcast_to(mask, x.shape[1:])]
+        if width.numel() == 0 or not bool(torch.isfinite(width).all()):
+            return None
+        return float(self.norm(width.reshape(1, -1))[0])
 
     def _apply_mask(self, t: torch.Tensor) -> torch.Tensor:
         mask = self._mask_like(t)
@@ -261,15 +268,6 @@ class LinfBall(ContinuousSpace):
         flat = delta.flatten(1)
         return flat.abs().amax(dim=1) if flat.shape[1] else flat.new_zeros(len(flat))
 
-    def covering_budget(self, x: torch.Tensor) -> float | None:
-        low, high = self._bounds_like(x)
-        width = torch.broadcast_to(high - low, x.shape[1:])
-        mask = self._mask_like(x)
-        if mask is not None:
-            width = width[torch.broadcast_to(mask, x.shape[1:])]
-        if width.numel() == 0 or not bool(torch.isfinite(width).all()):
-            return None
-        return float(width.max())
 
 
 class L2Ball(ContinuousSpace):
@@ -317,15 +315,6 @@ class L2Ball(ContinuousSpace):
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.flatten(1).norm(dim=1)
 
-    def covering_budget(self, x: torch.Tensor) -> float | None:
-        low, high = self._bounds_like(x)
-        width = torch.broadcast_to(high - low, x.shape[1:])
-        mask = self._mask_like(x)
-        if mask is not None:
-            width = width[torch.broadcast_to(mask, x.shape[1:])]
-        if width.numel() == 0 or not bool(torch.isfinite(width).all()):
-            return None
-        return float(width.norm())
 
 
 @dataclass(frozen=True)
