@@ -39,7 +39,7 @@ from robustkit.errors import ConfigError
 from robustkit.models import ThresholdModel
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
-__all__ = ["DatasetInfo", "Domain", "DomainData", "available_domains", "get_domain", "register_domain"]
+__all__ = ["DatasetInfo", "Domain", "DomainData", "Examples", "available_domains", "get_domain", "register_domain"]
 
 log = logging.getLogger("robustkit")
 
@@ -73,6 +73,28 @@ class DomainData:
     test: Dataset[Any]
     info: DatasetInfo
     raw: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Examples:
+    """Clean and adversarial inputs with labels and the decided model's predictions on both.
+
+    ``x`` and ``x_adv`` are tensors for continuous spaces and lists of objects for discrete ones.
+    """
+
+    x: Any
+    x_adv: Any
+    y: torch.Tensor
+    pred_clean: torch.Tensor
+    pred_adv: torch.Tensor
+    success: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every field that is a tensor, by name."""
+        return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
 
 
 class Domain:
@@ -124,6 +146,10 @@ class Domain:
         """The space evaluation attacks search (default: the training space)."""
         return self.space(budget, data)
 
+    def default_budget_for(self, spec: str) -> float:
+        """The default budget for the data ``spec`` (e.g. MNIST 0.3, CIFAR-10 8/255); default: ``default_budget``."""
+        return self.default_budget
+
     def eval_budgets(self, budget: float) -> list[float]:
         """Budgets of the accuracy-vs-budget curve (default: a quarter steps up to the budget)."""
         return [round(budget * f, 6) for f in (0.25, 0.5, 0.75, 1.0)]
@@ -146,17 +172,11 @@ class Domain:
         """Extra figures for ``metrics.json`` under ``domain_metrics`` (default: none)."""
         return {}
 
-    def write_examples(
-        self, directory: Path, x: Any, x_adv: Any, y: torch.Tensor, success: torch.Tensor, data: DomainData
-    ) -> list[Path]:
+    def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
         """Write adversarial examples in the domain's own form; default: a safetensors file of tensors."""
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "examples.safetensors"
-        save_file(
-            {"x": x.detach().cpu().contiguous(), "x_adv": x_adv.detach().cpu().contiguous(),
-             "y": y.cpu(), "success": success.cpu()},
-            str(path),
-        )
+        save_file({k: v.detach().cpu().contiguous() for k, v in examples.tensors().items()}, str(path))
         return [path]
 
     # ----------------------------------------------------------------- persistence

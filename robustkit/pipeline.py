@@ -38,11 +38,13 @@ from torch import nn
 from robustkit import __version__
 from robustkit.attacks import Ensemble
 from robustkit.config import RunConfig
-from robustkit.domain import Domain, DomainData, get_domain
+from robustkit.domain import Domain, DomainData, Examples, get_domain
 from robustkit.errors import ConfigError
 from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.evaluation.presets import PRESETS
+from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
+from robustkit.spaces import DiscreteSpace
 from robustkit.training import AdversarialTrainer
 from robustkit.training.checkpoint import atomic_write_text
 
@@ -106,10 +108,11 @@ def _setup_torch(config: RunConfig) -> torch.device:
 
 def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
     """Fill the domain's defaults into every option left unset."""
-    budget = config.budget if config.budget is not None else domain.default_budget
+    data = config.data or domain.default_data
+    budget = config.budget if config.budget is not None else domain.default_budget_for(data)
     return config.merged(
         {
-            "data": config.data or domain.default_data,
+            "data": data,
             "method": config.method or domain.default_method,
             "budget": budget,
             "eps": config.eps or domain.eval_budgets(budget),
@@ -118,6 +121,12 @@ def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
             "lr": config.lr or domain.default_lr,
         }
     )
+
+
+def _eval_batch_size(config: RunConfig) -> int:
+    """Evaluation batches: at least 256 (per-batch work such as the checks' searches is amortised)."""
+    assert config.batch_size is not None
+    return max(config.batch_size, 256)
 
 
 def _attackable_fn(domain: Domain) -> Any:
@@ -183,13 +192,13 @@ def _evaluate(
     space = domain.eval_space(config.budget, data)
     report = evaluate(
         decided,
-        domain.loader(data.test, config.batch_size, shuffle=False),
+        domain.loader(data.test, _eval_batch_size(config), shuffle=False),
         space,
         eps=config.eps,
         attacks=config.preset,
         mask=_attackable_fn(domain),
         seed=config.seed,
-        batch_size=config.batch_size,
+        batch_size=_eval_batch_size(config),
         progress=progress,
     )
     metrics = domain.domain_metrics(decided, data, report)
@@ -201,39 +210,50 @@ def _evaluate(
 def _strongest(domain: Domain, data: DomainData, config: RunConfig, n_classes: int) -> Ensemble:
     assert config.budget is not None
     space = domain.eval_space(config.budget, data)
-    specs = PRESETS[config.preset].attacks_for(n_classes, discrete=not hasattr(space, "project"))
+    specs = PRESETS[config.preset].attacks_for(n_classes, discrete=isinstance(space, DiscreteSpace))
     return Ensemble([s.build(space, seed=config.seed) for s in specs])
+
+
+def _predict(model: nn.Module, space: Any, x: Any, device: torch.device) -> torch.Tensor:
+    """Decided predictions of a batch (discrete spaces: of the encoded objects)."""
+    with torch.no_grad():
+        inputs = space.encode(x, device) if isinstance(space, DiscreteSpace) else x.to(device)
+        return logits_of(model(inputs)).argmax(dim=1).cpu()
 
 
 def _write_examples(
     domain: Domain, decided: nn.Module, data: DomainData, config: RunConfig, out: Path, limit: int | None
 ) -> dict[str, Any]:
     """Attack the first ``limit`` test examples (all if None) with the preset's attacks; write them."""
-    assert config.batch_size is not None
-    loader = domain.loader(data.test, config.batch_size, shuffle=False)
-    xs, advs, ys, wins = [], [], [], []
-    taken = 0
-    n_classes = data.info.n_classes
-    attack = _strongest(domain, data, config, n_classes)
+    assert config.budget is not None and config.batch_size is not None
+    space = domain.eval_space(config.budget, data)
+    attack = _strongest(domain, data, config, data.info.n_classes)
     mask_fn = _attackable_fn(domain)
-    for batch in loader:
-        x, y = batch[0], batch[1]
-        if limit is not None:
-            x, y = x[: limit - taken], y[: limit - taken]
-        ids = torch.arange(taken, taken + len(y))
-        result = attack(decided, x, y, mask=mask_fn(x, y), ids=ids)
-        xs.append(x)
-        advs.append(result.x_adv.cpu() if isinstance(result.x_adv, torch.Tensor) else result.x_adv)
-        ys.append(y)
-        wins.append(result.success.cpu())
-        taken += len(y)
-        if limit is not None and taken >= limit:
-            break
-    x_all: Any = torch.cat(xs) if isinstance(xs[0], torch.Tensor) else [v for part in xs for v in part]
-    adv_all: Any = torch.cat(advs) if isinstance(advs[0], torch.Tensor) else [v for part in advs for v in part]
-    success = torch.cat(wins)
-    domain.write_examples(out / "examples", x_all, adv_all, torch.cat(ys), success, data)
-    return {"n": taken, "successes": int(success.sum())}
+    device = torch.device(config.device)
+    parts: dict[str, list[Any]] = {k: [] for k in ("x", "x_adv", "y", "pred_clean", "pred_adv", "success")}
+    taken = 0
+    with frozen_eval(decided):
+        for batch in domain.loader(data.test, _eval_batch_size(config), shuffle=False):
+            x, y = batch[0], batch[1]
+            if limit is not None:
+                x, y = x[: limit - taken], y[: limit - taken]
+            result = attack(decided, x, y, mask=mask_fn(x, y), ids=torch.arange(taken, taken + len(y)))
+            x_adv = result.x_adv.cpu() if isinstance(result.x_adv, torch.Tensor) else result.x_adv
+            parts["x"].append(x)
+            parts["x_adv"].append(x_adv)
+            parts["y"].append(torch.as_tensor(y).cpu())
+            parts["pred_clean"].append(_predict(decided, space, x, device))
+            parts["pred_adv"].append(_predict(decided, space, x_adv, device))
+            parts["success"].append(result.success.cpu())
+            taken += len(y)
+            if limit is not None and taken >= limit:
+                break
+    joined: dict[str, Any] = {
+        k: torch.cat(v) if isinstance(v[0], torch.Tensor) else [e for part in v for e in part] for k, v in parts.items()
+    }
+    examples = Examples(**joined)
+    domain.write_examples(out / "examples", examples, data)
+    return {"n": taken, "successes": int(examples.success.sum())}
 
 
 # ----------------------------------------------------------------------------- commands

@@ -176,3 +176,10 @@ def test_verdict_and_lines():
     assert ck.verdict([ok, ck.Check("b", False, "bad"), ck.Check("c", False, "")], 0.3, 0.9, 0.9) == "inconclusive: b"
     assert ck.Check("b", False, "bad").line == "FAILED: b (bad)"
     assert ck.Check.from_dict(ck.Check("c", None, "n/a").to_dict()) == ck.Check("c", None, "n/a")
+
+
+def test_a_failed_check_cannot_rescue_a_model_that_is_already_broken():
+    """Masking only hides successful attacks: a model broken despite it is 'not robust', not 'inconclusive'."""
+    failed = [ck.Check("b", False, "bad")]
+    assert ck.verdict(failed, 0.3, worst_accuracy=0.1, clean_accuracy=0.9) == "not robust"
+    assert ck.verdict(failed, 0.3, worst_accuracy=0.8, clean_accuracy=0.9) == "inconclusive: b"

@@ -300,18 +300,20 @@ def determinism_check(gap: float, eot: int, atol: float = DETERMINISM_TOL) -> Ch
 
 
 def verdict(checks: list[Check], budget: float, worst_accuracy: float, clean_accuracy: float) -> str:
-    """The report's verdict: inconclusive, robust or not.
+    """The report's verdict: robust, not robust, or inconclusive.
 
-    "inconclusive: <first failed check>" if a check failed; else "robust at budget B" if the worst-case
-    robust accuracy among attackable examples keeps at least half of their clean accuracy; else "not robust".
+    "not robust" if the worst-case robust accuracy among attackable examples keeps less than half of
+    their clean accuracy: a failed masking check can only mean the attacks were too weak, so a stronger
+    attack would lower the number further and the verdict stands. Otherwise "inconclusive: <first failed
+    check>" if a check failed, else "robust at budget B".
 
     Example:
         >>> verdict([], 0.3, worst_accuracy=0.6, clean_accuracy=0.9)
         'robust at budget 0.3'
     """
+    if not (clean_accuracy > 0 and worst_accuracy >= 0.5 * clean_accuracy):
+        return "not robust"
     failed = [c for c in checks if c.passed is False]
     if failed:
         return f"inconclusive: {failed[0].name}"
-    if clean_accuracy > 0 and worst_accuracy >= 0.5 * clean_accuracy:
-        return f"robust at budget {budget:g}"
-    return "not robust"
+    return f"robust at budget {budget:g}"

@@ -33,6 +33,7 @@ from robustkit.evaluation.checks import Check
 
 if TYPE_CHECKING:
     import pandas as pd
+    import torch
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
@@ -61,6 +62,9 @@ class RobustnessReport:
         n_examples: examples evaluated; n_attackable: those the mask let be attacked.
         clean_accuracy_attackable: clean accuracy among the attackable examples.
         seconds: wall time of the whole evaluation.
+        outcomes: per example, in data order, at the main budget: ``label``, ``attackable``,
+            ``clean_correct`` and ``robust`` (correct and unbroken by every attack, the worst case);
+            for per-class or per-segment figures. Not written to JSON.
     """
 
     clean_accuracy: float
@@ -75,6 +79,7 @@ class RobustnessReport:
     clean_accuracy_attackable: float | None = None
     seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    outcomes: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ views
     @property

@@ -434,6 +434,9 @@ class _Run:
         self.suite: dict[float, list[tuple[str, AttackLike, str]]] = {}
         self.tally: dict[float, dict[str, _Tally]] = {}
         self.worst = dict.fromkeys(budgets, 0)
+        self.outcomes: dict[str, list[torch.Tensor]] = {
+            k: [] for k in ("label", "attackable", "clean_correct", "robust")
+        }
         # check measurements
         self.fgsm: FGSM | None = None
         self.fgsm_broken = 0
@@ -566,6 +569,10 @@ class _Run:
             if self.settings is not None and e == self.main and bool(targets.any()):
                 self._main_budget_checks(x, y, ids, targets, broken, by_gradient, by_free)
             self.worst[e] += int(broken.sum())
+            if e == self.main:
+                for key, value in (("label", y), ("attackable", attackable), ("clean_correct", correct),
+                                   ("robust", correct & ~broken)):
+                    self.outcomes[key].append(value.cpu())
         if self.settings is not None:
             self._batch_checks(x, inp, y, ids, attackable, correct, logits)
 
@@ -714,6 +721,7 @@ class _Run:
             n_attackable=self.n_att,
             clean_accuracy_attackable=clean_att,
             seconds=seconds,
+            outcomes={k: torch.cat(v) for k, v in self.outcomes.items()},
         )
 
 
