@@ -211,7 +211,10 @@ class Domain:
         try:
             model.load_state_dict(load_file(str(path / "model.safetensors")))
         except RuntimeError as exc:
-            raise ConfigError(f"the weights in {path} do not fit the model its model.json describes: {exc}") from None
+            detail = " ".join(str(exc).split())
+            raise ConfigError(
+                f"the weights in {path} do not fit the model its model.json describes ({detail[:300]})"
+            ) from None
         return model, meta
 
 

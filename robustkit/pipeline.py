@@ -39,7 +39,7 @@ from robustkit import __version__
 from robustkit.attacks import Ensemble
 from robustkit.config import RunConfig
 from robustkit.domain import Domain, DomainData, Examples, get_domain
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
@@ -298,8 +298,14 @@ def _finish(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessRep
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
 
 
-def _start(config: RunConfig, out: Path, force: bool, resume: bool) -> tuple[Domain, RunConfig, DomainData]:
-    """Everything that can fail on bad input, before the first write."""
+def _start(
+    config: RunConfig, out: Path, force: bool, resume: bool, model: nn.Module | None = None
+) -> tuple[Domain, RunConfig, DomainData]:
+    """Everything that can fail on bad input, then the first write (config.yaml).
+
+    With ``model`` (evaluate, attack), one probe batch checks that the model takes the domain's
+    inputs and outputs one logit per class before anything is written.
+    """
     prepare_run_dir(out, force=force, resume=resume)
     if resume:
         saved = RunConfig.from_yaml(out / "config.yaml")
@@ -308,14 +314,34 @@ def _start(config: RunConfig, out: Path, force: bool, resume: bool) -> tuple[Dom
         config = saved
     domain = get_domain(config.domain)
     config = _resolve(config, domain)
-    _setup_torch(config)
+    device = _setup_torch(config)
     assert config.data is not None
     data = domain.load_data(config.data, config.seed, config.options)
+    if model is not None:
+        _probe(model.to(device), domain, data, config)
     if force and not resume:
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", config.to_yaml())
     return domain, config, data
+
+
+def _probe(model: nn.Module, domain: Domain, data: DomainData, config: RunConfig) -> None:
+    assert config.budget is not None
+    x = next(iter(domain.loader(data.test, 8, shuffle=False)))[0]
+    space = domain.eval_space(config.budget, data)
+    try:
+        with frozen_eval(model), torch.no_grad():
+            inputs = space.encode(x, config.device) if isinstance(space, DiscreteSpace) else x.to(config.device)
+            logits = logits_of(model(inputs))
+    except (RuntimeError, ValueError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"the model does not take this data's inputs ({first}): check --model and --data") from None
+    if logits.shape[1] < data.info.n_classes:
+        raise DataError(
+            f"the model outputs {logits.shape[1]} classes but the data has {data.info.n_classes}: "
+            "check --model and --data"
+        )
 
 
 def harden(
@@ -363,8 +389,7 @@ def _load_for_eval(
     if not model_path.exists():
         raise ConfigError(f"--model {model_path} does not exist")
     model, meta = get_domain(config.domain).load_model(model_path)
-    domain, config, data = _start(config, out, force, False)
-    model = model.to(config.device)
+    domain, config, data = _start(config, out, force, False, model)
     domain.save_model(model, out / "models" / "evaluated", meta.get("spec", {}), meta.get("threshold"))
     return domain, config, data, model, meta
 

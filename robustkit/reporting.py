@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from robustkit.evaluation import RobustnessReport
 from robustkit.training.checkpoint import atomic_write_text
 
-__all__ = ["budget_figure", "history_figure", "write_reports"]
+__all__ = ["breakdown_figure", "budget_figure", "history_figure", "write_reports"]
 
 _CSS = (
     "body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;color:#222;padding:0 1em}"
@@ -77,6 +77,39 @@ def history_figure(history: pd.DataFrame) -> Figure:
     ax_acc.legend(fontsize=7)
     fig.suptitle("Training history")
     return fig
+
+
+def _breakdowns(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Every ``domain_metrics`` entry that maps names (classes, segments) to numbers, as "model: metric"."""
+    out: dict[str, dict[str, float]] = {}
+    for name, m in metrics["models"].items():
+        for key, value in m.get("domain_metrics", {}).items():
+            if isinstance(value, dict) and value and all(isinstance(v, int | float) or v is None
+                                                          for v in value.values()):
+                out[f"{name}: {key.replace('_', ' ')}"] = {str(k): float(v or 0.0) for k, v in value.items()}
+    return out
+
+
+def breakdown_figure(breakdowns: dict[str, dict[str, float]]) -> Figure:
+    """Grouped bars: one group per class or segment, one bar per (model, metric)."""
+    keys = list(next(iter(breakdowns.values())))
+    fig = Figure(figsize=(max(6.4, 0.5 * len(keys) * len(breakdowns)), 3.6))
+    ax = fig.subplots()
+    width = 0.8 / len(breakdowns)
+    for i, (label, values) in enumerate(breakdowns.items()):
+        ax.bar([k + i * width for k in range(len(keys))], [values.get(key, 0.0) for key in keys], width, label=label)
+    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, rotation=45 if len(keys) > 12 else 0)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy")
+    ax.legend(fontsize=7)
+    ax.set_title("Per class or segment")
+    return fig
+
+
+def _scalars(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    return [(name, key, f"{v:.4g}" if isinstance(v, float) else str(v))
+            for name, m in metrics["models"].items() for key, v in m.get("domain_metrics", {}).items()
+            if isinstance(v, int | float | str)]
 
 
 def _pct(v: Any) -> str:
@@ -144,6 +177,17 @@ def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history
     if not history.empty:
         parts.append(f'<h2>Training</h2><img id="history-plot" alt="training history" '
                      f'src="data:image/png;base64,{_png(history_figure(history))}">')
+    breakdowns = _breakdowns(metrics)
+    if breakdowns:
+        parts.append(f'<h2>Per class or segment</h2><img id="breakdown-plot" alt="per-class accuracy" '
+                     f'src="data:image/png;base64,{_png(breakdown_figure(breakdowns))}">')
+    scalars = _scalars(metrics)
+    if scalars:
+        parts.append("<h2>Domain metrics</h2><table id='domain-metrics'><tr><th class=l>model</th>"
+                     "<th class=l>metric</th><th>value</th></tr>")
+        parts += [f"<tr><td class=l>{esc(a)}</td><td class=l>{esc(b)}</td><td>{esc(c)}</td></tr>"
+                  for a, b, c in scalars]
+        parts.append("</table>")
     for path in examples:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
         parts.append(f'<h2>Examples</h2><img alt="{esc(path.name)}" src="data:image/png;base64,{data}">')

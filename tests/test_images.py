@@ -45,6 +45,7 @@ def test_hardened_model_is_far_more_robust_at_the_same_budget(run):
     assert hardened["robust_accuracy"]["worst"] > standard["robust_accuracy"]["worst"] + 0.3
     per_class = hardened["domain_metrics"]["robust_accuracy_per_class"]
     assert list(per_class) == [str(k) for k in range(10)] and all(0 <= v <= 1 for v in per_class.values())
+    assert 'id="breakdown-plot"' in (run / "report.html").read_text(), "per-class bars in the report"
     mean = sum(per_class.values()) / 10
     assert abs(mean - hardened["robust_accuracy"]["worst"]) < 0.03, "per-class figures are the report's worst case"
 

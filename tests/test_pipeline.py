@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,27 @@ def test_pickled_model_folder_is_refused(tmp_path, capsys):
 def test_domain_registry_lists_registered_domains():
     assert "toy-small" in rk.available_domains() and "toy" in rk.available_domains()
     assert isinstance(rk.get_domain("toy-small"), toy_domain.SmallToyDomain)
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_before_any_write(run, tmp_path, capsys):
+    """A model for 130 features against data with 66: one-line error, and the output folder never appears."""
+    model_dir = tmp_path / "model"
+    shutil.copytree(run / "models" / "hardened", model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    (model_dir / "model.json").write_text(json.dumps({**meta, "domain": "toy-narrow"}))
+    out = tmp_path / "never"
+    assert main(["evaluate", "toy-narrow", "--model", str(model_dir), "--out", str(out), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not take this data's inputs" in err
+    assert not out.exists()
+
+
+def test_weights_that_do_not_fit_their_config_give_one_line(run, tmp_path, capsys):
+    model_dir = tmp_path / "model"
+    shutil.copytree(run / "models" / "hardened", model_dir)
+    meta = json.loads((model_dir / "model.json").read_text())
+    meta["spec"]["inputs"] = 7
+    (model_dir / "model.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "toy-small", "--model", str(model_dir), "--out", str(tmp_path / "o"), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not fit" in err
