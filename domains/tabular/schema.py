@@ -1,0 +1,348 @@
+"""The tabular threat model as data: what an attacker may change in each column, and at what cost.
+
+A :class:`Schema` lists the feature columns (type, mutability, bounds, direction, cost) and a cost
+budget per row. Every column is **immutable unless the schema says otherwise**: inference from a
+DataFrame proposes types and bounds but never mutability.
+
+Cost of a row change (the budget's unit): for numeric columns ``cost x |change|`` in the column's
+own units; for a categorical column ``cost`` once if the category changes.
+
+Example:
+    >>> import pandas as pd
+    >>> schema = Schema([Column("amount", "continuous", mutable=True, lower=0, upper=100, cost=0.1),
+    ...                  Column("age", "integer", lower=18, upper=99)], budget=2.0)
+    >>> orig = pd.DataFrame({"amount": [50.0, 50.0, 50.0], "age": [30, 30, 30]})
+    >>> adv = pd.DataFrame({"amount": [40.0, 10.0, 50.0], "age": [30, 30, 31]})
+    >>> schema.validate(adv, orig).tolist()     # 10 units cost 1; 40 units cost 4 > 2; age is immutable
+    [True, False, False]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from robustkit.errors import ConfigError, DataError
+
+__all__ = ["DIRECTIONS", "TYPES", "Column", "Schema"]
+
+log = logging.getLogger("robustkit")
+
+TYPES = ("continuous", "integer", "binary", "categorical")
+DIRECTIONS = ("both", "increase", "decrease")
+#: tolerance of :meth:`Schema.validate` for float rounding (relative to the value, and absolute)
+RTOL, ATOL = 1e-6, 1e-6
+
+
+@dataclass
+class Column:
+    """One feature column of a schema.
+
+    Args:
+        name: the column's name in the DataFrame.
+        type: ``continuous``, ``integer``, ``binary`` (0/1) or ``categorical``.
+        mutable: may an attacker change it? (default False: immutable until said otherwise).
+        lower, upper: bounds of numeric columns (None: open side); binary columns are [0, 1].
+        direction: ``both``, ``increase`` (may only grow) or ``decrease`` (may only shrink).
+        cost: cost per unit change (numeric) or per category change (categorical); > 0 if mutable.
+        categories: the categories of a categorical column (values are compared as strings).
+    """
+
+    name: str
+    type: str = "continuous"
+    mutable: bool = False
+    lower: float | None = None
+    upper: float | None = None
+    direction: str = "both"
+    cost: float = 1.0
+    categories: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        where = f"column {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"a column name must be a non-empty string, got {self.name!r}")
+        if self.type not in TYPES:
+            raise ConfigError(f"{where}: type must be one of {', '.join(TYPES)}, got {self.type!r}")
+        if self.direction not in DIRECTIONS:
+            raise ConfigError(f"{where}: direction must be one of {', '.join(DIRECTIONS)}, got {self.direction!r}")
+        if not isinstance(self.mutable, bool):
+            raise ConfigError(f"{where}: mutable must be true or false, got {self.mutable!r}")
+        try:
+            self.cost = float(self.cost)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: cost must be a number, got {self.cost!r}") from None
+        if not math.isfinite(self.cost) or self.cost < 0 or (self.mutable and self.cost <= 0):
+            raise ConfigError(f"{where}: cost must be a finite number > 0 for a mutable column, got {self.cost!r}")
+        if self.type == "categorical":
+            if not self.categories or len(self.categories) < 2:
+                raise ConfigError(f"{where}: a categorical column needs at least 2 categories")
+            self.categories = [str(c) for c in self.categories]
+            if len(set(self.categories)) != len(self.categories):
+                raise ConfigError(f"{where}: categories repeat")
+            if self.lower is not None or self.upper is not None or self.direction != "both":
+                raise ConfigError(f"{where}: a categorical column has no bounds or direction")
+            return
+        if self.categories is not None:
+            raise ConfigError(f"{where}: only categorical columns list categories")
+        if self.type == "binary":
+            self.lower = 0.0 if self.lower is None else self.lower
+            self.upper = 1.0 if self.upper is None else self.upper
+        for side in ("lower", "upper"):
+            value = getattr(self, side)
+            if value is None:
+                continue
+            try:
+                value = float(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: {side} must be a number, got {value!r}") from None
+            if math.isnan(value):
+                raise ConfigError(f"{where}: {side} is NaN")
+            setattr(self, side, value)
+        if self.type in ("integer", "binary"):
+            self.lower = None if self.lower is None else float(math.ceil(self.lower - 1e-9))
+            self.upper = None if self.upper is None else float(math.floor(self.upper + 1e-9))
+        if self.lower is not None and self.upper is not None and self.lower > self.upper:
+            raise ConfigError(f"{where}: bounds are impossible (lower {self.lower:g} > upper {self.upper:g})")
+        if self.type == "binary" and (self.lower < 0 or self.upper > 1):  # type: ignore[operator]
+            raise ConfigError(f"{where}: a binary column takes 0 and 1 only")
+
+    @property
+    def numeric(self) -> bool:
+        return self.type != "categorical"
+
+    @property
+    def discrete(self) -> bool:
+        return self.type in ("integer", "binary")
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.type, "mutable": self.mutable}
+        if self.numeric:
+            out.update({"lower": self.lower, "upper": self.upper, "direction": self.direction})
+        else:
+            out["categories"] = list(self.categories or [])
+        out["cost"] = self.cost
+        return out
+
+
+@dataclass
+class Schema:
+    """Feature columns, a cost budget per row and (optionally) the target column.
+
+    Args:
+        columns: the feature columns, in model order.
+        budget: the largest total cost of the changes to one row.
+        target: name of the label column (excluded from the features), if the data has one.
+    """
+
+    columns: list[Column]
+    budget: float = 1.0
+    target: str | None = None
+    _by_name: dict[str, Column] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.columns:
+            raise ConfigError("a schema needs at least one column")
+        names = [c.name for c in self.columns]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"column {dupes[0]!r} appears twice in the schema")
+        if self.target is not None and self.target in names:
+            raise ConfigError(f"column {self.target!r} is the target and cannot also be a feature")
+        try:
+            self.budget = float(self.budget)
+        except (TypeError, ValueError):
+            raise ConfigError(f"the schema's budget must be a number, got {self.budget!r}") from None
+        if not math.isfinite(self.budget) or self.budget < 0:
+            raise ConfigError(f"the schema's budget must be a finite number >= 0, got {self.budget!r}")
+        self._by_name = {c.name: c for c in self.columns}
+
+    # ----------------------------------------------------------------- access
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+    def __getitem__(self, name: str) -> Column:
+        return self._by_name[name]
+
+    def with_budget(self, budget: float) -> Schema:
+        return Schema(list(self.columns), budget, self.target)
+
+    # ----------------------------------------------------------------- YAML
+    def to_dict(self) -> dict[str, Any]:
+        return {"budget": self.budget, "target": self.target, "columns": {c.name: c.to_dict() for c in self.columns}}
+
+    @classmethod
+    def from_dict(cls, spec: Mapping[str, Any]) -> Schema:
+        if not isinstance(spec, Mapping):
+            raise ConfigError("a schema is a mapping with keys budget, target and columns")
+        unknown = sorted(set(spec) - {"budget", "target", "columns"})
+        if unknown:
+            raise ConfigError(f"unknown schema key {unknown[0]!r}: allowed keys are budget, target, columns")
+        columns = spec.get("columns")
+        if not isinstance(columns, Mapping) or not columns:
+            raise ConfigError("the schema's columns must be a mapping: name -> {type, mutable, ...}")
+        allowed = {"type", "mutable", "lower", "upper", "direction", "cost", "categories"}
+        built = []
+        for name, body in columns.items():
+            body = body or {}
+            if not isinstance(body, Mapping):
+                raise ConfigError(f"column {name!r}: expected a mapping of settings, got {body!r}")
+            bad = sorted(set(body) - allowed)
+            if bad:
+                allowed_list = ", ".join(sorted(allowed))
+                raise ConfigError(f"column {name!r}: unknown setting {bad[0]!r} (allowed: {allowed_list})")
+            built.append(Column(str(name), **body))
+        return cls(built, spec.get("budget", 1.0), spec.get("target"))
+
+    def dump(self, path: str | Path | None = None) -> str:
+        """The schema as YAML text (also written to ``path`` if given)."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text, encoding="utf-8")
+        return text
+
+    @classmethod
+    def load(cls, source: str | Path) -> Schema:
+        """A schema from a YAML file path or YAML text."""
+        path = Path(source) if isinstance(source, Path) or "\n" not in str(source) else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"schema file {path} does not exist")
+        text = path.read_text(encoding="utf-8") if path is not None else str(source)
+        try:
+            spec = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"the schema is not valid YAML: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(spec)
+
+    # ----------------------------------------------------------------- inference
+    @classmethod
+    def infer(cls, df: pd.DataFrame, target: str | None = None, budget: float = 1.0) -> Schema:
+        """Types and observed bounds from ``df``; every column immutable (say which may change yourself).
+
+        Logs (logger ``robustkit``) what it decided for each column.
+        """
+        columns = []
+        for name in df.columns:
+            if name == target:
+                continue
+            s = df[name]
+            if s.isna().any():
+                raise DataError(f"column {name!r} has missing values: fill or drop them before inferring a schema")
+            if pd.api.types.is_bool_dtype(s):
+                col = Column(str(name), "binary")
+            elif pd.api.types.is_numeric_dtype(s):
+                values = s.to_numpy(dtype=float)
+                whole = bool(np.all(np.mod(values, 1) == 0))
+                if whole and set(np.unique(values)) <= {0.0, 1.0}:
+                    col = Column(str(name), "binary")
+                else:
+                    col = Column(str(name), "integer" if whole else "continuous",
+                                 lower=float(values.min()), upper=float(values.max()))
+            else:
+                cats = sorted({str(v) for v in s})
+                if len(cats) < 2:
+                    raise DataError(f"column {name!r} holds a single value {cats[0]!r}: drop it")
+                col = Column(str(name), "categorical", categories=cats)
+            detail = (f"categories {col.categories}" if col.type == "categorical"
+                      else f"bounds [{col.lower:g}, {col.upper:g}]")
+            log.info("schema inference: column %r -> %s, %s, immutable", name, col.type, detail)
+            columns.append(col)
+        return cls(columns, budget, target)
+
+    # ----------------------------------------------------------------- checking data
+    def check_frame(self, df: pd.DataFrame, what: str = "data") -> None:
+        """Raise :class:`DataError` naming the column if ``df`` does not fit the schema."""
+        if not isinstance(df, pd.DataFrame):
+            raise DataError(f"{what} must be a pandas DataFrame, got {type(df).__name__}")
+        expected = [*self.names, *([self.target] if self.target else [])]
+        missing = [n for n in expected if n not in df.columns]
+        if missing:
+            raise DataError(f"{what} lacks column {missing[0]!r} that the schema declares")
+        extra = [n for n in df.columns if n not in expected]
+        if extra:
+            raise DataError(f"{what} has column {extra[0]!r} that the schema does not declare: add it or drop it")
+        for c in self.columns:
+            s = df[c.name]
+            if s.isna().any():
+                raise DataError(f"column {c.name!r} has {int(s.isna().sum())} missing values: fill or drop them")
+            if c.type == "categorical":
+                unseen = sorted({str(v) for v in s} - set(c.categories or []))
+                if unseen:
+                    raise DataError(f"column {c.name!r} holds category {unseen[0]!r} not in the schema's categories")
+                continue
+            if not (pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s)):
+                raise DataError(f"column {c.name!r} is {c.type} but holds non-numeric values (dtype {s.dtype})")
+            values = s.to_numpy(dtype=float)
+            if not np.isfinite(values).all():
+                raise DataError(f"column {c.name!r} holds infinite values")
+            if c.discrete and not np.all(np.mod(values, 1) == 0):
+                raise DataError(f"column {c.name!r} is {c.type} but holds fractional values")
+            if c.lower is not None and values.min() < c.lower:
+                raise DataError(f"column {c.name!r} goes down to {values.min():g}, below the schema's lower bound "
+                                f"{c.lower:g}: the bounds exclude the data")
+            if c.upper is not None and values.max() > c.upper:
+                raise DataError(f"column {c.name!r} goes up to {values.max():g}, above the schema's upper bound "
+                                f"{c.upper:g}: the bounds exclude the data")
+
+    def cost(self, adv: pd.DataFrame, orig: pd.DataFrame) -> pd.Series:
+        """Cost of changing each row of ``orig`` into the same row of ``adv``."""
+        total = np.zeros(len(orig))
+        for c in self.columns:
+            a, o = adv[c.name].to_numpy(), orig[c.name].to_numpy()
+            if c.type == "categorical":
+                total += c.cost * (a.astype(str) != o.astype(str))
+            else:
+                total += c.cost * np.abs(a.astype(float) - o.astype(float))
+        return pd.Series(total, index=orig.index, name="cost")
+
+    def validate(self, adv: pd.DataFrame, orig: pd.DataFrame) -> pd.Series:
+        """Bool per row: is ``adv``'s row an allowed change of ``orig``'s under this schema?
+
+        Checks immutables unchanged, real types (integers whole, binaries 0/1, categories from the
+        schema), bounds, directions, and total cost <= budget (with a 1e-6 tolerance for rounding).
+        """
+        if len(adv) != len(orig):
+            raise DataError(f"adversarial rows ({len(adv)}) and original rows ({len(orig)}) differ in number")
+        for frame, what in ((adv, "adversarial rows"), (orig, "original rows")):
+            missing = [n for n in self.names if n not in frame.columns]
+            if missing:
+                raise DataError(f"{what} lack column {missing[0]!r}")
+        ok = np.ones(len(orig), dtype=bool)
+        for c in self.columns:
+            a_raw, o_raw = adv[c.name].to_numpy(), orig[c.name].to_numpy()
+            if c.type == "categorical":
+                a_s, o_s = a_raw.astype(str), o_raw.astype(str)
+                ok &= np.isin(a_s, np.asarray(c.categories))
+                if not c.mutable:
+                    ok &= a_s == o_s
+                continue
+            try:
+                a, o = a_raw.astype(float), o_raw.astype(float)
+            except (TypeError, ValueError):
+                ok &= False
+                continue
+            tol = ATOL + RTOL * np.abs(o)
+            ok &= np.isfinite(a)
+            if not c.mutable:
+                ok &= a == o
+            if c.discrete:
+                ok &= np.mod(a, 1) == 0
+            if c.lower is not None:
+                ok &= a >= c.lower - tol
+            if c.upper is not None:
+                ok &= a <= c.upper + tol
+            if c.direction == "increase":
+                ok &= a >= o - tol
+            elif c.direction == "decrease":
+                ok &= a <= o + tol
+        ok &= self.cost(adv, orig).to_numpy() <= self.budget * (1 + RTOL) + ATOL
+        return pd.Series(ok, index=orig.index, name="valid")
+

@@ -1,0 +1,310 @@
+"""The attack variable of a schema, its perturbation space, and the way back to valid DataFrame rows.
+
+The attack variable of a row is one float per numeric column (in the column's own units) followed
+by one simplex block per categorical column (one weight per category; a real row is one-hot).
+:class:`SchemaSpace` is the schema's threat model as a continuous space: bounds, directions,
+immutables and simplices, with the cost budget measured by a **relaxed cost** that is never below
+the cost of the row the model actually scores (integers rounded half up, categoricals at their
+argmax; see :class:`~domains.tabular.model.SchemaEncoder`):
+
+- continuous column: ``cost x |change|``;
+- integer / binary column: ``cost x |round(change)|``;
+- categorical column: ``cost x min(1, L1 distance of the weights from the original one-hot)``
+  (the argmax moves off the original category only when that distance reaches 1).
+
+So every point :meth:`SchemaSpace.project` returns decodes (:func:`decode`) to a row that passes
+``schema.validate``; :func:`repair` checks it anyway and keeps the original row where a check fails.
+
+Example:
+    >>> import pandas as pd, torch
+    >>> from domains.tabular.schema import Column, Schema
+    >>> schema = Schema([Column("amount", "continuous", mutable=True, lower=0, upper=100, cost=0.1),
+    ...                  Column("shop", "categorical", mutable=True, categories=["a", "b"], cost=1.0)], budget=1.5)
+    >>> df = pd.DataFrame({"amount": [50.0], "shop": ["a"]})
+    >>> x = encode(schema, df)
+    >>> x.tolist()
+    [[50.0, 1.0, 0.0]]
+    >>> space = SchemaSpace(schema)
+    >>> x_adv = space.project(x + torch.tensor([[-30.0, -1.0, 1.0]]), x)
+    >>> round(float(space.norm(x_adv - x)[0]), 4)
+    1.5
+    >>> rows, info = repair(schema, x_adv, x, df)
+    >>> bool(schema.validate(rows, df)[0]), info["repair_failed"].tolist()
+    (True, [False])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from domains.tabular.schema import Schema
+from robustkit import _random
+from robustkit.spaces import ContinuousSpace
+
+__all__ = ["Layout", "SchemaSpace", "decode", "encode", "layout", "repair"]
+
+#: share of the budget projection aims for, so float32 rounding never pushes a row over budget
+SAFETY = 1.0 - 1e-5
+
+
+@dataclass
+class Layout:
+    """Where each column lives in the attack variable."""
+
+    width: int
+    numeric: list[int]  # positions of numeric columns
+    blocks: list[tuple[int, int]]  # (start, size) of each categorical block
+    numeric_columns: list[str]
+    block_columns: list[str]
+
+
+def layout(schema: Schema) -> Layout:
+    pos, numeric, blocks, ncols, bcols = 0, [], [], [], []
+    for c in schema.columns:
+        if c.numeric:
+            numeric.append(pos)
+            ncols.append(c.name)
+            pos += 1
+        else:
+            size = len(c.categories or [])
+            blocks.append((pos, size))
+            bcols.append(c.name)
+            pos += size
+    return Layout(pos, numeric, blocks, ncols, bcols)
+
+
+def encode(schema: Schema, df: pd.DataFrame) -> torch.Tensor:
+    """The attack variable of each row of ``df`` (float32, shape (N, width)); ``df`` is checked first."""
+    Schema(schema.columns, schema.budget).check_frame(df[[n for n in schema.names if n in df.columns]]
+                                                      if set(schema.names) <= set(df.columns) else df)
+    parts = []
+    for c in schema.columns:
+        if c.numeric:
+            parts.append(df[c.name].to_numpy(dtype=np.float64)[:, None])
+        else:
+            cats = c.categories or []
+            codes = pd.Categorical(df[c.name].astype(str), categories=cats).codes
+            parts.append(np.eye(len(cats))[codes])
+    return torch.as_tensor(np.concatenate(parts, axis=1), dtype=torch.float32)
+
+
+def _round_half_up(t: torch.Tensor) -> torch.Tensor:
+    return torch.floor(t + 0.5)
+
+
+def decode(schema: Schema, x: torch.Tensor, reference: pd.DataFrame | None = None,
+           x_reference: torch.Tensor | None = None) -> pd.DataFrame:
+    """Rows in the user's columns: integers rounded half up, categoricals at their argmax.
+
+    With ``reference`` (the original rows) and ``x_reference`` (their encoding), numeric cells the
+    attack did not move keep their original value exactly (float32 would round them).
+    """
+    x = x.detach().cpu().double()
+    lay = layout(schema)
+    out: dict[str, object] = {}
+    i_num = i_blk = 0
+    for c in schema.columns:
+        if c.numeric:
+            j = lay.numeric[i_num]
+            i_num += 1
+            v = x[:, j]
+            if c.discrete:
+                v = _round_half_up(v)
+            values = v.numpy()
+            if reference is not None and x_reference is not None:
+                same = (x[:, j] == x_reference.detach().cpu().double()[:, j]).numpy()
+                values = np.where(same, reference[c.name].to_numpy(dtype=np.float64), values)
+            out[c.name] = values.astype(np.int64) if c.discrete else values
+        else:
+            start, size = lay.blocks[i_blk]
+            i_blk += 1
+            codes = x[:, start:start + size].argmax(dim=1).numpy()
+            out[c.name] = np.asarray(c.categories, dtype=object)[codes]
+    index = reference.index if reference is not None else None
+    return pd.DataFrame(out, index=index)
+
+
+def repair(schema: Schema, x_adv: torch.Tensor, x: torch.Tensor,
+           original: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Adversarial rows that all pass ``schema.validate``, and per row ``cost``, ``changed``, ``repair_failed``.
+
+    Rows whose decoded version fails a check are replaced by the original row (``repair_failed``).
+    """
+    rows = decode(schema, x_adv, original, x)
+    valid = schema.validate(rows, original)
+    failed = ~valid.to_numpy()
+    if failed.any():
+        rows.loc[failed, :] = original.loc[failed, schema.names].to_numpy()
+        rows = rows.astype({c.name: original[c.name].dtype for c in schema.columns})
+    cost = schema.cost(rows, original)
+    changed = [
+        "; ".join(f"{c.name}: {original.iloc[i][c.name]} -> {rows.iloc[i][c.name]}" for c in schema.columns
+                  if str(rows.iloc[i][c.name]) != str(original.iloc[i][c.name]))
+        for i in range(len(rows))
+    ]
+    info = pd.DataFrame({"cost": cost.to_numpy(), "changed": changed, "repair_failed": failed}, index=original.index)
+    return rows, info
+
+
+class SchemaSpace(ContinuousSpace):
+    """A schema's threat model over the attack variable: the relaxed-cost ball of radius ``budget``.
+
+    Args:
+        schema: the columns and their rules.
+        budget: the cost budget (default: the schema's).
+    """
+
+    name = "schema-cost"
+
+    def __init__(self, schema: Schema, budget: float | None = None, atol: float = 1e-4) -> None:
+        lay = layout(schema)
+        low = torch.zeros(lay.width, dtype=torch.float64)
+        high = torch.ones(lay.width, dtype=torch.float64)
+        mask = torch.zeros(lay.width, dtype=torch.bool)
+        weight = torch.ones(lay.width, dtype=torch.float64)
+        integer = torch.zeros(lay.width, dtype=torch.bool)
+        increase = torch.zeros(lay.width, dtype=torch.bool)
+        decrease = torch.zeros(lay.width, dtype=torch.bool)
+        numeric = torch.zeros(lay.width, dtype=torch.bool)
+        blocks: list[tuple[int, int, float]] = []
+        i_num = i_blk = 0
+        for c in schema.columns:
+            if c.numeric:
+                j = lay.numeric[i_num]
+                i_num += 1
+                low[j] = -torch.inf if c.lower is None else c.lower
+                high[j] = torch.inf if c.upper is None else c.upper
+                integer[j] = c.discrete
+                increase[j] = c.direction == "increase"
+                decrease[j] = c.direction == "decrease"
+                numeric[j] = True
+                weight[j] = c.cost
+                mask[j] = c.mutable
+            else:
+                start, size = lay.blocks[i_blk]
+                i_blk += 1
+                mask[start:start + size] = c.mutable
+                weight[start:start + size] = c.cost
+                if c.mutable:
+                    blocks.append((start, size, c.cost))
+        super().__init__(schema.budget if budget is None else budget, bounds=(low, high), mask=mask, atol=atol)
+        self.schema = schema
+        self.layout = lay
+        self.weight, self.integer, self.numeric = weight, integer, numeric
+        self.increase, self.decrease = increase, decrease
+        self.blocks = blocks
+
+    def __repr__(self) -> str:
+        return f"SchemaSpace(budget={self.eps:g}, columns={len(self.schema.columns)})"
+
+    # ----------------------------------------------------------------- cost
+    def _t(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return t.to(like.device, like.dtype if t.dtype.is_floating_point else t.dtype)
+
+    def norm(self, delta: torch.Tensor) -> torch.Tensor:
+        """The relaxed cost of each row's change (>= the cost of the row the model scores)."""
+        w = self._t(self.weight, delta)
+        num = self._t(self.numeric, delta)
+        moved = torch.where(self._t(self.integer, delta), _round_half_up(delta), delta)
+        cost = (w * moved.abs() * num).sum(dim=1)
+        for start, size, c in self.blocks:
+            cost = cost + c * delta[:, start:start + size].abs().sum(dim=1).clamp(max=1.0)
+        return cost
+
+    # ----------------------------------------------------------------- projection
+    def _feasible_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        low, high = self._bounds_like(x)
+        low = torch.where(self._t(self.increase, x), torch.maximum(low, x), low)
+        high = torch.where(self._t(self.decrease, x), torch.minimum(high, x), high)
+        return low, high
+
+    @staticmethod
+    def _simplex(v: torch.Tensor) -> torch.Tensor:
+        """Euclidean projection of each row onto the probability simplex (sort-based)."""
+        u, _ = torch.sort(v, dim=1, descending=True)
+        css = u.cumsum(dim=1) - 1.0
+        k = torch.arange(1, v.shape[1] + 1, device=v.device, dtype=v.dtype)
+        rho = ((u - css / k) > 0).sum(dim=1, keepdim=True).clamp(min=1)
+        theta = css.gather(1, rho - 1) / rho.to(v.dtype)
+        return (v - theta).clamp(min=0.0)
+
+    def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Clip to bounds, directions and immutables, put categoricals on their simplex, then scale
+        the change down (per row, by bisection on the relaxed cost) until it fits the budget."""
+        mask = self._t(self.mask, x) if self.mask is not None else torch.ones_like(x, dtype=torch.bool)
+        z = torch.where(mask, x_adv, x)
+        low, high = self._feasible_box(x)
+        num = self._t(self.numeric, x)
+        z = torch.where(num, torch.minimum(torch.maximum(z, low), high), z)
+        if self.blocks:
+            z = z.clone()
+            for start, size, _ in self.blocks:
+                z[:, start:start + size] = self._simplex(z[:, start:start + size])
+        delta = z - x
+        limit = self.eps * SAFETY
+        fits = self.norm(delta) <= limit
+        if bool(fits.all()):
+            return x + delta
+        lo = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
+        hi = torch.ones_like(lo)
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            ok = (self.norm((x + mid * delta) - x) <= limit).unsqueeze(1)  # as stored: float rounding
+            lo = torch.where(ok, mid, lo)
+            hi = torch.where(ok, hi, mid)
+        scale = torch.where(fits.unsqueeze(1), torch.ones_like(lo), lo)
+        return x + scale * delta
+
+    # ----------------------------------------------------------------- steps and random points
+    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """Ascent direction ``grad / cost^2`` (categorical blocks centred), scaled to relaxed cost 1."""
+        w = self._t(self.weight, grad)
+        d = grad / (w * w)
+        if self.blocks:
+            d = d.clone()
+            for start, size, _ in self.blocks:
+                block = d[:, start:start + size]
+                d[:, start:start + size] = block - block.mean(dim=1, keepdim=True)
+        return d / self._linear_cost(d).clamp_min(1e-12).unsqueeze(1)
+
+    def _linear_cost(self, d: torch.Tensor) -> torch.Tensor:
+        return (self._t(self.weight, d) * d.abs()).sum(dim=1)
+
+    def _sphere_sample(
+        self, shape: tuple[int, ...], seed: int, ids: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        g = self._apply_mask(_random.normal(seed, ids, shape, dtype)) / self.weight.to(dtype)
+        return g / self._linear_cost(g).clamp_min(1e-12).unsqueeze(1) * self.eps * 2.0
+
+    def _ball_sample(self, shape: tuple[int, ...], seed: int, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        direction = self._sphere_sample(shape, seed, ids, dtype) / 2.0
+        u = _random.uniform(_random.derive(seed, 1), ids, (1,), dtype)
+        return direction * u
+
+    def _project_delta(self, delta: torch.Tensor) -> torch.Tensor:  # not used: project() is overridden
+        return delta
+
+    def covering_budget(self, x: torch.Tensor) -> float | None:
+        """None: immutable columns keep some rows out of reach at any budget."""
+        return None
+
+    # ----------------------------------------------------------------- the validity oracle
+    def contains(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        if x_adv.shape != x.shape:
+            return torch.zeros(len(x), dtype=torch.bool, device=x.device)
+        ok = torch.isfinite(x_adv).all(dim=1)
+        delta = x_adv - x
+        if self.mask is not None:
+            ok &= ((delta.abs() <= self.atol) | self._t(self.mask, x)).all(dim=1)
+        low, high = self._feasible_box(x)
+        tol = self.atol * (1 + x.abs())
+        ok &= ((x_adv >= low - tol) & (x_adv <= high + tol)).all(dim=1)
+        for start, size, _ in self.blocks:
+            block = x_adv[:, start:start + size]
+            ok &= (block >= -self.atol).all(dim=1) & ((block.sum(dim=1) - 1).abs() <= self.atol * size)
+        ok &= self.norm(delta) <= self.eps * (1 + 1e-6) + self.atol
+        return ok
