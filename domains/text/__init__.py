@@ -1,1 +1,328 @@
-"""Domain adapters over the robustkit core (filled in by their issues)."""
+"""The text spam domain: spam filters hardened against the obfuscations spammers use.
+
+* Data: ``demo`` (a generated spam/ham corpus, see :mod:`domains.text.data`; ``demo:N`` for N
+  messages), ``sms:PATH`` (the UCI SMS Spam Collection, deduplicated before a stratified split; plain
+  ``sms`` reads ``$ROBUSTKIT_DATA/sms_spam_collection/SMSSpamCollection``).
+* Model: a WordPiece tokenizer trained on the training texts and a small embeddings + CNN classifier
+  whose input is ``(N, L, 1 + D)``: token ids and an embedding offset (:mod:`domains.text.model`).
+* Training threat: a per-token L2 ball on the embeddings (option ``embedding_eps``, default 0.1 of
+  the mean embedding norm). A training device only: never reported as robustness.
+* Evaluation threat: :class:`~domains.text.obfuscation.ObfuscationSpace` over real strings; the budget
+  is the number of edited words; only spam is attacked, towards ham.
+
+Example:
+    >>> from domains.text import TextDomain
+    >>> data = TextDomain().load_data("demo:200", seed=0, options={})
+    >>> len(data.train), len(data.val), len(data.test)
+    (120, 40, 40)
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from tokenizers import Tokenizer
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, DiscreteSearch, Domain, DomainData
+from robustkit.domain import Examples
+from robustkit.models import frozen_eval, logits_of
+from robustkit.spaces import PerturbationSpace
+
+from .data import deduplicate, demo_corpus, read_sms_collection, stratified_split
+from .model import MAX_TOKENS, TextCNN, TokenL2Ball, encode_ids, pad_inputs, train_tokenizer
+from .obfuscation import ObfuscationSpace, edit_cost, fold, words
+
+__all__ = ["ObfuscationSpace", "TextCNN", "TextDataset", "TextDomain", "TokenL2Ball"]
+
+
+class TextDataset(Dataset[Any]):
+    """Texts and labels of one split. ``as_text``: items are (string, label), else (token ids, label)."""
+
+    def __init__(
+        self, texts: Sequence[str], labels: Sequence[int], tokenizer: Tokenizer, dim: int, as_text: bool = False
+    ) -> None:
+        self.texts, self.labels = list(texts), list(labels)
+        self.tokenizer, self.dim, self.as_text = tokenizer, dim, as_text
+        self.ids = encode_ids(tokenizer, self.texts)
+        self.truncated = sum(len(e.overflowing) > 0 for e in tokenizer.encode_batch(self.texts))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return (self.texts[i] if self.as_text else self.ids[i]), self.labels[i]
+
+    def collate(self, items: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+        """Strings stay strings; token ids are padded to the batch's longest text (dynamic padding)."""
+        xs, ys = [i[0] for i in items], torch.tensor([i[1] for i in items], dtype=torch.long)
+        return (list(xs) if self.as_text else pad_inputs(xs, self.dim)), ys
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_inputs(self.ids, self.dim), torch.tensor(self.labels, dtype=torch.long)
+
+
+def _option(options: dict[str, Any], key: str, default: Any, kind: type) -> Any:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or not isinstance(value, kind):
+        raise ConfigError(f"options.{key} must be a positive {kind.__name__}, got {value!r}")
+    return value
+
+
+class TextDomain(Domain):
+    """Spam (class 1) versus ham; spam is attacked with obfuscations towards ham."""
+
+    name = "text"
+    default_data = "demo"
+    #: edited words of the obfuscation attack
+    default_budget = 3.0
+    default_method = "pgd"
+    default_epochs = 6
+    default_batch_size = 32
+    default_lr = 3e-3
+
+    #: class names in files and reports
+    class_names: ClassVar[list[str]] = ["ham", "spam"]
+
+    def __init__(self) -> None:
+        self._tokenizer: Tokenizer | None = None
+        #: embedding table of the model being evaluated (bound by :meth:`decided`), for HotFlip scores
+        self._embedding: torch.Tensor | None = None
+        self._options: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- data
+    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
+        self._options = dict(options)
+        dim = _option(options, "dim", 32, int)
+        kind, _, arg = spec.partition(":")
+        if kind == "demo":
+            n = 800
+            if arg:
+                try:
+                    n = int(arg)
+                except ValueError:
+                    raise ConfigError(f"demo:N takes a number of messages, got {arg!r}") from None
+                if n < 20:
+                    raise ConfigError(f"demo:N needs at least 20 messages, got {n}")
+            texts, labels = demo_corpus(n, seed=seed)
+            name, sha, note = "demo", None, f"generated with seed {seed}"
+            vocab = _option(options, "vocab_size", 1000, int)
+        elif kind == "sms":
+            path = arg or os.path.join(os.environ.get("ROBUSTKIT_DATA", ""), "sms_spam_collection")
+            if not arg and not os.environ.get("ROBUSTKIT_DATA"):
+                raise ConfigError("--data sms needs a path (sms:PATH) or ROBUSTKIT_DATA set")
+            texts, labels, sha = read_sms_collection(path)
+            texts, labels, dropped = deduplicate(texts, labels)
+            name, note = "sms_spam_collection", f"{dropped} duplicate texts dropped"
+            vocab = _option(options, "vocab_size", 4000, int)
+        else:
+            raise ConfigError(f"unknown text data {spec!r}: use demo, demo:N, sms or sms:PATH")
+        if len(set(labels)) < 2:
+            raise DataError(f"{spec}: the data holds only one class; spam and ham are both needed")
+        tr, va, te = stratified_split(labels, seed)
+        tokenizer = train_tokenizer([texts[i] for i in tr], vocab_size=vocab)
+        self._tokenizer = tokenizer
+
+        def part(idx: list[int], as_text: bool = False) -> TextDataset:
+            return TextDataset([texts[i] for i in idx], [labels[i] for i in idx], tokenizer, dim, as_text)
+
+        train, val, test = part(tr), part(va), part(te, as_text=True)
+        truncated = train.truncated + val.truncated + test.truncated
+        if truncated:
+            note += f"; {truncated} texts longer than {MAX_TOKENS} tokens truncated"
+        split = f"{len(tr)}/{len(va)}/{len(te)} stratified with seed {seed}; {note}"
+        info = DatasetInfo(name, sha, split, n_classes=2, class_names=list(self.class_names))
+        raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": float(options.get("target_fpr", 0.01))}
+        return DomainData(train, val, test, info, raw)
+
+    def loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
+        collate = dataset.collate if isinstance(dataset, TextDataset) else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
+
+    # ----------------------------------------------------------------- model
+    def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
+        tokenizer: Tokenizer = data.raw["tokenizer"]
+        return {
+            "vocab_size": tokenizer.get_vocab_size(),
+            "dim": data.raw["dim"],
+            "channels": _option(options, "channels", 64, int),
+            "kernel": 3,
+            "classes": 2,
+        }
+
+    def build_model(self, spec: dict[str, Any]) -> nn.Module:
+        try:
+            model = TextCNN(
+                int(spec["vocab_size"]),
+                int(spec["dim"]),
+                int(spec.get("channels", 64)),
+                int(spec.get("kernel", 3)),
+                int(spec.get("classes", 2)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"text model spec {spec!r} is incomplete or invalid ({exc})") from None
+        model.tokenizer = self._tokenizer
+        return model
+
+    # ----------------------------------------------------------------- threat model
+    def space(self, budget: float, data: DomainData) -> ContinuousSpace:
+        eps = float(self._options.get("embedding_eps", 0.1))
+        return TokenL2Ball(eps=eps, dim=int(data.raw["dim"]))
+
+    def eval_space(self, budget: float, data: DomainData) -> PerturbationSpace:
+        tokenizer = self._tokenizer or data.raw["tokenizer"]
+        return ObfuscationSpace(tokenizer, int(data.raw["dim"]), budget, embedding=self._embedding)
+
+    def eval_budgets(self, budget: float) -> list[float]:
+        return sorted({float(max(1, round(budget * f))) for f in (1 / 3, 2 / 3, 1.0)} | {float(budget)})
+
+    def attackable(self, x: Any, y: torch.Tensor) -> torch.Tensor | None:
+        return y == 1
+
+    # ----------------------------------------------------------------- decision rule
+    def choose_threshold(self, model: nn.Module, data: DomainData) -> float | None:
+        x, y = data.val.tensors()  # type: ignore[attr-defined]
+        neg = torch.sort(_spam_scores(model, x)[y == 0], descending=True).values
+        k = int(data.raw.get("target_fpr", 0.01) * len(neg))
+        t = float(neg[k]) + 1e-6 if len(neg) > k else 0.5
+        return min(max(t, 1e-6), 1 - 1e-6)
+
+    def decided(self, model: nn.Module, threshold: float | None) -> nn.Module:
+        tokenizer = getattr(model, "tokenizer", None)
+        if isinstance(tokenizer, Tokenizer):  # evaluate the model with its own tokenizer
+            self._tokenizer = tokenizer
+        table = getattr(getattr(model, "embedding", None), "weight", None)
+        self._embedding = table if isinstance(table, torch.Tensor) else None
+        return super().decided(model, threshold)
+
+    # ----------------------------------------------------------------- metrics and examples
+    def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
+        o = report.outcomes
+        y, clean, robust = o["label"].bool(), o["clean_correct"].bool(), o["robust"].bool()
+        pos, neg = y, ~y
+        tp, fp = int((clean & pos).sum()), int((~clean & neg).sum())
+        n_pos, n_neg = int(pos.sum()), int(neg.sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / n_pos if n_pos else 0.0
+        detected = clean & pos
+        out: dict[str, Any] = {
+            "precision_clean": precision,
+            "recall_clean": recall,
+            "f1_clean": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+            "fpr_clean": fp / n_neg if n_neg else 0.0,
+            "recall_attacked": int((robust & pos).sum()) / n_pos if n_pos else 0.0,
+            "attack_success_rate": int((detected & ~robust).sum()) / max(1, int(detected.sum())),
+        }
+        out.update(self._edit_figures(model, data, float(report.threat.get("budget", self.default_budget))))
+        return out
+
+    def _edit_figures(self, model: nn.Module, data: DomainData, budget: float) -> dict[str, Any]:
+        """Words edited by successful attacks (re-running the search on the detected test spam)."""
+        test: TextDataset = data.test  # type: ignore[assignment]
+        space = self.eval_space(budget, data)
+        assert isinstance(space, ObfuscationSpace)
+        spam = [t for t, label in zip(test.texts, test.labels, strict=True) if label == 1]
+        if not spam:
+            return {"words_edited_share": 0.0, "words_edited": 0.0}
+        y = torch.ones(len(spam), dtype=torch.long)
+        with frozen_eval(model):
+            result = DiscreteSearch(space, candidates_per_step=4)(model, spam, y)
+        won = result.success.tolist()
+        adv = [a for a, w in zip(result.x_adv, won, strict=True) if w]
+        orig = [s for s, w in zip(spam, won, strict=True) if w]
+        shares = space.edited_share(adv, orig)
+        counts = [edit_cost(o_, a) for a, o_ in zip(adv, orig, strict=True)]
+        return {
+            "words_edited_share": sum(shares) / len(shares) if shares else 0.0,
+            "words_edited": sum(counts) / len(counts) if counts else 0.0,
+            "words_per_text": sum(len(words(s)) for s in spam) / len(spam),
+        }
+
+    def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for i in range(len(examples)):
+            orig, adv = examples.x[i], examples.x_adv[i]
+            rows.append(
+                {
+                    "label": self.class_names[int(examples.y[i])],
+                    "pred_clean": self.class_names[int(examples.pred_clean[i])],
+                    "pred_adversarial": self.class_names[int(examples.pred_adv[i])],
+                    "success": bool(examples.success[i]),
+                    "words_edited": edit_cost(orig, adv),
+                    "original": orig,
+                    "adversarial": adv,
+                }
+            )
+        csv_path = directory / "examples.csv"
+        with csv_path.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["original", "adversarial"])
+            writer.writeheader()
+            writer.writerows(rows)
+        html_path = directory / "examples.html"
+        body = "".join(
+            f"<tr><td>{r['label']}</td><td>{r['pred_clean']} &rarr; {r['pred_adversarial']}</td>"
+            f"<td>{html.escape(r['original'])}</td><td>{_marked(r['original'], r['adversarial'])}</td></tr>"
+            for r in rows
+        )
+        html_path.write_text(
+            "<!doctype html><meta charset='utf-8'><title>text examples</title><style>mark{background:#fd8}"
+            " .zw{color:#c00;font-size:70%}</style><p>Edited words are highlighted; invisible characters"
+            " show as <span class='zw'>[ZW]</span>.</p><table border=1 cellpadding=4><tr><th>label</th>"
+            f"<th>prediction</th><th>original</th><th>adversarial</th></tr>{body}</table>\n",
+            encoding="utf-8",
+        )
+        return [csv_path, html_path]
+
+    # ----------------------------------------------------------------- persistence
+    def save_model(
+        self, model: nn.Module, directory: Path, spec: dict[str, Any], threshold: float | None = None
+    ) -> None:
+        tokenizer = getattr(model, "tokenizer", None) or self._tokenizer
+        if not isinstance(tokenizer, Tokenizer):
+            raise ConfigError("the text model has no tokenizer to save with it")
+        super().save_model(model, directory, spec, threshold)
+        tokenizer.save(str(directory / "tokenizer.json"))
+
+    def load_model(self, directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+        model, meta = super().load_model(directory)
+        path = Path(directory)
+        for sub in ("hardened", "evaluated"):
+            if (path / "models" / sub / "model.json").is_file():
+                path = path / "models" / sub
+                break
+        tok_file = path / "tokenizer.json"
+        if not tok_file.is_file():
+            raise ConfigError(f"{path} has no tokenizer.json: a text model needs the tokenizer it was trained with")
+        tokenizer = Tokenizer.from_file(str(tok_file))
+        if tokenizer.get_vocab_size() != int(meta["spec"]["vocab_size"]):
+            raise ConfigError(
+                f"the tokenizer in {path} has {tokenizer.get_vocab_size()} tokens but the model "
+                f"{meta['spec']['vocab_size']}: they do not belong together"
+            )
+        model.tokenizer = tokenizer  # type: ignore[assignment]
+        self._tokenizer = tokenizer
+        return model, meta
+
+
+def _spam_scores(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    with frozen_eval(model), torch.no_grad():
+        parts = [torch.softmax(logits_of(model(x[i : i + batch])), dim=1)[:, 1] for i in range(0, len(x), batch)]
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _marked(original: str, adversarial: str) -> str:
+    """The adversarial text as HTML, words not in the original highlighted, invisible characters shown."""
+    orig = set(words(original))
+    out = []
+    for w in adversarial.split(" "):
+        shown = html.escape(w).replace("\u200b", "<span class='zw'>[ZW]</span>")
+        out.append(shown if w in orig or not w else f"<mark title='{html.escape(fold(w))}'>{shown}</mark>")
+    return " ".join(out)

@@ -1,0 +1,141 @@
+"""The built-in text model, its tokenizer and the embedding-space threat used for training.
+
+Model input (the tensor the shared trainer and the attacks move): a float tensor ``(N, L, 1 + D)``.
+Channel 0 holds the token ids (as floats; 0 is padding), channels ``1..D`` an offset added to the
+token embeddings, zero for a clean input::
+
+    embedding = E[ids] + scale * offset        scale = mean row norm of E (detached)
+
+so the embedding table trains as usual while an attack moves the embeddings, and ``offset`` is in
+units of the typical embedding norm (a radius of 0.5 means half an average token vector, as the
+normalised perturbations of Miyato et al.). :class:`TokenL2Ball` limits each token's offset to an L2
+ball and its mask freezes the id channel; offsets at padding positions do nothing (the model masks
+padding), so batches are padded only to their own longest text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+from torch import nn
+
+from robustkit import _random
+from robustkit.spaces import ContinuousSpace
+
+__all__ = ["PAD", "UNK", "TextCNN", "TokenL2Ball", "encode_ids", "train_tokenizer"]
+
+PAD, UNK = "[PAD]", "[UNK]"
+#: longest text in tokens; longer texts are truncated (and counted)
+MAX_TOKENS = 128
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000) -> Tokenizer:
+    """A WordPiece tokenizer (lower-cased, split on whitespace and punctuation) trained on ``texts``.
+
+    No Unicode folding: homoglyphs and zero-width characters reach the model as they are (the
+    defensive normaliser is a separate option).
+    """
+    tok = Tokenizer(WordPiece(unk_token=UNK, max_input_chars_per_word=50))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, UNK], show_progress=False)
+    tok.train_from_iterator(list(texts), trainer=trainer)
+    tok.enable_truncation(MAX_TOKENS)
+    return tok
+
+
+def encode_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text (at least one id: an all-unknown text gives ``[UNK]``)."""
+    unk = tokenizer.token_to_id(UNK) or 0
+    return [enc.ids or [unk] for enc in tokenizer.encode_batch(list(texts))]
+
+
+def pad_inputs(ids: Sequence[Sequence[int]], dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The model input ``(N, L, 1 + dim)`` for lists of token ids: ids in channel 0, zero offsets."""
+    length = max(1, max((len(i) for i in ids), default=1))
+    x = torch.zeros(len(ids), length, 1 + dim)
+    for row, seq in enumerate(ids):
+        x[row, : len(seq), 0] = torch.tensor(seq, dtype=torch.float32)
+    return x.to(device)
+
+
+class TextCNN(nn.Module):
+    """Token embeddings, a 1-D convolution with masked max pooling, and a linear layer to 2 logits."""
+
+    def __init__(self, vocab_size: int, dim: int = 32, channels: int = 64, kernel: int = 3, classes: int = 2):
+        super().__init__()
+        self.dim = dim
+        self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.conv = nn.Conv1d(dim, channels, kernel, padding=kernel // 2)
+        self.out = nn.Linear(channels + dim, classes)
+        #: the tokenizer the model was trained with (attached by the domain; saved as tokenizer.json)
+        self.tokenizer: Tokenizer | None = None
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (offset added) and the padding mask of an input ``(N, L, 1 + D)``."""
+        ids = x[..., 0].round().long().clamp(0, self.embedding.num_embeddings - 1)
+        mask = (ids != 0).unsqueeze(-1).to(x.dtype)
+        scale = self.embedding.weight.detach().norm(dim=1).mean()
+        return (self.embedding(ids) + scale * x[..., 1:]) * mask, mask
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.dim + 1:
+            raise ValueError(f"TextCNN takes (N, L, {self.dim + 1}) inputs, got {tuple(x.shape)}")
+        emb, mask = self.embed(x)
+        h = torch.relu(self.conv(emb.transpose(1, 2))).transpose(1, 2)
+        h = h.masked_fill(mask == 0, -1e4).amax(dim=1)
+        mean = emb.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+        return self.out(torch.cat([h, mean], dim=1))
+
+
+class TokenL2Ball(ContinuousSpace):
+    """Each token's embedding offset within L2 radius ``eps``; the id channel never moves.
+
+    ``norm`` is the largest per-token offset norm, so ``contains`` checks every token. The radius is
+    in units of the model's mean embedding norm (see the module docstring).
+    """
+
+    name = "embedding-l2"
+
+    def __init__(self, eps: float, dim: int) -> None:
+        mask = torch.ones(1, 1 + dim, dtype=torch.bool)
+        mask[0, 0] = False
+        super().__init__(eps, mask=mask)
+        self.dim = dim
+
+    @staticmethod
+    def _token_norm(t: torch.Tensor) -> torch.Tensor:
+        return t.norm(dim=-1, keepdim=True)
+
+    def _project_delta(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta * torch.clamp(self.eps / self._token_norm(delta).clamp_min(1e-12), max=1.0)
+
+    def _direction(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad / self._token_norm(grad).clamp_min(1e-12)
+
+    def _sphere_sample(self, shape: tuple[int, ...], seed: int, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        g = self._apply_mask(_random.normal(seed, ids, shape, dtype))
+        return g / self._token_norm(g).clamp_min(1e-12) * self.eps
+
+    def _ball_sample(self, shape: tuple[int, ...], seed: int, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        direction = self._sphere_sample(shape, seed, ids, dtype)
+        u = _random.uniform(_random.derive(seed, 1), ids, (*shape[:-1], 1), torch.float64)
+        return direction * (u ** (1.0 / max(1, self.dim))).to(dtype)
+
+    def norm(self, delta: torch.Tensor) -> torch.Tensor:
+        if delta.dim() < 3 or delta.shape[1] == 0:
+            return delta.flatten(1).norm(dim=1) if delta.dim() >= 2 else delta.abs()
+        return delta.norm(dim=-1).amax(dim=-1)
+
+    def default_step_size(self, steps: int) -> float:
+        return self.eps if steps <= 1 else 2.5 * self.eps / steps
+
+    def covering_budget(self, x: torch.Tensor) -> float | None:
+        return None
+
+    def __repr__(self) -> str:
+        return f"TokenL2Ball(eps={self.eps:g}, dim={self.dim})"
