@@ -70,7 +70,7 @@ class AdversarialTrainer:
         class_weights: per-class loss weights, ``"balanced"`` (from the training labels), or None.
         attackable: optional function ``(x, y) -> bool mask`` of the examples that may be perturbed.
         val_attack: attack for robust validation accuracy (default PGD-10 over ``space``).
-        select_best: at the end, restore the weights with the best robust validation accuracy.
+        select_best: at the end, restore the weights with the best robust validation accuracy (balanced over classes).
         checkpoint_dir: folder for a checkpoint after every epoch (needed by ``fit(resume=...)``).
         callbacks: :class:`~robustkit.training.callbacks.Callback` objects.
         seed: seeds the data order and every attack's per-example random streams.
@@ -314,23 +314,32 @@ class AdversarialTrainer:
         return loss.detach()
 
     # ----------------------------------------------------------------- validation and selection
-    def _robust_accuracy(self, data: Any, attack: Attack) -> tuple[float, float]:
+    def _robust_accuracy(self, data: Any, attack: Attack) -> tuple[float, float, float]:
+        """Clean accuracy, robust accuracy, and robust accuracy balanced over classes (mean per class)."""
         from robustkit.evaluation import evaluate
 
         report = evaluate(
             self.model, data, self.space, attacks=[attack], mask=self.attackable, checks=False, seed=self.seed
         )
-        return report.clean_accuracy, report.robust_accuracy["worst"]
+        labels, robust = report.outcomes["label"], report.outcomes["robust"].float()
+        per_class = [robust[labels == c].mean() for c in labels.unique()]
+        return report.clean_accuracy, report.robust_accuracy["worst"], float(torch.stack(per_class).mean())
 
     def _validate(self, val_loader: Iterable[Any] | None) -> dict[str, Any]:
         if val_loader is None:
             return {}
         start = time.perf_counter()
-        clean, robust = self._robust_accuracy(val_loader, self.val_attack)
-        return {"val_clean_accuracy": clean, "val_robust_accuracy": robust, "val_seconds": time.perf_counter() - start}
+        clean, robust, balanced = self._robust_accuracy(val_loader, self.val_attack)
+        return {"val_clean_accuracy": clean, "val_robust_accuracy": robust, "val_robust_balanced_accuracy": balanced,
+                "val_seconds": time.perf_counter() - start}
 
     def _select(self, record: dict[str, Any]) -> None:
-        score = record.get("val_robust_accuracy")
+        """Keep the weights with the best robust validation accuracy balanced over classes.
+
+        Balancing matters on imbalanced data where only one class is attacked (fraud, spam): plain
+        accuracy would reward a model that never predicts the attacked class.
+        """
+        score = record.get("val_robust_balanced_accuracy")
         if score is None or (self.best_score is not None and score <= self.best_score):
             return
         self.best_score = float(score)
@@ -349,7 +358,7 @@ class AdversarialTrainer:
         method = self.method
         drop = float(getattr(method, "guard_drop", 0.2))
         steps = int(getattr(method, "guard_steps", 10))
-        _, acc = self._robust_accuracy(guard_batch, PGD(self.space, steps=steps, seed=self.seed))
+        _, acc, _ = self._robust_accuracy(guard_batch, PGD(self.space, steps=steps, seed=self.seed))
         record: dict[str, Any] = {"guard_robust_accuracy": acc, "guard_fired": False}
         if self._guard_best is None or acc > self._guard_best:
             self._guard_best = acc
