@@ -225,15 +225,20 @@ def wait_quiet(max_wait: float = 120.0, busy_limit: float = 0.1, probe: float = 
 
 #: seconds :func:`timed` waited for a quiet machine, one entry per timed run
 WAITED: list[float] = []
+#: CPU seconds of this process over wall seconds, one entry per timed run (about the threads kept busy)
+CPU_SHARE: list[float] = []
 
 
 def timed(fn: Callable[[], Any], quiet: bool = True) -> float:
     """Wall seconds of ``fn()``, started once the machine is quiet (see :func:`wait_quiet`)."""
     if quiet:
         WAITED.append(wait_quiet())
+    cpu = time.process_time()
     start = time.perf_counter()
     fn()
-    return time.perf_counter() - start
+    wall = time.perf_counter() - start
+    CPU_SHARE.append((time.process_time() - cpu) / wall)
+    return wall
 
 
 def measure_pgd(
@@ -258,9 +263,11 @@ def measure_pgd(
     for name in ("floor", "floor_start", "forward"):
         runs[name]()
     times: dict[str, list[float]] = {name: [] for name in runs}
+    first = len(CPU_SHARE)
     for _ in range(repeats):
         for name, fn in runs.items():
             times[name].append(timed(fn))
+    cpu_share = statistics.median(CPU_SHARE[first:])
     best = {name: min(t) for name, t in times.items()}
     g, f = best["floor"] / k, best["forward"] / k
 
@@ -289,7 +296,7 @@ def measure_pgd(
         }
     return {
         "k": k, "grad_pass_ms": g * 1e3, "forward_ms": f * 1e3, "floor_seconds": best["floor"],
-        "floor_start_seconds": best["floor_start"], "rows": rows, "times": times,
+        "floor_start_seconds": best["floor_start"], "cpu_share": cpu_share, "rows": rows, "times": times,
     }
 
 
@@ -385,12 +392,13 @@ def print_tables(out: dict[str, Any]) -> None:
                       f"{r['ratio_start']:.3f} |")
 
     print("\n| model | k | floor s (clean batch) | floor s (random start) | one gradient pass ms | one forward ms "
-          "| forward / gradient pass |")
-    print("|---|---|---|---|---|---|---|")
+          "| forward / gradient pass | CPU s / wall s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name, blocks in out["pgd"].items():
         for b in blocks:
             print(f"| {name} | {b['k']} | {b['floor_seconds']:.3f} | {b['floor_start_seconds']:.3f} | "
-                  f"{b['grad_pass_ms']:.1f} | {b['forward_ms']:.1f} | {b['forward_ms'] / b['grad_pass_ms']:.3f} |")
+                  f"{b['grad_pass_ms']:.1f} | {b['forward_ms']:.1f} | {b['forward_ms'] / b['grad_pass_ms']:.3f} | "
+                  f"{b['cpu_share']:.2f} |")
 
     g_cnn = min(b["grad_pass_ms"] for blocks in out["pgd"].values() for b in blocks)
     print("\n### robustkit's own cost (PGD-k on a linear 784 -> 10 model that is never broken)\n")
@@ -433,6 +441,8 @@ def main() -> None:
     parser.add_argument("--eval-repeats", type=int, default=3, help="best of this many evaluate() runs")
     parser.add_argument("--eval-n", type=int, default=1000, help="test images for evaluate()")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--models", nargs="+", choices=["standard", "hardened", "control"],
+                        default=["standard", "hardened", "control"], help="models for the PGD table")
     parser.add_argument("--skip-evaluate", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -462,7 +472,9 @@ def main() -> None:
         },
         "pgd": {}, "bookkeeping": [], "evaluate": {},
     }
-    for name, (model, labels) in models.items():
+    chosen = {"standard": "standard", "hardened": "hardened", "control": "never-broken control"}
+    for name in [chosen[m] for m in args.models]:
+        model, labels = models[name]
         out["pgd"][name] = [measure_pgd(model, x, labels, space, k, args.repeats) for k in args.steps]
         print(f"[{name}] PGD measured", flush=True)
     out["bookkeeping"] = [measure_bookkeeping(x, space, k, max(50, 10 * args.repeats)) for k in args.steps]
