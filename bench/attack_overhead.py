@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -126,8 +127,6 @@ def train(name: str, x: torch.Tensor, y: torch.Tensor, space: rk.LinfBall) -> tu
     torch.manual_seed(recipe["seed"])
     model = small_cnn()
     if path.exists():
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
         if meta.get("recipe") == json.dumps(recipe, sort_keys=True):
