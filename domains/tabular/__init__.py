@@ -33,6 +33,7 @@ from domains.tabular.synthetic import DEFAULT_BUDGET, card_schema, generate
 from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, Domain, DomainData
 from robustkit.attacks import PGD
 from robustkit.domain import Examples
+from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of
 
 __all__ = ["Column", "Schema", "SchemaEncoder", "SchemaSpace", "TabularDomain", "TabularMLP", "decode", "encode",
@@ -130,29 +131,14 @@ class TabularDomain(Domain):
 
     def choose_threshold(self, model: nn.Module, data: DomainData) -> float | None:
         x, y = data.val.tensors  # type: ignore[attr-defined]
-        neg = torch.sort(_scores(model, x)[y == 0], descending=True).values
-        k = int(data.raw.get("target_fpr", 0.01) * len(neg))
-        t = float(neg[k]) + 1e-9 if len(neg) > k else 0.5
-        return min(max(t, 1e-6), 1 - 1e-6)
+        return threshold_at_fpr(_scores(model, x)[y == 0], data.raw.get("target_fpr", 0.01))
 
     # ----------------------------------------------------------------- metrics and examples
     def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
-        o = report.outcomes
-        y, clean, robust = o["label"].bool(), o["clean_correct"].bool(), o["robust"].bool()
-        pos, neg = y, ~y
-        tp, fp = int((clean & pos).sum()), int((~clean & neg).sum())
-        n_pos, n_neg = int(pos.sum()), int(neg.sum())
-        recall = tp / n_pos if n_pos else 0.0
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        detected = clean & pos
         x, yt = data.test.tensors  # type: ignore[attr-defined]
         scores = _scores(model, x).numpy()
         out: dict[str, Any] = {
-            "precision_clean": precision, "recall_clean": recall,
-            "f1_clean": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "fpr_clean": fp / n_neg if n_neg else 0.0,
-            "recall_attacked": int((robust & pos).sum()) / n_pos if n_pos else 0.0,
-            "attack_success_rate": int((detected & ~robust).sum()) / max(1, int(detected.sum())),
+            **binary_metrics(report.outcomes),
             "roc_auc": float(roc_auc_score(yt.numpy(), scores)),
             "average_precision": float(average_precision_score(yt.numpy(), scores)),
         }

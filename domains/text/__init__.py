@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, DiscreteSearch, Domain, DomainData
 from robustkit.domain import Examples
+from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of
 from robustkit.spaces import PerturbationSpace
 
@@ -189,10 +190,7 @@ class TextDomain(Domain):
     # ----------------------------------------------------------------- decision rule
     def choose_threshold(self, model: nn.Module, data: DomainData) -> float | None:
         x, y = data.val.tensors()  # type: ignore[attr-defined]
-        neg = torch.sort(_spam_scores(model, x)[y == 0], descending=True).values
-        k = int(data.raw.get("target_fpr", 0.01) * len(neg))
-        t = float(neg[k]) + 1e-6 if len(neg) > k else 0.5
-        return min(max(t, 1e-6), 1 - 1e-6)
+        return threshold_at_fpr(_spam_scores(model, x)[y == 0], data.raw.get("target_fpr", 0.01))
 
     def decided(self, model: nn.Module, threshold: float | None) -> nn.Module:
         tokenizer = getattr(model, "tokenizer", None)
@@ -204,22 +202,7 @@ class TextDomain(Domain):
 
     # ----------------------------------------------------------------- metrics and examples
     def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
-        o = report.outcomes
-        y, clean, robust = o["label"].bool(), o["clean_correct"].bool(), o["robust"].bool()
-        pos, neg = y, ~y
-        tp, fp = int((clean & pos).sum()), int((~clean & neg).sum())
-        n_pos, n_neg = int(pos.sum()), int(neg.sum())
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / n_pos if n_pos else 0.0
-        detected = clean & pos
-        out: dict[str, Any] = {
-            "precision_clean": precision,
-            "recall_clean": recall,
-            "f1_clean": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "fpr_clean": fp / n_neg if n_neg else 0.0,
-            "recall_attacked": int((robust & pos).sum()) / n_pos if n_pos else 0.0,
-            "attack_success_rate": int((detected & ~robust).sum()) / max(1, int(detected.sum())),
-        }
+        out: dict[str, Any] = binary_metrics(report.outcomes)
         out.update(self._edit_figures(model, data, float(report.threat.get("budget", self.default_budget))))
         return out
 
