@@ -7,6 +7,10 @@ DataFrame proposes types and bounds but never mutability.
 Cost of a row change (the budget's unit): for numeric columns ``cost x |change|`` in the column's
 own units; for a categorical column ``cost`` once if the category changes.
 
+Relations between numeric columns are linear equalities and inequalities written as text, such as
+``"amount <= credit_limit"``, ``"total = cash + card"`` or ``"2 * fee + amount >= 10"`` (see
+:class:`Relation`). The data must satisfy them, and so must every adversarial row.
+
 Example:
     >>> import pandas as pd
     >>> schema = Schema([Column("amount", "continuous", mutable=True, lower=0, upper=100, cost=0.1),
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +37,7 @@ import yaml
 
 from robustkit.errors import ConfigError, DataError
 
-__all__ = ["DIRECTIONS", "TYPES", "Column", "Schema"]
+__all__ = ["DIRECTIONS", "TYPES", "Column", "Relation", "Schema"]
 
 log = logging.getLogger("robustkit")
 
@@ -132,6 +137,115 @@ class Column:
         return out
 
 
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+                    r"|(?P<name>[A-Za-z_][A-Za-z0-9_.]*)|(?P<op><=|>=|==|=)|(?P<sym>[-+*]))")
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A linear relation between numeric columns, parsed from text: ``sum(coef x column) op constant``.
+
+    The text is two sums of terms joined by ``<=``, ``>=`` or ``=``; a term is a column name, a
+    number, or ``number * name`` (``2*a``, ``0.5 * fee``), each with a ``+`` or ``-`` sign. Column
+    names are identifiers (letters, digits, ``_`` and ``.``).
+
+    Example:
+        >>> r = Relation.parse("total = cash + 2 * card - 1")
+        >>> r.coefficients, r.op, r.constant
+        ({'total': 1.0, 'cash': -1.0, 'card': -2.0}, '=', -1.0)
+        >>> r.holds({"total": 2.0, "cash": 1.0, "card": 1.0})
+        True
+    """
+
+    text: str
+    coefficients: dict[str, float]
+    op: str  # "<=" or "=" (">=" is stored negated)
+    constant: float
+
+    @classmethod
+    def parse(cls, text: str) -> Relation:
+        """Parse ``text``; raise :class:`ConfigError` saying what is wrong."""
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"a relation must be a text such as 'a <= b', got {text!r}")
+        tokens, pos = [], 0
+        stripped = text.rstrip()
+        while pos < len(stripped):
+            m = _TOKEN.match(stripped, pos)
+            if m is None or m.end() == pos:
+                rest = stripped[pos:].strip()
+                raise ConfigError(f"relation {text!r}: cannot read {rest!r}; write e.g. 'a + b <= 2 * c'")
+            tokens.append((m.lastgroup, m.group(m.lastgroup or "")))
+            pos = m.end()
+        ops = [i for i, (kind, _) in enumerate(tokens) if kind == "op"]
+        if len(ops) != 1:
+            raise ConfigError(f"relation {text!r}: needs exactly one of <=, >= or =")
+        op = tokens[ops[0]][1]
+        left = cls._side(tokens[: ops[0]], text)
+        right = cls._side(tokens[ops[0] + 1:], text)
+        coefficients: dict[str, float] = {}
+        for name, coef in left[0].items():
+            coefficients[name] = coefficients.get(name, 0.0) + coef
+        for name, coef in right[0].items():
+            coefficients[name] = coefficients.get(name, 0.0) - coef
+        coefficients = {k: v for k, v in coefficients.items() if v != 0.0}
+        if not coefficients:
+            raise ConfigError(f"relation {text!r}: names no column (or its columns cancel out)")
+        constant = right[1] - left[1]
+        if op == ">=":
+            coefficients = {k: -v for k, v in coefficients.items()}
+            constant = -constant
+        return cls(" ".join(stripped.split()), coefficients, "=" if op in ("=", "==") else "<=", constant)
+
+    @staticmethod
+    def _side(tokens: list[tuple[str | None, str]], text: str) -> tuple[dict[str, float], float]:
+        """One side of a relation: column coefficients and a constant."""
+        if not tokens:
+            raise ConfigError(f"relation {text!r}: a side of the comparison is empty")
+        coefficients: dict[str, float] = {}
+        constant, i = 0.0, 0
+        while i < len(tokens):
+            sign = 1.0
+            while i < len(tokens) and tokens[i][0] == "sym" and tokens[i][1] in "+-":
+                sign *= -1.0 if tokens[i][1] == "-" else 1.0
+                i += 1
+            value, name = 1.0, None
+            if i < len(tokens) and tokens[i][0] == "num":
+                value = float(tokens[i][1])
+                i += 1
+                if i < len(tokens) and tokens[i] == ("sym", "*"):
+                    i += 1
+                    if i >= len(tokens) or tokens[i][0] != "name":
+                        raise ConfigError(f"relation {text!r}: '*' must be followed by a column name")
+                    name = tokens[i][1]
+                    i += 1
+            elif i < len(tokens) and tokens[i][0] == "name":
+                name = tokens[i][1]
+                i += 1
+            else:
+                raise ConfigError(f"relation {text!r}: expected a number or a column name")
+            if name is None:
+                constant += sign * value
+            else:
+                coefficients[name] = coefficients.get(name, 0.0) + sign * value
+            if i < len(tokens) and not (tokens[i][0] == "sym" and tokens[i][1] in "+-"):
+                raise ConfigError(f"relation {text!r}: unexpected {tokens[i][1]!r}")
+        return coefficients, constant
+
+    def residual(self, values: Mapping[str, Any]) -> Any:
+        """``sum(coef x value) - constant`` (<= 0 or == 0 when the relation holds); arrays work."""
+        return sum(coef * values[name] for name, coef in self.coefficients.items()) - self.constant
+
+    def tolerance(self, values: Mapping[str, Any]) -> Any:
+        """Rounding slack of :meth:`holds`: ``ATOL + RTOL x sum |coef x value|`` (plus the constant)."""
+        scale = sum(abs(coef) * abs(values[name]) for name, coef in self.coefficients.items())
+        return ATOL + RTOL * (scale + abs(self.constant))
+
+    def holds(self, values: Mapping[str, Any]) -> Any:
+        """Does the relation hold (bool, or a bool array for array values), up to :meth:`tolerance`?"""
+        r, tol = self.residual(values), self.tolerance(values)
+        return (abs(r) <= tol) if self.op == "=" else (r <= tol)
+
+
 @dataclass
 class Schema:
     """Feature columns, a cost budget per row and (optionally) the target column.
@@ -140,11 +254,14 @@ class Schema:
         columns: the feature columns, in model order.
         budget: the largest total cost of the changes to one row.
         target: name of the label column (excluded from the features), if the data has one.
+        relations: linear relations between numeric columns (:class:`Relation` or its text) that
+            every row, original or adversarial, satisfies.
     """
 
     columns: list[Column]
     budget: float = 1.0
     target: str | None = None
+    relations: list[Relation] = field(default_factory=list)
     _by_name: dict[str, Column] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -163,6 +280,16 @@ class Schema:
         if not math.isfinite(self.budget) or self.budget < 0:
             raise ConfigError(f"the schema's budget must be a finite number >= 0, got {self.budget!r}")
         self._by_name = {c.name: c for c in self.columns}
+        if not isinstance(self.relations, list | tuple):
+            raise ConfigError(f"the schema's relations must be a list of texts like 'a <= b', got {self.relations!r}")
+        self.relations = [r if isinstance(r, Relation) else Relation.parse(r) for r in self.relations]
+        for r in self.relations:
+            for name in r.coefficients:
+                if name not in self._by_name:
+                    raise ConfigError(f"relation {r.text!r} names column {name!r} that the schema does not declare")
+                if not self._by_name[name].numeric:
+                    raise ConfigError(f"relation {r.text!r}: column {name!r} is categorical; relations are between "
+                                      "numeric columns")
 
     # ----------------------------------------------------------------- access
     @property
@@ -173,19 +300,22 @@ class Schema:
         return self._by_name[name]
 
     def with_budget(self, budget: float) -> Schema:
-        return Schema(list(self.columns), budget, self.target)
+        return Schema(list(self.columns), budget, self.target, list(self.relations))
 
     # ----------------------------------------------------------------- YAML
     def to_dict(self) -> dict[str, Any]:
-        return {"budget": self.budget, "target": self.target, "columns": {c.name: c.to_dict() for c in self.columns}}
+        out = {"budget": self.budget, "target": self.target, "columns": {c.name: c.to_dict() for c in self.columns}}
+        if self.relations:
+            out["relations"] = [r.text for r in self.relations]
+        return out
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> Schema:
         if not isinstance(spec, Mapping):
-            raise ConfigError("a schema is a mapping with keys budget, target and columns")
-        unknown = sorted(set(spec) - {"budget", "target", "columns"})
+            raise ConfigError("a schema is a mapping with keys budget, target, columns and relations")
+        unknown = sorted(set(spec) - {"budget", "target", "columns", "relations"})
         if unknown:
-            raise ConfigError(f"unknown schema key {unknown[0]!r}: allowed keys are budget, target, columns")
+            raise ConfigError(f"unknown schema key {unknown[0]!r}: allowed keys are budget, target, columns, relations")
         columns = spec.get("columns")
         if not isinstance(columns, Mapping) or not columns:
             raise ConfigError("the schema's columns must be a mapping: name -> {type, mutable, ...}")
@@ -200,7 +330,7 @@ class Schema:
                 allowed_list = ", ".join(sorted(allowed))
                 raise ConfigError(f"column {name!r}: unknown setting {bad[0]!r} (allowed: {allowed_list})")
             built.append(Column(str(name), **body))
-        return cls(built, spec.get("budget", 1.0), spec.get("target"))
+        return cls(built, spec.get("budget", 1.0), spec.get("target"), spec.get("relations") or [])
 
     def dump(self, path: str | Path | None = None) -> str:
         """The schema as YAML text (also written to ``path`` if given)."""
@@ -291,6 +421,12 @@ class Schema:
             if c.upper is not None and values.max() > c.upper:
                 raise DataError(f"column {c.name!r} goes up to {values.max():g}, above the schema's upper bound "
                                 f"{c.upper:g}: the bounds exclude the data")
+        for r in self.relations:
+            broken = ~np.asarray(r.holds({n: df[n].to_numpy(dtype=float) for n in r.coefficients}))
+            if broken.any():
+                first = df.index[int(np.flatnonzero(broken)[0])]
+                raise DataError(f"{int(broken.sum())} rows of the {what} break the schema's relation {r.text!r} "
+                                f"(first: row {first!r}): fix the data or the relation")
 
     def cost(self, adv: pd.DataFrame, orig: pd.DataFrame) -> pd.Series:
         """Cost of changing each row of ``orig`` into the same row of ``adv``."""
@@ -307,7 +443,8 @@ class Schema:
         """Bool per row: is ``adv``'s row an allowed change of ``orig``'s under this schema?
 
         Checks immutables unchanged, real types (integers whole, binaries 0/1, categories from the
-        schema), bounds, directions, and total cost <= budget (with a 1e-6 tolerance for rounding).
+        schema), bounds, directions, relations, and total cost <= budget (with a 1e-6 tolerance for
+        rounding).
         """
         if len(adv) != len(orig):
             raise DataError(f"adversarial rows ({len(adv)}) and original rows ({len(orig)}) differ in number")
@@ -343,6 +480,13 @@ class Schema:
                 ok &= a >= o - tol
             elif c.direction == "decrease":
                 ok &= a <= o + tol
+        for r in self.relations:
+            try:
+                values = {n: adv[n].to_numpy(dtype=float) for n in r.coefficients}
+            except (TypeError, ValueError):
+                ok &= False
+                continue
+            ok &= np.asarray(r.holds(values), dtype=bool)
         ok &= self.cost(adv, orig).to_numpy() <= self.budget * (1 + RTOL) + ATOL
         return pd.Series(ok, index=orig.index, name="valid")
 

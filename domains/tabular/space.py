@@ -12,8 +12,14 @@ argmax; see :class:`~domains.tabular.model.SchemaEncoder`):
 - categorical column: ``cost x min(1, L1 distance of the weights from the original one-hot)``
   (the argmax moves off the original category only when that distance reaches 1).
 
+Relations between numeric columns (``a <= b``, ``total = x + y``) are enforced by alternating
+projections onto each relation (moving mutable columns only) and the box, then by shrinking the
+change towards the original row until every inequality holds exactly (the original satisfies them,
+and the feasible set is convex); a row whose equality cannot be met keeps its original values.
+
 So every point :meth:`SchemaSpace.project` returns decodes (:func:`decode`) to a row that passes
-``schema.validate``; :func:`repair` checks it anyway and keeps the original row where a check fails.
+``schema.validate``, except where rounding an integer column breaks a relation; :func:`repair`
+checks every row and keeps the original one where a check fails (``repair_failed``).
 
 Example:
     >>> import pandas as pd, torch
@@ -41,7 +47,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from domains.tabular.schema import Schema
+from domains.tabular.schema import RTOL, Schema
 from robustkit import _random
 from robustkit.spaces import ContinuousSpace
 
@@ -49,6 +55,8 @@ __all__ = ["Layout", "SchemaSpace", "decode", "encode", "layout", "repair"]
 
 #: share of the budget projection aims for, so float32 rounding never pushes a row over budget
 SAFETY = 1.0 - 1e-5
+#: alternating-projection sweeps over the relations and the box
+RELATION_SWEEPS = 50
 
 
 @dataclass
@@ -197,6 +205,13 @@ class SchemaSpace(ContinuousSpace):
         self.weight, self.integer, self.numeric = weight, integer, numeric
         self.increase, self.decrease = increase, decrease
         self.blocks = blocks
+        position = {name: lay.numeric[i] for i, name in enumerate(lay.numeric_columns)}
+        self.rel_a = torch.zeros(len(schema.relations), lay.width, dtype=torch.float64)
+        for i, r in enumerate(schema.relations):
+            for name, coef in r.coefficients.items():
+                self.rel_a[i, position[name]] = coef
+        self.rel_b = torch.tensor([r.constant for r in schema.relations], dtype=torch.float64)
+        self.rel_eq = torch.tensor([r.op == "=" for r in schema.relations], dtype=torch.bool)
 
     def __repr__(self) -> str:
         return f"SchemaSpace(budget={self.eps:g}, columns={len(self.schema.columns)})"
@@ -244,6 +259,8 @@ class SchemaSpace(ContinuousSpace):
             z = z.clone()
             for start, size, _ in self.blocks:
                 z[:, start:start + size] = self._simplex(z[:, start:start + size])
+        if len(self.rel_b):
+            z = self._relations(z, x, low, high, mask & num)
         delta = z - x
         limit = self.eps * SAFETY
         fits = self.norm(delta) <= limit
@@ -258,6 +275,42 @@ class SchemaSpace(ContinuousSpace):
             hi = torch.where(ok, hi, mid)
         scale = torch.where(fits.unsqueeze(1), torch.ones_like(lo), lo)
         return x + scale * delta
+
+    def _slack(self, x: torch.Tensor, rtol: float) -> torch.Tensor:
+        """Per row and relation, the rounding slack ``rtol x (1 + sum |coef x value| + |constant|)``."""
+        a = self._t(self.rel_a, x)
+        return rtol * (1 + x.abs() @ a.abs().T + self._t(self.rel_b, x).abs())
+
+    def _relations(self, z: torch.Tensor, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+                   movable: torch.Tensor) -> torch.Tensor:
+        """Move ``z`` (inside the box) onto the relations, keeping the box; rows that cannot be fixed
+        shrink towards ``x`` (inequalities) or go back to ``x`` (equalities). Works in float64 and
+        aims 10x inside the tolerance of ``Schema.validate``."""
+        dtype = z.dtype
+        z, x, low, high = z.double(), x.double(), low.double(), high.double()
+        a, b, eq = self._t(self.rel_a, z), self._t(self.rel_b, z), self._t(self.rel_eq, z)
+        movable = movable.expand_as(z)
+        a_free = a.unsqueeze(0) * movable.unsqueeze(1)  # (N, R, width): only mutable numeric columns move
+        length = (a_free * a_free).sum(dim=2)  # (N, R)
+        slack = self._slack(x, RTOL / 10)
+        for _ in range(RELATION_SWEEPS):
+            for i in range(len(b)):
+                r = z @ a[i] - b[i]
+                r = r if bool(eq[i]) else r.clamp(min=0.0)
+                step = torch.where(length[:, i] > 0, r / length[:, i].clamp_min(1e-30), torch.zeros_like(r))
+                z = z - step.unsqueeze(1) * a_free[:, i]
+            z = torch.where(movable, torch.minimum(torch.maximum(z, low), high), z)
+            r = z @ a.T - b
+            if bool((torch.where(eq, r.abs(), r) <= slack).all()):
+                break
+        d = z - x
+        ad, r0 = d @ a.T, x @ a.T - b  # (N, R)
+        room = (slack - r0).clamp(min=0.0)
+        limit = torch.where(~eq & (ad > 0), room / ad.clamp_min(1e-30), torch.ones_like(ad))
+        t = limit.clamp(0.0, 1.0).amin(dim=1)
+        stuck = (eq & ((r0 + ad).abs() > slack)).any(dim=1)
+        t = torch.where(stuck, torch.zeros_like(t), t)
+        return (x + t.unsqueeze(1) * d).to(dtype)
 
     # ----------------------------------------------------------------- steps and random points
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
@@ -306,5 +359,8 @@ class SchemaSpace(ContinuousSpace):
         for start, size, _ in self.blocks:
             block = x_adv[:, start:start + size]
             ok &= (block >= -self.atol).all(dim=1) & ((block.sum(dim=1) - 1).abs() <= self.atol * size)
+        if len(self.rel_b):
+            r = x_adv @ self._t(self.rel_a, x).T - self._t(self.rel_b, x)
+            ok &= (torch.where(self._t(self.rel_eq, x), r.abs(), r) <= self._slack(x, self.atol)).all(dim=1)
         ok &= self.norm(delta) <= self.eps * (1 + 1e-6) + self.atol
         return ok
