@@ -304,7 +304,8 @@ class Schema:
 
     # ----------------------------------------------------------------- YAML
     def to_dict(self) -> dict[str, Any]:
-        out = {"budget": self.budget, "target": self.target, "columns": {c.name: c.to_dict() for c in self.columns}}
+        out: dict[str, Any] = {"budget": self.budget, "target": self.target,
+                               "columns": {c.name: c.to_dict() for c in self.columns}}
         if self.relations:
             out["relations"] = [r.text for r in self.relations]
         return out
