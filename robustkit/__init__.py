@@ -9,7 +9,17 @@ Example:
 """
 
 from robustkit import datasets, losses
-from robustkit.attacks import APGD, FGSM, PGD, Attack, AttackResult, DiscreteSearch, Ensemble, RandomSearch
+from robustkit.attacks import (
+    APGD,
+    FGSM,
+    PGD,
+    Attack,
+    AttackResult,
+    DiscreteSearch,
+    Ensemble,
+    RandomSearch,
+    Transfer,
+)
 from robustkit.domain import DatasetInfo, Domain, DomainData, available_domains, get_domain, register_domain
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import RobustnessReport, evaluate
@@ -45,6 +55,7 @@ __all__ = [
     "RobustkitError",
     "RobustnessReport",
     "ThresholdModel",
+    "Transfer",
     "__version__",
     "available_domains",
     "datasets",

@@ -1,4 +1,4 @@
-"""Attacks over perturbation spaces: FGSM, PGD, APGD, a gradient-guided discrete search, an ensemble."""
+"""Attacks over perturbation spaces: FGSM, PGD, APGD, random and discrete search, transfer, an ensemble."""
 
 from robustkit.attacks.apgd import APGD, apgd_checkpoints
 from robustkit.attacks.base import Attack, AttackResult
@@ -6,6 +6,7 @@ from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
 from robustkit.attacks.search import DiscreteSearch
+from robustkit.attacks.transfer import Transfer
 
 __all__ = [
     "APGD",
@@ -16,5 +17,6 @@ __all__ = [
     "DiscreteSearch",
     "Ensemble",
     "RandomSearch",
+    "Transfer",
     "apgd_checkpoints",
 ]

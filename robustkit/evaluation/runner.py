@@ -28,6 +28,7 @@ from robustkit.attacks.base import Attack, AttackResult
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
+from robustkit.attacks.transfer import Transfer
 from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.evaluation import checks as ck
 from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
@@ -211,10 +212,10 @@ def _label(attack: AttackLike) -> str:
 
 
 def _kind(attack: AttackLike) -> str:
-    """The attack's kind for the checks: fgsm, free (gradient-free) or gradient (multi-step)."""
+    """The attack's kind for the checks: fgsm, free (no gradient of the model) or gradient (multi-step)."""
     if isinstance(attack, FGSM):
         return "fgsm"
-    if isinstance(attack, RandomSearch):
+    if isinstance(attack, RandomSearch | Transfer):
         return "free"
     if isinstance(attack, Ensemble) and all(_kind(a) == "free" for a in attack.attacks):
         return "free"
