@@ -35,6 +35,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
     p.add_argument("--data", default=None, help="data spec, e.g. digits, mnist:DIR, csv:PATH (default: built-in)")
     p.add_argument("--config", default=None, help="YAML config (RUN/config.yaml reproduces a run); flags override it")
     p.add_argument("--out", default=None, help="run directory to write")
+    p.add_argument("--schema", default=None, metavar="FILE", help="schema file of tabular data (sets options.schema)")
+    p.add_argument("--target", default=None, metavar="COLUMN", help="label column of tabular data (options.target)")
     p.add_argument(
         "--preset", default=None, choices=["quick", "standard", "thorough"],
         help="evaluation attacks (default standard). " + describe_presets().replace("%", "%%"),
@@ -94,6 +96,9 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
         overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr)
     else:
         overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)
+    options = {k: v for k, v in (("schema", args.schema), ("target", args.target)) if v is not None}
+    if options:  # domain options the flags fill; the domain checks them (config.yaml keeps them)
+        overrides["options"] = {**base.options, **options}
     config = base.merged(overrides)
     resume = getattr(args, "resume", None)
     out = args.out or resume

@@ -146,8 +146,9 @@ class Domain:
         """The space evaluation attacks search (default: the training space)."""
         return self.space(budget, data)
 
-    def default_budget_for(self, spec: str) -> float:
-        """The default budget for the data ``spec`` (e.g. MNIST 0.3, CIFAR-10 8/255); default: ``default_budget``."""
+    def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+        """The default budget for the data ``spec`` and the run's domain ``options`` (e.g. MNIST 0.3, a
+        tabular schema file's own budget); default: ``default_budget``."""
         return self.default_budget
 
     def eval_budgets(self, budget: float) -> list[float]:

@@ -109,7 +109,7 @@ def _setup_torch(config: RunConfig) -> torch.device:
 def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
     """Fill the domain's defaults into every option left unset."""
     data = config.data or domain.default_data
-    budget = config.budget if config.budget is not None else domain.default_budget_for(data)
+    budget = config.budget if config.budget is not None else domain.default_budget_for(data, config.options)
     return config.merged(
         {
             "data": data,

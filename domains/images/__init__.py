@@ -203,7 +203,7 @@ class ImagesDomain(Domain):
     #: the customary Linf budgets of the literature, by data set (see the module docstring)
     budgets: ClassVar[dict[str, float]] = {"mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 / 255}
 
-    def default_budget_for(self, spec: str) -> float:
+    def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
         """MNIST 0.3, Fashion-MNIST 0.1, CIFAR-10 8/255, otherwise ``default_budget`` (digits, folders)."""
         return self.budgets.get(spec.split(":", 1)[0], self.default_budget)
 

@@ -256,12 +256,15 @@ class Schema:
         target: name of the label column (excluded from the features), if the data has one.
         relations: linear relations between numeric columns (:class:`Relation` or its text) that
             every row, original or adversarial, satisfies.
+        drop: columns the data holds that are not features (identifiers, time stamps used only to
+            split): accepted in frames and ignored.
     """
 
     columns: list[Column]
     budget: float = 1.0
     target: str | None = None
     relations: list[Relation] = field(default_factory=list)
+    drop: list[str] = field(default_factory=list)
     _by_name: dict[str, Column] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -283,6 +286,14 @@ class Schema:
         if not isinstance(self.relations, list | tuple):
             raise ConfigError(f"the schema's relations must be a list of texts like 'a <= b', got {self.relations!r}")
         self.relations = [r if isinstance(r, Relation) else Relation.parse(r) for r in self.relations]
+        if isinstance(self.drop, str):
+            self.drop = [self.drop]
+        if not isinstance(self.drop, list | tuple) or not all(isinstance(d, str) and d for d in self.drop):
+            raise ConfigError(f"the schema's drop must be a list of column names, got {self.drop!r}")
+        self.drop = list(dict.fromkeys(self.drop))
+        both = sorted(set(self.drop) & {*names, *([self.target] if self.target else [])})
+        if both:
+            raise ConfigError(f"column {both[0]!r} is both dropped and declared in the schema: keep one")
         for r in self.relations:
             for name in r.coefficients:
                 if name not in self._by_name:
@@ -300,7 +311,7 @@ class Schema:
         return self._by_name[name]
 
     def with_budget(self, budget: float) -> Schema:
-        return Schema(list(self.columns), budget, self.target, list(self.relations))
+        return Schema(list(self.columns), budget, self.target, list(self.relations), list(self.drop))
 
     # ----------------------------------------------------------------- YAML
     def to_dict(self) -> dict[str, Any]:
@@ -308,15 +319,18 @@ class Schema:
                                "columns": {c.name: c.to_dict() for c in self.columns}}
         if self.relations:
             out["relations"] = [r.text for r in self.relations]
+        if self.drop:
+            out["drop"] = list(self.drop)
         return out
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> Schema:
         if not isinstance(spec, Mapping):
-            raise ConfigError("a schema is a mapping with keys budget, target, columns and relations")
-        unknown = sorted(set(spec) - {"budget", "target", "columns", "relations"})
+            raise ConfigError("a schema is a mapping with keys budget, target, columns, relations and drop")
+        keys = ("budget", "target", "columns", "relations", "drop")
+        unknown = sorted(set(spec) - set(keys))
         if unknown:
-            raise ConfigError(f"unknown schema key {unknown[0]!r}: allowed keys are budget, target, columns, relations")
+            raise ConfigError(f"unknown schema key {unknown[0]!r}: allowed keys are {', '.join(keys)}")
         columns = spec.get("columns")
         if not isinstance(columns, Mapping) or not columns:
             raise ConfigError("the schema's columns must be a mapping: name -> {type, mutable, ...}")
@@ -331,7 +345,8 @@ class Schema:
                 allowed_list = ", ".join(sorted(allowed))
                 raise ConfigError(f"column {name!r}: unknown setting {bad[0]!r} (allowed: {allowed_list})")
             built.append(Column(str(name), **body))
-        return cls(built, spec.get("budget", 1.0), spec.get("target"), spec.get("relations") or [])
+        return cls(built, spec.get("budget", 1.0), spec.get("target"), spec.get("relations") or [],
+                   spec.get("drop") or [])
 
     def dump(self, path: str | Path | None = None) -> str:
         """The schema as YAML text (also written to ``path`` if given)."""
@@ -397,7 +412,7 @@ class Schema:
         missing = [n for n in expected if n not in df.columns]
         if missing:
             raise DataError(f"{what} lacks column {missing[0]!r} that the schema declares")
-        extra = [n for n in df.columns if n not in expected]
+        extra = [n for n in df.columns if n not in expected and n not in self.drop]
         if extra:
             raise DataError(f"{what} has column {extra[0]!r} that the schema does not declare: add it or drop it")
         for c in self.columns:
