@@ -1,0 +1,314 @@
+"""A scikit-learn classifier for fraud rows, trained adversarially under a schema's threat model.
+
+:class:`RobustTabularClassifier` takes raw DataFrames in the schema's columns. It owns its
+preprocessing: by default a :class:`~domains.tabular.model.TabularMLP` (schema-built encoder +
+MLP); with ``preprocessor`` a scikit-learn ``ColumnTransformer`` bridged into torch
+(:mod:`domains.tabular.sklearn_bridge`) followed by an MLP. It trains through
+:class:`robustkit.AdversarialTrainer` over :class:`~domains.tabular.space.SchemaSpace`, attacking
+only fraud rows, with class weights for the imbalance, and decides at the threshold that gives
+``target_fpr`` false positives on an internal validation split. It clones, nests in a ``Pipeline``
+and works with ``GridSearchCV`` like any scikit-learn classifier.
+
+Labels: two classes; the larger label in sort order (``classes_[1]``: 1, True, "fraud" over
+"legit") is fraud, the class an attacker wants to leave.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.compose import ColumnTransformer
+from sklearn.model_selection import train_test_split
+from sklearn.utils.validation import check_is_fitted
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from domains.tabular.model import TabularMLP
+from domains.tabular.schema import Schema
+from domains.tabular.sklearn_bridge import bridge
+from domains.tabular.space import SchemaSpace, encode, repair
+from robustkit.attacks import PGD
+from robustkit.errors import ConfigError, DataError
+from robustkit.evaluation.binary import threshold_at_fpr
+from robustkit.models import ThresholdModel, frozen_eval, logits_of
+from robustkit.training import AdversarialTrainer
+from robustkit.training import methods as methods_mod
+
+__all__ = ["RobustTabularClassifier"]
+
+
+def _mlp(width: int, hidden: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, 2))
+    return nn.Sequential(*layers)
+
+
+def _fraud_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return y == 1
+
+
+class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
+    """Fraud classifier on raw rows, hardened against ``schema``'s attacker (see the module docstring).
+
+    Args:
+        schema: the feature columns and what an attacker may change (:class:`~domains.tabular.schema.Schema`).
+        method: training method, a name (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``,
+            ``free``) or a configured ``robustkit.methods`` object.
+        budget: attack cost budget while training (default: the schema's).
+        epochs, batch_size, lr: training length, batch size and Adam learning rate.
+        hidden: widths of the MLP's hidden layers.
+        target_fpr: false-positive rate on the validation split that fixes the operating threshold.
+        class_weight: ``"balanced"`` (loss weights from the class counts), per-class weights, or None.
+        preprocessor: optional scikit-learn ``ColumnTransformer``: an unfitted one is cloned and
+            fitted on the training split, a fitted one is used as it is; either is bridged into torch.
+        random_state: seed of the split, the weights, the data order and the attacks (None: random).
+        validation_fraction: share of the rows held out for the threshold and the best-epoch choice.
+
+    Example:
+        >>> from domains.tabular.synthetic import card_schema, generate
+        >>> df = generate(400, seed=0, fraud_rate=0.15)
+        >>> X, y = df.drop(columns="is_fraud"), df["is_fraud"]
+        >>> clf = RobustTabularClassifier(card_schema(), method="pgd", epochs=1).fit(X, y)
+        >>> clf.predict_proba(X.head(3)).shape, clf.classes_.tolist(), 0 < clf.threshold_ < 1
+        ((3, 2), [0, 1], True)
+        >>> sorted(clf.evaluate(X, y, steps=5))
+        ['attack_success_rate', 'budget', 'n_fraud', 'recall_attacked', 'recall_clean']
+    """
+
+    def __init__(
+        self,
+        schema: Schema,
+        method: Any = "pgd",
+        budget: float | None = None,
+        epochs: int = 10,
+        batch_size: int = 128,
+        lr: float = 3e-3,
+        hidden: Sequence[int] = (64, 64),
+        target_fpr: float = 0.01,
+        class_weight: str | Sequence[float] | None = "balanced",
+        preprocessor: Any = None,
+        random_state: int | None = 0,
+        validation_fraction: float = 0.2,
+    ) -> None:
+        self.schema = schema
+        self.method = method
+        self.budget = budget
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.hidden = hidden
+        self.target_fpr = target_fpr
+        self.class_weight = class_weight
+        self.preprocessor = preprocessor
+        self.random_state = random_state
+        self.validation_fraction = validation_fraction
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True
+        tags.input_tags.categorical = True
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    # ----------------------------------------------------------------- checks
+    def _check_params(self) -> None:
+        def positive_int(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+
+        if not isinstance(self.schema, Schema):
+            raise ConfigError(f"schema must be a domains.tabular Schema, got {type(self.schema).__name__}: "
+                              "build one with Schema([...]), Schema.load(path) or Schema.infer(df)")
+        if not isinstance(self.method, methods_mod.Method) and self.method not in methods_mod.NAMES:
+            raise ConfigError(f"method must be one of {', '.join(methods_mod.NAMES)} or a robustkit.methods "
+                              f"object, got {self.method!r}")
+        positive_int("epochs")
+        positive_int("batch_size")
+        if self.budget is not None and not (isinstance(self.budget, int | float) and math.isfinite(self.budget)
+                                            and self.budget >= 0):
+            raise ConfigError(f"budget must be a number >= 0 or None (the schema's), got {self.budget!r}")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"lr must be a number > 0, got {self.lr!r}")
+        hidden = self.hidden
+        if isinstance(hidden, int | str) or not all(
+                isinstance(h, int | np.integer) and not isinstance(h, bool) and h > 0 for h in hidden):
+            raise ConfigError(f"hidden must be a sequence of positive layer widths such as (64, 64), got {hidden!r}")
+        for name in ("target_fpr", "validation_fraction"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < 1):
+                raise ConfigError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+        cw = self.class_weight
+        if isinstance(cw, str) and cw != "balanced":
+            raise ConfigError(f"class_weight must be 'balanced', two weights or None, got {cw!r}")
+        if cw is not None and not isinstance(cw, str) and len(cw) != 2:
+            raise ConfigError(f"class_weight needs one weight per class (2), got {cw!r}")
+        if self.preprocessor is not None and not isinstance(self.preprocessor, ColumnTransformer):
+            raise ConfigError(f"preprocessor must be a scikit-learn ColumnTransformer or None, got "
+                              f"{type(self.preprocessor).__name__}")
+
+    def _features(self, X: Any) -> pd.DataFrame:
+        """``X`` checked against the schema: a DataFrame with exactly its feature columns."""
+        schema: Schema = self.schema
+        if not isinstance(X, pd.DataFrame):
+            raise DataError(f"X must be a pandas DataFrame with the schema's columns ({', '.join(schema.names)}), "
+                            f"got {type(X).__name__}")
+        if schema.target is not None and schema.target in X.columns:
+            raise DataError(f"X holds the target column {schema.target!r}: drop it from X and pass it as y")
+        Schema(schema.columns, schema.budget).check_frame(X, what="X")
+        return X[schema.names]
+
+    def _labels(self, y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(is_fraud as 0/1, classes)`` from ``y``."""
+        arr = np.asarray(y)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr.ravel()
+        if arr.ndim != 1:
+            raise DataError(f"y must be one label per row (1-D), got shape {arr.shape}")
+        if len(arr) != n:
+            raise DataError(f"X has {n} rows but y has {len(arr)} labels")
+        if pd.isna(arr).any():
+            raise DataError(f"y has {int(pd.isna(arr).sum())} missing labels: fill or drop those rows")
+        try:
+            classes = np.unique(arr)
+        except TypeError:
+            raise DataError("y mixes label types (e.g. numbers and strings): use one type") from None
+        if len(classes) != 2:
+            shown = ", ".join(repr(c) for c in classes.tolist()[:5])
+            raise DataError(f"y must be binary (two classes: legit and fraud), got {len(classes)} class(es): {shown}")
+        positive = arr == classes[1]
+        counts = int((~positive).sum()), int(positive.sum())
+        if min(counts) < 2:
+            raise DataError(f"y has {counts[1]} rows of class {classes[1]!r} (fraud) and {counts[0]} of "
+                            f"{classes[0]!r}: each class needs at least 2 rows for the validation split")
+        return positive.astype(np.int64), classes
+
+    # ----------------------------------------------------------------- training
+    def fit(self, X: pd.DataFrame, y: Any) -> RobustTabularClassifier:
+        """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training."""
+        self._check_params()
+        features = self._features(X)
+        labels, classes = self._labels(y, len(features))
+        seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
+        try:
+            i_train, i_val = train_test_split(np.arange(len(labels)), test_size=self.validation_fraction,
+                                              stratify=labels, random_state=seed)
+        except ValueError as exc:
+            raise DataError(f"cannot hold out validation_fraction={self.validation_fraction} of {len(labels)} rows "
+                            f"with both classes on each side: {exc}") from None
+        schema: Schema = self.schema
+        train, val = features.iloc[np.sort(i_train)], features.iloc[np.sort(i_val)]
+        y_train, y_val = torch.as_tensor(labels[np.sort(i_train)]), torch.as_tensor(labels[np.sort(i_val)])
+        x_train, x_val = encode(schema, train), encode(schema, val)
+
+        torch.manual_seed(seed)
+        self.preprocessor_ = None
+        if self.preprocessor is None:
+            numeric = [c.name for c in schema.columns if c.numeric]
+            std = [float(train[c].std()) for c in numeric]
+            spec = {"schema": schema.to_dict(), "mean": [float(train[c].mean()) for c in numeric],
+                    "std": [s if math.isfinite(s) and s > 0 else 1.0 for s in std], "hidden": list(self.hidden)}
+            model: nn.Module = TabularMLP(spec)
+        else:
+            pre = self.preprocessor
+            pre = copy.deepcopy(pre) if hasattr(pre, "transformers_") else clone(pre).fit(train)
+            encoder = bridge(pre, schema)
+            self.preprocessor_ = pre
+            model = nn.Sequential(encoder, _mlp(encoder.out_features, self.hidden))
+        method = copy.deepcopy(self.method) if isinstance(self.method, methods_mod.Method) else self.method
+        space = SchemaSpace(schema, self.budget)
+        class_weights = self.class_weight if self.class_weight is None or isinstance(self.class_weight, str) \
+            else [float(w) for w in self.class_weight]
+        trainer = AdversarialTrainer(
+            model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=float(self.lr)),
+            class_weights=class_weights, attackable=_fraud_rows, seed=seed, progress=False,
+            select_best=methods_mod.get(method).name != "standard",
+        )
+        generator = torch.Generator().manual_seed(seed)
+        trainer.fit(DataLoader(TensorDataset(x_train, y_train), batch_size=int(self.batch_size), shuffle=True,
+                               generator=generator),
+                    epochs=int(self.epochs),
+                    val_loader=DataLoader(TensorDataset(x_val, y_val), batch_size=max(256, int(self.batch_size))))
+        model.eval()
+        self.classes_ = classes
+        self.model_ = model
+        self.history_ = trainer.history_frame()
+        self.budget_ = float(space.budget)
+        self.threshold_ = threshold_at_fpr(self._scores(x_val)[y_val == 0], float(self.target_fpr))
+        self.n_features_in_ = X.shape[1]
+        self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        return self
+
+    # ----------------------------------------------------------------- prediction
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        with frozen_eval(self.model_), torch.no_grad():
+            return torch.softmax(logits_of(self.model_(x)).double(), dim=1)[:, 1]
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """``(n, 2)`` probabilities in ``classes_`` order (column 1: fraud)."""
+        check_is_fitted(self, "model_")
+        p = self._scores(encode(self.schema, self._features(X))).numpy()
+        return np.stack([1.0 - p, p], axis=1)
+
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        """Log-odds of fraud minus those of the threshold: > 0 where :meth:`predict` says fraud (ties aside)."""
+        check_is_fitted(self, "model_")
+        x = encode(self.schema, self._features(X))
+        with frozen_eval(self.model_), torch.no_grad():
+            logits = logits_of(ThresholdModel(self.model_, self.threshold_)(x)).double()
+        return (logits[:, 1] - logits[:, 0]).numpy()
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        """Fraud (``classes_[1]``) where P(fraud) >= ``threshold_``, else ``classes_[0]``."""
+        flagged = self.predict_proba(X)[:, 1] >= self.threshold_
+        return self.classes_[flagged.astype(int)]
+
+    # ----------------------------------------------------------------- attacks
+    def attack(self, X: pd.DataFrame, budget: float | None = None, steps: int = 50,
+               restarts: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Rows of ``X`` moved by PGD towards "not fraud" at the operating threshold, within the schema.
+
+        Returns the adversarial rows (each passes ``schema.validate`` against its original) and per
+        row ``cost``, ``changed``, ``repair_failed`` and ``flagged_clean`` / ``flagged_attacked``.
+        """
+        check_is_fitted(self, "model_")
+        original = self._features(X)
+        schema: Schema = self.schema
+        schema = schema.with_budget(self.budget_ if budget is None else float(budget))
+        x = encode(schema, original)
+        decided = ThresholdModel(self.model_, self.threshold_)
+        seed = 0 if self.random_state is None else int(self.random_state)
+        result = PGD(SchemaSpace(schema), steps=steps, restarts=restarts, seed=seed)(
+            decided, x, torch.ones(len(x), dtype=torch.long))
+        rows, info = repair(schema, result.x_adv, x, original)
+        info["flagged_clean"] = self._scores(x).numpy() >= self.threshold_
+        info["flagged_attacked"] = self._scores(encode(schema, rows)).numpy() >= self.threshold_
+        return rows, info
+
+    def evaluate(self, X: pd.DataFrame, y: Any, budget: float | None = None, steps: int = 50) -> dict[str, Any]:
+        """Fraud recall on clean rows and under :meth:`attack` (valid rows only), and the attack success rate."""
+        check_is_fitted(self, "model_")
+        features = self._features(X)
+        positive = np.asarray(y) == self.classes_[1]
+        if len(positive) != len(features):
+            raise DataError(f"X has {len(features)} rows but y has {len(positive)} labels")
+        _, info = self.attack(features[positive], budget=budget, steps=steps)
+        clean, attacked = info["flagged_clean"].to_numpy(), info["flagged_attacked"].to_numpy()
+        n = len(info)
+        return {
+            "n_fraud": n,
+            "budget": self.budget_ if budget is None else float(budget),
+            "recall_clean": float(clean.mean()) if n else 0.0,
+            "recall_attacked": float(attacked.mean()) if n else 0.0,
+            "attack_success_rate": float((clean & ~attacked).sum() / max(1, clean.sum())),
+        }
