@@ -1,12 +1,18 @@
 """The tabular fraud domain: a schema threat model over raw transaction rows, fraud judged at a fixed FPR.
 
-Data specs: ``synthetic`` (the default: :mod:`domains.tabular.synthetic`, seeded card transactions).
-Only fraud rows are attacked, towards "not fraud", at the operating threshold chosen on validation
-data at ``target_fpr`` (default 1%). The budget is the schema's cost budget (see
-:mod:`domains.tabular.schema`); every adversarial row written passes ``schema.validate``.
+Data specs: ``synthetic`` (the default: :mod:`domains.tabular.synthetic`, seeded card transactions),
+``csv:PATH`` and ``parquet:PATH`` (a file of raw rows, read under a schema file; see
+:mod:`domains.tabular.data`), e.g. ``robustkit harden tabular --data csv:claims.csv.gz --schema
+schema.yaml --target FraudFound_P``. Only fraud rows are attacked, towards "not fraud", at the
+operating threshold chosen on validation data at ``target_fpr`` (default 1%). The budget is the
+schema's cost budget (see :mod:`domains.tabular.schema`); every adversarial row written passes
+``schema.validate``.
 
-Options (``options:`` in a config file): ``n_rows`` (10000), ``fraud_rate`` (0.06), ``target_fpr``
-(0.01), ``hidden`` (list of layer widths, default [64, 64]).
+Options (``options:`` in a config file): ``schema`` (schema YAML file, also ``--schema``; required
+for files), ``target`` (label column, 0/1; also ``--target``; default: the schema's ``target``),
+``split`` (``stratified``, the default, or ``time``), ``time_columns`` (a column or list such as
+``[Year, Month]``, for ``split: time``), ``target_fpr`` (0.01), ``hidden`` (list of layer widths,
+default [64, 64]); for ``synthetic`` data only: ``n_rows`` (10000), ``fraud_rate`` (0.06).
 
 Example:
     >>> data = TabularDomain().load_data("synthetic", seed=0, options={"n_rows": 1000})
@@ -19,42 +25,37 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
-from torch.utils.data import TensorDataset
 
+from domains.tabular import data as tabular_data
+from domains.tabular.blackbox import SklearnModel, distill_surrogate, evaluate_blackbox
+from domains.tabular.estimator import RobustTabularClassifier
 from domains.tabular.model import SchemaEncoder, TabularMLP
-from domains.tabular.schema import Column, Schema
+from domains.tabular.schema import Column, Relation, Schema
+from domains.tabular.sklearn_bridge import ColumnTransformerModule, bridge
 from domains.tabular.space import SchemaSpace, decode, encode, repair
 from domains.tabular.synthetic import DEFAULT_BUDGET, card_schema, generate
-from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, Domain, DomainData
+from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
 from robustkit.attacks import PGD
 from robustkit.domain import Examples
 from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of
 
-__all__ = ["Column", "Schema", "SchemaEncoder", "SchemaSpace", "TabularDomain", "TabularMLP", "decode", "encode",
-           "repair"]
+__all__ = ["Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema", "SchemaEncoder",
+           "SchemaSpace", "SklearnModel", "TabularDomain", "TabularMLP", "bridge", "decode", "distill_surrogate",
+           "encode", "evaluate_blackbox", "repair"]
 
-OPTIONS = ("n_rows", "fraud_rate", "target_fpr", "hidden")
+OPTIONS = ("schema", "target", "split", "time_columns", "target_fpr", "hidden", "n_rows", "fraud_rate")
+#: options that only synthetic data takes, and those that only files take
+SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target")
 
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with frozen_eval(model), torch.no_grad():
         return torch.softmax(logits_of(model(x)), dim=1)[:, 1].double()
-
-
-def _labels(df: pd.DataFrame, target: str) -> torch.Tensor:
-    y = df[target]
-    if y.isna().any():
-        raise DataError(f"target column {target!r} has missing values")
-    values = set(pd.unique(y).tolist())
-    if not values <= {0, 1} or len(values) < 2:
-        raise DataError(f"target column {target!r} must be binary (0/1, both present), got values {sorted(values)[:5]}")
-    return torch.tensor(y.to_numpy(dtype=np.int64))
 
 
 class TabularDomain(Domain):
@@ -73,43 +74,39 @@ class TabularDomain(Domain):
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"unknown tabular option {unknown[0]!r}: allowed options are {', '.join(OPTIONS)}")
+        target_fpr = options.get("target_fpr", 0.01)
+        if isinstance(target_fpr, bool) or not isinstance(target_fpr, int | float) or not 0 < target_fpr < 0.5:
+            raise ConfigError(f"options.target_fpr must be a number between 0 and 0.5, got {target_fpr!r}")
+        split = {"split": options.get("split", "stratified"), "time_columns": options.get("time_columns"),
+                 "target_fpr": float(target_fpr)}
         if spec != "synthetic":
-            raise ConfigError(f"the tabular domain reads --data synthetic for now, not {spec!r}")
+            wrong = [k for k in SYNTHETIC_OPTIONS if k in options]
+            if wrong:
+                raise ConfigError(f"options.{wrong[0]} applies to --data synthetic only, not {spec!r}")
+            return tabular_data.load(spec, seed, schema=options.get("schema"), target=options.get("target"), **split)
+        wrong = [k for k in FILE_OPTIONS if k in options]
+        if wrong:
+            raise ConfigError(f"options.{wrong[0]} applies to csv:PATH and parquet:PATH data, not synthetic")
         n_rows = options.get("n_rows", 10000)
         if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 100:
             raise ConfigError(f"options.n_rows must be an integer >= 100, got {n_rows!r}")
-        fraud_rate = float(options.get("fraud_rate", 0.06))
-        target_fpr = float(options.get("target_fpr", 0.01))
-        if not 0 < fraud_rate < 0.5 or not 0 < target_fpr < 0.5:
-            raise ConfigError("options.fraud_rate and options.target_fpr must lie between 0 and 0.5")
-        df = generate(n_rows, seed=seed, fraud_rate=fraud_rate)
-        return self.from_frame(df, card_schema(), seed, target_fpr, name="synthetic-card-transactions")
+        fraud_rate = options.get("fraud_rate", 0.06)
+        if isinstance(fraud_rate, bool) or not isinstance(fraud_rate, int | float) or not 0 < fraud_rate < 0.5:
+            raise ConfigError(f"options.fraud_rate must be a number between 0 and 0.5, got {fraud_rate!r}")
+        df = generate(n_rows, seed=seed, fraud_rate=float(fraud_rate))
+        return tabular_data.frame_data(df, card_schema(), seed, name="synthetic-card-transactions", **split)
 
     def from_frame(self, df: pd.DataFrame, schema: Schema, seed: int, target_fpr: float = 0.01,
                    name: str = "dataframe") -> DomainData:
         """Split ``df`` (stratified 60/20/20, seeded) and encode it under ``schema`` (checked first)."""
-        if schema.target is None:
-            raise ConfigError("the schema names no target column: set target: COLUMN")
-        schema.check_frame(df)
-        y = _labels(df, schema.target)
-        rng = np.random.default_rng(seed)
-        parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
-        for cls in (0, 1):
-            idx = rng.permutation(np.flatnonzero(y.numpy() == cls))
-            a, b = int(0.6 * len(idx)), int(0.8 * len(idx))
-            parts["train"] += idx[:a].tolist()
-            parts["val"] += idx[a:b].tolist()
-            parts["test"] += idx[b:].tolist()
-        frames = {k: df.iloc[sorted(v)].reset_index(drop=True) for k, v in parts.items()}
-        sets = {k: TensorDataset(encode(schema, f), _labels(f, schema.target)) for k, f in frames.items()}
-        numeric = [c.name for c in schema.columns if c.numeric]
-        train = frames["train"]
-        raw = {"schema": schema, "frames": frames, "target_fpr": target_fpr,
-               "mean": [float(train[c].mean()) for c in numeric], "std": [float(train[c].std()) for c in numeric]}
-        split = (f"train {len(frames['train'])} / val {len(frames['val'])} / test {len(frames['test'])}; "
-                 f"stratified, seed {seed}")
-        info = DatasetInfo(name, None, split, n_classes=2, class_names=["legit", "fraud"])
-        return DomainData(sets["train"], sets["val"], sets["test"], info, raw)
+        return tabular_data.frame_data(df, schema, seed, drop=schema.drop, target_fpr=target_fpr, name=name)
+
+    def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+        """The schema file's own budget when ``options`` name one, else the synthetic data's."""
+        schema = (options or {}).get("schema")
+        if spec != "synthetic" and isinstance(schema, str | Path) and Path(schema).is_file():
+            return tabular_data.read_schema(Path(schema))[0].budget
+        return self.default_budget
 
     # ----------------------------------------------------------------- model
     def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
