@@ -5,6 +5,8 @@
   ``sms`` reads ``$ROBUSTKIT_DATA/sms_spam_collection/SMSSpamCollection``).
 * Model: a WordPiece tokenizer trained on the training texts and a small embeddings + CNN classifier
   whose input is ``(N, L, 1 + D)``: token ids and an embedding offset (:mod:`domains.text.model`).
+  Option ``model: hf:DIR`` fine-tunes a local Hugging Face classifier instead, with its own tokenizer,
+  through the same input (:mod:`domains.text.hf`: safetensors only, no custom code).
 * Training threat: a per-token L2 ball on the embeddings (option ``embedding_eps``, default 0.1 of
   the mean embedding norm). A training device only: never reported as robustness.
 * Evaluation threat: :class:`~domains.text.obfuscation.ObfuscationSpace` over real strings; the budget
@@ -37,6 +39,7 @@ from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of
 from robustkit.spaces import PerturbationSpace
 
+from . import hf
 from .data import deduplicate, demo_corpus, read_sms_collection, stratified_split
 from .model import MAX_TOKENS, TextCNN, TokenL2Ball, encode_ids, pad_inputs, train_tokenizer
 from .obfuscation import ObfuscationSpace, edit_cost, fold, words
@@ -97,6 +100,8 @@ class TextDomain(Domain):
         #: embedding table of the model being evaluated (bound by :meth:`decided`), for HotFlip scores
         self._embedding: torch.Tensor | None = None
         self._options: dict[str, Any] = {}
+        #: (tokenizer, embedding size) of a loaded Hugging Face model: its data is tokenized with them
+        self._pretrained: tuple[Tokenizer, int] | None = None
 
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
@@ -128,7 +133,13 @@ class TextDomain(Domain):
         if len(set(labels)) < 2:
             raise DataError(f"{spec}: the data holds only one class; spam and ham are both needed")
         tr, va, te = stratified_split(labels, seed)
-        tokenizer = train_tokenizer([texts[i] for i in tr], vocab_size=vocab)
+        source = hf.model_source(options)
+        if source is not None:
+            self._pretrained = hf.tokenizer_and_dim(source)
+        if self._pretrained is not None:  # a Hugging Face model: its own tokenizer and embedding size
+            tokenizer, dim = self._pretrained
+        else:
+            tokenizer = train_tokenizer([texts[i] for i in tr], vocab_size=vocab)
         self._tokenizer = tokenizer
 
         def part(idx: list[int], as_text: bool = False) -> TextDataset:
@@ -149,6 +160,9 @@ class TextDomain(Domain):
 
     # ----------------------------------------------------------------- model
     def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
+        source = hf.model_source(options)
+        if source is not None:
+            return {"kind": "hf", "path": str(source.resolve()), "dim": data.raw["dim"], "classes": 2}
         tokenizer: Tokenizer = data.raw["tokenizer"]
         return {
             "vocab_size": tokenizer.get_vocab_size(),
@@ -159,6 +173,8 @@ class TextDomain(Domain):
         }
 
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
+        if spec.get("kind") == "hf":  # fine-tune the pretrained model, with a 2-label head
+            return hf.load_hf(str(spec.get("path", "")), num_labels=int(spec.get("classes", 2)))
         try:
             model = TextCNN(
                 int(spec["vocab_size"]),
@@ -268,6 +284,9 @@ class TextDomain(Domain):
     def save_model(
         self, model: nn.Module, directory: Path, spec: dict[str, Any], threshold: float | None = None
     ) -> None:
+        if isinstance(model, hf.HFTextClassifier):  # save_pretrained (safetensors) + tokenizer files + model.json
+            hf.save_hf(model, directory, {"domain": self.name, "spec": spec, "threshold": threshold})
+            return
         tokenizer = getattr(model, "tokenizer", None) or self._tokenizer
         if not isinstance(tokenizer, Tokenizer):
             raise ConfigError("the text model has no tokenizer to save with it")
@@ -275,12 +294,16 @@ class TextDomain(Domain):
         tokenizer.save(str(directory / "tokenizer.json"))
 
     def load_model(self, directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-        model, meta = super().load_model(directory)
         path = Path(directory)
         for sub in ("hardened", "evaluated"):
             if (path / "models" / sub / "model.json").is_file():
                 path = path / "models" / sub
                 break
+        if hf.is_hf_folder(path):  # a fine-tuned Hugging Face model, or a plain Hugging Face folder
+            pretrained, meta = hf.load_saved(path, self.name)
+            self._tokenizer, self._pretrained = pretrained.tokenizer, (pretrained.tokenizer, pretrained.dim)
+            return pretrained, meta
+        model, meta = super().load_model(directory)
         tok_file = path / "tokenizer.json"
         if not tok_file.is_file():
             raise ConfigError(f"{path} has no tokenizer.json: a text model needs the tokenizer it was trained with")
