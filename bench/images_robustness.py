@@ -65,7 +65,8 @@ def seconds_per_step(method: str, space: rk.LinfBall, loader: DataLoader[Any], a
     return (time.perf_counter() - start) / (20 * trainer.method.replays)
 
 
-def run_method(method: str, data: dict[str, torch.Tensor], space: rk.LinfBall, args: argparse.Namespace) -> dict[str, Any]:
+def run_method(method: str, data: dict[str, torch.Tensor], space: rk.LinfBall,
+               args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     train = TensorDataset(data["x_train"], data["y_train"])
     loader = DataLoader(train, batch_size=args.batch_size, shuffle=True,
@@ -149,7 +150,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"images_{args.data}{args.tag}.json"
     path.write_text(json.dumps(out, indent=1))
-    print("\n| method | epochs | training min | clean (10k) | clean | PGD-50x5 | APGD-CE | APGD-DLR | search | worst | verdict |")
+    print("\n| method | epochs | training min | clean (10k) | clean | PGD-50x5 | APGD-CE | APGD-DLR | search | worst "
+          "| verdict |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         rb = r["robust"]
