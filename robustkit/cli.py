@@ -66,12 +66,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     quick = sub.add_parser(
         "quickstart",
-        help="harden a model on built-in data and compare it with a standard one",
-        description="Run `robustkit harden toy`: train a standard and an adversarially trained (PGD) model on the "
-        "built-in robust/non-robust problem, evaluate both with the 'standard' attack preset and the "
-        "gradient-masking checks, print the comparison and write the run directory to --out.",
+        help="harden one model per domain on built-in data and compare each with a standard one",
+        description="For each domain (images on the bundled 8x8 digits, tabular on synthetic card transactions, "
+        "text on the demo spam corpus) train a standard and an adversarially trained model, evaluate both with "
+        "the 'standard' attack preset and the gradient-masking checks, print one comparison table and write "
+        "OUT/<domain>/ run directories and OUT/index.html linking their reports.",
     )
     quick.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
+    quick.add_argument("--domains", default="images,tabular,text", metavar="LIST",
+                       help="comma-separated domains to run (default: images,tabular,text)")
     _add_common(quick)
     _add_run_options(
         sub.add_parser("harden", help="train a standard and a hardened model, evaluate both, write a run directory"),
@@ -121,24 +124,18 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _quickstart(args: argparse.Namespace, argv: list[str]) -> int:
-    """Harden a model on the built-in toy domain and print standard vs hardened, clean vs attacked."""
-    from robustkit import pipeline
-    from robustkit.config import RunConfig
+    """Harden one model per domain on built-in data and print standard vs hardened, clean vs attacked."""
+    from robustkit import quickstart
 
-    # The toy model is tiny: one thread beats two (84 s against 18 s on 2 cores), so it is the default here.
+    domains = [d.strip() for d in args.domains.split(",") if d.strip()]
+    # The built-in models are small: one thread beats two on 2 cores (the toy model runs 5x faster).
     threads = 1 if args.threads is None else args.threads
-    config = RunConfig(domain="toy", seed=args.seed or 0, device=args.device or "cpu", threads=threads,
-                       batch_size=args.batch_size)
-    config.validate()
-    progress = not args.quiet and sys.stderr.isatty()
-    metrics = pipeline.harden(config, args.out, force=args.force, progress=progress, argv=argv)
-    threat = metrics["threat"]
-    print(f"\n{'domain':8s} {'model':9s} {'clean':>7s} {'attacked':>9s}  verdict "
-          f"({threat['space']} budget {threat['budget']:g}; worst of {', '.join(metrics['attacks'])} and the checks)")
-    for name, m in metrics["models"].items():
-        print(f"{metrics['domain']:8s} {name:9s} {m['clean_accuracy']:7.1%} {m['robust_accuracy']['worst']:9.1%}  "
-              f"{m['verdict']}")
-    print(f"report: {Path(args.out) / 'report.html'}")
+    runs = quickstart.run(args.out, domains, seed=args.seed or 0, device=args.device or "cpu", threads=threads,
+                          batch_size=args.batch_size, force=args.force,
+                          progress=not args.quiet and sys.stderr.isatty(), argv=argv)
+    print()
+    print(quickstart.format_table(runs))
+    print(f"reports: {Path(args.out) / 'index.html'}")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``robustkit quickstart`` runs ``harden toy`` end to end and refuses to overwrite a complete run."""
+"""``robustkit quickstart`` hardens each domain end to end (the toy one here, for speed), prints one table,
+links the reports, and refuses to overwrite a complete run."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from robustkit.cli import main
 @pytest.fixture(scope="module")
 def quickstart_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "quick"
-    assert main(["quickstart", "--out", str(out), "--quiet"]) == 0
-    return out
+    assert main(["quickstart", "--out", str(out), "--quiet", "--domains", "toy"]) == 0
+    return out / "toy"
 
 
 def test_quickstart_hardens_the_toy_model(quickstart_run, capsys):
@@ -25,11 +26,32 @@ def test_quickstart_hardens_the_toy_model(quickstart_run, capsys):
     assert metrics["verdict"].startswith("robust at budget")
     html = (quickstart_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
+    index = (quickstart_run.parent / "index.html").read_text()
+    assert "href='toy/report.html'" in index
+    assert f"{hardened['robust_accuracy']['worst']:.1%}" in index
+
+
+def test_quickstart_table_shows_recall_where_one_class_is_attacked():
+    from robustkit.quickstart import format_table
+
+    metrics = {"domain": "tabular", "models": {"hardened": {
+        "clean_accuracy": 0.99, "robust_accuracy": {"worst": 0.97}, "verdict": "robust at budget 3",
+        "domain_metrics": {"recall_clean": 0.8, "recall_attacked": 0.6}}}}
+    table = format_table({"tabular": metrics}).splitlines()
+    assert table[0].split()[:5] == ["domain", "model", "measure", "clean", "attacked"]
+    assert table[1].split()[:5] == ["tabular", "hardened", "recall", "80.0%", "60.0%"]
+
+
+def test_quickstart_refuses_an_unknown_domain_before_any_work(tmp_path, capsys):
+    assert main(["quickstart", "--out", str(tmp_path / "q"), "--domains", "toy,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "images" in err
+    assert not (tmp_path / "q").exists()
 
 
 def test_existing_complete_run_is_refused_without_force(quickstart_run, capsys):
     before = (quickstart_run / "metrics.json").read_bytes()
-    assert main(["quickstart", "--out", str(quickstart_run)]) == 2
+    assert main(["quickstart", "--out", str(quickstart_run.parent), "--domains", "toy"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("robustkit: error:") and "--force" in err and "\n" not in err
     assert (quickstart_run / "metrics.json").read_bytes() == before
