@@ -55,6 +55,8 @@ __all__ = ["Layout", "SchemaSpace", "decode", "encode", "layout", "repair"]
 
 #: share of the budget projection aims for, so float32 rounding never pushes a row over budget
 SAFETY = 1.0 - 1e-5
+#: bisection steps of the budget projection (the change is kept to within 2^-20 of the boundary)
+BISECTIONS = 20
 #: alternating-projection sweeps over the relations and the box
 RELATION_SWEEPS = 50
 
@@ -266,14 +268,17 @@ class SchemaSpace(ContinuousSpace):
         fits = self.norm(delta) <= limit
         if bool(fits.all()):
             return x + delta
-        lo = torch.zeros(len(x), 1, dtype=x.dtype, device=x.device)
+        over = (~fits).nonzero().squeeze(1)  # bisect only the rows over budget (the cost grows with the scale)
+        xs, ds = x[over], delta[over]
+        lo = torch.zeros(len(over), 1, dtype=x.dtype, device=x.device)
         hi = torch.ones_like(lo)
-        for _ in range(30):
+        for _ in range(BISECTIONS):
             mid = (lo + hi) / 2
-            ok = (self.norm((x + mid * delta) - x) <= limit).unsqueeze(1)  # as stored: float rounding
+            ok = (self.norm((xs + mid * ds) - xs) <= limit).unsqueeze(1)  # as stored: float rounding
             lo = torch.where(ok, mid, lo)
             hi = torch.where(ok, hi, mid)
-        scale = torch.where(fits.unsqueeze(1), torch.ones_like(lo), lo)
+        scale = torch.ones(len(x), 1, dtype=x.dtype, device=x.device)
+        scale[over] = lo
         return x + scale * delta
 
     def _slack(self, x: torch.Tensor, rtol: float) -> torch.Tensor:
