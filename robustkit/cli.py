@@ -36,7 +36,9 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
     p.add_argument("--config", default=None, help="YAML config (RUN/config.yaml reproduces a run); flags override it")
     p.add_argument("--out", default=None, help="run directory to write")
     p.add_argument("--schema", default=None, metavar="FILE", help="schema file of tabular data (sets options.schema)")
-    p.add_argument("--target", default=None, metavar="COLUMN", help="label column of tabular data (options.target)")
+    p.add_argument(
+        "--target", default=None, metavar="COLUMN", help="label column of tabular or text data (options.target)"
+    )
     p.add_argument(
         "--preset", default=None, choices=["quick", "standard", "thorough"],
         help="evaluation attacks (default standard). " + describe_presets().replace("%", "%%"),
@@ -48,6 +50,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
         p.add_argument("--epochs", type=int, default=None, help="training epochs")
         p.add_argument("--lr", type=float, default=None, help="learning rate")
         p.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped run from its checkpoints")
+        p.add_argument(
+            "--model", default=None, metavar="MODEL",
+            help="model to train, as the domain names it (sets options.model; text: hf:DIR, a local Hugging Face "
+            "model folder to fine-tune)",
+        )
     else:
         p.add_argument("--model", default=None, help="model folder or run directory (its hardened model)")
         p.add_argument("--budget", type=float, nargs="+", default=None, help="budget(s) to evaluate")
@@ -99,7 +106,10 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
         overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr)
     else:
         overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)
-    options = {k: v for k, v in (("schema", args.schema), ("target", args.target)) if v is not None}
+    flags = [("schema", args.schema), ("target", args.target)]
+    if args.command == "harden":  # harden's --model names the model to train; evaluate's the saved one
+        flags.append(("model", args.model))
+    options = {k: v for k, v in flags if v is not None}
     if options:  # domain options the flags fill; the domain checks them (config.yaml keeps them)
         overrides["options"] = {**base.options, **options}
     config = base.merged(overrides)
@@ -139,6 +149,18 @@ def _quickstart(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What to run after a Ctrl-C: the exact command that continues the stopped run, where there is one."""
+    if args.command == "harden":
+        run = args.resume or args.out
+        return (f"the last finished epoch is saved; continue with: robustkit harden {args.domain} --resume {run}"
+                if run else "nothing was written")
+    if args.command == "quickstart":
+        return (f"finished domains are kept; continue a stopped one with: robustkit harden DOMAIN --resume "
+                f"{Path(args.out) / 'DOMAIN'}, or rerun the quickstart with --force")
+    return "nothing is kept from an interrupted evaluation: rerun it with --force"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``robustkit`` command; returns the exit status."""
     parser = _parser()
@@ -163,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"robustkit: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("robustkit: interrupted; a stopped harden run continues with --resume RUN", file=sys.stderr)
+        print(f"robustkit: interrupted; {_resume_hint(args)}", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

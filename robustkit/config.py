@@ -47,7 +47,8 @@ class RunConfig:
     Attributes:
         domain: registered domain name (``images``, ``tabular``, ``text`` or a third party's).
         data: data spec for the domain (``digits``, ``mnist:DIR``, ``csv:PATH`` ...).
-        method: training method (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``, ``free``).
+        method: training method (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``, ``free``, or one of
+            the domain's own, :attr:`~robustkit.domain.Domain.methods`; checked when the domain is known).
         budget: threat budget (eps; cost budget; embedding radius).
         eps: budgets of the accuracy-vs-budget curve (default: the domain's, up to ``budget``).
         epochs, batch_size, lr, eps_warmup: training settings.
@@ -113,8 +114,8 @@ class RunConfig:
             raise ConfigError(f"domain must be a name, got {self.domain!r}")
         if self.data is not None and not isinstance(self.data, str):
             raise ConfigError(f"data must be a data spec string, got {self.data!r}")
-        if self.method is not None and self.method not in METHOD_NAMES:
-            raise ConfigError(f"method must be one of {', '.join(METHOD_NAMES)}, got {self.method!r}")
+        if self.method is not None and (not isinstance(self.method, str) or not self.method.strip()):
+            raise ConfigError(f"method must be a name such as {', '.join(METHOD_NAMES)}, got {self.method!r}")
         if self.budget is not None:
             self.budget = _number("budget", self.budget)
         if self.eps is not None:

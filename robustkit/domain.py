@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -38,6 +38,9 @@ from torch.utils.data import DataLoader, Dataset
 from robustkit.errors import ConfigError
 from robustkit.models import ThresholdModel
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
+
+if TYPE_CHECKING:
+    from robustkit.training.methods import Method
 
 __all__ = ["DatasetInfo", "Domain", "DomainData", "Examples", "available_domains", "get_domain", "register_domain"]
 
@@ -114,6 +117,8 @@ class Domain:
     default_epochs: ClassVar[int] = 5
     default_batch_size: ClassVar[int] = 128
     default_lr: ClassVar[float] = 1e-3
+    #: training methods of the domain's own, besides the core ones (see :meth:`training_method`)
+    methods: ClassVar[tuple[str, ...]] = ()
 
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
@@ -151,9 +156,19 @@ class Domain:
         tabular schema file's own budget); default: ``default_budget``."""
         return self.default_budget
 
+    def default_lr_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+        """The default learning rate for the data ``spec`` and the run's domain ``options`` (e.g. a small
+        one for fine-tuning a pretrained model); default: ``default_lr``."""
+        return self.default_lr
+
     def eval_budgets(self, budget: float) -> list[float]:
         """Budgets of the accuracy-vs-budget curve (default: a quarter steps up to the budget)."""
         return [round(budget * f, 6) for f in (0.25, 0.5, 0.75, 1.0)]
+
+    def training_method(self, name: str, data: DomainData, budget: float) -> Method:
+        """The domain's own training method ``name`` (one of :attr:`methods`), configured for ``data`` and
+        ``budget``: e.g. adversarial training on real edited strings regenerated every epoch."""
+        raise ConfigError(f"domain {self.name!r} has no training method {name!r}")
 
     def attackable(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         """Which examples may be attacked (None: all). Fraud and spam attack only the positive class."""

@@ -47,6 +47,7 @@ from robustkit.reporting import write_reports
 from robustkit.spaces import DiscreteSpace
 from robustkit.training import AdversarialTrainer
 from robustkit.training.checkpoint import atomic_write_text
+from robustkit.training.methods import NAMES as METHOD_NAMES
 
 __all__ = ["attack", "evaluate_model", "harden", "prepare_run_dir"]
 
@@ -109,6 +110,11 @@ def _setup_torch(config: RunConfig) -> torch.device:
 def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
     """Fill the domain's defaults into every option left unset."""
     data = config.data or domain.default_data
+    if config.method is not None and config.method not in (*METHOD_NAMES, *domain.methods):
+        raise ConfigError(
+            f"unknown training method {config.method!r} for domain {domain.name!r}: choose one of "
+            f"{', '.join((*METHOD_NAMES, *domain.methods))}"
+        )
     budget = config.budget if config.budget is not None else domain.default_budget_for(data, config.options)
     return config.merged(
         {
@@ -118,7 +124,7 @@ def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
             "eps": config.eps or domain.eval_budgets(budget),
             "epochs": config.epochs or domain.default_epochs,
             "batch_size": config.batch_size or domain.default_batch_size,
-            "lr": config.lr or domain.default_lr,
+            "lr": config.lr or domain.default_lr_for(data, config.options),
         }
     )
 
@@ -156,8 +162,10 @@ def _train(
     space = domain.space(config.budget, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ckpt = out / "checkpoints" / name
+    # a domain's own method (e.g. text's "discrete") is built by the domain, for this data and budget
+    own = domain.training_method(method, data, config.budget) if method in domain.methods else method
     trainer = AdversarialTrainer(
-        model, space, method=method, optimizer=optimizer, eps_warmup=config.eps_warmup,
+        model, space, method=own, optimizer=optimizer, eps_warmup=config.eps_warmup,
         attackable=_attackable_fn(domain), checkpoint_dir=ckpt, seed=config.seed, progress=progress,
         select_best=method != "standard",
     )
@@ -299,12 +307,14 @@ def _finish(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessRep
 
 
 def _start(
-    config: RunConfig, out: Path, force: bool, resume: bool, model: nn.Module | None = None
+    config: RunConfig, out: Path, force: bool, resume: bool, model: nn.Module | None = None,
+    domain: Domain | None = None,
 ) -> tuple[Domain, RunConfig, DomainData]:
     """Everything that can fail on bad input, then the first write (config.yaml).
 
     With ``model`` (evaluate, attack), one probe batch checks that the model takes the domain's
-    inputs and outputs one logit per class before anything is written.
+    inputs and outputs one logit per class before anything is written. ``domain``: the instance that
+    loaded that model (it may encode the data for it, as the text domain does for its tokenizer).
     """
     prepare_run_dir(out, force=force, resume=resume)
     if resume:
@@ -312,7 +322,8 @@ def _start(
         if saved.domain != config.domain:
             raise ConfigError(f"{out} is a {saved.domain!r} run, not {config.domain!r}")
         config = saved
-    domain = get_domain(config.domain)
+    if domain is None:
+        domain = get_domain(config.domain)
     config = _resolve(config, domain)
     device = _setup_torch(config)
     assert config.data is not None
@@ -388,8 +399,9 @@ def _load_for_eval(
     model_path = Path(config.model)
     if not model_path.exists():
         raise ConfigError(f"--model {model_path} does not exist")
-    model, meta = get_domain(config.domain).load_model(model_path)
-    domain, config, data = _start(config, out, force, False, model)
+    loader = get_domain(config.domain)
+    model, meta = loader.load_model(model_path)
+    domain, config, data = _start(config, out, force, False, model, domain=loader)
     domain.save_model(model, out / "models" / "evaluated", meta.get("spec", {}), meta.get("threshold"))
     return domain, config, data, model, meta
 

@@ -74,7 +74,7 @@ def test_config_file_reproduces_the_run(run, tmp_path):
     assert numbers(json.loads((again / "metrics.json").read_text())) == first
 
 
-def test_stopped_run_resumes_to_the_same_result(run, tmp_path, monkeypatch):
+def test_stopped_run_resumes_to_the_same_result(run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "stopped"
     original = AdversarialTrainer._save
     calls = {"n": 0}
@@ -87,6 +87,7 @@ def test_stopped_run_resumes_to_the_same_result(run, tmp_path, monkeypatch):
 
     monkeypatch.setattr(AdversarialTrainer, "_save", save_then_die)
     assert main(["harden", "toy-small", "--out", str(out), *FAST]) == 130
+    assert f"robustkit harden toy-small --resume {out}" in capsys.readouterr().err  # the exact command to continue
     monkeypatch.setattr(AdversarialTrainer, "_save", original)
     assert not (out / "metrics.json").exists()
     assert (out / "models" / "standard" / "model.json").is_file()

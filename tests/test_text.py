@@ -40,8 +40,10 @@ def splits(data: rk.DomainData) -> tuple[TextDataset, TextDataset, TextDataset]:
 
 
 def payload(text: str) -> list[str]:
-    """The payload as a person reads it: invisible characters and homoglyphs folded."""
-    return sorted(fold(w, leet=False) for w in words(text) if is_payload(fold(w, leet=False, separators=False)))
+    """The payload as a person reads it: invisible characters, homoglyphs and separators folded (a URL is
+    recognised with its dots, a call to action like "t.e.x.t" without them)."""
+    return sorted(fold(w, leet=False) for w in words(text)
+                  if is_payload(fold(w, leet=False, separators=False)) or is_payload(fold(w, leet=False)))
 
 
 def test_demo_corpus_is_seeded_distinct_and_has_both_classes() -> None:

@@ -1,16 +1,30 @@
 """The text spam domain: spam filters hardened against the obfuscations spammers use.
 
 * Data: ``demo`` (a generated spam/ham corpus, see :mod:`domains.text.data`; ``demo:N`` for N
-  messages), ``sms:PATH`` (the UCI SMS Spam Collection, deduplicated before a stratified split; plain
-  ``sms`` reads ``$ROBUSTKIT_DATA/sms_spam_collection/SMSSpamCollection``).
+  messages), ``sms:PATH`` (the UCI SMS Spam Collection; plain ``sms`` reads
+  ``$ROBUSTKIT_DATA/sms_spam_collection/SMSSpamCollection``), and ``csv:PATH``, ``tsv:PATH``,
+  ``json:PATH`` (array or JSON lines), ``parquet:PATH`` with options ``text_column`` (default ``text``),
+  ``label_column`` (default ``label``, or ``--target``) and ``label_names`` (default ``[ham, spam]``;
+  0/1 always work). Files are deduplicated before a stratified 60/20/20 split (the run's dataset note
+  says how many repeats were dropped); empty texts are dropped with a counted warning; an unknown label
+  or bytes that are not UTF-8 are a :class:`~robustkit.errors.DataError`; texts longer than the
+  model reads are truncated with a counted warning.
 * Model: a WordPiece tokenizer trained on the training texts and a small embeddings + CNN classifier
   whose input is ``(N, L, 1 + D)``: token ids and an embedding offset (:mod:`domains.text.model`).
-  Option ``model: hf:DIR`` fine-tunes a local Hugging Face classifier instead, with its own tokenizer,
-  through the same input (:mod:`domains.text.hf`: safetensors only, no custom code).
+  ``--model hf:DIR`` (option ``model: hf:DIR``) fine-tunes a local Hugging Face classifier instead, with
+  its own tokenizer, through the same input (:mod:`domains.text.hf`: safetensors only, no custom code;
+  learning rate 3e-5 unless ``--lr``). To add adversarial training to your own ``transformers.Trainer``
+  script instead, see :mod:`domains.text.hf_trainer`.
 * Training threat: a per-token L2 ball on the embeddings (option ``embedding_eps``, default 0.1 of
   the mean embedding norm). A training device only: never reported as robustness.
 * Evaluation threat: :class:`~domains.text.obfuscation.ObfuscationSpace` over real strings; the budget
-  is the number of edited words; only spam is attacked, towards ham.
+  is the number of edited words; only spam is attacked, towards ham. Option ``attack_tricks`` limits
+  the tricks (e.g. ``[leet, insert, swap, delete]``: an attacker adapting to the normaliser).
+* Defence: option ``normalise: true`` puts :func:`~domains.text.normalise.normalise` (homoglyphs,
+  invisible characters and separator tricks undone) in front of the model for every text it reads, in
+  training, evaluation and attacks; the model's spec records it. ``--method discrete`` trains on spam
+  obfuscated against the current model every epoch, ``--method random-edits`` is its control
+  (:mod:`domains.text.adversarial`).
 
 Example:
     >>> from domains.text import TextDomain
@@ -23,8 +37,7 @@ from __future__ import annotations
 
 import csv
 import html
-import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,25 +51,39 @@ from robustkit.domain import Examples
 from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of
 from robustkit.spaces import PerturbationSpace
+from robustkit.training.methods import Method
 
 from . import hf
-from .data import deduplicate, demo_corpus, read_sms_collection, stratified_split
+from .adversarial import METHODS as TRAINING_METHODS
+from .adversarial import make_method
+from .data import read_source, stratified_split, truncation_note
 from .model import MAX_TOKENS, TextCNN, TokenL2Ball, encode_ids, pad_inputs, train_tokenizer
-from .obfuscation import ObfuscationSpace, edit_cost, fold, words
+from .normalise import normalise, normalise_aligned
+from .obfuscation import TRICKS, Normaliser, ObfuscationSpace, edit_cost, fold, words
 
 __all__ = ["ObfuscationSpace", "TextCNN", "TextDataset", "TextDomain", "TokenL2Ball"]
+
+#: default learning rate for fine-tuning a pretrained Hugging Face model (the usual BERT fine-tuning rate)
+HF_LR = 3e-5
 
 
 class TextDataset(Dataset[Any]):
     """Texts and labels of one split. ``as_text``: items are (string, label), else (token ids, label)."""
 
     def __init__(
-        self, texts: Sequence[str], labels: Sequence[int], tokenizer: Tokenizer, dim: int, as_text: bool = False
+        self,
+        texts: Sequence[str],
+        labels: Sequence[int],
+        tokenizer: Tokenizer,
+        dim: int,
+        as_text: bool = False,
+        normaliser: Callable[[str], str] | None = None,
     ) -> None:
         self.texts, self.labels = list(texts), list(labels)
         self.tokenizer, self.dim, self.as_text = tokenizer, dim, as_text
-        self.ids = encode_ids(tokenizer, self.texts)
-        self.truncated = sum(len(e.overflowing) > 0 for e in tokenizer.encode_batch(self.texts))
+        seen = self.texts if normaliser is None else [normaliser(t) for t in self.texts]  # what the model reads
+        self.ids = encode_ids(tokenizer, seen)
+        self.truncated = sum(len(e.overflowing) > 0 for e in tokenizer.encode_batch(seen))
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -91,6 +118,8 @@ class TextDomain(Domain):
     default_epochs = 6
     default_batch_size = 32
     default_lr = 3e-3
+    #: the domain's own training methods (``--method discrete``): see :meth:`training_method`
+    methods = tuple(TRAINING_METHODS)
 
     #: class names in files and reports
     class_names: ClassVar[list[str]] = ["ham", "spam"]
@@ -100,59 +129,49 @@ class TextDomain(Domain):
         #: embedding table of the model being evaluated (bound by :meth:`decided`), for HotFlip scores
         self._embedding: torch.Tensor | None = None
         self._options: dict[str, Any] = {}
+        #: whether the last model built or loaded was trained on normalised text (its spec says so)
+        self._spec_normalise = False
         #: (tokenizer, embedding size) of a loaded Hugging Face model: its data is tokenized with them
         self._pretrained: tuple[Tokenizer, int] | None = None
 
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
         self._options = dict(options)
+        _attack_tricks(options)  # option errors before any work
+        _normalise_option(options)
         dim = _option(options, "dim", 32, int)
-        kind, _, arg = spec.partition(":")
-        if kind == "demo":
-            n = 800
-            if arg:
-                try:
-                    n = int(arg)
-                except ValueError:
-                    raise ConfigError(f"demo:N takes a number of messages, got {arg!r}") from None
-                if n < 20:
-                    raise ConfigError(f"demo:N needs at least 20 messages, got {n}")
-            texts, labels = demo_corpus(n, seed=seed)
-            name, sha, note = "demo", None, f"generated with seed {seed}"
-            vocab = _option(options, "vocab_size", 1000, int)
-        elif kind == "sms":
-            path = arg or os.path.join(os.environ.get("ROBUSTKIT_DATA", ""), "sms_spam_collection")
-            if not arg and not os.environ.get("ROBUSTKIT_DATA"):
-                raise ConfigError("--data sms needs a path (sms:PATH) or ROBUSTKIT_DATA set")
-            texts, labels, sha = read_sms_collection(path)
-            texts, labels, dropped = deduplicate(texts, labels)
-            name, note = "sms_spam_collection", f"{dropped} duplicate texts dropped"
-            vocab = _option(options, "vocab_size", 4000, int)
-        else:
-            raise ConfigError(f"unknown text data {spec!r}: use demo, demo:N, sms or sms:PATH")
+        source = read_source(spec, seed, options)
+        texts, labels, name, sha = source.texts, source.labels, source.name, source.sha256
+        notes = list(source.notes)
         if len(set(labels)) < 2:
             raise DataError(f"{spec}: the data holds only one class; spam and ham are both needed")
         tr, va, te = stratified_split(labels, seed)
-        source = hf.model_source(options)
-        if source is not None:
-            self._pretrained = hf.tokenizer_and_dim(source)
+        folder = hf.model_source(options)
+        if folder is not None:
+            self._pretrained = hf.tokenizer_and_dim(folder)
         if self._pretrained is not None:  # a Hugging Face model: its own tokenizer and embedding size
             tokenizer, dim = self._pretrained
         else:
-            tokenizer = train_tokenizer([texts[i] for i in tr], vocab_size=vocab)
+            vocab = _option(options, "vocab_size", source.vocab_size, int)
+            tokenizer = train_tokenizer([self._read(texts[i]) for i in tr], vocab_size=vocab)
         self._tokenizer = tokenizer
 
         def part(idx: list[int], as_text: bool = False) -> TextDataset:
-            return TextDataset([texts[i] for i in idx], [labels[i] for i in idx], tokenizer, dim, as_text)
+            texts_, labels_ = [texts[i] for i in idx], [labels[i] for i in idx]
+            return TextDataset(texts_, labels_, tokenizer, dim, as_text, normaliser=self._read)
 
         train, val, test = part(tr), part(va), part(te, as_text=True)
-        truncated = train.truncated + val.truncated + test.truncated
-        if truncated:
-            note += f"; {truncated} texts longer than {MAX_TOKENS} tokens truncated"
-        split = f"{len(tr)}/{len(va)}/{len(te)} stratified with seed {seed}; {note}"
+        limit = (tokenizer.truncation or {}).get("max_length", MAX_TOKENS)
+        truncated = truncation_note(train.truncated + val.truncated + test.truncated, limit)
+        notes += [truncated] if truncated else []
+        split = f"{len(tr)}/{len(va)}/{len(te)} stratified with seed {seed}; {'; '.join(notes)}"
         info = DatasetInfo(name, sha, split, n_classes=2, class_names=list(self.class_names))
         raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": float(options.get("target_fpr", 0.01))}
         return DomainData(train, val, test, info, raw)
+
+    def default_lr_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+        """3e-5 for fine-tuning a Hugging Face model (``model: hf:DIR``), else ``default_lr`` (the CNN's)."""
+        return HF_LR if hf.model_source(options or {}) is not None else self.default_lr
 
     def loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
         collate = dataset.collate if isinstance(dataset, TextDataset) else None
@@ -161,8 +180,10 @@ class TextDomain(Domain):
     # ----------------------------------------------------------------- model
     def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
         source = hf.model_source(options)
+        # a model trained on normalised text says so: evaluate and attack normalise for it too
+        extra = {"normalise": True} if _normalise_option(options) else {}
         if source is not None:
-            return {"kind": "hf", "path": str(source.resolve()), "dim": data.raw["dim"], "classes": 2}
+            return {"kind": "hf", "path": str(source.resolve()), "dim": data.raw["dim"], "classes": 2, **extra}
         tokenizer: Tokenizer = data.raw["tokenizer"]
         return {
             "vocab_size": tokenizer.get_vocab_size(),
@@ -170,9 +191,11 @@ class TextDomain(Domain):
             "channels": _option(options, "channels", 64, int),
             "kernel": 3,
             "classes": 2,
+            **extra,
         }
 
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
+        self._spec_normalise = bool(spec.get("normalise", False))
         if spec.get("kind") == "hf":  # fine-tune the pretrained model, with a 2-label head
             return hf.load_hf(str(spec.get("path", "")), num_labels=int(spec.get("classes", 2)))
         try:
@@ -195,7 +218,28 @@ class TextDomain(Domain):
 
     def eval_space(self, budget: float, data: DomainData) -> PerturbationSpace:
         tokenizer = self._tokenizer or data.raw["tokenizer"]
-        return ObfuscationSpace(tokenizer, int(data.raw["dim"]), budget, embedding=self._embedding)
+        return ObfuscationSpace(
+            tokenizer, int(data.raw["dim"]), budget, embedding=self._embedding, tricks=_attack_tricks(self._options),
+            normaliser=self._normaliser(),
+        )
+
+    # ----------------------------------------------------------------- normaliser and own training methods
+    def _normaliser(self) -> Normaliser | None:
+        """:func:`~domains.text.normalise.normalise_aligned` if option ``normalise`` is on (default: what the
+        model's spec says), else None."""
+        on = _normalise_option(self._options) if "normalise" in self._options else self._spec_normalise
+        return normalise_aligned if on else None
+
+    def _read(self, text: str) -> str:
+        """The text as the model reads it: normalised if option ``normalise`` is on."""
+        return normalise(text) if self._normaliser() is not None else text
+
+    def training_method(self, name: str, data: DomainData, budget: float) -> Method:
+        """``discrete`` (adversarial training on obfuscated spam searched against the current model, see
+        :mod:`domains.text.adversarial`) or ``random-edits`` (the control: random edits, same budget)."""
+        space = self.eval_space(budget, data)
+        assert isinstance(space, ObfuscationSpace)
+        return make_method(name, data.train, space)  # type: ignore[arg-type]
 
     def eval_budgets(self, budget: float) -> list[float]:
         return sorted({float(max(1, round(budget * f))) for f in (1 / 3, 2 / 3, 1.0)} | {float(budget)})
@@ -301,6 +345,7 @@ class TextDomain(Domain):
                 break
         if hf.is_hf_folder(path):  # a fine-tuned Hugging Face model, or a plain Hugging Face folder
             pretrained, meta = hf.load_saved(path, self.name)
+            self._spec_normalise = bool(meta.get("spec", {}).get("normalise", False))
             self._tokenizer, self._pretrained = pretrained.tokenizer, (pretrained.tokenizer, pretrained.dim)
             return pretrained, meta
         model, meta = super().load_model(directory)
@@ -316,6 +361,24 @@ class TextDomain(Domain):
         model.tokenizer = tokenizer  # type: ignore[assignment]
         self._tokenizer = tokenizer
         return model, meta
+
+
+def _attack_tricks(options: dict[str, Any]) -> list[str] | None:
+    """Option ``attack_tricks``: the obfuscation tricks attacks may use (default all), e.g. only those a
+    normaliser does not undo (``[leet, insert, swap, delete]``: an adaptive attacker)."""
+    tricks = options.get("attack_tricks")
+    if tricks is None:
+        return None
+    if isinstance(tricks, str) or not isinstance(tricks, list | tuple) or not set(tricks) <= set(TRICKS) or not tricks:
+        raise ConfigError(f"options.attack_tricks must be a list of tricks among {', '.join(TRICKS)}, got {tricks!r}")
+    return list(tricks)
+
+
+def _normalise_option(options: dict[str, Any]) -> bool:
+    value = options.get("normalise", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"options.normalise must be true or false, got {value!r}")
+    return value
 
 
 def _spam_scores(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:

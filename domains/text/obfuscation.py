@@ -16,19 +16,21 @@ to Latin ones; Unicode Technical Standard #39 (confusables) has the full list.
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
 
 import torch
 from tokenizers import Tokenizer
 
+from robustkit.errors import ConfigError
 from robustkit.spaces import DiscreteSpace, Edit
 
 from .model import encode_ids, pad_inputs
 
-__all__ = ["HAM_WORDS", "HOMOGLYPHS", "ObfuscationSpace", "edit_cost", "fold", "is_payload", "words"]
+__all__ = ["HAM_WORDS", "HOMOGLYPHS", "TRICKS", "ObfuscationSpace", "edit_cost", "fold", "is_payload", "words"]
 
 #: Latin letter -> a Cyrillic letter that looks the same in common fonts (hand-picked; see TR39)
 HOMOGLYPHS = {
@@ -73,6 +75,10 @@ _PRICE = re.compile(r"[£$€]\s?\d|\d[£$€]|\d+(\.\d+)?(p|pence|gbp|usd|eur)\
 _WORD = re.compile(r"\S+")
 _KINDS = ("homoglyph", "zero-width", "separators", "leet", "swap", "delete")
 _KIND_WEIGHT = {k: 1.0 - 0.01 * i for i, k in enumerate(_KINDS)}
+#: every trick of the space: one per word, or the insertion of a ham word
+TRICKS = (*_KINDS, "insert")
+#: maps a text to the text the model reads and, per character of it, the index of the word it comes from
+Normaliser = Callable[[str], tuple[str, list[int]]]
 
 
 def words(text: str) -> list[str]:
@@ -168,7 +174,8 @@ def edit_cost(original: str, adversarial: str) -> float:
     return prev[len(a)]
 
 
-def _tricks(word: str) -> list[tuple[str, str]]:
+@lru_cache(maxsize=65536)
+def _tricks(word: str) -> tuple[tuple[str, str], ...]:
     """(kind, new word) for every trick allowed on ``word``."""
     kind = payload_kind(word)
     out: list[tuple[str, str]] = []
@@ -189,7 +196,7 @@ def _tricks(word: str) -> list[tuple[str, str]]:
             if word[m - 1] != word[m]:
                 out.append(("swap", word[: m - 1] + word[m] + word[m - 1] + word[m + 1 :]))
             out.append(("delete", word[:m] + word[m + 1 :]))
-    return [(k, w) for k, w in out if _substitution_ok(word, w)]
+    return tuple((k, w) for k, w in out if _substitution_ok(word, w))
 
 
 class ObfuscationSpace(DiscreteSpace[str]):
@@ -198,6 +205,11 @@ class ObfuscationSpace(DiscreteSpace[str]):
     ``encode`` tokenizes with the model's tokenizer into the model's input ``(N, L, 1 + dim)``
     (:mod:`domains.text.model`); ``scores`` ranks edits by the gradient on the embeddings of the
     word they touch (gradient word importance, as A2T's greedy search), tricks in a fixed order.
+
+    ``tricks`` limits the search to a subset of :data:`TRICKS` (an adaptive attacker avoiding what a
+    defence undoes); ``contains`` still accepts every trick. ``normaliser`` (e.g.
+    :func:`domains.text.normalise.normalise_aligned`) is applied to every text before the model reads
+    it, so attacks are judged on what a deployed filter with that normaliser sees.
     """
 
     name = "obfuscation"
@@ -209,16 +221,29 @@ class ObfuscationSpace(DiscreteSpace[str]):
         budget: float,
         insert_words: Sequence[str] = HAM_WORDS,
         embedding: torch.Tensor | None = None,
+        tricks: Collection[str] | None = None,
+        normaliser: Normaliser | None = None,
     ):
         super().__init__(budget)
+        unknown = sorted(set(tricks or ()) - set(TRICKS))
+        if unknown or (tricks is not None and not tricks):
+            raise ConfigError(f"unknown obfuscation trick {unknown[0] if unknown else None!r}: use {', '.join(TRICKS)}")
+        #: the tricks the search may use (all by default)
+        self.tricks = frozenset(TRICKS if tricks is None else tricks)
+        self.normaliser = normaliser
+        self._ids_cache: dict[str, list[int]] = {}
         #: the model's embedding table for first-order scores (None: gradient word importance)
         self.embedding = embedding
         self.tokenizer = tokenizer
         self.dim = int(dim)
         self.insert_words = tuple(w for w in insert_words if _insertable(w))
 
+    def model_text(self, x: str) -> str:
+        """The text as the model reads it (normalised if the space has a normaliser)."""
+        return x if self.normaliser is None else self.normaliser(x)[0]
+
     def encode(self, xs: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
-        return pad_inputs(encode_ids(self.tokenizer, list(xs)), self.dim, device)
+        return pad_inputs(encode_ids(self.tokenizer, [self.model_text(x) for x in xs]), self.dim, device)
 
     def candidates(self, x: str, original: str) -> list[Edit]:
         if edit_cost(original, x) + 1 > self.budget:
@@ -230,7 +255,10 @@ class ObfuscationSpace(DiscreteSpace[str]):
             if word not in orig_words:  # already edited (or inserted)
                 continue
             for kind, new in _tricks(word):
-                edits.append(Edit(k, (x[:start] + new + x[end:], kind, k)))
+                if kind in self.tricks:
+                    edits.append(Edit(k, (x[:start] + new + x[end:], kind, k)))
+        if "insert" not in self.tricks:
+            return edits
         spots = [0, len(spans)] if len(spans) > 1 else [len(spans)]
         for pos in spots:
             for w in self.insert_words:
@@ -251,16 +279,22 @@ class ObfuscationSpace(DiscreteSpace[str]):
         """
         if not edits:
             return grad.new_zeros(0)
-        enc = self.tokenizer.encode(x)
+        seen, char_owner = (x, None) if self.normaliser is None else self.normaliser(x)
+        enc = self.tokenizer.encode(seen)
         n = min(len(enc.ids), len(grad))
+        if n == 0:  # nothing the model reads (e.g. only invisible characters under a normaliser)
+            return grad.new_zeros(len(edits))
         g = grad[:n, 1:].float().cpu()
         spans = [(m.start(), m.end()) for m in _WORD.finditer(x)]
+        starts = [ws for ws, _ in spans]
         owner = [-1] * n
         for p, (s, _end) in enumerate(enc.offsets[:n]):
-            for k, (ws, we) in enumerate(spans):
-                if ws <= s < we:
-                    owner[p] = k
-                    break
+            if char_owner is not None:
+                owner[p] = char_owner[s] if s < len(char_owner) else -1
+                continue
+            k = bisect.bisect_right(starts, s) - 1
+            if k >= 0 and s < spans[k][1]:
+                owner[p] = k
         table = None if self.embedding is None else self.embedding.detach().float().cpu()
         if table is None:
             saliency = g.norm(dim=-1)
@@ -278,31 +312,44 @@ class ObfuscationSpace(DiscreteSpace[str]):
             )
         ids = torch.tensor(enc.ids[:n], dtype=torch.long).clamp(0, len(table) - 1)
         current = (g * table[ids]).sum(dim=-1)
-        out = []
-        for edit in edits:
+        # per word: the mean gradient over its tokens and the sum of <g_p, E[old_p]>; then the two edges
+        n_words = len(spans)
+        own = torch.tensor(owner, dtype=torch.long)
+        mine = own >= 0
+        counts = torch.zeros(n_words).index_add_(0, own[mine], torch.ones(int(mine.sum())))
+        g_word = torch.zeros(n_words, g.shape[1]).index_add_(0, own[mine], g[mine]) / counts.clamp_min(1)[:, None]
+        old = torch.zeros(n_words).index_add_(0, own[mine], current[mine])
+        rows: list[int] = []
+        cols: list[int] = []
+        segment: list[int] = []
+        base = [0.0] * len(edits)
+        for j, edit in enumerate(edits):
             text, kind, k = edit.value
             if kind == "insert":
-                word = text.split(" ", 1)[0] if k == 0 else text.rsplit(" ", 1)[1]
-                edge = g[0] if k == 0 else g[n - 1]
-                new_ids = self._word_ids(word)
-                out.append(float((table[new_ids] @ edge).sum()))
+                row, word = (n_words, text.split(" ", 1)[0]) if k == 0 else (n_words + 1, text.rsplit(" ", 1)[1])
+            elif counts[k] > 0:
+                start, end = spans[k]
+                row, word, base[j] = k, text[start : len(text) - (len(x) - end)], -float(old[k])
+            else:
                 continue
-            positions = [p for p in range(n) if owner[p] == k]
-            if not positions:
-                out.append(0.0)
-                continue
-            start, end = spans[k]
-            new_word = text[start : len(text) - (len(x) - end)]
-            g_word = g[positions].mean(dim=0)
-            new_ids = self._word_ids(new_word)
-            out.append(float((table[new_ids] @ g_word).sum() - current[positions].sum()))
-        return torch.tensor(out, device=grad.device)
+            new_ids = self._word_ids(word)
+            rows += [row] * len(new_ids)
+            cols += new_ids
+            segment += [j] * len(new_ids)
+        vectors = torch.cat([g_word, g[:1], g[n - 1 : n]])
+        used, where = torch.unique(torch.tensor(cols, dtype=torch.long).clamp(0, len(table) - 1), return_inverse=True)
+        dots = (vectors @ table[used].T)[torch.tensor(rows, dtype=torch.long), where]
+        out = torch.tensor(base).index_add_(0, torch.tensor(segment, dtype=torch.long), dots)
+        return out.to(grad.device)
 
-    def _word_ids(self, word: str) -> torch.Tensor:
-        ids = self.tokenizer.encode(word).ids or [0]
-        return torch.tensor(ids, dtype=torch.long).clamp(
-            0, (len(self.embedding) if self.embedding is not None else 1) - 1
-        )
+    def _word_ids(self, word: str) -> list[int]:
+        """Token ids of one word as the model reads it (cached: the search asks for the same words often)."""
+        ids = self._ids_cache.get(word)
+        if ids is None:
+            if len(self._ids_cache) >= 100_000:
+                self._ids_cache.clear()
+            ids = self._ids_cache[word] = self.tokenizer.encode(self.model_text(word)).ids or [0]
+        return ids
 
     def contains(self, x_adv: Sequence[str], x: Sequence[str]) -> torch.Tensor:
         if len(x_adv) != len(x):

@@ -23,6 +23,9 @@ class Callback:
     def on_fit_start(self, trainer: AdversarialTrainer) -> None:
         """Before the first epoch (after a resume, before the first remaining epoch)."""
 
+    def on_epoch_start(self, trainer: AdversarialTrainer) -> None:
+        """Before every epoch (``trainer.epoch`` epochs are done); e.g. regenerate training data."""
+
     def on_step_end(self, trainer: AdversarialTrainer, loss: float) -> None:
         """After every optimizer step."""
 

@@ -63,7 +63,9 @@ class AdversarialTrainer:
         model: any ``nn.Module`` returning logits.
         space: the continuous perturbation space at the full training budget.
         method: a name (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``, ``free``) or a
-            configured :class:`~robustkit.training.methods.Method`.
+            configured :class:`~robustkit.training.methods.Method`. A method that is also a
+            :class:`~robustkit.training.callbacks.Callback` (e.g. one that regenerates adversarial
+            training data every epoch) receives the callback hooks first.
         optimizer: a torch optimizer over the model's parameters (default Adam, lr 1e-3).
         scheduler: optional LR scheduler, stepped every epoch or every optimizer step (``scheduler_interval``).
         eps_warmup: epochs over which the budget grows linearly from 0 to ``space.budget`` (per batch).
@@ -124,7 +126,7 @@ class AdversarialTrainer:
         self.val_attack = val_attack or PGD(space, steps=10, seed=seed)
         self.select_best = select_best
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.callbacks = list(callbacks)
+        self.callbacks = ([self.method] if isinstance(self.method, Callback) else []) + list(callbacks)
         self.seed = int(seed)
         self.amp = amp
         self.progress = sys.stderr.isatty() if progress is None else progress
@@ -169,7 +171,12 @@ class AdversarialTrainer:
             cb.on_fit_start(self)
         self.stop_training = False
         while self.epoch < total_epochs and not self.stop_training:
+            start = time.perf_counter()
+            for cb in self.callbacks:
+                cb.on_epoch_start(self)
+            prepared = time.perf_counter() - start
             record = self._train_epoch(train_loader, total_epochs)
+            record["train_seconds"] += prepared  # data made for this epoch by hooks is training time too
             record.update(self._validate(val_loader))
             if guard_batch is not None:
                 record.update(self._check_guard(guard_batch))

@@ -1,0 +1,182 @@
+"""Hugging Face ``Trainer`` integration (:mod:`domains.text.hf_trainer`) and the Hugging Face command line.
+
+A tiny BERT (2 layers, hidden size 48, dropout off so clean and adversarial losses compare) is built
+from a config with a WordPiece vocabulary trained here: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import WordPiece
+from tokenizers.trainers import WordPieceTrainer
+
+import robustkit as rk
+from domains.text.data import demo_corpus
+
+transformers = pytest.importorskip("transformers")
+#: transformers.Trainer needs accelerate; the command-line tests here do not
+needs_accelerate = pytest.mark.skipif(
+    importlib.util.find_spec("accelerate") is None, reason="transformers.Trainer needs accelerate"
+)
+
+from domains.text.hf_trainer import (  # noqa: E402
+    AdversarialArguments,
+    AdversarialHFTrainer,
+    AdversarialStep,
+    EmbeddingView,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer BERT (hidden size 48, not the CNN's 32; no dropout) and its fast tokenizer, as safetensors."""
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    texts, _ = demo_corpus(80, seed=0)
+    wordpiece = Tokenizer(WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    wordpiece.train_from_iterator(texts, WordPieceTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
+    vocab = sorted(wordpiece.get_vocab().items(), key=lambda kv: kv[1])
+    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
+    fast = transformers.BertTokenizerFast
+    key = "vocab" if "vocab" in inspect.signature(fast.__init__).parameters else "vocab_file"
+    tokenizer = fast(**{key: str(folder / "vocab.txt")})
+    config = transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    transformers.BertForSequenceClassification(config).save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+def tokenized(folder: Path, n: int = 48) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """The model, its tokenizer and ``n`` demo messages tokenized without padding (as after ``map``)."""
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    model = transformers.AutoModelForSequenceClassification.from_pretrained(
+        str(folder), local_files_only=True, use_safetensors=True
+    )
+    texts, labels = demo_corpus(n, seed=1)
+    rows = [{**tokenizer(t, truncation=True, max_length=64), "labels": y} for t, y in zip(texts, labels, strict=True)]
+    return model, tokenizer, rows
+
+
+def make_trainer(folder: Path, out: Path, adversarial: AdversarialArguments, steps: int = 3) -> AdversarialHFTrainer:
+    model, tokenizer, rows = tokenized(folder)
+    args = transformers.TrainingArguments(
+        output_dir=str(out), per_device_train_batch_size=16, max_steps=steps, learning_rate=1e-3,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=0, disable_tqdm=True,
+    )
+    return AdversarialHFTrainer(
+        model=model, args=args, train_dataset=rows, data_collator=transformers.DataCollatorWithPadding(tokenizer),
+        adversarial=adversarial,
+    )
+
+
+def test_view_packs_a_padded_batch_exactly(tiny_bert: Path) -> None:
+    model, tokenizer, rows = tokenized(tiny_bert, 6)
+    model.eval()
+    batch = transformers.DataCollatorWithPadding(tokenizer)(rows)
+    batch["token_type_ids"][0, 1] = 1  # token types travel through the packed input too
+    view = EmbeddingView(model)
+    x = view.pack(batch)
+    assert x.shape == (*batch["input_ids"].shape, 49) and bool((x[..., 1:] == 0).all())
+    with torch.no_grad():
+        expected = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        assert torch.allclose(view(x), expected, atol=1e-5)
+        assert torch.allclose(view(x[[4, 1]]), expected[[4, 1]], atol=1e-5)  # rows keep their own masks
+
+
+@needs_accelerate
+def test_pgd_batch_is_harder_within_budget_and_training_changes_weights(tiny_bert: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_bert, tmp_path, AdversarialArguments(eps=0.5, steps=3))
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    step = trainer.last_adversarial
+    assert isinstance(step, AdversarialStep) and step.clean_loss is not None
+    assert float(loss.detach()) == pytest.approx(step.adversarial_loss)
+    assert step.adversarial_loss > step.clean_loss + 1e-4  # the same batch, moved, costs more
+    assert step.within_budget and 0 < step.max_offset <= 0.5 + 1e-5 and step.attacked == len(batch["labels"])
+    assert all(p.requires_grad for p in trainer.model.parameters()) and trainer.model.training  # left as found
+
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()
+    assert trainer.state.global_step == 3
+    assert any(not torch.equal(v, trainer.model.state_dict()[k]) for k, v in before.items())
+    logged = [r for r in trainer.state.log_history if "adversarial_loss" in r]
+    assert len(logged) == 3 and all(r["adversarial_loss"] >= r["clean_loss"] for r in logged)
+    with torch.no_grad():  # evaluation stays clean: the stock loss
+        trainer.model.eval()
+        assert float(trainer.compute_loss(trainer.model, dict(batch))) == pytest.approx(
+            float(trainer.model(**batch).loss), abs=1e-6
+        )
+
+
+@needs_accelerate
+def test_freelb_and_attack_labels(tiny_bert: Path, tmp_path: Path) -> None:
+    settings = AdversarialArguments(method="freelb", eps=0.3, steps=2, attack_labels=[1], adv_weight=0.5)
+    trainer = make_trainer(tiny_bert, tmp_path, settings, steps=2)
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.train()
+    trainer.compute_loss(trainer.model, dict(batch)).backward()
+    step = trainer.last_adversarial
+    assert step is not None and step.within_budget and step.max_offset <= 0.3 + 1e-5
+    assert step.attacked == int((batch["labels"] == 1).sum()) > 0
+    assert trainer.model.get_input_embeddings().weight.grad is not None
+    trainer.model.zero_grad()
+    trainer.train()
+    assert trainer.state.global_step == 2
+
+
+@needs_accelerate
+def test_bad_settings_and_batches_are_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    for bad in ({"method": "fgsm"}, {"eps": 0}, {"steps": 0}, {"adv_weight": 2.0}):
+        with pytest.raises(rk.ConfigError):
+            AdversarialArguments(**bad)
+    trainer = make_trainer(tiny_bert, tmp_path, AdversarialArguments())
+    batch = dict(next(iter(trainer.get_train_dataloader())))
+    trainer.model.train()
+    with pytest.raises(rk.DataError, match="position_ids"):
+        trainer.compute_loss(trainer.model, {**batch, "position_ids": batch["input_ids"] * 0})
+    with pytest.raises(rk.DataError, match="integer class labels"):
+        trainer.compute_loss(trainer.model, {**batch, "labels": batch["labels"].float()})
+
+
+def test_harden_with_model_flag_then_evaluate_without_config(tiny_bert: Path, tmp_path: Path) -> None:
+    from robustkit.cli import main
+
+    run, evaluated = tmp_path / "run", tmp_path / "eval"
+    common = ["--data", "demo:60", "--preset", "quick", "--threads", "1", "--quiet"]
+    args = ["harden", "text", "--model", f"hf:{tiny_bert}", "--epochs", "1", *common, "--out", str(run)]
+    assert main(args) == 0
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    assert config["options"]["model"] == f"hf:{tiny_bert}" and config["lr"] == pytest.approx(3e-5)
+    assert json.loads((run / "models" / "hardened" / "model.json").read_text())["spec"]["kind"] == "hf"
+    again = tmp_path / "again"  # config.yaml reproduces the run, the Hugging Face model included
+    assert main(["harden", "text", "--config", str(run / "config.yaml"), "--quiet", "--out", str(again)]) == 0
+    first, second = (json.loads((r / "metrics.json").read_text())["models"] for r in (run, again))
+    assert all(first[m][k] == second[m][k] for m in first for k in ("clean_accuracy", "robust_accuracy"))
+    # the saved model's own tokenizer encodes the data: no --config needed
+    saved = str(run / "models" / "hardened")
+    assert main(["evaluate", "text", "--model", saved, *common, "--out", str(evaluated)]) == 0
+    assert json.loads((evaluated / "metrics.json").read_text())["threat"]["space"] == "obfuscation"
+
+
+def test_default_learning_rates(tiny_bert: Path) -> None:
+    from domains.text import TextDomain
+
+    domain = TextDomain()
+    assert domain.default_lr_for("demo", {}) == domain.default_lr == 3e-3
+    assert domain.default_lr_for("demo", {"model": f"hf:{tiny_bert}"}) == 3e-5
