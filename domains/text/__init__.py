@@ -20,11 +20,13 @@
 * Evaluation threat: :class:`~domains.text.obfuscation.ObfuscationSpace` over real strings; the budget
   is the number of edited words; only spam is attacked, towards ham. Option ``attack_tricks`` limits
   the tricks (e.g. ``[leet, insert, swap, delete]``: an attacker adapting to the normaliser).
+* Hardening (default ``--method discrete``): spam obfuscated against the current model every epoch, as
+  training data; measured on the demo corpus it keeps 100% spam recall under attack where the
+  embedding-ball ``pgd`` keeps 81% (``robustkit harden text``, seed 0).
 * Defence: option ``normalise: true`` puts :func:`~domains.text.normalise.normalise` (homoglyphs,
   invisible characters and separator tricks undone) in front of the model for every text it reads, in
-  training, evaluation and attacks; the model's spec records it. ``--method discrete`` trains on spam
-  obfuscated against the current model every epoch, ``--method random-edits`` is its control
-  (:mod:`domains.text.adversarial`).
+  training, evaluation and attacks; the model's spec records it. ``--method random-edits`` is the
+  control of ``discrete`` (:mod:`domains.text.adversarial`).
 
 Example:
     >>> from domains.text import TextDomain
@@ -114,7 +116,7 @@ class TextDomain(Domain):
     default_data = "demo"
     #: edited words of the obfuscation attack
     default_budget = 3.0
-    default_method = "pgd"
+    default_method = "discrete"
     default_epochs = 6
     default_batch_size = 32
     default_lr = 3e-3
