@@ -49,7 +49,7 @@ from torch import nn
 
 import robustkit as rk
 from domains.tabular import SchemaSpace, TabularDomain, decode
-from domains.tabular.attacks import SearchTraining, fraud_probability, worst_case
+from domains.tabular.attacks import SearchTraining, SparseSchemaSpace, fraud_probability, worst_case
 from robustkit.domain import DomainData
 from robustkit.evaluation.binary import threshold_at_fpr
 
@@ -99,15 +99,16 @@ def train(kind: str, data: DomainData, seed: int, args: argparse.Namespace) -> t
     domain = TabularDomain()
     schema = data.raw["schema"]
     space = SchemaSpace(schema)
+    hardened = kind in ("pgd", "pgd+search")
+    train_space = SparseSchemaSpace(schema) if hardened and args.space == "sparse" else space
     torch.manual_seed(seed)
     model: nn.Module = domain.build_model(domain.model_spec(data, {}))
     if kind == "immutable-only":
         model = IgnoreMutable(model, space, data.train.tensors[0])  # type: ignore[attr-defined]
     methods = {"pgd": rk.methods.PGDTraining(steps=10), "pgd+search": SearchTraining(steps=10)}
     method: Any = methods.get(kind, "standard")
-    hardened = kind in ("pgd", "pgd+search")
     trainer = rk.AdversarialTrainer(
-        model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=args.lr),
+        model, train_space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=args.lr),
         eps_warmup=args.warmup if hardened else 0.0, class_weights=args.class_weights if hardened else None,
         attackable=lambda x, y: y == 1, seed=seed, progress=False, select_best=hardened,
     )
@@ -257,6 +258,8 @@ def main() -> None:
     parser.add_argument("--class-weights", default=None, help="'balanced' or none (hardened)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--budget", type=float, default=None, help="cost budget (default: the schema's)")
+    parser.add_argument("--space", choices=["schema", "sparse"], default="schema",
+                        help="training space of the hardened models: SchemaSpace or SparseSchemaSpace")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the results file")
     args = parser.parse_args()
