@@ -136,10 +136,10 @@ class TabularDomain(Domain):
         """The contract's binary metrics, ROC-AUC, AP and the strongest attack on every test fraud row.
 
         ``recall_attacked`` comes from the evaluation's preset; ``recall_attacked_strongest`` from
-        :func:`~domains.tabular.attacks.worst_case` (PGD-50 x 5 restarts, APGD-CE and APGD-margin,
-        the categorical search, and the search again from the best row found), judged on repaired
-        rows that pass ``schema.validate``; ``recall_attacked_worst`` counts a fraud row as caught
-        only if it survives both.
+        :func:`~domains.tabular.attacks.worst_case` (PGD-50 x 5 restarts over ``SchemaSpace`` and
+        ``SparseSchemaSpace``, APGD-CE and APGD-margin, the categorical search, and the search again
+        from the best row found), judged on repaired rows that pass ``schema.validate``;
+        ``recall_attacked_worst`` counts a fraud row as caught only if it survives both.
         """
         x, yt = data.test.tensors  # type: ignore[attr-defined]
         scores = _scores(model, x).numpy()
