@@ -6,7 +6,6 @@ corpus), so nothing is downloaded; the last test loads the optional packaged Min
 
 from __future__ import annotations
 
-import inspect
 import json
 import pickle
 import shutil
@@ -15,16 +14,13 @@ from typing import Any
 
 import pytest
 import torch
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
 
 import robustkit as rk
 from domains.text import TextDomain
-from domains.text.data import demo_corpus
 from domains.text.hf import HFTextClassifier, load_hf, model_source, tokenizer_and_dim
 from domains.text.model import TokenL2Ball, encode_ids, pad_inputs
 from domains.text.obfuscation import ObfuscationSpace
+from tests.tiny_bert import save_tiny_bert
 
 transformers = pytest.importorskip("transformers")
 
@@ -41,31 +37,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT (hidden size 32) and its BertTokenizerFast, saved as safetensors."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    texts, _ = demo_corpus(80, seed=0)
-    wordpiece = Tokenizer(WordPiece(unk_token="[UNK]"))
-    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    wordpiece.train_from_iterator(texts, WordPieceTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
-    vocab = sorted(wordpiece.get_vocab().items(), key=lambda kv: kv[1])
-    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
-    fast = transformers.BertTokenizerFast
-    key = "vocab" if "vocab" in inspect.signature(fast.__init__).parameters else "vocab_file"
-    tokenizer = fast(**{key: str(folder / "vocab.txt")})
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        num_labels=2,
-    )
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def copy_without_weights(src: Path, dst: Path) -> Path:

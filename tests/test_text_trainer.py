@@ -7,7 +7,6 @@ from a config with a WordPiece vocabulary trained here: nothing is downloaded.
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -15,12 +14,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from tokenizers import Tokenizer, normalizers, pre_tokenizers
-from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
 
 import robustkit as rk
 from domains.text.data import demo_corpus
+from tests.tiny_bert import save_tiny_bert
 
 transformers = pytest.importorskip("transformers")
 #: transformers.Trainer needs accelerate; the command-line tests here do not
@@ -39,26 +36,8 @@ from domains.text.hf_trainer import (  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer BERT (hidden size 48, not the CNN's 32; no dropout) and its fast tokenizer, as safetensors."""
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    texts, _ = demo_corpus(80, seed=0)
-    wordpiece = Tokenizer(WordPiece(unk_token="[UNK]"))
-    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True)
-    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    wordpiece.train_from_iterator(texts, WordPieceTrainer(vocab_size=400, special_tokens=specials, show_progress=False))
-    vocab = sorted(wordpiece.get_vocab().items(), key=lambda kv: kv[1])
-    (folder / "vocab.txt").write_text("".join(f"{token}\n" for token, _ in vocab), encoding="utf-8")
-    fast = transformers.BertTokenizerFast
-    key = "vocab" if "vocab" in inspect.signature(fast.__init__).parameters else "vocab_file"
-    tokenizer = fast(**{key: str(folder / "vocab.txt")})
-    config = transformers.BertConfig(
-        vocab_size=len(vocab), hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=64, num_labels=2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-    )
-    torch.manual_seed(0)
-    transformers.BertForSequenceClassification(config).save_pretrained(str(folder), safe_serialization=True)
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), hidden_size=48, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)
 
 
 def tokenized(folder: Path, n: int = 48) -> tuple[Any, Any, list[dict[str, Any]]]:
