@@ -40,6 +40,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
         "--target", default=None, metavar="COLUMN", help="label column of tabular or text data (options.target)"
     )
     p.add_argument(
+        "--model-factory", default=None, metavar="MODULE:FUNCTION", dest="model_factory",
+        help="your own model: a function that builds the nn.Module, called with the arguments it names among the "
+        "domain's (images: channels, size, classes, mean, std; tabular: n_features, classes, schema, mean, std)",
+    )
+    p.add_argument(
+        "--weights", default=None, metavar="FILE",
+        help="safetensors weights for --model-factory's model (harden: starting weights; evaluate: the ones tested)",
+    )
+    p.add_argument(
         "--preset", default=None, choices=["quick", "standard", "thorough"],
         help="evaluation attacks (default standard). " + describe_presets().replace("%", "%%"),
     )
@@ -104,7 +113,8 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
     budgets = args.budget if isinstance(args.budget, list) else None
     overrides = {
         "domain": args.domain, "data": args.data, "preset": args.preset, "seed": args.seed, "device": args.device,
-        "threads": args.threads, "batch_size": args.batch_size,
+        "threads": args.threads, "batch_size": args.batch_size, "model_factory": args.model_factory,
+        "weights": args.weights,
     }
     if args.command == "harden":
         overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr)
@@ -130,9 +140,10 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
         metrics = pipeline.evaluate_model(config, out, force=args.force, progress=progress, argv=argv)
     else:
         metrics = pipeline.attack(config, out, force=args.force, progress=progress, argv=argv)
-    for name, m in metrics["models"].items():
-        worst = m["robust_accuracy"]["worst"]
-        print(f"{name:10s} clean {m['clean_accuracy']:6.1%}  robust {worst:6.1%}  {m['verdict']}")
+    from robustkit.quickstart import summary_rows
+
+    for _, name, measure, clean, attacked, verdict in summary_rows(metrics):
+        print(f"{name:10s} {measure:8s} clean {clean:6.1%}  under attack {attacked:6.1%}  {verdict}")
     print(f"run: {out}")
     return 0
 

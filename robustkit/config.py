@@ -55,6 +55,10 @@ class RunConfig:
         preset: evaluation attacks (``quick``, ``standard``, ``thorough``).
         seed, device, threads: reproducibility and hardware.
         model: a model folder or run directory (``evaluate`` and ``attack``).
+        model_factory: ``package.module:function`` that builds the user's own ``nn.Module`` (images, tabular;
+            see :mod:`robustkit.factory`), instead of the domain's reference model.
+        weights: a ``.safetensors`` state dict loaded into the factory's model (starting weights for
+            ``harden``, the weights to test for ``evaluate`` and ``attack``).
         options: domain-specific options (passed to the domain untouched).
     """
 
@@ -72,6 +76,8 @@ class RunConfig:
     device: str = "cpu"
     threads: int | None = None
     model: str | None = None
+    model_factory: str | None = None
+    weights: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -139,6 +145,11 @@ class RunConfig:
             _positive_int("threads", self.threads)
         if self.model is not None and not isinstance(self.model, str):
             raise ConfigError(f"model must be a folder path, got {self.model!r}")
+        factory, weights = self.model_factory, self.weights
+        if factory is not None and (not isinstance(factory, str) or ":" not in factory):
+            raise ConfigError(f"model_factory must look like package.module:function, got {self.model_factory!r}")
+        if weights is not None and (not isinstance(weights, str) or not weights.endswith(".safetensors")):
+            raise ConfigError(f"weights must be the path of a .safetensors file, got {self.weights!r}")
         if not isinstance(self.options, dict):
             raise ConfigError(f"options must be a mapping, got {self.options!r}")
 

@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustkit.errors import ConfigError
+from robustkit.factory import build_from_factory
 from robustkit.models import ThresholdModel
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
@@ -142,6 +143,29 @@ class Domain:
         """The (untrained) model described by ``spec``."""
         raise ConfigError(f"domain {self.name!r} has no default model")
 
+    def model_arguments(self, data: DomainData) -> dict[str, Any]:
+        """JSON-able facts about the data that a user's ``--model-factory`` function may take by name."""
+        return {"classes": data.info.n_classes}
+
+    def factory_spec(self, factory: str, data: DomainData) -> dict[str, Any]:
+        """The spec of a model built by the user's ``factory`` (its name and the arguments it is offered)."""
+        return {"factory": factory, "arguments": self.model_arguments(data)}
+
+    def make_model(self, spec: dict[str, Any], factory: str | None = None, weights: str | None = None) -> nn.Module:
+        """The model ``spec`` describes: the domain's own, or one built by the user's factory.
+
+        A factory spec is built only when the caller names the same ``factory`` (robustkit never imports
+        code named in a file); ``weights`` (safetensors) are loaded into a factory's model.
+        """
+        if "factory" not in spec:
+            return self.build_model(spec)
+        if factory is None or factory != spec["factory"]:
+            raise ConfigError(
+                f"this model was built by {spec['factory']}: pass --model-factory {spec['factory']} to load it "
+                "(robustkit never imports code named in a model file)"
+            )
+        return build_from_factory(factory, dict(spec.get("arguments", {})), weights)
+
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
         """The continuous space adversarial training perturbs, at ``budget``."""
@@ -195,6 +219,12 @@ class Domain:
         save_file({k: v.detach().cpu().contiguous() for k, v in examples.tensors().items()}, str(path))
         return [path]
 
+    def examples_html(self, directory: Path) -> str:
+        """The examples :meth:`write_examples` wrote to ``directory``, as an HTML fragment that ``report.html``
+        embeds (a table of changed cells, text pairs with the edits marked); default "": the report shows
+        only the PNG files there."""
+        return ""
+
     # ----------------------------------------------------------------- persistence
     def save_model(
         self, model: nn.Module, directory: Path, spec: dict[str, Any], threshold: float | None = None
@@ -206,8 +236,9 @@ class Domain:
         meta = {"domain": self.name, "spec": spec, "threshold": threshold}
         (directory / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
 
-    def load_model(self, directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-        """The model saved in ``directory`` and its metadata (``spec``, ``threshold``)."""
+    def load_model(self, directory: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """The model saved in ``directory`` and its metadata (``spec``, ``threshold``); ``factory``: the
+        ``--model-factory`` that built it, when a user's function did."""
         path = Path(directory)
         if (path / "models" / "hardened" / "model.json").is_file():
             path = path / "models" / "hardened"
@@ -223,7 +254,7 @@ class Domain:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         if meta.get("domain") != self.name:
             raise ConfigError(f"{path} holds a {meta.get('domain')!r} model, not a {self.name!r} one")
-        model = self.build_model(meta.get("spec", {}))
+        model = self.make_model(meta.get("spec", {}), factory)
         try:
             model.load_state_dict(load_file(str(path / "model.safetensors")))
         except RuntimeError as exc:

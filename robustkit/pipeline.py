@@ -144,21 +144,28 @@ def _attackable_fn(domain: Domain) -> Any:
 
 
 # ----------------------------------------------------------------------------- training
+def _model_spec(domain: Domain, data: DomainData, config: RunConfig) -> dict[str, Any]:
+    """The spec of the model to train: the user's ``--model-factory`` or the domain's reference model."""
+    if config.model_factory:
+        return domain.factory_spec(config.model_factory, data)
+    return domain.model_spec(data, config.options)
+
+
 def _train(
     name: str, method: str, domain: Domain, data: DomainData, config: RunConfig, out: Path, resume: bool,
     progress: bool,
 ) -> _Trained:
     model_dir = out / "models" / name
-    spec = domain.model_spec(data, config.options)
+    spec = _model_spec(domain, data, config)
     if resume and (model_dir / "model.json").is_file():
-        model, meta = domain.load_model(model_dir)
+        model, meta = domain.load_model(model_dir, config.model_factory)
         saved = json.loads((model_dir / "train.json").read_text(encoding="utf-8"))
         log.info("%s model: already trained, loaded from %s", name, model_dir)
         return _Trained(model, meta.get("spec", spec), meta.get("threshold"), saved["seconds"], saved["history"])
     assert config.budget is not None and config.epochs is not None and config.batch_size is not None
     assert config.lr is not None
     torch.manual_seed(config.seed)
-    model = domain.build_model(spec).to(config.device)
+    model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
     space = domain.space(config.budget, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ckpt = out / "checkpoints" / name
@@ -298,11 +305,11 @@ def _metrics(
 
 
 def _finish(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
-            config: RunConfig, argv: list[str] | None) -> None:
+            config: RunConfig, argv: list[str] | None, domain: Domain) -> None:
     command = "robustkit " + shlex.join(argv) if argv is not None else " ".join(shlex.quote(a) for a in sys.argv)
     if not history.empty:
         atomic_write_text(out / "history.csv", history.to_csv(index=False))
-    write_reports(out, metrics, reports, history, config.to_yaml(), command)
+    write_reports(out, metrics, reports, history, config.to_yaml(), command, domain.examples_html(out / "examples"))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=float) + "\n")
 
 
@@ -313,7 +320,8 @@ def _start(
     """Everything that can fail on bad input, then the first write (config.yaml).
 
     With ``model`` (evaluate, attack), one probe batch checks that the model takes the domain's
-    inputs and outputs one logit per class before anything is written. ``domain``: the instance that
+    inputs and outputs one logit per class before anything is written; so does a model the user's
+    ``--model-factory`` builds (with its ``--weights``). ``domain``: the instance that
     loaded that model (it may encode the data for it, as the text domain does for its tokenizer).
     """
     prepare_run_dir(out, force=force, resume=resume)
@@ -328,6 +336,8 @@ def _start(
     device = _setup_torch(config)
     assert config.data is not None
     data = domain.load_data(config.data, config.seed, config.options)
+    if model is None and config.model_factory:  # the user's model: built, loaded and probed before any write
+        model = domain.make_model(_model_spec(domain, data, config), config.model_factory, config.weights)
     if model is not None:
         _probe(model.to(device), domain, data, config)
     if force and not resume:
@@ -385,7 +395,7 @@ def harden(
     history = pd.DataFrame([row for t in trained.values() for row in t.history])
     metrics = _metrics("harden", domain, data, config, reports, entries, "hardened")
     metrics["method"] = config.method
-    _finish(out, metrics, reports, history, config, argv)
+    _finish(out, metrics, reports, history, config, argv, domain)
     log.info("run written to %s in %.1f s", out, time.perf_counter() - start)
     return metrics
 
@@ -394,14 +404,25 @@ def _load_for_eval(
     config: RunConfig, out: Path, force: bool
 ) -> tuple[Domain, RunConfig, DomainData, nn.Module, dict[str, Any]]:
     """Load the model to evaluate (refusing pickles) before anything is written, then start the run."""
-    if not config.model:
-        raise ConfigError("--model is required: a model folder or a run directory")
-    model_path = Path(config.model)
-    if not model_path.exists():
-        raise ConfigError(f"--model {model_path} does not exist")
     loader = get_domain(config.domain)
-    model, meta = loader.load_model(model_path)
-    domain, config, data = _start(config, out, force, False, model, domain=loader)
+    if not config.model:
+        if not (config.model_factory and config.weights):
+            raise ConfigError(
+                "--model is required: a model folder or a run directory (or your own model: --model-factory "
+                "package.module:function with --weights FILE.safetensors)"
+            )
+        domain, config, data = _start(config, out, force, False, domain=loader)
+        spec = _model_spec(domain, data, config)
+        model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
+        meta: dict[str, Any] = {"spec": spec, "threshold": domain.choose_threshold(model.eval(), data)}
+    else:
+        if config.weights:
+            raise ConfigError("--weights goes with --model-factory alone: a --model folder holds its own weights")
+        model_path = Path(config.model)
+        if not model_path.exists():
+            raise ConfigError(f"--model {model_path} does not exist")
+        model, meta = loader.load_model(model_path, config.model_factory)
+        domain, config, data = _start(config, out, force, False, model, domain=loader)
     domain.save_model(model, out / "models" / "evaluated", meta.get("spec", {}), meta.get("threshold"))
     return domain, config, data, model, meta
 
@@ -417,7 +438,7 @@ def _single_model(
     metrics = _metrics(command, domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
                        "evaluated")
     metrics["examples"] = written
-    _finish(out, metrics, reports, pd.DataFrame(), config, argv)
+    _finish(out, metrics, reports, pd.DataFrame(), config, argv, domain)
     return metrics
 
 

@@ -260,6 +260,13 @@ class ImagesDomain(Domain):
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
         return build(spec)
 
+    def model_arguments(self, data: DomainData) -> dict[str, Any]:
+        """For ``--model-factory``: ``channels``, ``size``, ``classes`` and the training set's per-channel
+        ``mean`` and ``std`` (the model takes [0, 1] pixels; normalising is its own job)."""
+        channels, size, _ = data.raw["shape"]
+        return {"channels": channels, "size": size, "classes": data.info.n_classes,
+                "mean": data.raw["mean"], "std": data.raw["std"]}
+
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
         ball = L2Ball if data.raw.get("norm") == "l2" else LinfBall

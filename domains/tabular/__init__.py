@@ -12,7 +12,9 @@ Options (``options:`` in a config file): ``schema`` (schema YAML file, also ``--
 for files), ``target`` (label column, 0/1; also ``--target``; default: the schema's ``target``),
 ``split`` (``stratified``, the default, or ``time``), ``time_columns`` (a column or list such as
 ``[Year, Month]``, for ``split: time``), ``target_fpr`` (0.01), ``hidden`` (list of layer widths,
-default [64, 64]); for ``synthetic`` data only: ``n_rows`` (10000), ``fraud_rate`` (0.06).
+default [64, 64]), ``segment`` (a categorical column whose values split the fraud recall figures and
+the report's bars; default: the schema's first categorical column); for ``synthetic`` data only:
+``n_rows`` (10000), ``fraud_rate`` (0.06).
 
 Example:
     >>> data = TabularDomain().load_data("synthetic", seed=0, options={"n_rows": 1000})
@@ -22,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +41,7 @@ from domains.tabular.estimator import RobustTabularClassifier
 from domains.tabular.model import SchemaEncoder, TabularMLP
 from domains.tabular.schema import Column, Relation, Schema
 from domains.tabular.sklearn_bridge import ColumnTransformerModule, bridge
-from domains.tabular.space import SchemaSpace, decode, encode, repair
+from domains.tabular.space import SchemaSpace, decode, encode, layout, repair
 from domains.tabular.synthetic import DEFAULT_BUDGET, card_schema, generate
 from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
 from robustkit.domain import Examples
@@ -49,7 +52,7 @@ __all__ = ["Column", "ColumnTransformerModule", "Relation", "RobustTabularClassi
            "SchemaSpace", "SklearnModel", "TabularDomain", "TabularMLP", "bridge", "decode", "distill_surrogate",
            "encode", "evaluate_blackbox", "repair"]
 
-OPTIONS = ("schema", "target", "split", "time_columns", "target_fpr", "hidden", "n_rows", "fraud_rate")
+OPTIONS = ("schema", "target", "split", "time_columns", "target_fpr", "hidden", "segment", "n_rows", "fraud_rate")
 #: options that only synthetic data takes, and those that only files take
 SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target")
 
@@ -72,6 +75,11 @@ class TabularDomain(Domain):
 
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
+        data = self._load_data(spec, seed, options)
+        data.raw["segment"] = _segment_column(data.raw["schema"], options.get("segment"))
+        return data
+
+    def _load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
         unknown = sorted(set(options) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"unknown tabular option {unknown[0]!r}: allowed options are {', '.join(OPTIONS)}")
@@ -120,6 +128,15 @@ class TabularDomain(Domain):
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
         return TabularMLP(spec)
 
+    def model_arguments(self, data: DomainData) -> dict[str, Any]:
+        """For ``--model-factory``: ``n_features`` (width of the raw input, the attack variable: one value
+        per numeric column and one one-hot block per categorical, in schema order), ``classes`` (2; logit 1
+        is fraud), and ``schema`` (its dict form), ``mean`` and ``std``, from which
+        ``SchemaEncoder(Schema.from_dict(schema), mean, std)`` builds the reference model's preprocessing."""
+        schema: Schema = data.raw["schema"]
+        return {"n_features": layout(schema).width,
+                "classes": 2, "schema": schema.to_dict(), "mean": data.raw["mean"], "std": data.raw["std"]}
+
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
         return SchemaSpace(data.raw["schema"], budget)
@@ -167,7 +184,15 @@ class TabularDomain(Domain):
         robust = report.outcomes["robust"][idx].numpy()
         caught = robust & found.table["detected_clean"].to_numpy() & ~found.table["fooled"].to_numpy()
         summary.pop("recall_clean")
-        return {**summary, "recall_attacked_worst": float(caught.mean())}
+        out = {**summary, "recall_attacked_worst": float(caught.mean())}
+        column = data.raw.get("segment", _segment_column(schema, None))
+        if column is not None:  # per segment: recall before the attacks and after the worst case
+            segments = original[column].astype(str).to_numpy()
+            detected = found.table["detected_clean"].to_numpy(dtype=bool)
+            names = [c for c in schema[column].categories or [] if c in set(segments)]
+            out["recall_clean_per_segment"] = {c: float(detected[segments == c].mean()) for c in names}
+            out["recall_attacked_worst_per_segment"] = {c: float(caught[segments == c].mean()) for c in names}
+        return out
 
     def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
         """``examples.csv``: one line per attacked test fraud row (adversarial values in the user's
@@ -218,9 +243,53 @@ class TabularDomain(Domain):
         cells.to_csv(paths[1], index=False)
         return paths
 
+    def examples_html(self, directory: Path) -> str:
+        """The changed cells (original and adversarial value, cost) of up to 10 attacked fraud rows, those
+        that evaded detection first."""
+        rows_path, cells_path = directory / "examples.csv", directory / "changes.csv"
+        if not (rows_path.is_file() and cells_path.is_file()):
+            return ""
+        rows, cells = pd.read_csv(rows_path, index_col="index"), pd.read_csv(cells_path, dtype={"row": int})
+        changed = rows[rows.index.isin(cells["row"])].sort_values("fooled", ascending=False, kind="stable")
+        head = f"<p>{len(changed)} of {len(rows)} attacked fraud rows changed"
+        if changed.empty:
+            return head + ".</p>"
+        lines = []
+        for index, row in changed.head(10).iterrows():
+            mine = cells[cells["row"] == index]
+            first = (f"<td rowspan={len(mine)}>{index}</td><td rowspan={len(mine)} class=l>"
+                     f"{'yes' if row['fooled'] else 'no'}</td><td rowspan={len(mine)}>{float(row['cost']):.4g}</td>")
+            for k, (_, cell) in enumerate(mine.iterrows()):
+                lines.append(f"<tr>{first if k == 0 else ''}<td class=l>{html.escape(str(cell['column']))}</td>"
+                             f"<td>{_shown(cell['original'])}</td><td>{_shown(cell['adversarial'])}</td>"
+                             f"<td>{float(cell['cost']):.4g}</td></tr>")
+        return (f"{head}; the first {min(len(changed), 10)}, one line per changed cell:</p>"
+                "<table class='changes'><tr><th>row</th><th class=l>evades detection</th><th>total cost</th>"
+                "<th class=l>column</th><th>original</th><th>adversarial</th><th>cost</th></tr>"
+                + "".join(lines) + "</table>")
+
     # ----------------------------------------------------------------- persistence
     def save_model(self, model: nn.Module, directory: Path, spec: dict[str, Any],
                    threshold: float | None = None) -> None:
         """Weights and model.json (schema, standardisation, threshold) plus a readable ``schema.yaml``."""
         super().save_model(model, directory, spec, threshold)
-        Schema.from_dict(spec["schema"]).dump(directory / "schema.yaml")
+        schema = spec["arguments"]["schema"] if "factory" in spec else spec["schema"]
+        Schema.from_dict(schema).dump(directory / "schema.yaml")
+
+
+def _segment_column(schema: Schema, name: Any) -> str | None:
+    """The categorical column that segments the fraud figures: ``name``, or the schema's first categorical one."""
+    if name is None:
+        return next((c.name for c in schema.columns if c.type == "categorical"), None)
+    if not isinstance(name, str) or name not in schema.names or schema[name].type != "categorical":
+        choices = ", ".join(c.name for c in schema.columns if c.type == "categorical") or "none in this schema"
+        raise ConfigError(f"options.segment must be a categorical column of the schema ({choices}), got {name!r}")
+    return name
+
+
+def _shown(value: Any) -> str:
+    """A cell value for the report: numbers to 6 significant digits, everything escaped."""
+    try:
+        return f"{float(value):.6g}"
+    except (TypeError, ValueError):
+        return html.escape(str(value))

@@ -196,6 +196,11 @@ class TextDomain(Domain):
             **extra,
         }
 
+    def model_arguments(self, data: DomainData) -> dict[str, Any]:
+        raise ConfigError(
+            "text takes your own model as a local Hugging Face folder (--model hf:DIR), not --model-factory"
+        )
+
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
         self._spec_normalise = bool(spec.get("normalise", False))
         if spec.get("kind") == "hf":  # fine-tune the pretrained model, with a 2-label head
@@ -312,19 +317,23 @@ class TextDomain(Domain):
             writer.writeheader()
             writer.writerows(rows)
         html_path = directory / "examples.html"
-        body = "".join(
-            f"<tr><td>{r['label']}</td><td>{r['pred_clean']} &rarr; {r['pred_adversarial']}</td>"
-            f"<td>{html.escape(r['original'])}</td><td>{_marked(r['original'], r['adversarial'])}</td></tr>"
-            for r in rows
-        )
         html_path.write_text(
             "<!doctype html><meta charset='utf-8'><title>text examples</title><style>mark{background:#fd8}"
-            " .zw{color:#c00;font-size:70%}</style><p>Edited words are highlighted; invisible characters"
-            " show as <span class='zw'>[ZW]</span>.</p><table border=1 cellpadding=4><tr><th>label</th>"
-            f"<th>prediction</th><th>original</th><th>adversarial</th></tr>{body}</table>\n",
+            f" .zw{{color:#c00;font-size:70%}}</style>{_pairs_html(rows)}\n",
             encoding="utf-8",
         )
         return [csv_path, html_path]
+
+    def examples_html(self, directory: Path) -> str:
+        """Up to 20 of the texts the attack edited, original and adversarial, edited words highlighted."""
+        path = directory / "examples.csv"
+        if not path.is_file():
+            return ""
+        with path.open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        edited = [r for r in rows if r["original"] != r["adversarial"]]
+        head = f"<p>{len(edited)} of {len(rows)} example texts edited by the attack"
+        return head + (f"; the first {min(len(edited), 20)}:</p>" + _pairs_html(edited[:20]) if edited else ".</p>")
 
     # ----------------------------------------------------------------- persistence
     def save_model(
@@ -339,7 +348,7 @@ class TextDomain(Domain):
         super().save_model(model, directory, spec, threshold)
         tokenizer.save(str(directory / "tokenizer.json"))
 
-    def load_model(self, directory: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    def load_model(self, directory: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
         path = Path(directory)
         for sub in ("hardened", "evaluated"):
             if (path / "models" / sub / "model.json").is_file():
@@ -350,7 +359,7 @@ class TextDomain(Domain):
             self._spec_normalise = bool(meta.get("spec", {}).get("normalise", False))
             self._tokenizer, self._pretrained = pretrained.tokenizer, (pretrained.tokenizer, pretrained.dim)
             return pretrained, meta
-        model, meta = super().load_model(directory)
+        model, meta = super().load_model(directory, factory)
         tok_file = path / "tokenizer.json"
         if not tok_file.is_file():
             raise ConfigError(f"{path} has no tokenizer.json: a text model needs the tokenizer it was trained with")
@@ -387,6 +396,19 @@ def _spam_scores(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.T
     with frozen_eval(model), torch.no_grad():
         parts = [torch.softmax(logits_of(model(x[i : i + batch])), dim=1)[:, 1] for i in range(0, len(x), batch)]
     return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def _pairs_html(rows: list[dict[str, Any]]) -> str:
+    """A table of (original, adversarial) text pairs with their label and predictions, edits highlighted."""
+    body = "".join(
+        f"<tr><td class=l>{html.escape(r['label'])}</td><td class=l>{html.escape(r['pred_clean'])} &rarr; "
+        f"{html.escape(r['pred_adversarial'])}</td><td class=l>{html.escape(r['original'])}</td>"
+        f"<td class=l>{_marked(r['original'], r['adversarial'])}</td></tr>"
+        for r in rows
+    )
+    return ("<p>Edited words are highlighted; invisible characters show as <span class='zw'>[ZW]</span>.</p>"
+            "<table class='text-pairs' border=1 cellpadding=4><tr><th class=l>label</th><th class=l>prediction</th>"
+            f"<th class=l>original</th><th class=l>adversarial</th></tr>{body}</table>")
 
 
 def _marked(original: str, adversarial: str) -> str:

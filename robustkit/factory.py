@@ -1,0 +1,125 @@
+"""Bring your own model: build it with a function the user names, ``package.module:function``.
+
+``robustkit harden images --model-factory mypkg.nets:make_net`` trains the module that
+``mypkg.nets.make_net(...)`` returns instead of the domain's reference model. The function is called
+with the keyword arguments it declares, taken from the facts the domain knows about the data
+(:meth:`robustkit.domain.Domain.model_arguments`: e.g. ``channels``, ``size`` and ``classes`` for
+images). Starting weights, if any, come from a safetensors file (``--weights``), never from a pickle.
+
+A saved model records the factory's name, but loading it never imports code named in a file: the
+user passes the same ``--model-factory`` again, and a different or missing name is refused.
+
+Example:
+    >>> import torch
+    >>> model = build_from_factory("torch.nn:Linear", {"in_features": 4, "out_features": 2, "classes": 2})
+    >>> model(torch.zeros(1, 4)).shape
+    torch.Size([1, 2])
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from robustkit.errors import ConfigError
+
+__all__ = ["build_from_factory", "load_factory", "load_weights"]
+
+
+def load_factory(name: str) -> Callable[..., Any]:
+    """The callable named ``package.module:attribute`` (the current folder is importable too).
+
+    Example:
+        >>> load_factory("torch.nn:Linear").__name__
+        'Linear'
+    """
+    module_name, sep, attribute = name.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ConfigError(f"--model-factory must look like package.module:function, got {name!r}")
+    added = os.getcwd() not in sys.path
+    if added:  # like `python -m`, a module in the current folder is found
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"--model-factory {name}: cannot import {module_name!r} ({exc}); install the package that defines it "
+            "or run from the folder that holds it"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
+    target: Any = module
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise ConfigError(f"--model-factory {name}: {module_name} has no attribute {attribute!r}")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ConfigError(f"--model-factory {name} is not callable")
+    return target
+
+
+def _call_arguments(function: Callable[..., Any], name: str, available: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``available`` that ``function`` takes by name (all of it if it takes ``**kwargs``)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: call it without arguments
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return dict(available)
+    chosen = {}
+    for p in parameters:
+        if p.name in available and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            chosen[p.name] = available[p.name]
+        elif p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.POSITIONAL_ONLY):
+            raise ConfigError(
+                f"--model-factory {name} needs the argument {p.name!r}, which robustkit cannot supply: give it a "
+                f"default or use one of {', '.join(sorted(available))}"
+            )
+    return chosen
+
+
+def load_weights(model: nn.Module, weights: str | Path) -> None:
+    """Load a safetensors state dict into ``model`` (strict: every name and shape must fit)."""
+    path = Path(weights)
+    if path.suffix != ".safetensors":
+        raise ConfigError(
+            f"--weights {path}: only .safetensors files are read (pickled .pt/.pth/.bin files can run code); "
+            "convert with safetensors.torch.save_file(model.state_dict(), 'model.safetensors')"
+        )
+    if not path.is_file():
+        raise ConfigError(f"--weights {path} does not exist")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise ConfigError(f"--weights {path} is not a readable safetensors file ({exc})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"--weights {path} do not fit the factory's model ({detail[:300]})") from None
+
+
+def build_from_factory(name: str, arguments: dict[str, Any], weights: str | Path | None = None) -> nn.Module:
+    """Call the factory ``name`` with the ``arguments`` it declares; load ``weights`` (safetensors) if given."""
+    function = load_factory(name)
+    try:
+        model = function(**_call_arguments(function, name, arguments))
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's code failed: say where, keep the message short
+        raise ConfigError(f"--model-factory {name} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--model-factory {name} returned a {type(model).__name__}, not a torch.nn.Module")
+    if weights is not None:
+        load_weights(model, weights)
+    return model
