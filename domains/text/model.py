@@ -15,12 +15,12 @@ padding), so batches are padded only to their own longest text.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
-from tokenizers.trainers import WordPieceTrainer
 from torch import nn
 
 from robustkit import _random
@@ -33,17 +33,41 @@ PAD, UNK = "[PAD]", "[UNK]"
 MAX_TOKENS = 128
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000) -> Tokenizer:
-    """A WordPiece tokenizer (lower-cased, split on whitespace and punctuation) trained on ``texts``.
+def train_tokenizer(texts: Sequence[str], vocab_size: int = 2000, min_frequency: int = 2) -> Tokenizer:
+    """A WordPiece tokenizer (lower-cased, split on whitespace and punctuation) built from ``texts``.
 
-    No Unicode folding: homoglyphs and zero-width characters reach the model as they are (the
-    defensive normaliser is a separate option).
+    The vocabulary is every character seen ``min_frequency`` times (as a word start and as a ``##``
+    continuation), then the most frequent words (ties in alphabetical order) up to ``vocab_size``, so a
+    rare or obfuscated word falls back to its characters. It is a pure function of the texts: the same
+    corpus gives the same ids in every process (the ``tokenizers`` WordPiece trainer breaks ties in
+    hash order, which changes from run to run). No Unicode folding: homoglyphs and zero-width
+    characters reach the model as they are (the defensive normaliser is a separate option).
+
+    Example:
+        >>> tok = train_tokenizer(["win a prize now", "win cash now", "see you at lunch"], min_frequency=1)
+        >>> tok.encode("WIN now").tokens
+        ['win', 'now']
     """
-    tok = Tokenizer(WordPiece(unk_token=UNK, max_input_chars_per_word=50))
+    tok = Tokenizer(WordPiece({PAD: 0, UNK: 1}, unk_token=UNK, max_input_chars_per_word=50))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = WordPieceTrainer(vocab_size=vocab_size, min_frequency=2, special_tokens=[PAD, UNK], show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    words: Counter[str] = Counter()
+    for text in texts:
+        words.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+    chars: Counter[str] = Counter()
+    for word, count in words.items():
+        chars.update({c: count for c in word})
+
+    def ranked(counts: Counter[str]) -> list[str]:
+        return [k for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n >= min_frequency]
+
+    pieces = [piece for c in ranked(chars) for piece in (c, f"##{c}")]
+    vocab = {PAD: 0, UNK: 1}
+    for piece in pieces + ranked(words):
+        if len(vocab) >= max(vocab_size, 2 + len(pieces)):
+            break
+        vocab.setdefault(piece, len(vocab))
+    tok.model = WordPiece(vocab, unk_token=UNK, max_input_chars_per_word=50)
     tok.enable_truncation(MAX_TOKENS)
     return tok
 

@@ -1,0 +1,46 @@
+"""The same command with the same seed gives the same metrics.json numbers on CPU, in separate processes.
+
+The two runs use different ``PYTHONHASHSEED`` values, so anything that depends on set or dict-of-hash
+order (the ``tokenizers`` WordPiece trainer once did) shows up as a difference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HARDEN = "from robustkit.cli import main; raise SystemExit(main())"
+
+
+def without_timings(value: Any) -> Any:
+    """``value`` without wall-clock figures (keys ending in ``seconds``) and library versions."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds") and k != "versions"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
+
+
+def test_text_harden_is_reproducible_across_processes(tmp_path: Path) -> None:
+    runs = [tmp_path / "first", tmp_path / "second"]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", HARDEN, "harden", "text", "--data", "demo:300", "--epochs", "1", "--preset",
+             "quick", "--threads", "1", "--quiet", "--seed", "3", "--out", str(run)],
+            env={**os.environ, "PYTHONHASHSEED": str(k + 1)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for k, run in enumerate(runs)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    first, second = (json.loads((run / "metrics.json").read_text()) for run in runs)
+    assert first["seed"] == 3
+    assert without_timings(first) == without_timings(second)
+    vocab = [json.loads((run / "models" / "hardened" / "tokenizer.json").read_text())["model"]["vocab"] for run in runs]
+    assert vocab[0] == vocab[1]
