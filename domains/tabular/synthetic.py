@@ -5,13 +5,13 @@ One row is one card transaction:
 ============================  ==========  ================================================  ==========
 column                        type        meaning                                           attacker
 ============================  ==========  ================================================  ==========
-``amount``                    continuous  amount in euros, 1 to 5000                        changes it (0.01 per euro)
-``hour``                      integer     local hour 0-23                                   changes it (0.25 per hour)
-``merchant_category``         categorical grocery, fuel, restaurant, online_retail,        changes it (1 per change)
+``amount``                    continuous  amount in euros, 1 to 5000                        changes it (0.002 per euro)
+``hour``                      integer     local hour 0-23                                   changes it (0.1 per hour)
+``merchant_category``         categorical grocery, fuel, restaurant, online_retail,        changes it (0.5 per change)
                                           electronics, travel, gambling
-``country``                   categorical home, neighbour, foreign_eu, foreign_far          changes it (1.5 per change)
-``distance_from_home_km``     continuous  0 to 10000                                        changes it (1 per 1000 km)
-``card_present``              binary      1 if the card was at the terminal                 changes it (2)
+``country``                   categorical home, neighbour, foreign_eu, foreign_far          changes it (0.75 per change)
+``distance_from_home_km``     continuous  0 to 10000                                        changes it (0.2 per 1000 km)
+``card_present``              binary      1 if the card was at the terminal                 changes it (1)
 ``txn_count_24h``             integer     the card's transactions in the last 24 h, 0-60    may only add (0.5 each)
 ``account_age_days``          integer     age of the account, 0-4000                        immutable
 ``customer_age``              integer     the cardholder's age, 18-90                       immutable
@@ -27,8 +27,9 @@ Fraud (about 6% of rows) follows three patterns:
   the last 24 h: the fraudster can neither make the account older nor undo past transactions.
 - **cloned card** (a quarter): card present far from home, abroad, mid-size amounts.
 
-The default budget (3.0) lets a fraudster, say, switch the merchant category (1), shift the hour
-by 4 (1) and lower the amount by 100 euros (1).
+The default budget (3.0) lets a fraudster, say, switch the merchant category (0.5) and the country
+(0.75), claim the card was present (1), shift the hour by 5 (0.5) and lower the amount by 125 euros
+(0.25).
 
 Example:
     >>> df = generate(1000, seed=0)
