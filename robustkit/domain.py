@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -256,7 +257,11 @@ class Domain:
             raise ConfigError(f"{path} holds a {meta.get('domain')!r} model, not a {self.name!r} one")
         model = self.make_model(meta.get("spec", {}), factory)
         try:
-            model.load_state_dict(load_file(str(path / "model.safetensors")))
+            state = load_file(str(path / "model.safetensors"))
+        except SafetensorError as exc:
+            raise ConfigError(f"{path / 'model.safetensors'} is not a readable safetensors file ({exc})") from None
+        try:
+            model.load_state_dict(state)
         except RuntimeError as exc:
             detail = " ".join(str(exc).split())
             raise ConfigError(

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robustkit.errors import ConfigError
@@ -97,10 +99,17 @@ def load_checkpoint(
     with ``torch.load(weights_only=True)``.
     """
     path = latest_checkpoint(directory)
-    model_state = load_file(str(path / "model.safetensors"), device=str(device))
-    trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    extra = {
-        p.stem: load_file(str(p), device=str(device)) for p in path.glob("*.safetensors") if p.stem != "model"
-    }
+    try:
+        model_state = load_file(str(path / "model.safetensors"), device=str(device))
+        trainer_state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=True)
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        extra = {
+            p.stem: load_file(str(p), device=str(device)) for p in path.glob("*.safetensors") if p.stem != "model"
+        }
+    except (SafetensorError, pickle.UnpicklingError, json.JSONDecodeError, OSError, RuntimeError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ConfigError(
+            f"checkpoint {path} is damaged or was tampered with ({first}); nothing was loaded from it: "
+            "remove it and resume from an earlier checkpoint or start again"
+        ) from None
     return model_state, trainer_state, state, extra
