@@ -1,7 +1,9 @@
 """``report.md`` and ``report.html`` of a run directory: what a person looks at after a run.
 
 The HTML page is one self-contained file: plots (robust accuracy vs budget for every model, the
-training history) and any PNG the domain wrote to ``examples/`` are embedded as base64 images.
+training history, per-class or per-segment bars) and any PNG the domain wrote to ``examples/`` are
+embedded as base64 images; the domain's own view of its examples (a table of changed cells, text pairs
+with the edits highlighted) comes in as an HTML fragment (:meth:`robustkit.Domain.examples_html`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ _CSS = (
     "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
     "th{background:#f3f3f3}td.l,th.l{text-align:left}.verdict{font-size:1.3em;font-weight:bold}"
     "li.pass b{color:#2a7a2a}li.fail b{color:#b00}li.na b{color:#777}img{max-width:100%}"
-    "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}"
+    "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}mark{background:#fd8}.zw{color:#c00;font-size:70%}"
 )
 
 
@@ -91,18 +93,22 @@ def _breakdowns(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def breakdown_figure(breakdowns: dict[str, dict[str, float]]) -> Figure:
-    """Grouped bars: one group per class or segment, one bar per (model, metric)."""
-    keys = list(next(iter(breakdowns.values())))
-    fig = Figure(figsize=(max(6.4, 0.5 * len(keys) * len(breakdowns)), 3.6))
-    ax = fig.subplots()
-    width = 0.8 / len(breakdowns)
-    for i, (label, values) in enumerate(breakdowns.items()):
-        ax.bar([k + i * width for k in range(len(keys))], [values.get(key, 0.0) for key in keys], width, label=label)
-    ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, rotation=45 if len(keys) > 12 else 0)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=7)
-    ax.set_title("Per class or segment")
+    """Grouped bars: one group per class or segment, one bar per (model, metric); one panel per set of names
+    (e.g. classes, or a fraud model's segments and attacks)."""
+    panels: dict[tuple[str, ...], dict[str, dict[str, float]]] = {}
+    for label, values in breakdowns.items():
+        panels.setdefault(tuple(values), {})[label] = values
+    widest = max(len(keys) * len(panel) for keys, panel in panels.items())
+    fig = Figure(figsize=(max(6.4, 0.5 * widest), 3.6 * len(panels)), layout="constrained")
+    for ax, (keys, panel) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels.items(), strict=True):
+        width = 0.8 / len(panel)
+        for i, (label, values) in enumerate(panel.items()):
+            ax.bar([k + i * width for k in range(len(keys))], [values[key] for key in keys], width, label=label)
+        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, rotation=45 if len(keys) > 12 else 0)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel(next((w for w in ("accuracy", "recall") if all(w in name for name in panel)), "share"))
+        ax.legend(fontsize=7)
+    fig.suptitle("Per class or segment")
     return fig
 
 
@@ -157,7 +163,7 @@ def _markdown_table(table: pd.DataFrame) -> list[str]:
 
 
 def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
-          examples: list[Path], config_yaml: str, command: str) -> str:
+          examples: list[Path], config_yaml: str, command: str, examples_html: str) -> str:
     esc = html.escape
     parts = [
         "<!DOCTYPE html>",
@@ -188,9 +194,13 @@ def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history
         parts += [f"<tr><td class=l>{esc(a)}</td><td class=l>{esc(b)}</td><td>{esc(c)}</td></tr>"
                   for a, b, c in scalars]
         parts.append("</table>")
+    if examples or examples_html:
+        parts.append("<h2>Examples</h2>")
     for path in examples:
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        parts.append(f'<h2>Examples</h2><img alt="{esc(path.name)}" src="data:image/png;base64,{data}">')
+        parts.append(f'<img alt="{esc(path.name)}" src="data:image/png;base64,{data}">')
+    if examples_html:
+        parts.append(f"<div id='examples'>{examples_html}</div>")
     for name, rep in reports.items():
         parts.append(f"<h2>{esc(name)} model: attacks and checks</h2>")
         parts.append(rep.table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
@@ -212,8 +222,12 @@ def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history
 
 
 def write_reports(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
-                  config_yaml: str, command: str) -> None:
-    """Write ``report.md`` and the self-contained ``report.html`` into the run directory ``out``."""
+                  config_yaml: str, command: str, examples_html: str = "") -> None:
+    """Write ``report.md`` and the self-contained ``report.html`` into the run directory ``out``.
+
+    ``examples_html``: an HTML fragment showing the examples in the domain's own form, embedded as is.
+    """
     examples = sorted((out / "examples").glob("*.png"))
     atomic_write_text(out / "report.md", _markdown(metrics, reports, config_yaml, command))
-    atomic_write_text(out / "report.html", _html(metrics, reports, history, examples, config_yaml, command))
+    atomic_write_text(out / "report.html",
+                      _html(metrics, reports, history, examples, config_yaml, command, examples_html))
