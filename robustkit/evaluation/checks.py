@@ -299,19 +299,24 @@ def determinism_check(gap: float, eot: int, atol: float = DETERMINISM_TOL) -> Ch
     return Check(DETERMINISTIC, True, "two identical forward passes agree")
 
 
-def verdict(checks: list[Check], budget: float, worst_accuracy: float, clean_accuracy: float) -> str:
+def verdict(
+    checks: list[Check], budget: float, worst_accuracy: float, clean_accuracy: float, chance: float = 0.0
+) -> str:
     """The report's verdict: robust, not robust, or inconclusive.
 
     "not robust" if the worst-case robust accuracy among attackable examples keeps less than half of
-    their clean accuracy: a failed masking check can only mean the attacks were too weak, so a stronger
-    attack would lower the number further and the verdict stands. Otherwise "inconclusive: <first failed
-    check>" if a check failed, else "robust at budget B".
+    their clean accuracy, or is no better than ``chance`` (guessing: 1/classes over all classes): a
+    failed masking check can only mean the attacks were too weak, so a stronger attack would lower the
+    number further and the verdict stands. Otherwise "inconclusive: <first failed check>" if a check
+    failed, else "robust at budget B".
 
     Example:
         >>> verdict([], 0.3, worst_accuracy=0.6, clean_accuracy=0.9)
         'robust at budget 0.3'
+        >>> verdict([], 0.3, worst_accuracy=0.1, clean_accuracy=0.1, chance=0.1)
+        'not robust'
     """
-    if not (clean_accuracy > 0 and worst_accuracy >= 0.5 * clean_accuracy):
+    if not (clean_accuracy > 0 and worst_accuracy >= 0.5 * clean_accuracy and worst_accuracy > chance):
         return "not robust"
     failed = [c for c in checks if c.passed is False]
     if failed:

@@ -709,7 +709,9 @@ class _Run:
         main: dict[str, dict[str, Any]] = per_eps[self.budgets.index(self.main)]["attacks"]
         checks = self._checks(per_eps) if self.settings is not None else []
         clean_att = self.n_att_correct / self.n_att
-        verdict = ck.verdict(checks, self.main, main[WORST]["robust_accuracy_attackable"], clean_att)
+        # guessing scores 1/classes when every class is attacked (not on one attacked class: fraud, spam)
+        chance = 1.0 / self.n_classes if self.n_classes > 2 and self.n_att == self.n else 0.0
+        verdict = ck.verdict(checks, self.main, main[WORST]["robust_accuracy_attackable"], clean_att, chance)
         return RobustnessReport(
             clean_accuracy=self.n_correct / self.n,
             robust_accuracy={label: entry["robust_accuracy"] for label, entry in main.items()},
