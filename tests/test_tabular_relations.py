@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import robustkit as rk
@@ -96,6 +96,7 @@ def test_validate_rejects_rows_that_break_a_relation() -> None:
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), budget=st.floats(0.5, 200.0), scale=st.floats(1.0, 2000.0))
+@example(seed=5000, budget=83.0, scale=1525.0)  # a total shrunk from 562 to 15: float32 rounding of the original's size
 def test_projection_keeps_every_relation(seed: int, budget: float, scale: float) -> None:
     """Whatever the push, projected points satisfy the relations, and decode to valid rows."""
     rng = np.random.default_rng(seed)

@@ -240,9 +240,15 @@ class Relation:
         scale = sum(abs(coef) * abs(values[name]) for name, coef in self.coefficients.items())
         return ATOL + RTOL * (scale + abs(self.constant))
 
-    def holds(self, values: Mapping[str, Any]) -> Any:
-        """Does the relation hold (bool, or a bool array for array values), up to :meth:`tolerance`?"""
+    def holds(self, values: Mapping[str, Any], reference: Mapping[str, Any] | None = None) -> Any:
+        """Does the relation hold (bool, or a bool array for array values), up to :meth:`tolerance`?
+
+        With ``reference`` (the original values a change started from) the slack is the larger of the
+        two: float32 arithmetic on the way from the original leaves rounding of the original's size.
+        """
         r, tol = self.residual(values), self.tolerance(values)
+        if reference is not None:
+            tol = np.maximum(tol, self.tolerance(reference))
         return (abs(r) <= tol) if self.op == "=" else (r <= tol)
 
 
@@ -499,10 +505,11 @@ class Schema:
         for r in self.relations:
             try:
                 values = {n: adv[n].to_numpy(dtype=float) for n in r.coefficients}
+                reference = {n: orig[n].to_numpy(dtype=float) for n in r.coefficients}
             except (TypeError, ValueError):
                 ok &= False
                 continue
-            ok &= np.asarray(r.holds(values), dtype=bool)
+            ok &= np.asarray(r.holds(values, reference), dtype=bool)
         ok &= self.cost(adv, orig).to_numpy() <= self.budget * (1 + RTOL) + ATOL
         return pd.Series(ok, index=orig.index, name="valid")
 
