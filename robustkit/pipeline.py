@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import shlex
 import shutil
@@ -46,7 +45,7 @@ from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
 from robustkit.spaces import DiscreteSpace
 from robustkit.training import AdversarialTrainer
-from robustkit.training.checkpoint import atomic_write_text
+from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text
 from robustkit.training.methods import NAMES as METHOD_NAMES
 
 __all__ = ["attack", "evaluate_model", "harden", "prepare_run_dir"]
@@ -81,12 +80,17 @@ def prepare_run_dir(out: Path, *, force: bool, resume: bool) -> None:
     if complete and not force:
         raise ConfigError(f"{out} already holds a complete run: pass --force to overwrite it or choose another --out")
     if out.is_dir() and any(out.iterdir()) and not complete and not force:
+        if not (out / "config.yaml").is_file():
+            raise ConfigError(f"{out} is not empty and holds no run to resume (no config.yaml): choose another "
+                              "--out, or pass --force to delete what it holds and start over")
         raise ConfigError(f"{out} holds a stopped run: pass --resume {out} to continue it, or --force to start over")
 
 
 def _clear(out: Path) -> None:
-    """Remove an old run: metrics.json first, so it never looks complete while half deleted."""
+    """Remove an old run: metrics.json first, so it never looks complete while half deleted, then config.yaml,
+    so that what is left of it is never resumed."""
     (out / "metrics.json").unlink(missing_ok=True)
+    (out / "config.yaml").unlink(missing_ok=True)
     if out.is_dir():
         for child in out.iterdir():
             if child.is_dir():
@@ -189,12 +193,12 @@ def _train(
     threshold = domain.choose_threshold(model, data)
     history = [{"model": name, **r} for r in trainer.history]
     seconds = float(sum(r.get("train_seconds", 0.0) + r.get("val_seconds", 0.0) for r in trainer.history))
-    tmp = model_dir.with_name(f".{name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    domain.save_model(model, tmp, spec, threshold)
-    (tmp / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
-    shutil.rmtree(model_dir, ignore_errors=True)
-    os.replace(tmp, model_dir)
+
+    def write(folder: Path) -> None:
+        domain.save_model(model, folder, spec, threshold)
+        (folder / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
+
+    atomic_write_dir(model_dir, write)  # resume trusts a model folder that exists: it is whole
     return _Trained(model, spec, threshold, seconds, history)
 
 
@@ -267,7 +271,7 @@ def _write_examples(
         k: torch.cat(v) if isinstance(v[0], torch.Tensor) else [e for part in v for e in part] for k, v in parts.items()
     }
     examples = Examples(**joined)
-    domain.write_examples(out / "examples", examples, data)
+    atomic_write_dir(out / "examples", lambda folder: domain.write_examples(folder, examples, data))
     return {"n": taken, "successes": int(examples.success.sum())}
 
 
@@ -423,7 +427,8 @@ def _load_for_eval(
             raise ConfigError(f"--model {model_path} does not exist")
         model, meta = loader.load_model(model_path, config.model_factory)
         domain, config, data = _start(config, out, force, False, model, domain=loader)
-    domain.save_model(model, out / "models" / "evaluated", meta.get("spec", {}), meta.get("threshold"))
+    atomic_write_dir(out / "models" / "evaluated",
+                     lambda folder: domain.save_model(model, folder, meta.get("spec", {}), meta.get("threshold")))
     return domain, config, data, model, meta
 
 

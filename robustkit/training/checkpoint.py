@@ -4,15 +4,21 @@ A checkpoint is a folder ``epoch-NNNN`` holding ``model.safetensors`` (weights),
 (optimizer, scheduler and RNG states: tensors and plain values only, loaded with
 ``weights_only=True``), optional extra ``*.safetensors`` states, and ``state.json``. It is written under
 a temporary name and renamed into place; the file ``latest`` then names it, and older ones are removed.
+
+The same helpers write a run directory's files and folders (:func:`atomic_write_text`,
+:func:`atomic_write_dir`): a process killed at any moment leaves every file and folder under its final
+name whole (or absent), and at most hidden ``.NAME.*`` leftovers, which the next write removes.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import pickle
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +28,8 @@ from safetensors.torch import load_file, save_file
 
 from robustkit.errors import ConfigError
 
-__all__ = ["atomic_write_text", "latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["atomic_write_dir", "atomic_write_text", "latest_checkpoint", "load_checkpoint", "remove_dir",
+           "save_checkpoint"]
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -39,6 +46,45 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def _discard(path: Path) -> None:
+    """Remove a leftover file or folder."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def remove_dir(path: str | os.PathLike[str]) -> None:
+    """Delete a folder, first renaming it to a hidden ``.NAME.removed`` so it never lies half deleted under its name."""
+    path = Path(path)
+    trash = path.with_name(f".{path.name}.removed")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def atomic_write_dir(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Fill a folder with ``write(folder)`` under a temporary name, then rename it to ``path`` (replacing one there).
+
+    A reader finds no folder, the old one or the whole new one at ``path``; leftovers of an earlier
+    write that was killed (hidden ``.NAME.*`` siblings) are removed first.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        _discard(leftover)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp)
+        if path.exists():
+            remove_dir(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
 def _cpu_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
 
@@ -53,26 +99,22 @@ def save_checkpoint(
 ) -> Path:
     """Write checkpoint ``epoch`` into ``directory`` atomically and point ``latest`` at it."""
     root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
     name = f"epoch-{epoch:04d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
-        save_file(_cpu_state(model_state), str(tmp / "model.safetensors"))
+
+    def write(folder: Path) -> None:
+        save_file(_cpu_state(model_state), str(folder / "model.safetensors"))
         for key, weights in (extra_weights or {}).items():
-            save_file(_cpu_state(weights), str(tmp / f"{key}.safetensors"))
-        torch.save(trainer_state, tmp / "trainer.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=float), encoding="utf-8")
-        final = root / name
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            save_file(_cpu_state(weights), str(folder / f"{key}.safetensors"))
+        torch.save(trainer_state, folder / "trainer.pt")
+        (folder / "state.json").write_text(json.dumps(state, indent=1, default=float), encoding="utf-8")
+
+    final = atomic_write_dir(root / name, write)
     atomic_write_text(root / "latest", name + "\n")
     for old in root.glob("epoch-*"):
         if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_dir(old)
+    for leftover in [*root.glob(".epoch-*"), *root.glob(".latest.*")]:  # what saves that were killed left
+        _discard(leftover)
     return final
 
 
