@@ -56,7 +56,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
         p.add_argument(
             "--method", default=None,
             help="training method: standard, fgsm-mix, fast, pgd, trades, free, or the domain's own "
-            "(text: discrete, random-edits); default: the domain's",
+            "(text: discrete, random-edits; tabular: pgd+search); default: the domain's",
         )
         p.add_argument("--budget", type=float, default=None, help="threat budget (eps)")
         p.add_argument("--eps", type=float, nargs="+", default=None, help="budgets of the accuracy-vs-budget curve")

@@ -16,6 +16,7 @@ from domains.tabular import SchemaSpace, TabularDomain, decode, encode, repair
 from domains.tabular.attacks import (
     Anchored,
     CategoricalSpace,
+    SearchTraining,
     SparseSchemaSpace,
     changes,
     repair_rows,
@@ -338,3 +339,12 @@ def test_worst_case_on_a_model_no_attack_can_move():
     found = worst_case(model, schema, x, df)
     assert not found.table["fooled"].any() and (found.table["changed"] == "").all()
     assert found.summary()["recall_attacked_strongest"] == 1.0
+
+
+def test_pgd_search_is_the_tabular_domains_own_method() -> None:
+    domain = TabularDomain()
+    data = domain.load_data("synthetic", seed=0, options={"n_rows": 400, "fraud_rate": 0.2})
+    assert "pgd+search" in domain.methods
+    assert isinstance(domain.training_method("pgd+search", data, 3.0), SearchTraining)
+    with pytest.raises(rk.ConfigError, match="pgd\\+search"):
+        domain.training_method("discrete", data, 3.0)

@@ -35,7 +35,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from domains.tabular import data as tabular_data
-from domains.tabular.attacks import changes, worst_case
+from domains.tabular.attacks import CategoricalSpace, SearchTraining, SparseSchemaSpace, changes, worst_case
 from domains.tabular.blackbox import SklearnModel, distill_surrogate, evaluate_blackbox
 from domains.tabular.estimator import RobustTabularClassifier
 from domains.tabular.model import SchemaEncoder, TabularMLP
@@ -47,10 +47,12 @@ from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
 from robustkit.domain import Examples
 from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of
+from robustkit.training.methods import Method
 
-__all__ = ["Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema", "SchemaEncoder",
-           "SchemaSpace", "SklearnModel", "TabularDomain", "TabularMLP", "bridge", "decode", "distill_surrogate",
-           "encode", "evaluate_blackbox", "repair"]
+__all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema",
+           "SchemaEncoder", "SchemaSpace", "SearchTraining", "SklearnModel", "SparseSchemaSpace", "TabularDomain",
+           "TabularMLP", "bridge", "decode", "distill_surrogate", "encode", "evaluate_blackbox", "repair",
+           "worst_case"]
 
 OPTIONS = ("schema", "target", "split", "time_columns", "target_fpr", "hidden", "segment", "n_rows", "fraud_rate")
 #: options that only synthetic data takes, and those that only files take
@@ -72,6 +74,8 @@ class TabularDomain(Domain):
     default_epochs = 8
     default_batch_size = 128
     default_lr = 3e-3
+    #: the domain's own training method (``--method pgd+search``): see :meth:`training_method`
+    methods = ("pgd+search",)
 
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
@@ -140,6 +144,13 @@ class TabularDomain(Domain):
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
         return SchemaSpace(data.raw["schema"], budget)
+
+    def training_method(self, name: str, data: DomainData, budget: float) -> Method:
+        """``pgd+search``: PGD over the schema space, then the categorical search from each PGD point
+        (:class:`~domains.tabular.attacks.SearchTraining`), for data whose categories carry the attack."""
+        if name != "pgd+search":
+            raise ConfigError(f"the tabular domain's own method is pgd+search, got {name!r}")
+        return SearchTraining()
 
     def attackable(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
         return y == 1
