@@ -218,3 +218,21 @@ def test_bad_data_is_refused_before_training(x, y, match):
 def test_empty_loader_is_refused():
     with pytest.raises(rk.DataError, match="empty"):
         rk.AdversarialTrainer(make_model(), SPACE, progress=False).fit([], epochs=1)
+
+
+def test_validation_data_may_be_a_tuple_like_evaluate_takes() -> None:
+    torch.manual_seed(0)
+    x, y = torch.rand(300, 4), torch.randint(0, 2, (300,))
+    space = rk.LinfBall(eps=0.1, bounds=(0.0, 1.0))
+    loader = DataLoader(TensorDataset(x, y), batch_size=100)
+
+    def fit(val):
+        torch.manual_seed(1)
+        return rk.AdversarialTrainer(torch.nn.Linear(4, 2), space, "fast", progress=False, seed=1).fit(
+            loader, 1, val_loader=val)
+
+    as_tuple, as_loader = fit((x, y)), fit(DataLoader(TensorDataset(x, y), batch_size=256))
+    columns = ["val_clean_accuracy", "val_robust_accuracy"]
+    assert as_tuple[columns].notna().all().all() and as_tuple[columns].equals(as_loader[columns])
+    with pytest.raises(rk.DataError, match="one label per input"):
+        fit((x, y[:5]))

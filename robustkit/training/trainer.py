@@ -48,6 +48,19 @@ log = logging.getLogger("robustkit")
 AttackableFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _val_batches(data: Any, batch_size: int = 256) -> Any:
+    """Validation data as batches: a DataLoader as it is, a tuple ``(x, y)`` of tensors cut into batches."""
+    if not isinstance(data, tuple):
+        return data
+    if len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
+        raise DataError("val_loader must be a DataLoader of (x, y) batches or a tuple (x, y) of tensors")
+    x, y = data
+    if len(x) != len(y) or len(x) == 0:
+        raise DataError(f"val_loader=(x, y) needs one label per input and at least one example, got {len(x)} "
+                        f"inputs and {len(y)} labels")
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):
         return batch["x"], batch["y"]
@@ -146,10 +159,13 @@ class AdversarialTrainer:
         self,
         train_loader: Iterable[Any],
         epochs: int,
-        val_loader: Iterable[Any] | None = None,
+        val_loader: Iterable[Any] | tuple[torch.Tensor, torch.Tensor] | None = None,
         resume: str | os.PathLike[str] | None = None,
     ) -> pd.DataFrame:
         """Train for ``epochs`` epochs (divided by the method's replays) and return the history.
+
+        ``val_loader`` (a DataLoader, or a tuple ``(x, y)`` as :func:`robustkit.evaluate` takes) adds
+        clean and robust validation accuracy per epoch and picks the best epoch.
 
         With ``resume`` (a checkpoint folder written by an earlier fit with the same settings),
         training continues after the last completed epoch and runs only the remaining steps.
@@ -158,6 +174,7 @@ class AdversarialTrainer:
             raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
         total_epochs = max(1, math.ceil(epochs / self.method.replays))
         probe = self._probe(train_loader)
+        val_loader = _val_batches(val_loader)
         if val_loader is not None:
             self._probe(val_loader)
         self._setup_class_weights(train_loader)
