@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,43 @@ from torch import nn
 
 from robustkit.errors import ConfigError, ModelError
 
-__all__ = ["ThresholdModel", "frozen_eval", "logits_of", "model_device"]
+__all__ = ["ThresholdModel", "frozen_eval", "in_chunks", "logits_of", "model_device", "out_of_memory"]
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Is ``exc`` an allocation failure (CUDA, MPS or the CPU allocator)?"""
+    text = str(exc).lower()
+    return isinstance(exc, MemoryError | torch.OutOfMemoryError) or "out of memory" in text or (
+        "can't allocate memory" in text
+    )
+
+
+def release_memory(device: torch.device) -> None:
+    """Give freed memory back after an allocation failure (and CUDA's cache to the driver)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def in_chunks(fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:
+    """``fn(*tensors)`` for a per-example ``fn``; if memory runs out, the same over halves, concatenated.
+
+    Example:
+        >>> in_chunks(lambda t: t * 2, torch.arange(4)).tolist()
+        [0, 2, 4, 6]
+    """
+    try:
+        return fn(*tensors)
+    except (RuntimeError, MemoryError) as exc:
+        if not out_of_memory(exc) or len(tensors[0]) <= 1:
+            raise
+    release_memory(tensors[0].device)
+    half = (len(tensors[0]) + 1) // 2
+    parts = [in_chunks(fn, *(t[:half] for t in tensors)), in_chunks(fn, *(t[half:] for t in tensors))]
+    if not all(isinstance(p, torch.Tensor) for p in parts):
+        raise ModelError("the model ran out of memory and its outputs are not tensors that can be joined: "
+                         "use a smaller --batch-size")
+    return torch.cat(parts)
 
 
 def logits_of(output: Any) -> torch.Tensor:

@@ -3,6 +3,11 @@
 :class:`Attack` owns input validation, the mask of attackable examples, device placement, frozen
 eval mode, pass counting and the final success check; a concrete attack only implements
 :meth:`Attack._run` on the examples it may attack, through a :class:`Problem`.
+
+Memory rule: an attack first runs on the whole batch it is given; if that runs out of memory
+(CUDA, or the CPU allocator), it halves the chunk and goes on chunk by chunk, down to one example,
+so a batch too large for the machine is slower, not a crash. Each example's random stream is keyed
+by its id, so the adversarial examples do not depend on the chunking.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from torch import nn
 
 from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.losses import LossFn, get_loss
-from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.models import frozen_eval, logits_of, model_device, out_of_memory, release_memory
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
 __all__ = ["Attack", "AttackResult", "Best", "Problem"]
@@ -258,18 +263,35 @@ class Attack(ABC):
         loss = torch.zeros(n, device=device)
         if len(idx) == 0:
             return AttackResult(self._copy(x), success, loss, mask_t)
-        sub_x = self._take(x, idx)
-        ref = None if reference is None else torch.as_tensor(reference, device=device)[idx]
-        problem = Problem(
-            model, sub_x, y_t[idx], None if target_t is None else target_t[idx], ids_t[idx], self.loss_fn, self.eot, ref
-        )
+        ref = None if reference is None else torch.as_tensor(reference, device=device)
+        x_adv, forward, backward, infos = self._copy(x), 0, 0, []
+        chunk, start = len(idx), 0
         with frozen_eval(model, train=self.train_mode):
-            best = self._run(problem)
-            self._confirm(problem, best)
-        x_adv = self._merge(x, idx, best.x)
-        success[idx] = best.success
-        loss[idx] = best.loss.to(loss.dtype)
-        return AttackResult(x_adv, success, loss, mask_t, problem.forward_passes, problem.backward_passes, problem.info)
+            while start < len(idx):  # one chunk unless memory runs out: then halve it and go on
+                part = idx[start : start + chunk]
+                problem = Problem(model, self._take(x, part), y_t[part], None if target_t is None else target_t[part],
+                                  ids_t[part], self.loss_fn, self.eot, None if ref is None else ref[part])
+                try:  # slicing is cheap next to an attack: memory runs out in the passes
+                    best = self._run(problem)
+                    self._confirm(problem, best)
+                except (RuntimeError, MemoryError) as exc:
+                    if not out_of_memory(exc):
+                        raise
+                    if chunk == 1:
+                        raise ModelError("attacking even one example runs out of memory: use a smaller model "
+                                         "or a device with more memory") from None
+                    forward, backward = forward + problem.forward_passes, backward + problem.backward_passes
+                    chunk = (chunk + 1) // 2
+                    release_memory(device)
+                    continue
+                x_adv = self._merge(x_adv, part, best.x)
+                success[part] = best.success
+                loss[part] = best.loss.to(loss.dtype)
+                forward, backward = forward + problem.forward_passes, backward + problem.backward_passes
+                infos.append(problem.info)
+                start += len(part)
+        info = infos[0] if len(infos) == 1 else {"chunks": infos, "chunk_size": chunk}
+        return AttackResult(x_adv, success, loss, mask_t, forward, backward, info)
 
     # ----------------------------------------------------------------- hooks for subclasses
     @abstractmethod

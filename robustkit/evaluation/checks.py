@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from robustkit.losses import margin
-from robustkit.models import logits_of
+from robustkit.models import in_chunks, logits_of
 
 __all__ = [
     "COVERING",
@@ -163,9 +163,11 @@ def output_flags(logits: torch.Tensor, atol: float = 1e-4) -> tuple[torch.Tensor
 
 def determinism_gap(model: nn.Module, x: Any) -> float:
     """Largest difference between two identical forward passes on ``x``, relative to the logits' scale."""
+    def forward() -> torch.Tensor:
+        return logits_of(in_chunks(model, x) if isinstance(x, torch.Tensor) else model(x))
+
     with torch.no_grad():
-        a = logits_of(model(x))
-        b = logits_of(model(x))
+        a, b = forward(), forward()
     finite = torch.isfinite(a) & torch.isfinite(b)
     if not bool(finite.any()):
         return 0.0

@@ -33,7 +33,7 @@ from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.evaluation import checks as ck
 from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
 from robustkit.evaluation.report import WORST, RobustnessReport
-from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.models import frozen_eval, in_chunks, logits_of, model_device
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, PerturbationSpace
 
 __all__ = ["AttackLike", "evaluate"]
@@ -461,7 +461,7 @@ class _Run:
 
     def _logits(self, inp: Any, n: int) -> tuple[Any, torch.Tensor]:
         with torch.no_grad():
-            raw = self.model(inp)
+            raw = in_chunks(self.model, inp) if isinstance(inp, torch.Tensor) else self.model(inp)
         logits = logits_of(raw)
         if len(logits) != n:
             raise ModelError(f"the model returned {len(logits)} rows of logits for {n} inputs: one row per input")
@@ -630,7 +630,7 @@ class _Run:
         idx = attackable.nonzero().squeeze(1)
         if len(idx) and isinstance(inp, torch.Tensor):
             feature_mask = self.space.mask if isinstance(self.space, ContinuousSpace) else None
-            flags = ck.gradient_flags(self.model, inp[idx], y[idx], feature_mask)
+            flags = in_chunks(lambda a, b: ck.gradient_flags(self.model, a, b, feature_mask), inp[idx], y[idx])
             self.n_grad += len(idx)
             self.n_zero_grad += int(flags.sum())
         if self.cover is not None:
