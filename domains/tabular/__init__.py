@@ -207,7 +207,7 @@ class TabularDomain(Domain):
 
     def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
         """``examples.csv``: one line per attacked test fraud row (adversarial values in the user's
-        columns, ``fooled``, ``valid``, ``repair_failed``, ``cost``, ``changed``), and ``changes.csv``:
+        columns, ``fooled``, ``valid``, ``repair_failed``, ``shrunk``, ``cost``, ``changed``), and ``changes.csv``:
         one line per changed cell (original and adversarial value, cost).
 
         The rows are those of the strongest attack run by :meth:`domain_metrics` on the same model;
@@ -243,9 +243,11 @@ class TabularDomain(Domain):
             table = rows.copy()
             table.insert(0, "label", examples.y.numpy())
             table["detected_clean"] = examples.pred_clean.numpy() == 1
-            table["fooled"] = examples.success.numpy().astype(bool) & ~info["repair_failed"].to_numpy()
+            # a row that had to shrink or revert to pass the schema is not claimed as fooling the model
+            table["fooled"] = examples.success.numpy().astype(bool) & ~info["repair_failed"].to_numpy() & ~info[
+                "shrunk"].to_numpy()
             table["valid"] = schema.validate(rows, original).to_numpy()
-            for k in ("repair_failed", "cost", "changed"):
+            for k in ("repair_failed", "shrunk", "cost", "changed"):
                 table[k] = info[k].to_numpy()
             table.index.name = "index"
             cells = changes(schema, rows, original)

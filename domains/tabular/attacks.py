@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from domains.tabular.schema import Schema
-from domains.tabular.space import SchemaSpace, decode, encode, layout
+from domains.tabular.space import SchemaSpace, encode, layout, repair_rows
 from robustkit.attacks import APGD, PGD, DiscreteSearch
 from robustkit.attacks.base import Attack
 from robustkit.errors import ConfigError, DataError
@@ -486,46 +486,6 @@ class _Best:
             self.p[better], self.cost[better], self.fooled[better] = p[better], cost[better], fooled[better]
             self.attack[better] = name
         return better
-
-
-def repair_rows(schema: Schema, x_adv: torch.Tensor, x: torch.Tensor, original: pd.DataFrame,
-                steps: int = 20) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """Rows that pass ``schema.validate``: each decoded point, or where it fails a check (rounding an
-    integer column can break a relation) the longest shrink ``x + t (x_adv - x)`` (``t`` = 1 - 1/steps,
-    ..., 1/steps) that passes, or else the original row.
-
-    Returns the rows, ``failed`` (kept the original) and ``shrunk`` (took a shorter change) per row.
-
-    Example:
-        >>> import pandas as pd
-        >>> from domains.tabular.schema import Column, Schema
-        >>> schema = Schema([Column("amount", mutable=True, lower=0, upper=1000, cost=0.001),
-        ...                  Column("items", "integer", mutable=True, lower=1, upper=9, cost=0.1)],
-        ...                 budget=1.0, relations=["amount <= 250 * items"])
-        >>> df = pd.DataFrame({"amount": [700.0], "items": [3]})
-        >>> x = encode(schema, df)
-        >>> rows, failed, shrunk = repair_rows(schema, torch.tensor([[590.0, 2.4]]), x, df)
-        >>> rows.values.tolist(), failed.tolist(), shrunk.tolist()   # items 2.4 rounds to 2: 590 > 500
-        ([[612.0, 3.0]], [False], [True])
-    """
-    rows = decode(schema, x_adv, original, x)
-    failed = ~schema.validate(rows, original).to_numpy()
-    shrunk = np.zeros(len(rows), dtype=bool)
-    for t in np.linspace(1.0, 0.0, steps + 1)[1:-1]:
-        if not failed.any():
-            break
-        sub = np.flatnonzero(failed)
-        at = torch.as_tensor(sub)
-        x_t = x[at] + float(t) * (x_adv[at] - x[at])
-        tried = decode(schema, x_t, original.iloc[sub], x[at])
-        ok = schema.validate(tried, original.iloc[sub]).to_numpy()
-        if ok.any():
-            rows.iloc[sub[ok]] = tried[ok].to_numpy()
-            failed[sub[ok]], shrunk[sub[ok]] = False, True
-    if failed.any():
-        rows.loc[failed, :] = original.loc[failed, schema.names].to_numpy()
-    rows = rows.astype({c.name: original[c.name].dtype for c in schema.columns})
-    return rows, failed, shrunk
 
 
 def _judge(model: nn.Module, schema: Schema, x_adv: torch.Tensor, x: torch.Tensor, original: pd.DataFrame,

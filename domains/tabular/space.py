@@ -51,7 +51,7 @@ from domains.tabular.schema import RTOL, Schema
 from robustkit import _random
 from robustkit.spaces import ContinuousSpace
 
-__all__ = ["Layout", "SchemaSpace", "decode", "encode", "layout", "repair"]
+__all__ = ["Layout", "SchemaSpace", "decode", "encode", "layout", "repair", "repair_rows"]
 
 #: share of the budget projection aims for, so float32 rounding never pushes a row over budget
 SAFETY = 1.0 - 1e-5
@@ -138,25 +138,61 @@ def decode(schema: Schema, x: torch.Tensor, reference: pd.DataFrame | None = Non
     return pd.DataFrame(out, index=index)
 
 
-def repair(schema: Schema, x_adv: torch.Tensor, x: torch.Tensor,
-           original: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Adversarial rows that all pass ``schema.validate``, and per row ``cost``, ``changed``, ``repair_failed``.
+def repair_rows(schema: Schema, x_adv: torch.Tensor, x: torch.Tensor, original: pd.DataFrame,
+                steps: int = 20) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Rows that pass ``schema.validate``: each decoded point, or where it fails a check (rounding an
+    integer column can break a relation) the longest shrink ``x + t (x_adv - x)`` (``t`` = 1 - 1/steps,
+    ..., 1/steps) that passes, or else the original row.
 
-    Rows whose decoded version fails a check are replaced by the original row (``repair_failed``).
+    Returns the rows, ``failed`` (kept the original) and ``shrunk`` (took a shorter change) per row.
+
+    Example:
+        >>> import pandas as pd
+        >>> from domains.tabular.schema import Column, Schema
+        >>> schema = Schema([Column("amount", mutable=True, lower=0, upper=1000, cost=0.001),
+        ...                  Column("items", "integer", mutable=True, lower=1, upper=9, cost=0.1)],
+        ...                 budget=1.0, relations=["amount <= 250 * items"])
+        >>> df = pd.DataFrame({"amount": [700.0], "items": [3]})
+        >>> x = encode(schema, df)
+        >>> rows, failed, shrunk = repair_rows(schema, torch.tensor([[590.0, 2.4]]), x, df)
+        >>> rows.values.tolist(), failed.tolist(), shrunk.tolist()   # items 2.4 rounds to 2: 590 > 500
+        ([[612.0, 3.0]], [False], [True])
     """
     rows = decode(schema, x_adv, original, x)
-    valid = schema.validate(rows, original)
-    failed = ~valid.to_numpy()
+    failed = ~schema.validate(rows, original).to_numpy()
+    shrunk = np.zeros(len(rows), dtype=bool)
+    for t in np.linspace(1.0, 0.0, steps + 1)[1:-1]:
+        if not failed.any():
+            break
+        sub = np.flatnonzero(failed)
+        at = torch.as_tensor(sub)
+        x_t = x[at] + float(t) * (x_adv[at] - x[at])
+        tried = decode(schema, x_t, original.iloc[sub], x[at])
+        ok = schema.validate(tried, original.iloc[sub]).to_numpy()
+        if ok.any():
+            rows.iloc[sub[ok]] = tried[ok].to_numpy()
+            failed[sub[ok]], shrunk[sub[ok]] = False, True
     if failed.any():
         rows.loc[failed, :] = original.loc[failed, schema.names].to_numpy()
-        rows = rows.astype({c.name: original[c.name].dtype for c in schema.columns})
+    rows = rows.astype({c.name: original[c.name].dtype for c in schema.columns})
+    return rows, failed, shrunk
+
+
+def repair(schema: Schema, x_adv: torch.Tensor, x: torch.Tensor,
+           original: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Adversarial rows that all pass ``schema.validate``, and per row ``cost``, ``changed``,
+    ``repair_failed`` (kept the original row) and ``shrunk`` (took a shorter change, see
+    :func:`repair_rows`; whether it still evades needs a new look at the model).
+    """
+    rows, failed, shrunk = repair_rows(schema, x_adv, x, original)
     cost = schema.cost(rows, original)
     changed = [
         "; ".join(f"{c.name}: {original.iloc[i][c.name]} -> {rows.iloc[i][c.name]}" for c in schema.columns
                   if str(rows.iloc[i][c.name]) != str(original.iloc[i][c.name]))
         for i in range(len(rows))
     ]
-    info = pd.DataFrame({"cost": cost.to_numpy(), "changed": changed, "repair_failed": failed}, index=original.index)
+    info = pd.DataFrame({"cost": cost.to_numpy(), "changed": changed, "repair_failed": failed, "shrunk": shrunk},
+                        index=original.index)
     return rows, info
 
 
