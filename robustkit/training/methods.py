@@ -114,6 +114,8 @@ class _AdversarialCE(Method):
         raise NotImplementedError
 
     def loss(self, batch: Batch) -> torch.Tensor:
+        if batch.space.budget <= 0:  # the first step of a budget warm-up: nothing to attack yet
+            return batch.criterion(batch.forward(batch.x), batch.y)
         attack = self._attack(batch.space, batch.seed)
         x_adv = attack(batch.model, batch.x, batch.y, mask=batch.attackable, ids=batch.ids).x_adv
         return batch.criterion(batch.forward(x_adv), batch.y)
