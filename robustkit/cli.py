@@ -176,6 +176,11 @@ def _resume_hint(args: argparse.Namespace) -> str:
     return "nothing is kept from an interrupted evaluation: rerun it with --force"
 
 
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (a message may quote a library's multi-line text)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``robustkit`` command; returns the exit status."""
     parser = _parser()
@@ -189,15 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "quickstart":
             return _quickstart(args, argv)
         return _run_command(args, argv)
-    except RobustkitError as exc:
+    except (RobustkitError, OSError) as exc:
         if args.debug:
             raise
-        print(f"robustkit: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        if args.debug:
-            raise
-        print(f"robustkit: error: {exc}", file=sys.stderr)
+        print(f"robustkit: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"robustkit: interrupted; {_resume_hint(args)}", file=sys.stderr)
@@ -205,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"robustkit: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(f"robustkit: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(rerun with --debug for the traceback)", file=sys.stderr)
         return 1
     return 0
 

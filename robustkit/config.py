@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,14 @@ from robustkit.training.methods import NAMES as METHOD_NAMES
 __all__ = ["RunConfig"]
 
 
-def _positive_int(key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} must be an integer >= 1, got {value!r}")
+#: torch takes seeds below 2**64 and thread counts below 2**31
+MAX_SEED, MAX_THREADS = 2**64 - 1, 2**31 - 1
+
+
+def _positive_int(key: str, value: Any, most: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
+        limit = f" and <= {most}" if most is not None else ""
+        raise ConfigError(f"{key} must be an integer >= 1{limit}, got {value!r}")
     return value
 
 
@@ -89,7 +95,7 @@ class RunConfig:
         """A validated config from a mapping (unknown keys are an error)."""
         if not isinstance(values, dict):
             raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
-        unknown = sorted(set(values) - set(cls.keys()))
+        unknown = sorted(set(values) - set(cls.keys()), key=str)  # YAML keys may be numbers, null, ...
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r}: allowed keys are {', '.join(cls.keys())}")
         config = cls(**values)
@@ -103,10 +109,12 @@ class RunConfig:
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            values = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start} cannot be decoded): save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {exc}") from None
-        return cls.from_dict(values)
+            raise ConfigError(f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
+        return cls.from_dict({} if values is None else values)  # an empty file is an empty config
 
     def merged(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with the non-None ``overrides`` applied (command-line flags over a config file)."""
@@ -135,14 +143,14 @@ class RunConfig:
         if self.lr is not None:
             self.lr = _number("lr", self.lr, positive=True)
         self.eps_warmup = _number("eps_warmup", self.eps_warmup)
-        if self.preset not in PRESETS:
+        if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
-        if not isinstance(self.device, str) or not (self.device == "cpu" or self.device.startswith("cuda")):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be an integer from 0 to 2**64 - 1, got {self.seed!r}")
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.threads is not None:
-            _positive_int("threads", self.threads)
+            _positive_int("threads", self.threads, MAX_THREADS)
         if self.model is not None and not isinstance(self.model, str):
             raise ConfigError(f"model must be a folder path, got {self.model!r}")
         factory, weights = self.model_factory, self.weights
@@ -150,8 +158,8 @@ class RunConfig:
             raise ConfigError(f"model_factory must look like package.module:function, got {self.model_factory!r}")
         if weights is not None and (not isinstance(weights, str) or not weights.endswith(".safetensors")):
             raise ConfigError(f"weights must be the path of a .safetensors file, got {self.weights!r}")
-        if not isinstance(self.options, dict):
-            raise ConfigError(f"options must be a mapping, got {self.options!r}")
+        if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
+            raise ConfigError(f"options must be a mapping of option names to values, got {self.options!r}")
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)

@@ -78,10 +78,14 @@ def logits_of(output: Any) -> torch.Tensor:
             f"the model returned {type(output).__name__}, not logits: return a (N, C) tensor "
             "or an object with a .logits attribute"
         )
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
+        what = f"a {logits.dtype} tensor" if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ModelError(f"the model returned {what} as logits: logits are floating-point scores, one per class "
+                         "(a model returning class indices or booleans cannot be attacked)")
     if logits.dim() == 1:
         logits = logits.unsqueeze(1)
-    if logits.dim() != 2:
-        raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}: expected (N, C)")
+    if logits.dim() != 2 or logits.shape[1] == 0:
+        raise ModelError(f"the model returned logits of shape {tuple(logits.shape)}: expected (N, C), one per class")
     if logits.shape[1] == 1:
         logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
     return logits

@@ -328,6 +328,9 @@ def _start(
     ``--model-factory`` builds (with its ``--weights``). ``domain``: the instance that
     loaded that model (it may encode the data for it, as the text domain does for its tokenizer).
     """
+    if config.weights and not config.model_factory:
+        raise ConfigError("--weights FILE.safetensors goes with --model-factory MODULE:FUNCTION: the domain's own "
+                          "model starts from random weights")
     prepare_run_dir(out, force=force, resume=resume)
     if resume:
         saved = RunConfig.from_yaml(out / "config.yaml")
@@ -342,6 +345,8 @@ def _start(
     data = domain.load_data(config.data, config.seed, config.options)
     if model is None and config.model_factory:  # the user's model: built, loaded and probed before any write
         model = domain.make_model(_model_spec(domain, data, config), config.model_factory, config.weights)
+    elif model is None:  # harden's own model: its options (options.hidden, options.model, ...) checked before any write
+        _model_spec(domain, data, config)
     if model is not None:
         _probe(model.to(device), domain, data, config)
     if force and not resume:

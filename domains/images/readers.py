@@ -184,6 +184,8 @@ def _idx_pair(digest: _Hash, images_path: Path, labels_path: Path, n_classes: in
     _expect_magic(images_path, magic, IDX_IMAGES_MAGIC, "images")
     if x.dim() != 3 or x.dtype != torch.uint8:
         raise DataError(f"{images_path} holds {x.dtype} values of shape {tuple(x.shape)}: expected uint8 N x H x W")
+    if x.numel() == 0:
+        raise DataError(f"{images_path} holds no pixels (shape {tuple(x.shape)}): an empty or corrupt file?")
     magic, y = parse_idx(digest.read(labels_path), str(labels_path))
     _expect_magic(labels_path, magic, IDX_LABELS_MAGIC, "labels")
     if len(x) != len(y):
@@ -404,8 +406,12 @@ def load_folder(directory: str | Path, size: int | None = None, channels: int | 
     side = size if size is not None else _common_side(loaded, path)
     mode = "L" if channels == 1 else "RGB"
     pixels = np.empty((len(loaded), side, side, channels), dtype=np.uint8)
-    for i, (image, _, _) in enumerate(loaded):
-        image = image.convert(mode)
+    for i, (image, _, file) in enumerate(loaded):
+        try:
+            image = image.convert(mode)
+        except (ValueError, OSError) as exc:
+            raise DataError(f"{file}: its {image.mode} pixels cannot be converted to {mode} ({exc}): save it as RGB "
+                            "or greyscale") from None
         if image.size != (side, side):
             image = image.resize((side, side), Image.Resampling.BILINEAR)
         pixels[i] = np.asarray(image, dtype=np.uint8).reshape(side, side, channels)

@@ -43,7 +43,7 @@ import pandas as pd
 import torch
 from torch.utils.data import TensorDataset
 
-from domains.tabular.schema import Schema
+from domains.tabular.schema import Schema, _is_file
 from domains.tabular.space import encode
 from robustkit.domain import DatasetInfo, DomainData
 from robustkit.errors import ConfigError, DataError
@@ -91,7 +91,7 @@ def read_schema(source: str | Path) -> tuple[Schema, list[str]]:
     text = str(source)
     if isinstance(source, Path) or "\n" not in text:
         path = Path(text).expanduser()
-        if not path.is_file():
+        if not _is_file(path):
             raise ConfigError(f"schema file {path} does not exist (options.schema / --schema)")
         source = path
     schema = Schema.load(source)

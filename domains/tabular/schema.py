@@ -47,6 +47,14 @@ DIRECTIONS = ("both", "increase", "decrease")
 RTOL, ATOL = 1e-6, 1e-6
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a name the system refuses (too long: a one-line YAML text, not a path)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
 @dataclass
 class Column:
     """One feature column of a schema.
@@ -87,8 +95,9 @@ class Column:
         if not math.isfinite(self.cost) or self.cost < 0 or (self.mutable and self.cost <= 0):
             raise ConfigError(f"{where}: cost must be a finite number > 0 for a mutable column, got {self.cost!r}")
         if self.type == "categorical":
-            if not self.categories or len(self.categories) < 2:
-                raise ConfigError(f"{where}: a categorical column needs at least 2 categories")
+            if not isinstance(self.categories, list | tuple) or len(self.categories) < 2:
+                raise ConfigError(f"{where}: a categorical column needs a list of at least 2 categories, "
+                                  f"got {self.categories!r}")
             self.categories = [str(c) for c in self.categories]
             if len(set(self.categories)) != len(self.categories):
                 raise ConfigError(f"{where}: categories repeat")
@@ -111,9 +120,11 @@ class Column:
             if math.isnan(value):
                 raise ConfigError(f"{where}: {side} is NaN")
             setattr(self, side, value)
-        if self.type in ("integer", "binary"):
-            self.lower = None if self.lower is None else float(math.ceil(self.lower - 1e-9))
-            self.upper = None if self.upper is None else float(math.floor(self.upper + 1e-9))
+        if self.type in ("integer", "binary"):  # whole bounds; an infinite one stays open
+            if self.lower is not None and math.isfinite(self.lower):
+                self.lower = float(math.ceil(self.lower - 1e-9))
+            if self.upper is not None and math.isfinite(self.upper):
+                self.upper = float(math.floor(self.upper + 1e-9))
         if self.lower is not None and self.upper is not None and self.lower > self.upper:
             raise ConfigError(f"{where}: bounds are impossible (lower {self.lower:g} > upper {self.upper:g})")
         if self.type == "binary" and (self.lower < 0 or self.upper > 1):  # type: ignore[operator]
@@ -211,6 +222,8 @@ class Relation:
             value, name = 1.0, None
             if i < len(tokens) and tokens[i][0] == "num":
                 value = float(tokens[i][1])
+                if not math.isfinite(value):
+                    raise ConfigError(f"relation {text!r}: the number {tokens[i][1]} is too large")
                 i += 1
                 if i < len(tokens) and tokens[i] == ("sym", "*"):
                     i += 1
@@ -280,6 +293,8 @@ class Schema:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"column {dupes[0]!r} appears twice in the schema")
+        if self.target is not None and (not isinstance(self.target, str) or not self.target):
+            raise ConfigError(f"the schema's target must be a column name, got {self.target!r}")
         if self.target is not None and self.target in names:
             raise ConfigError(f"column {self.target!r} is the target and cannot also be a feature")
         try:
@@ -334,7 +349,7 @@ class Schema:
         if not isinstance(spec, Mapping):
             raise ConfigError("a schema is a mapping with keys budget, target, columns, relations and drop")
         keys = ("budget", "target", "columns", "relations", "drop")
-        unknown = sorted(set(spec) - set(keys))
+        unknown = sorted(set(spec) - set(keys), key=str)  # YAML keys may be numbers, null, ...
         if unknown:
             raise ConfigError(f"unknown schema key {unknown[0]!r}: allowed keys are {', '.join(keys)}")
         columns = spec.get("columns")
@@ -346,7 +361,7 @@ class Schema:
             body = body or {}
             if not isinstance(body, Mapping):
                 raise ConfigError(f"column {name!r}: expected a mapping of settings, got {body!r}")
-            bad = sorted(set(body) - allowed)
+            bad = sorted(set(body) - allowed, key=str)
             if bad:
                 allowed_list = ", ".join(sorted(allowed))
                 raise ConfigError(f"column {name!r}: unknown setting {bad[0]!r} (allowed: {allowed_list})")
@@ -365,7 +380,7 @@ class Schema:
     def load(cls, source: str | Path) -> Schema:
         """A schema from a YAML file path or YAML text."""
         path = Path(source) if isinstance(source, Path) or "\n" not in str(source) else None
-        if path is not None and not path.is_file():
+        if path is not None and not _is_file(path):
             raise ConfigError(f"schema file {path} does not exist")
         text = path.read_text(encoding="utf-8") if path is not None else str(source)
         try:

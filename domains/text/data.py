@@ -32,6 +32,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import random
@@ -434,6 +435,30 @@ def _load_table(kind: str, file: Path, columns: Sequence[str]) -> Any:
             ds_logging.enable_progress_bar()
 
 
+def _check_json_records(content: str, file: Path) -> None:
+    """Refuse a JSON file that is not an array of objects, one object, or JSON lines of objects.
+
+    Checked with Python's own parser before ``datasets`` reads the file: its JSON reader crashes the whole
+    process on some other shapes (a first line ``null``).
+    """
+    try:
+        whole = json.loads(content)
+    except json.JSONDecodeError:  # JSON lines: one value per line
+        records = []
+        for n, line in enumerate(content.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{file} is not a readable JSON file: line {n}: {exc.msg}") from None
+    else:
+        records = whole if isinstance(whole, list) else [whole]
+    for n, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise DataError(f"{file} is not a readable JSON file: record {n} is {json.dumps(record)[:40]}, not an "
+                            "object: give an array of objects or JSON lines, one object per line")
+
+
 def read_table(
     kind: str,
     path: str | Path,
@@ -468,7 +493,9 @@ def read_table(
         raise DataError(f"{kind}:{file}: {file} {what}")
     raw = file.read_bytes()
     if kind != "parquet":
-        _decode(raw, file)
+        content = _decode(raw, file)
+        if kind == "json":
+            _check_json_records(content, file)
     table = _load_table(kind, file, (text_column, label_column))
     for option, column in (("text_column", text_column), ("label_column", label_column)):
         if column not in table:
@@ -487,6 +514,9 @@ def read_table(
                 f"{file.name} row {row}: unknown label {value!r} in column {label_column!r}: allowed are {allowed} "
                 "(set options.label_names to [HAM, SPAM] for other names)"
             )
+        if isinstance(text, list | dict):
+            raise DataError(f"{file.name} row {row}: the text in column {text_column!r} is a {type(text).__name__}, "
+                            "not a string")
         if text is None or not str(text).strip():
             empty += 1
             continue

@@ -38,6 +38,9 @@ class ToyDomain(Domain):
     sizes: ClassVar[tuple[int, int, int]] = (3000, 500, 1000)
 
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
+        unknown = sorted(set(options) - {"hidden"}, key=str)
+        if unknown:
+            raise ConfigError(f"unknown toy option {unknown[0]!r}: the toy domain takes only options.hidden")
         if spec != "toy":
             raise ConfigError(f"the toy domain generates its own data: use --data toy, not {spec!r}")
         n_train, n_val, n_test = self.sizes

@@ -144,7 +144,8 @@ def gradient_flags(
     xr = x.detach().requires_grad_(True)
     with torch.enable_grad():
         loss = margin(logits_of(model(xr)), y)
-        (grad,) = torch.autograd.grad(loss.sum(), xr, allow_unused=True)
+        # outputs detached from the input (no grad_fn) have no gradient at all: every example is flagged
+        (grad,) = torch.autograd.grad(loss.sum(), xr, allow_unused=True) if loss.requires_grad else (None,)
     if grad is None:
         return torch.ones(len(x), dtype=torch.bool, device=x.device)
     if feature_mask is not None:

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,11 +30,11 @@ from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
 from robustkit.attacks.transfer import Transfer
-from robustkit.errors import ConfigError, DataError, ModelError
+from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import checks as ck
 from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
 from robustkit.evaluation.report import WORST, RobustnessReport
-from robustkit.models import frozen_eval, in_chunks, logits_of, model_device
+from robustkit.models import frozen_eval, in_chunks, logits_of, model_device, out_of_memory
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, PerturbationSpace
 
 __all__ = ["AttackLike", "evaluate"]
@@ -96,6 +97,8 @@ def evaluate(
     if not isinstance(space, PerturbationSpace):
         raise ConfigError(f"space must be a robustkit PerturbationSpace (e.g. rk.LinfBall), got {space!r}")
     budgets, main = _budgets(eps, space)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ConfigError(f"seed must be an integer, got {seed!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(checks, ck.CheckSettings):
@@ -460,8 +463,18 @@ class _Run:
         raise DataError(f"inputs must be tensors for {type(self.space).__name__}, got {type(x).__name__}")
 
     def _logits(self, inp: Any, n: int) -> tuple[Any, torch.Tensor]:
-        with torch.no_grad():
-            raw = in_chunks(self.model, inp) if isinstance(inp, torch.Tensor) else self.model(inp)
+        try:
+            with torch.no_grad():
+                raw = in_chunks(self.model, inp) if isinstance(inp, torch.Tensor) else self.model(inp)
+        except RobustkitError:
+            raise
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:  # IndexError: token ids past a vocabulary
+            if out_of_memory(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            shape = f" of shape {tuple(inp.shape)} and dtype {inp.dtype}" if isinstance(inp, torch.Tensor) else ""
+            raise DataError(f"the model cannot take these inputs{shape} ({type(exc).__name__}: {first[:300]}): "
+                            "give inputs of the shape and dtype the model was built for") from exc
         logits = logits_of(raw)
         if len(logits) != n:
             raise ModelError(f"the model returned {len(logits)} rows of logits for {n} inputs: one row per input")
