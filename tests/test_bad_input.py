@@ -8,8 +8,9 @@ with the model untouched (one probe batch at most). Where the outcome of a rando
 advance (random bytes as a data file), the property is weaker: a robustkit error or a result, never
 another exception.
 
-Cases that still crash where this suite may not fix them (the trainer, the attacks) are listed in
-``TRAINER_CRASHES`` and ``test_a_model_without_input_gradients_is_evaluated``, marked ``xfail(strict=True)``.
+``TRAINER_REFUSALS`` lists inputs the trainer once crashed on, and
+``test_a_model_without_input_gradients_is_evaluated`` a model output the attacks once crashed on: both
+are refused or handled now.
 
 The number of distinct cases tried is printed at the end of the module (``pytest -s``) and written to
 ``bad_input_cases.json`` in pytest's base temporary folder (one file per xdist worker).
@@ -677,7 +678,7 @@ def test_bad_data_for_evaluate_is_refused_before_any_attack(case: tuple[str, tor
     assert model.calls <= 1, f"{defect}: {model.calls} forward passes before the error"
 
 
-#: what fit refuses today; the rest (inputs the model cannot take, ...) is in TRAINER_CRASHES
+#: defects of generated data for fit; inputs the model cannot take and the like are in TRAINER_REFUSALS
 FIT_DEFECTS = ["nan", "above", "below", "extra_axis", "int", "labels_high", "labels_negative", "labels_fraction",
                "labels_2d", "fewer_labels", "more_labels", "empty"]
 
@@ -694,7 +695,7 @@ def test_bad_data_for_fit_is_refused_before_any_step(case: tuple[str, torch.Tens
     # one batch: a loader's later batches are checked as they come, after work on the first
     loader: Any = DataLoader(TensorDataset(x, y), batch_size=16) if as_loader and sized else [(x, y)]
     if defect == "empty" and not as_loader:
-        loader = []  # an empty first batch is a crash today: TRAINER_CRASHES
+        loader = []  # an empty loader; an empty first batch is in TRAINER_REFUSALS
     trainer = rk.AdversarialTrainer(model, SPACE, method="fgsm-mix", progress=False)
     with pytest.raises(rk.RobustkitError):
         trainer.fit(loader, epochs=1)
@@ -710,9 +711,9 @@ class NoParameters(nn.Module):
         return x[:, :3]
 
 
-#: fit's crashes on bad input (robustkit/training/trainer.py is not this suite's to change): (loader, trainer
-#: arguments, the exception seen today). Each should be a robustkit error before any training step.
-TRAINER_CRASHES = {
+#: inputs fit once crashed on: (loader, trainer arguments, the exception it raised before it checked them).
+#: Each is now a robustkit error before any training step.
+TRAINER_REFUSALS = {
     "inputs of another width": ([(torch.rand(6, 5), Y4)], {}, "RuntimeError from the model"),
     "float64 inputs for a float32 model": ([(X4.double(), Y4)], {}, "RuntimeError from the model"),
     "validation inputs of another width": ([(X4, Y4)], {"val": (torch.rand(6, 5), Y4)}, "RuntimeError"),
@@ -728,11 +729,10 @@ TRAINER_CRASHES = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="robustkit/training/trainer.py does not check these yet: see TRAINER_CRASHES")
-@pytest.mark.parametrize("name", sorted(TRAINER_CRASHES))
-def test_trainer_crashes_on_bad_input(name: str) -> None:
-    loader, arguments, _ = TRAINER_CRASHES[name]
-    tried("known crash: fit", name)
+@pytest.mark.parametrize("name", sorted(TRAINER_REFUSALS))
+def test_the_trainer_refuses_bad_input_before_any_step(name: str) -> None:
+    loader, arguments, _ = TRAINER_REFUSALS[name]
+    tried("fit refusal", name)
     arguments = dict(arguments)
     model = arguments.pop("model", None) or Counting()
     val = arguments.pop("val", None)
@@ -849,11 +849,9 @@ class Detached(nn.Module):
         return self.net(x).detach()
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="robustkit/attacks/base.py: Problem.loss_grad calls torch.autograd.grad on a loss without "
-                   "grad_fn (RuntimeError); it should take the gradient as zero, as the checks do")
 def test_a_model_without_input_gradients_is_evaluated() -> None:
-    tried("known crash: attacks", "detached")
+    """Outputs detached from the input once crashed the gradient attacks; now a failed gradient check."""
+    tried("model outputs", "detached")
     x, y = torch.rand(20, 4), torch.arange(20) % 3
     report = rk.evaluate(Detached(), (x, y), SPACE, attacks="quick")
     assert not report.verdict.startswith("robust") and any(c.passed is False for c in report.checks)

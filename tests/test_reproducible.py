@@ -13,6 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+import yaml
+
 HARDEN = "from robustkit.cli import main; raise SystemExit(main())"
 
 
@@ -25,12 +28,23 @@ def without_timings(value: Any) -> Any:
     return value
 
 
-def test_text_harden_is_reproducible_across_processes(tmp_path: Path) -> None:
+RUNS = {
+    "text": (["--data", "demo:300"], {}),
+    "tabular": ([], {"n_rows": 1500}),
+    "images": ([], {"max_train": 400, "max_test": 100}),
+}
+
+
+@pytest.mark.parametrize("domain", sorted(RUNS))
+def test_harden_is_reproducible_across_processes(tmp_path: Path, domain: str) -> None:
+    flags, options = RUNS[domain]
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"options": options}))
     runs = [tmp_path / "first", tmp_path / "second"]
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", HARDEN, "harden", "text", "--data", "demo:300", "--epochs", "1", "--preset",
-             "quick", "--threads", "1", "--quiet", "--seed", "3", "--out", str(run)],
+            [sys.executable, "-c", HARDEN, "harden", domain, *flags, "--config", str(config), "--epochs", "1",
+             "--preset", "quick", "--threads", "1", "--quiet", "--seed", "3", "--out", str(run)],
             env={**os.environ, "PYTHONHASHSEED": str(k + 1)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True,
         )
@@ -42,5 +56,5 @@ def test_text_harden_is_reproducible_across_processes(tmp_path: Path) -> None:
     first, second = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert first["seed"] == 3
     assert without_timings(first) == without_timings(second)
-    vocab = [json.loads((run / "models" / "hardened" / "tokenizer.json").read_text())["model"]["vocab"] for run in runs]
-    assert vocab[0] == vocab[1]
+    weights = [(run / "models" / "hardened" / "model.safetensors").read_bytes() for run in runs]
+    assert weights[0] == weights[1]

@@ -42,10 +42,10 @@ def test_transfer_breaks_a_gradient_free_target_that_pgd_cannot_touch() -> None:
     model = _linear(1)
     x, y = torch.rand(64, 8), torch.randint(0, 3, (64,))
     space = rk.LinfBall(eps=0.5, bounds=(0.0, 1.0))
-    with pytest.raises(RuntimeError):
-        rk.PGD(space, steps=5)(NoGrad(model), x, y)
+    direct = rk.PGD(space, steps=5)(NoGrad(model), x, y)  # zero gradients: it only has its random start
     result = rk.Transfer(rk.PGD(space, steps=10), model)(NoGrad(model), x, y)
     assert result.success.float().mean() > 0.5
+    assert result.success.float().mean() > direct.success.float().mean() + 0.2
     assert bool(space.contains(result.x_adv, x).all())
 
 

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from robustkit import _random
 from robustkit.attacks import PGD, Attack
 from robustkit.errors import ConfigError, DataError
-from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.models import frozen_eval, logits_of, model_device, out_of_memory
 from robustkit.spaces import ContinuousSpace
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import Callback
@@ -61,8 +61,16 @@ def _val_batches(data: Any, batch_size: int = 256) -> Any:
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
+def _input_form(x: torch.Tensor) -> tuple[int, int, torch.dtype]:
+    """What every batch of one fit shares: number of dims, size of the last one (features, channels of a
+    token, pixels of a row), dtype. Other sizes may vary (texts are padded to their batch's longest)."""
+    return x.dim(), x.shape[-1] if x.dim() else 0, x.dtype
+
+
 def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     if isinstance(batch, dict):
+        if "x" not in batch or "y" not in batch:
+            raise DataError(f"a dict batch needs keys 'x' and 'y', got {sorted(map(str, batch))}")
         return batch["x"], batch["y"]
     if isinstance(batch, Sequence) and len(batch) >= 2:
         return batch[0], batch[1]
@@ -125,7 +133,14 @@ class AdversarialTrainer:
             raise ConfigError(f"eps_warmup must be a number of epochs >= 0, got {eps_warmup!r}")
         if amp not in (None, "auto", "bf16", "fp16"):
             raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {amp!r}")
-        self.device = torch.device(device) if device is not None else model_device(model)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+            raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+        try:
+            self.device = torch.device(device) if device is not None else model_device(model)
+        except (RuntimeError, TypeError) as exc:
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r} ({exc})") from None
+        if optimizer is None and not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("the model has no trainable parameters: pass a model with parameters (or an optimizer)")
         self.model = model.to(self.device)
         self.space = space
         self.method = methods_mod.get(method)
@@ -153,6 +168,7 @@ class AdversarialTrainer:
         self._guard_state: dict[str, torch.Tensor] | None = None
         self._scaler: Any = None
         self._n_classes = 0
+        self._input_form: tuple[int, int, torch.dtype] | None = None
 
     # ----------------------------------------------------------------- public API
     def fit(
@@ -174,6 +190,7 @@ class AdversarialTrainer:
             raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
         total_epochs = max(1, math.ceil(epochs / self.method.replays))
         probe = self._probe(train_loader)
+        self._input_form = _input_form(probe[0])
         val_loader = _val_batches(val_loader)
         if val_loader is not None:
             self._probe(val_loader)
@@ -220,12 +237,26 @@ class AdversarialTrainer:
         except StopIteration:
             raise DataError("the data loader is empty: give it at least one batch") from None
         x, y = _unpack(first)
-        x, y = x.to(self.device), torch.as_tensor(y, device=self.device)
+        if not isinstance(x, torch.Tensor):
+            raise DataError(f"inputs must be a tensor, got {type(x).__name__}")
+        try:
+            x, y = x.to(self.device), torch.as_tensor(y, device=self.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataError(f"labels must be a 1-D tensor of integer class indices ({exc})") from None
         if torch.is_floating_point(y) or y.dim() != 1:
             raise DataError("labels must be a 1-D tensor of integer class indices")
+        if len(y) == 0:
+            raise DataError("the first batch holds no example: give batches of at least one (input, label)")
         self.space.check_inputs(x)
         with frozen_eval(self.model), torch.no_grad():
-            logits = logits_of(self.model(x))
+            try:
+                logits = logits_of(self.model(x))
+            except RuntimeError as exc:
+                if out_of_memory(exc):
+                    raise
+                first_line = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                raise DataError(f"the model does not take these inputs ({first_line}): check the data's shape "
+                                "and dtype against the model") from None
         if logits.shape[0] != len(y):
             raise DataError(f"the model returned {logits.shape[0]} rows for a batch of {len(y)}")
         if int(y.min()) < 0 or int(y.max()) >= logits.shape[1]:
@@ -280,6 +311,10 @@ class AdversarialTrainer:
                    leave=False)
         for i, raw in enumerate(bar):
             x, y = _unpack(raw)
+            if not isinstance(x, torch.Tensor) or _input_form(x) != self._input_form:
+                form = _input_form(x) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise DataError(f"batch {i + 1} of epoch {epoch + 1} has inputs (dims, last size, dtype) {form}, "
+                                f"the first batch {self._input_form}: every batch needs the same form")
             x, y = x.to(self.device), torch.as_tensor(y, device=self.device).long()
             fraction = i / n_batches if n_batches else 0.0
             space = self.space.with_budget(self._budget(epoch, fraction))
