@@ -11,21 +11,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
+from tests.kill_campaign import numbers
+
 HARDEN = "from robustkit.cli import main; raise SystemExit(main())"
-
-
-def without_timings(value: Any) -> Any:
-    """``value`` without wall-clock figures (keys ending in ``seconds``) and library versions."""
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if not k.endswith("seconds") and k != "versions"}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 RUNS = {
@@ -55,6 +47,6 @@ def test_harden_is_reproducible_across_processes(tmp_path: Path, domain: str) ->
         assert proc.returncode == 0, err
     first, second = (json.loads((run / "metrics.json").read_text()) for run in runs)
     assert first["seed"] == 3
-    assert without_timings(first) == without_timings(second)
+    assert numbers(first) == numbers(second)
     weights = [(run / "models" / "hardened" / "model.safetensors").read_bytes() for run in runs]
     assert weights[0] == weights[1]

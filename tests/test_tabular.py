@@ -18,36 +18,7 @@ from domains.tabular.schema import Column, Schema
 from domains.tabular.synthetic import card_schema, generate
 from robustkit import ConfigError, DataError
 from robustkit.cli import main
-
-
-@st.composite
-def schema_and_rows(draw):
-    columns, data = [], {}
-    n = draw(st.integers(1, 6))
-    for k in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["continuous", "integer", "binary", "categorical"]))
-        mutable = draw(st.booleans())
-        cost = draw(st.floats(0.05, 5.0))
-        name = f"c{k}"
-        if kind == "categorical":
-            cats = [f"v{i}" for i in range(draw(st.integers(2, 4)))]
-            columns.append(Column(name, kind, mutable=mutable, categories=cats, cost=cost))
-            data[name] = draw(st.lists(st.sampled_from(cats), min_size=n, max_size=n))
-            continue
-        direction = draw(st.sampled_from(["both", "increase", "decrease"]))
-        if kind == "binary":
-            columns.append(Column(name, kind, mutable=mutable, direction=direction, cost=cost))
-            data[name] = draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))
-            continue
-        lo = draw(st.integers(-50, 50))
-        hi = lo + draw(st.integers(0, 100))
-        columns.append(Column(name, kind, mutable=mutable, lower=lo, upper=hi, direction=direction, cost=cost))
-        if kind == "integer":
-            data[name] = draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n))
-        else:
-            data[name] = draw(st.lists(st.floats(lo, hi, width=32), min_size=n, max_size=n))
-    schema = Schema(columns, budget=draw(st.floats(0.0, 20.0)))
-    return schema, pd.DataFrame(data)
+from tests.strategies import schema_and_rows
 
 
 @given(schema_and_rows(), st.integers(0, 2**16), st.floats(0.1, 100.0))

@@ -26,6 +26,7 @@ from domains.tabular.attacks import (
 from domains.tabular.schema import Column, Schema
 from domains.tabular.synthetic import card_schema, generate
 from robustkit.domain import Examples
+from tests.strategies import schema_and_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -159,38 +160,11 @@ def test_repair_failures_stay_rare_under_pgd_with_an_integer_relation():
 
 
 # ----------------------------------------------------------------------------- (c) the categorical search
-@st.composite
-def schema_rows_relations(draw):
-    columns, data = [], {}
-    n = draw(st.integers(1, 5))
-    for k in range(draw(st.integers(1, 5))):
-        kind = draw(st.sampled_from(["continuous", "integer", "binary", "categorical"]))
-        mutable = draw(st.booleans())
-        cost = draw(st.sampled_from([0.25, 0.5, 1.0, 1.5, 3.0]))
-        name = f"c{k}"
-        if kind == "categorical":
-            cats = [f"v{i}" for i in range(draw(st.integers(2, 5)))]
-            columns.append(Column(name, kind, mutable=mutable, categories=cats, cost=cost))
-            data[name] = draw(st.lists(st.sampled_from(cats), min_size=n, max_size=n))
-            continue
-        direction = draw(st.sampled_from(["both", "increase", "decrease"]))
-        if kind == "binary":
-            columns.append(Column(name, kind, mutable=mutable, direction=direction, cost=cost))
-            data[name] = draw(st.lists(st.integers(0, 1), min_size=n, max_size=n))
-            continue
-        lo = draw(st.integers(-5, 5))
-        hi = lo + draw(st.integers(0, 6))
-        columns.append(Column(name, kind, mutable=mutable, lower=lo, upper=hi, direction=direction, cost=cost))
-        data[name] = (draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)) if kind == "integer" else
-                      draw(st.lists(st.floats(lo, hi, width=32), min_size=n, max_size=n)))
-    df = pd.DataFrame(data)
-    numeric = [c.name for c in columns if c.numeric]
-    relations = []
-    if len(numeric) >= 2 and draw(st.booleans()):  # a relation as tight as the data allow
-        a, b = draw(st.permutations(numeric))[:2]
-        bound = float((df[a].astype(float) - df[b].astype(float)).max())
-        relations.append(f"{a} - {b} <= {bound!r}")
-    return Schema(columns, budget=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5])), relations=relations), df
+def schema_rows_relations() -> st.SearchStrategy[tuple[Schema, pd.DataFrame]]:
+    """Small schemas (bounds near 0, a few costs and budgets) with rows, sometimes with a tight relation."""
+    return schema_and_rows(max_rows=5, max_categories=5, bound=5, span=6,
+                           costs=st.sampled_from([0.25, 0.5, 1.0, 1.5, 3.0]),
+                           budgets=st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.5]), relation=True)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
