@@ -140,8 +140,11 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
         metrics = pipeline.evaluate_model(config, out, force=args.force, progress=progress, argv=argv)
     else:
         metrics = pipeline.attack(config, out, force=args.force, progress=progress, argv=argv)
+    from robustkit import distributed
     from robustkit.quickstart import summary_rows
 
+    if not distributed.is_main():
+        return 0
     for _, name, measure, clean, attacked, verdict in summary_rows(metrics):
         print(f"{name:10s} {measure:8s} clean {clean:6.1%}  under attack {attacked:6.1%}  {verdict}")
     print(f"run: {out}")
@@ -189,7 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (status 2) and --help (status 0)
         return int(exc.code or 0)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    from robustkit import distributed
+
+    # under torchrun only rank 0 speaks (the others log warnings and errors)
+    quiet = args.quiet or not distributed.is_main_by_environment()
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
         if args.command == "quickstart":
             return _quickstart(args, argv)

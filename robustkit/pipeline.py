@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from robustkit import __version__
+from robustkit import __version__, distributed
 from robustkit.attacks import Ensemble
 from robustkit.config import RunConfig
 from robustkit.domain import Domain, DomainData, Examples, get_domain
@@ -104,11 +104,19 @@ def _versions() -> dict[str, str]:
 
 
 def _setup_torch(config: RunConfig) -> torch.device:
+    """Threads, device, and (under ``torchrun``) the process group; CUDA processes take GPU LOCAL_RANK."""
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {config.device!r} was asked for but CUDA is not available: use --device cpu")
-    return torch.device(config.device)
+    return distributed.setup(config.device)
+
+
+def _on_main(write: Any) -> None:
+    """``write()`` on rank 0 only (the one process that writes files), then every process goes on together."""
+    if distributed.is_main():
+        write()
+    distributed.barrier()
 
 
 def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
@@ -184,7 +192,8 @@ def _train(
     log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
              " (resuming)" if resume_from else "")
     trainer.fit(
-        domain.loader(data.train, config.batch_size, shuffle=True),
+        distributed.sharded(domain.loader(data.train, config.batch_size, shuffle=True), shuffle=True,
+                            seed=config.seed),
         epochs=config.epochs,
         val_loader=domain.loader(data.val, config.batch_size, shuffle=False),
         resume=resume_from,
@@ -198,7 +207,7 @@ def _train(
         domain.save_model(model, folder, spec, threshold)
         (folder / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
 
-    atomic_write_dir(model_dir, write)  # resume trusts a model folder that exists: it is whole
+    _on_main(lambda: atomic_write_dir(model_dir, write))  # resume trusts a model folder that exists: it is whole
     return _Trained(model, spec, threshold, seconds, history)
 
 
@@ -349,10 +358,15 @@ def _start(
         _model_spec(domain, data, config)
     if model is not None:
         _probe(model.to(device), domain, data, config)
-    if force and not resume:
-        _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", config.to_yaml())
+    distributed.barrier()  # every process has checked the run directory before rank 0 changes it
+
+    def first_write() -> None:
+        if force and not resume:
+            _clear(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", config.to_yaml())
+
+    _on_main(first_write)
     return domain, config, data
 
 
@@ -400,11 +414,15 @@ def harden(
         reports[name], entries[name] = report, _model_entry(report, dm, t.seconds)
         decided_hardened = decided
     assert decided_hardened is not None
-    _write_examples(domain, decided_hardened, data, config, out, N_EXAMPLES)
     history = pd.DataFrame([row for t in trained.values() for row in t.history])
     metrics = _metrics("harden", domain, data, config, reports, entries, "hardened")
     metrics["method"] = config.method
-    _finish(out, metrics, reports, history, config, argv, domain)
+
+    def write() -> None:
+        _write_examples(domain, decided_hardened, data, config, out, N_EXAMPLES)
+        _finish(out, metrics, reports, history, config, argv, domain)
+
+    _on_main(write)
     log.info("run written to %s in %.1f s", out, time.perf_counter() - start)
     return metrics
 
@@ -432,8 +450,10 @@ def _load_for_eval(
             raise ConfigError(f"--model {model_path} does not exist")
         model, meta = loader.load_model(model_path, config.model_factory)
         domain, config, data = _start(config, out, force, False, model, domain=loader)
-    atomic_write_dir(out / "models" / "evaluated",
-                     lambda folder: domain.save_model(model, folder, meta.get("spec", {}), meta.get("threshold")))
+    _on_main(lambda: atomic_write_dir(
+        out / "models" / "evaluated",
+        lambda folder: domain.save_model(model, folder, meta.get("spec", {}), meta.get("threshold")),
+    ))
     return domain, config, data, model, meta
 
 
@@ -443,12 +463,15 @@ def _single_model(
 ) -> dict[str, Any]:
     domain, config, data, model, meta = _load_for_eval(config, out, force)
     report, dm, decided = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
-    written = _write_examples(domain, decided, data, config, out, None if all_examples else N_EXAMPLES)
     reports = {"evaluated": report}
     metrics = _metrics(command, domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
                        "evaluated")
-    metrics["examples"] = written
-    _finish(out, metrics, reports, pd.DataFrame(), config, argv, domain)
+
+    def write() -> None:  # the adversarial inputs are made by rank 0 alone
+        metrics["examples"] = _write_examples(domain, decided, data, config, out, None if all_examples else N_EXAMPLES)
+        _finish(out, metrics, reports, pd.DataFrame(), config, argv, domain)
+
+    _on_main(write)
     return metrics
 
 

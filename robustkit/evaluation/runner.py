@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustkit import _random
+from robustkit import _random, distributed
 from robustkit.attacks.base import Attack, AttackResult
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
@@ -87,6 +87,10 @@ def evaluate(
         device: move the model there first (default: leave it where it is); data follow the model.
         progress: show a progress bar over batches.
 
+    Under ``torchrun`` every process passes the same (whole) data; each batch is cut into one
+    contiguous slice per process, each process attacks its slice, and the counts are summed, so every
+    process returns the single-process report (up to float rounding in batched kernels).
+
     Raises:
         ConfigError: bad eps, attack names or options. DataError: empty data, labels or inputs that
         do not fit the space or the model, a bad mask. ModelError: outputs that are not logits.
@@ -108,6 +112,11 @@ def evaluate(
     else:
         raise ConfigError(f"checks must be True, False or a CheckSettings, got {checks!r}")
     chosen = _parse_attacks(attacks, space)
+    if distributed.sampler_of(data) is not None:
+        raise ConfigError(
+            "data has a DistributedSampler: give every process the whole data; evaluate shares the work out "
+            "itself and counts each example once"
+        )
     source = _Source(data, batch_size, space)
     masker = _Mask(mask, source.length)
     if device is not None:
@@ -116,7 +125,8 @@ def evaluate(
         except (RuntimeError, TypeError) as exc:
             raise ConfigError(f"device {device!r} is not usable: {exc}; pass e.g. device='cpu' or 'cuda'") from None
     run = _Run(model, space, budgets, main, settings, int(seed))
-    with frozen_eval(model), tqdm(total=source.n_batches, desc="evaluate", unit="batch", disable=not progress) as bar:
+    show = progress and distributed.is_main()
+    with frozen_eval(model), tqdm(total=source.n_batches, desc="evaluate", unit="batch", disable=not show) as bar:
         batches = iter(source)
         first = next(batches, None)
         if first is None:
@@ -439,7 +449,7 @@ class _Run:
         self.tally: dict[float, dict[str, _Tally]] = {}
         self.worst = dict.fromkeys(budgets, 0)
         self.outcomes: dict[str, list[torch.Tensor]] = {
-            k: [] for k in ("label", "attackable", "clean_correct", "robust")
+            k: [] for k in ("id", "label", "attackable", "clean_correct", "robust")
         }
         # check measurements
         self.fgsm: FGSM | None = None
@@ -549,17 +559,26 @@ class _Run:
         return (x.to(self.device) if isinstance(x, torch.Tensor) else x), y.to(self.device)
 
     def batch(self, x: Any, y: torch.Tensor, attackable: torch.Tensor) -> None:
-        """Clean predictions, every attack at every budget, and the checks' measurements on one batch."""
-        b = len(y)
+        """Clean predictions, every attack at every budget, and the checks' measurements on one batch.
+
+        Under DDP this process takes only its slice of the batch; ``self.n`` still counts the whole.
+        """
         if self.n:
             _check_label_range(y, self.n_classes)
-        ids = torch.arange(self.n, self.n + b, device=self.device)
-        inp = self._input(x)
-        _, logits = self._logits(inp, b)
+        whole = len(y)
+        lo, hi = distributed.shard(whole)
+        x, y, attackable = x[lo:hi], y[lo:hi], attackable[lo:hi]
+        b = len(y)
+        ids = torch.arange(self.n + lo, self.n + hi, device=self.device)
+        inp = self._input(x) if b else None
+        if inp is not None:
+            _, logits = self._logits(inp, b)
+        else:
+            logits = torch.zeros(0, self.n_classes, device=self.device)
         finite = torch.isfinite(logits).all(dim=1)
         correct = (logits.argmax(dim=1) == y) & finite
         targets = attackable & correct
-        self.n += b
+        self.n += whole
         self.n_correct += int(correct.sum())
         self.n_att += int(attackable.sum())
         self.n_att_correct += int(targets.sum())
@@ -580,11 +599,11 @@ class _Run:
                     by_free |= success
                 else:
                     by_gradient |= success
-            if self.settings is not None and e == self.main and bool(targets.any()):
+            if self.settings is not None and e == self.main:  # on every process: it counts across them
                 self._main_budget_checks(x, y, ids, targets, broken, by_gradient, by_free)
             self.worst[e] += int(broken.sum())
             if e == self.main:
-                for key, value in (("label", y), ("attackable", attackable), ("clean_correct", correct),
+                for key, value in (("id", ids), ("label", y), ("attackable", attackable), ("clean_correct", correct),
                                    ("robust", correct & ~broken)):
                     self.outcomes[key].append(value.cpu())
         if self.settings is not None:
@@ -606,21 +625,21 @@ class _Run:
     ) -> None:
         """FGSM for check (b) and the random search of check (e); their successes join the worst case."""
         assert self.settings is not None
-        if self.fgsm is not None:
+        if self.fgsm is not None and bool(targets.any()):
             success = self.fgsm(self.model, x, y, mask=targets, ids=ids).success & targets
             self.fgsm_broken += int(success.sum())
             broken |= success
             by_gradient |= success
         survivors = targets & ~by_gradient
         if self.listed_free:
-            self.rs_tested += int(survivors.sum())
+            self.rs_tested += distributed.prefix_and_total(int(survivors.sum()))[1]
             self.rs_broken += int((survivors & by_free).sum())
         elif self.search is not None:
-            room = self.settings.search_examples - self.rs_tested
-            pick = survivors.nonzero().squeeze(1)[: max(0, room)]
+            pick = survivors.nonzero().squeeze(1)
+            taken, self.rs_tested = _first_in_order(len(pick), self.settings.search_examples, self.rs_tested)
+            pick = pick[:taken]
             if len(pick):
                 result = self.search(self.model, x[pick], y[pick], ids=ids[pick])
-                self.rs_tested += len(pick)
                 self.rs_broken += int(result.success.sum())
                 broken[pick[result.success.to(self.device)]] = True
 
@@ -647,11 +666,11 @@ class _Run:
             self.n_grad += len(idx)
             self.n_zero_grad += int(flags.sum())
         if self.cover is not None:
-            pick = idx[: max(0, self.settings.cover_examples - self.n_cover)]
+            taken, self.n_cover = _first_in_order(len(idx), self.settings.cover_examples, self.n_cover)
+            pick = idx[:taken]
             if len(pick):
                 ok = correct[pick]
                 result = self.cover(self.model, x[pick], y[pick], mask=ok, ids=ids[pick])
-                self.n_cover += len(pick)
                 self.n_cover_robust += int((ok & ~result.success.to(self.device)).sum())
 
     # ------------------------------------------------------------------ the report
@@ -703,7 +722,36 @@ class _Run:
             ck.monotone_check(self.budgets, worst, self.n),
         ]
 
+    def _sum_over_processes(self) -> None:
+        """Under DDP: add up every process's counts (``n``, ``rs_tested`` and ``n_cover`` are global)."""
+        if not distributed.is_distributed():
+            return
+        tallies = [t for e in self.budgets for t in self.tally[e].values()]
+        local = [self.n_correct, self.n_att, self.n_att_correct, self.fgsm_broken, self.rs_broken,
+                 self.n_cover_robust, self.n_grad, self.n_zero_grad, self.n_rows, self.n_prob, self.n_nonfinite]
+        local += [self.worst[e] for e in self.budgets]
+        local += [v for t in tallies for v in (t.broken, t.forward, t.backward)]
+        summed = distributed.all_sum(torch.tensor(local, dtype=torch.long)).tolist()
+        (self.n_correct, self.n_att, self.n_att_correct, self.fgsm_broken, self.rs_broken, self.n_cover_robust,
+         self.n_grad, self.n_zero_grad, self.n_rows, self.n_prob, self.n_nonfinite) = summed[:11]
+        rest = summed[11:]
+        for e in self.budgets:
+            self.worst[e] = rest.pop(0)
+        seconds = distributed.all_max(torch.tensor([t.seconds for t in tallies], dtype=torch.float64)).tolist()
+        for t, wall in zip(tallies, seconds, strict=True):
+            t.broken, t.forward, t.backward = rest.pop(0), rest.pop(0), rest.pop(0)
+            t.seconds = wall
+
+    def _outcomes(self) -> dict[str, torch.Tensor]:
+        """Per-example outcomes of the whole data in data order (gathered from every process)."""
+        local = {k: torch.cat(v) for k, v in self.outcomes.items()}
+        if not distributed.is_distributed():
+            return {k: v for k, v in local.items() if k != "id"}
+        order = torch.argsort(distributed.gather_rows(local.pop("id")))
+        return {k: distributed.gather_rows(v)[order] for k, v in local.items()}
+
     def report(self, seconds: float) -> RobustnessReport:
+        self._sum_over_processes()
         if self.n_att == 0:
             raise DataError("the mask selected no example to attack: set True where an example may be attacked")
         per_eps: list[dict[str, Any]] = []
@@ -737,8 +785,16 @@ class _Run:
             n_attackable=self.n_att,
             clean_accuracy_attackable=clean_att,
             seconds=seconds,
-            outcomes={k: torch.cat(v) for k, v in self.outcomes.items()},
+            outcomes=self._outcomes(),
         )
+
+
+def _first_in_order(count: int, limit: int, used: int) -> tuple[int, int]:
+    """How many of this process's ``count`` candidates to take so that, over all processes in data
+    order, at most ``limit`` are taken in total (``used`` already): (take here, new total used)."""
+    before, total = distributed.prefix_and_total(count)
+    room = max(0, limit - used)
+    return max(0, min(count, room - before)), used + min(room, total)
 
 
 def _unique(labels: list[str]) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robustkit import losses
+from robustkit import distributed, losses
 from robustkit.attacks import FGSM, PGD
 from robustkit.errors import ConfigError
 from robustkit.models import logits_of
@@ -39,6 +39,10 @@ class Batch:
         ids: per-example random-stream ids; seed: this epoch's seed.
         class_weights: optional per-class loss weights.
         replay: index of the replay (``Free``), else 0.
+        net: what the training loss runs through (the model in DistributedDataParallel when
+            distributed, else None: the model itself). Attacks always use ``model``.
+        weights: per-example weight of the loss: 0 for a distributed sampler's padding copies,
+            else 1 (None: all 1).
     """
 
     model: nn.Module
@@ -50,16 +54,38 @@ class Batch:
     seed: int
     class_weights: torch.Tensor | None = None
     replay: int = 0
+    net: nn.Module | None = field(default=None, repr=False)
+    weights: torch.Tensor | None = field(default=None, repr=False)
     logits: torch.Tensor | None = field(default=None, repr=False)
     targets: torch.Tensor | None = field(default=None, repr=False)
+
+    def example_weights(self, n: int) -> torch.Tensor:
+        """Per-example weights for ``n`` values computed on (copies of) the batch, in batch order."""
+        w = self.weights if self.weights is not None else torch.ones(len(self.y), device=self.y.device)
+        if n % len(w):
+            raise ValueError(f"{n} values do not line up with a batch of {len(w)}")
+        return w.repeat(n // len(w))
+
+    def mean(self, values: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Weighted mean of per-example ``values`` over the whole (global) batch.
+
+        Under DDP each process returns its own weighted sum divided by the global weight over the
+        number of processes, so DDP's gradient average is exactly the single-process gradient.
+        """
+        w = self.example_weights(len(values))
+        if weights is not None:
+            w = w * weights
+        denominator = distributed.all_sum(w.sum().detach()) / distributed.world_size()
+        return (values * w).sum() / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
 
     def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy, weighted per class when class weights are set; records accuracy inputs."""
         self.logits, self.targets = logits.detach(), y
-        return nn.functional.cross_entropy(logits, y, weight=self.class_weights)
+        per_example = nn.functional.cross_entropy(logits.float(), y, reduction="none")
+        return self.mean(per_example, self.class_weights[y] if self.class_weights is not None else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return logits_of(self.model(x))
+        return logits_of((self.net or self.model)(x))
 
 
 class Method:
@@ -190,7 +216,7 @@ class TRADES(Method):
         logits_clean = batch.forward(batch.x)
         logits_adv = batch.forward(x_adv)
         natural = batch.criterion(logits_clean, batch.y)
-        robust = losses.kl(logits_adv, logits_clean).mean()
+        robust = batch.mean(losses.kl(logits_adv, logits_clean))
         batch.logits = logits_adv.detach()
         return natural + self.beta * robust
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from robustkit import _random
+from robustkit import _random, distributed
 from robustkit.attacks import PGD, Attack
 from robustkit.errors import ConfigError, DataError
 from robustkit.models import frozen_eval, logits_of, model_device, out_of_memory
@@ -97,9 +97,17 @@ class AdversarialTrainer:
         checkpoint_dir: folder for a checkpoint after every epoch (needed by ``fit(resume=...)``).
         callbacks: :class:`~robustkit.training.callbacks.Callback` objects.
         seed: seeds the data order and every attack's per-example random streams.
-        device: where to train (default: the model's device).
+        device: where to train (default: the model's device). Under ``torchrun`` give each process
+            its own device (:func:`robustkit.distributed.setup` returns it).
         amp: ``"bf16"`` or ``"fp16"`` for ``torch.autocast`` on CUDA; ignored on CPU. ``"auto"`` picks bf16 on CUDA.
-        progress: show tqdm bars (default: when stderr is a terminal).
+        progress: show tqdm bars (default: when stderr is a terminal; rank 0 only).
+
+    Under ``torchrun --nproc_per_node=N`` (with the process group joined, e.g. by
+    :func:`robustkit.distributed.setup`) the same code trains with DistributedDataParallel: each
+    process attacks and trains on its shard of a training loader with a
+    :class:`~torch.utils.data.distributed.DistributedSampler` (:func:`robustkit.distributed.loader`
+    builds one), validation is shared out and summed, and only rank 0 writes checkpoints. The
+    result equals a single-process run with the same global batch and seed, up to float rounding.
     """
 
     def __init__(
@@ -157,7 +165,7 @@ class AdversarialTrainer:
         self.callbacks = ([self.method] if isinstance(self.method, Callback) else []) + list(callbacks)
         self.seed = int(seed)
         self.amp = amp
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
         self.global_step = 0
@@ -169,6 +177,7 @@ class AdversarialTrainer:
         self._scaler: Any = None
         self._n_classes = 0
         self._input_form: tuple[int, int, torch.dtype] | None = None
+        self._net: nn.Module = model
 
     # ----------------------------------------------------------------- public API
     def fit(
@@ -189,6 +198,7 @@ class AdversarialTrainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
         total_epochs = max(1, math.ceil(epochs / self.method.replays))
+        self._check_distributed(train_loader, val_loader)
         probe = self._probe(train_loader)
         self._input_form = _input_form(probe[0])
         val_loader = _val_batches(val_loader)
@@ -201,6 +211,7 @@ class AdversarialTrainer:
         else:
             torch.manual_seed(self.seed)
             random.seed(self.seed)
+        self._net = distributed.wrap(self.model, self.device)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         self.stop_training = False
@@ -231,6 +242,23 @@ class AdversarialTrainer:
         return pd.DataFrame(self.history)
 
     # ----------------------------------------------------------------- checks before work
+    def _check_distributed(self, train_loader: Iterable[Any], val_loader: Any) -> None:
+        """Under DDP, training data must be sharded and validation data must not be."""
+        if not distributed.is_distributed():
+            return
+        dataset = getattr(train_loader, "dataset", None)
+        if distributed.sampler_of(train_loader) is None and not isinstance(dataset, torch.utils.data.IterableDataset):
+            raise ConfigError(
+                f"running in {distributed.world_size()} processes, the training loader needs a DistributedSampler "
+                "so that each process trains on its own shard: build it with "
+                "robustkit.distributed.loader(dataset, batch_size) or DataLoader(..., sampler=DistributedSampler(...))"
+            )
+        if distributed.sampler_of(val_loader) is not None:
+            raise ConfigError(
+                "val_loader has a DistributedSampler: pass the whole validation data to every process; "
+                "evaluation shares the work out itself and counts each example once"
+            )
+
     def _probe(self, loader: Iterable[Any]) -> tuple[torch.Tensor, torch.Tensor]:
         try:
             first = next(iter(loader))
@@ -278,6 +306,7 @@ class AdversarialTrainer:
             counts = torch.zeros(self._n_classes)
             for batch in loader:
                 counts += torch.bincount(torch.as_tensor(_unpack(batch)[1]).long().cpu(), minlength=self._n_classes)
+            counts = distributed.all_sum(counts)
             weights = counts.sum() / (self._n_classes * counts.clamp_min(1))
         else:
             weights = torch.as_tensor(cw, dtype=torch.float32)
@@ -305,8 +334,14 @@ class AdversarialTrainer:
         self.model.train()
         n_batches = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
         seed = _random.derive(self.seed, epoch)
-        seen = 0
-        loss_sum, correct, counted = 0.0, 0.0, 0
+        sampler = distributed.sampler_of(loader)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        # the k-th example this process sees is example k * world + rank of the epoch's global order
+        world, rank = distributed.world_size(), distributed.rank()
+        real = len(sampler.dataset) if sampler is not None else None  # type: ignore[arg-type]
+        seen, steps = 0, 0
+        stats = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss over steps, correct, counted
         bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not self.progress,
                    leave=False)
         for i, raw in enumerate(bar):
@@ -323,21 +358,26 @@ class AdversarialTrainer:
                 if self.attackable is None
                 else torch.as_tensor(self.attackable(x, y), device=self.device).bool()
             )
-            ids = torch.arange(seen, seen + len(y), device=self.device)
+            ids = torch.arange(seen, seen + len(y), device=self.device) * world + rank
             seen += len(y)
-            batch = Batch(self.model, x, y, space, attackable, ids, seed, self.class_weights)
+            weights = (ids < real).float() if real is not None else None  # 0 for the sampler's padding copies
+            batch = Batch(self.model, x, y, space, attackable, ids, seed, self.class_weights, net=self._net,
+                          weights=weights)
             for replay in range(self.method.replays):
                 batch.replay = replay
                 loss = self._step(batch)
-                loss_sum += float(loss) * len(y)
-                counted += len(y)
+                steps += 1
+                stats[0] += loss.double()
                 if batch.logits is not None and batch.targets is not None:
-                    correct += float((batch.logits.argmax(1) == batch.targets).float().mean()) * len(y)
+                    w = batch.example_weights(len(batch.targets)).double()
+                    stats[1] += ((batch.logits.argmax(1) == batch.targets).double() * w).sum()
+                    stats[2] += w.sum()
                 for cb in self.callbacks:
                     cb.on_step_end(self, float(loss))
-            bar.set_postfix(loss=f"{loss_sum / max(counted, 1):.4f}")
-        if counted == 0:
+            bar.set_postfix(loss=f"{float(stats[0]) / max(steps, 1):.4f}")
+        if steps == 0:
             raise DataError("the training loader yielded no batch in this epoch")
+        stats = distributed.all_sum(stats)
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()
         self.epoch += 1
@@ -345,8 +385,8 @@ class AdversarialTrainer:
             "epoch": self.epoch,
             "eps": self._budget(epoch, 1.0),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
-            "train_loss": loss_sum / counted,
-            "train_accuracy": correct / counted,
+            "train_loss": float(stats[0]) / world / steps,
+            "train_accuracy": float(stats[1] / stats[2]) if float(stats[2]) > 0 else float("nan"),
             "train_seconds": time.perf_counter() - start,
         }
 
@@ -461,7 +501,9 @@ class AdversarialTrainer:
             extra["best"] = self._best_state
         if self._guard_state is not None:
             extra["guard_best"] = self._guard_state
-        save_checkpoint(self.checkpoint_dir, self.epoch, self.model.state_dict(), trainer_state, state, extra)
+        if distributed.is_main():
+            save_checkpoint(self.checkpoint_dir, self.epoch, self.model.state_dict(), trainer_state, state, extra)
+        distributed.barrier()
 
     def _restore(self, directory: str | os.PathLike[str]) -> None:
         model_state, trainer_state, state, extra = load_checkpoint(directory, self.device)
