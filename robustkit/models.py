@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -26,7 +26,21 @@ from torch import nn
 
 from robustkit.errors import ConfigError, ModelError
 
-__all__ = ["ThresholdModel", "frozen_eval", "in_chunks", "logits_of", "model_device", "out_of_memory"]
+__all__ = [
+    "AMP_CHOICES",
+    "ThresholdModel",
+    "autocast",
+    "autocast_dtype",
+    "frozen_eval",
+    "in_chunks",
+    "logits_of",
+    "model_device",
+    "out_of_memory",
+]
+
+#: what ``amp=`` takes: None (full precision), "auto" (bf16 on CUDA where supported, else fp16; full
+#: precision on CPU), "bf16" or "fp16" (on any device torch.autocast supports)
+AMP_CHOICES = (None, "auto", "bf16", "fp16")
 
 
 def out_of_memory(exc: BaseException) -> bool:
@@ -63,6 +77,32 @@ def in_chunks(fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:
         raise ModelError("the model ran out of memory and its outputs are not tensors that can be joined: "
                          "use a smaller --batch-size")
     return torch.cat(parts)
+
+
+def autocast_dtype(device: torch.device, amp: str | None) -> torch.dtype | None:
+    """The reduced precision ``amp`` means on ``device`` (None: full precision).
+
+    Example:
+        >>> autocast_dtype(torch.device("cpu"), "auto") is None, autocast_dtype(torch.device("cpu"), "bf16")
+        (True, torch.bfloat16)
+    """
+    if amp not in AMP_CHOICES:
+        raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {amp!r}")
+    if amp is None or (amp == "auto" and device.type != "cuda"):
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def autocast(device: torch.device, amp: str | None) -> AbstractContextManager[Any]:
+    """``torch.autocast`` at the precision ``amp`` means on ``device``, or nothing at full precision.
+
+    Inputs, perturbations and projections stay in float32 under autocast (only matrix products and
+    convolutions run in reduced precision), so adversarial examples stay inside their space.
+    """
+    dtype = autocast_dtype(device, amp)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def logits_of(output: Any) -> torch.Tensor:

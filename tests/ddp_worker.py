@@ -4,7 +4,8 @@
 norm, so a process's shard statistics cannot differ from the whole batch's) with a global batch of
 32 on 251 examples (an odd count: a 2-process sampler pads one copy), validates on 90, then
 evaluates on 103 examples with the checks in batches of 40. Rank 0 writes ``OUT/weights.pt``
-(state dict), ``OUT/history.json`` and ``OUT/report.json``. ``ROBUSTKIT_KILL_AT=EPOCH:STEP`` makes
+(state dict), ``OUT/history.json`` and ``OUT/report.json``. ``--stream`` trains from a CSV read in
+chunks of 12 rows (21 chunks: a 2-process run drops the last, incomplete round). ``ROBUSTKIT_KILL_AT=EPOCH:STEP`` makes
 rank 1 (or the only process) kill itself with SIGKILL at that step, for resume tests.
 """
 
@@ -18,11 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import robustkit as rk
 from robustkit import distributed
+from robustkit.streaming import TableStream
 
 
 class _KillAt(rk.Callback):
@@ -47,6 +50,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--n-train", type=int, default=251)
     parser.add_argument("--plain-loader", action="store_true", help="a loader without a DistributedSampler")
+    parser.add_argument("--stream", action="store_true", help="train from a CSV streamed in chunks of 12 rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     device = distributed.setup("cpu")
@@ -68,6 +72,18 @@ def main() -> None:
     )
     if args.plain_loader:
         data = DataLoader(TensorDataset(*train), batch_size=16)
+    elif args.stream:
+        table = args.out / "train.csv"
+        with distributed.main_first():
+            if distributed.is_main():
+                args.out.mkdir(parents=True, exist_ok=True)
+                pd.DataFrame({**{f"f{i}": train[0][:, i].numpy() for i in range(x.shape[1])},
+                              "y": train[1].numpy()}).to_csv(table, index=False)
+
+        def to_batch(frame: pd.DataFrame) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.tensor(frame.iloc[:, :-1].to_numpy(), dtype=torch.float32), torch.tensor(frame["y"].to_numpy())
+
+        data = DataLoader(TableStream(table, to_batch, batch_rows=12, shard=True), batch_size=None)
     else:
         data = distributed.loader(TensorDataset(*train), batch_size=32, seed=7)
     history = trainer.fit(data, epochs=args.epochs, val_loader=val, resume=checkpoints if args.resume else None)

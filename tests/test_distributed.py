@@ -99,7 +99,29 @@ def test_trades_under_ddp_matches_one_process(tmp_path: Path) -> None:
     _assert_same(tmp_path / "one", tmp_path / "two", epochs=1)
 
 
+def test_streamed_training_shards_chunks_with_equal_steps(tmp_path: Path) -> None:
+    """An uneven number of chunks would leave one process waiting forever for the other's step."""
+    _run(tmp_path, "--stream", processes=2)
+    history = json.loads((tmp_path / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert all(r["train_loss"] == r["train_loss"] for r in history)  # not NaN
+
+
 def test_unsharded_training_loader_is_refused(tmp_path: Path) -> None:
     done = _run(tmp_path, "--plain-loader", processes=2, check=False)
     assert done.returncode != 0
     assert "needs a DistributedSampler" in done.stderr
+
+
+def test_cli_harden_under_torchrun_writes_one_complete_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robustkit",
+               "harden", "images", "--out", str(out), "--epochs", "1", "--preset", "quick", "--threads", "1"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("run: ") == 1  # rank 1 stays silent
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["models"]) == {"standard", "hardened"}
+    assert metrics["dataset"]["name"] == "digits"
+    assert not list(out.rglob(".*"))  # no temporary file or folder left by a second writer

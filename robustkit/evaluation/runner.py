@@ -34,7 +34,7 @@ from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import checks as ck
 from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
 from robustkit.evaluation.report import WORST, RobustnessReport
-from robustkit.models import frozen_eval, in_chunks, logits_of, model_device, out_of_memory
+from robustkit.models import autocast, autocast_dtype, frozen_eval, in_chunks, logits_of, model_device, out_of_memory
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, PerturbationSpace
 
 __all__ = ["AttackLike", "evaluate"]
@@ -57,6 +57,7 @@ def evaluate(
     batch_size: int = 256,
     seed: int = 0,
     device: torch.device | str | None = None,
+    amp: str | None = None,
     progress: bool = False,
 ) -> RobustnessReport:
     """Clean and robust accuracy of ``model`` under ``attacks`` at each budget in ``eps``, with checks.
@@ -85,6 +86,9 @@ def evaluate(
         seed: seed of the attacks built from names and of the checks; an example's random streams are
             keyed by its position in the data, so results do not depend on ``batch_size``.
         device: move the model there first (default: leave it where it is); data follow the model.
+        amp: mixed precision for the model's passes (``"auto"``, ``"bf16"``, ``"fp16"``; default None:
+            full precision, the safe choice for numbers you report). Adversarial inputs stay float32
+            and inside the space.
         progress: show a progress bar over batches.
 
     Under ``torchrun`` every process passes the same (whole) data; each batch is cut into one
@@ -101,6 +105,7 @@ def evaluate(
     if not isinstance(space, PerturbationSpace):
         raise ConfigError(f"space must be a robustkit PerturbationSpace (e.g. rk.LinfBall), got {space!r}")
     budgets, main = _budgets(eps, space)
+    autocast_dtype(torch.device("cpu"), amp)  # checks the value before any work
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise ConfigError(f"seed must be an integer, got {seed!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -126,7 +131,8 @@ def evaluate(
             raise ConfigError(f"device {device!r} is not usable: {exc}; pass e.g. device='cpu' or 'cuda'") from None
     run = _Run(model, space, budgets, main, settings, int(seed))
     show = progress and distributed.is_main()
-    with frozen_eval(model), tqdm(total=source.n_batches, desc="evaluate", unit="batch", disable=not show) as bar:
+    bar = tqdm(total=source.n_batches, desc="evaluate", unit="batch", disable=not show)
+    with frozen_eval(model), autocast(run.device, amp), bar:
         batches = iter(source)
         first = next(batches, None)
         if first is None:

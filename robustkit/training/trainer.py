@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from robustkit import _random, distributed
 from robustkit.attacks import PGD, Attack
 from robustkit.errors import ConfigError, DataError
-from robustkit.models import frozen_eval, logits_of, model_device, out_of_memory
+from robustkit.models import AMP_CHOICES, autocast, autocast_dtype, frozen_eval, logits_of, model_device, out_of_memory
 from robustkit.spaces import ContinuousSpace
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import Callback
@@ -99,7 +99,10 @@ class AdversarialTrainer:
         seed: seeds the data order and every attack's per-example random streams.
         device: where to train (default: the model's device). Under ``torchrun`` give each process
             its own device (:func:`robustkit.distributed.setup` returns it).
-        amp: ``"bf16"`` or ``"fp16"`` for ``torch.autocast`` on CUDA; ignored on CPU. ``"auto"`` picks bf16 on CUDA.
+        amp: mixed precision for the training loss and the attacks inside it: ``"auto"`` (default) is
+            bf16 on CUDA where supported, else fp16 with a gradient scaler, and full precision on CPU;
+            ``"bf16"``/``"fp16"`` force it (fp16 on CUDA adds the scaler); None: full precision.
+            Validation always runs in full precision.
         progress: show tqdm bars (default: when stderr is a terminal; rank 0 only).
 
     Under ``torchrun --nproc_per_node=N`` (with the process group joined, e.g. by
@@ -139,7 +142,7 @@ class AdversarialTrainer:
             raise ConfigError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
         if not (isinstance(eps_warmup, int | float) and math.isfinite(eps_warmup) and eps_warmup >= 0):
             raise ConfigError(f"eps_warmup must be a number of epochs >= 0, got {eps_warmup!r}")
-        if amp not in (None, "auto", "bf16", "fp16"):
+        if amp not in AMP_CHOICES:
             raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {amp!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
             raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
@@ -321,18 +324,19 @@ class AdversarialTrainer:
         return self.space.budget * min(1.0, (epoch + fraction) / self.eps_warmup)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.device.type != "cuda" or self.amp is None:
-            return contextlib.nullcontext()
-        dtype = torch.float16 if self.amp == "fp16" else torch.bfloat16
-        if self.amp == "fp16" and self._scaler is None:
+        fp16 = autocast_dtype(self.device, self.amp) == torch.float16
+        if self._scaler is None and self.device.type == "cuda" and fp16:
             self._scaler = torch.amp.GradScaler("cuda")
-        return torch.autocast("cuda", dtype=dtype)
+        return autocast(self.device, self.amp)
 
     def _train_epoch(self, loader: Iterable[Any], total_epochs: int) -> dict[str, Any]:
         epoch = self.epoch
         start = time.perf_counter()
         self.model.train()
-        n_batches = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+        try:
+            n_batches: int | None = len(loader)  # type: ignore[arg-type]
+        except TypeError:  # an iterable or streamed dataset
+            n_batches = None
         seed = _random.derive(self.seed, epoch)
         sampler = distributed.sampler_of(loader)
         if sampler is not None:
@@ -516,6 +520,10 @@ class AdversarialTrainer:
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         if self.scheduler is not None and trainer_state.get("scheduler") is not None:
             self.scheduler.load_state_dict(trainer_state["scheduler"])
+        if trainer_state.get("scaler") is not None:
+            self._autocast()  # creates the fp16 gradient scaler this run uses, if any
+            if self._scaler is not None:
+                self._scaler.load_state_dict(trainer_state["scaler"])
         torch.set_rng_state(trainer_state["torch_rng"])
         if trainer_state.get("cuda_rng"):
             torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
