@@ -15,6 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import gc
 import math
 from collections.abc import Callable, Iterator
@@ -56,6 +59,27 @@ def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None on other C libraries)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def trim_host_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc only; nothing elsewhere).
+
+    A long evaluation allocates and frees batches of varying sizes; glibc keeps the freed pages,
+    so resident memory creeps up by about 2 KB per MNIST image with nothing alive (measured, see
+    docs/scaling.md). Trimming after each batch keeps it flat; it costs well under a millisecond.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def in_chunks(fn: Callable[..., Any], *tensors: torch.Tensor) -> Any:

@@ -30,7 +30,7 @@ def _run(out: Path, *extra: str, processes: int = 1, epochs: int = 3, env: dict[
     start = launcher if processes > 1 else [sys.executable]
     command = [*start, str(WORKER), str(out), "--epochs", str(epochs), *extra]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=240)
+    done = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=600)
     if check and done.returncode != 0:
         raise AssertionError(f"{command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done
@@ -118,7 +118,7 @@ def test_cli_harden_under_torchrun_writes_one_complete_run(tmp_path: Path) -> No
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robustkit",
                "harden", "images", "--out", str(out), "--epochs", "1", "--preset", "quick", "--threads", "1"]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=240)
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run: ") == 1  # rank 1 stays silent
     metrics = json.loads((out / "metrics.json").read_text())

@@ -34,7 +34,16 @@ from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import checks as ck
 from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
 from robustkit.evaluation.report import WORST, RobustnessReport
-from robustkit.models import autocast, autocast_dtype, frozen_eval, in_chunks, logits_of, model_device, out_of_memory
+from robustkit.models import (
+    autocast,
+    autocast_dtype,
+    frozen_eval,
+    in_chunks,
+    logits_of,
+    model_device,
+    out_of_memory,
+    trim_host_memory,
+)
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, PerturbationSpace
 
 __all__ = ["AttackLike", "evaluate"]
@@ -147,6 +156,7 @@ def evaluate(
         for batch in batches:
             x, y = run.place(*batch)
             run.batch(x, y, masker.batch(x, y, run.n))
+            trim_host_memory()  # memory stays flat over streamed data of any length
             bar.update()
     masker.finish(run.n)
     return run.report(time.perf_counter() - started)
