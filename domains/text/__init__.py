@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Dataset
 from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, DiscreteSearch, Domain, DomainData
 from robustkit.domain import Examples
 from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
-from robustkit.models import frozen_eval, logits_of
+from robustkit.models import frozen_eval, logits_of, model_device
 from robustkit.spaces import PerturbationSpace
 from robustkit.training.methods import Method
 
@@ -279,23 +279,35 @@ class TextDomain(Domain):
     # ----------------------------------------------------------------- metrics and examples
     def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
         out: dict[str, Any] = binary_metrics(report.outcomes)
-        out.update(self._edit_figures(model, data, float(report.threat.get("budget", self.default_budget))))
+        out.update(self._edit_figures(model, data, report))
         return out
 
-    def _edit_figures(self, model: nn.Module, data: DomainData, budget: float) -> dict[str, Any]:
-        """Words edited by successful attacks (re-running the search on the detected test spam)."""
+    def _edit_figures(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
+        """Words edited by the evaluated search where it succeeded.
+
+        The search is re-run with the report's settings on the spam the model detects on clean input
+        (spam it already misses needs no edit and is not an attack's success), each text with the
+        random stream of its test position, so the successes are those of the evaluation.
+        """
         test: TextDataset = data.test  # type: ignore[assignment]
-        space = self.eval_space(budget, data)
+        space = self.eval_space(float(report.threat.get("budget", self.default_budget)), data)
         assert isinstance(space, ObfuscationSpace)
         spam = [t for t, label in zip(test.texts, test.labels, strict=True) if label == 1]
         if not spam:
             return {"words_edited_share": 0.0, "words_edited": 0.0}
-        y = torch.ones(len(spam), dtype=torch.long)
-        with frozen_eval(model):
-            result = DiscreteSearch(space, candidates_per_step=4)(model, spam, y)
-        won = result.success.tolist()
-        adv = [a for a, w in zip(result.x_adv, won, strict=True) if w]
-        orig = [s for s, w in zip(spam, won, strict=True) if w]
+        detected = ((report.outcomes["label"] == 1) & report.outcomes["clean_correct"]).nonzero().squeeze(1)
+        settings: dict[str, Any] = next((c for c in report.attacks.values() if "candidates_per_step" in c), {})
+        search = DiscreteSearch(space, candidates_per_step=int(settings.get("candidates_per_step", 8)),
+                                max_steps=settings.get("max_steps"), seed=int(settings.get("seed", 0)))
+        texts = [test.texts[int(i)] for i in detected]
+        adv: list[str] = []
+        orig: list[str] = []
+        if texts:
+            with frozen_eval(model):
+                result = search(model, texts, torch.ones(len(texts), dtype=torch.long), ids=detected)
+            won = result.success.tolist()
+            adv = [a for a, w in zip(result.x_adv, won, strict=True) if w]
+            orig = [t for t, w in zip(texts, won, strict=True) if w]
         shares = space.edited_share(adv, orig)
         counts = [edit_cost(o_, a) for a, o_ in zip(adv, orig, strict=True)]
         return {
@@ -402,8 +414,11 @@ def _normalise_option(options: dict[str, Any]) -> bool:
 
 
 def _spam_scores(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """P(spam) of token-id rows ``x`` (on the CPU) from a model on any device, returned on the CPU."""
+    device = model_device(model)
     with frozen_eval(model), torch.no_grad():
-        parts = [torch.softmax(logits_of(model(x[i : i + batch])), dim=1)[:, 1] for i in range(0, len(x), batch)]
+        parts = [torch.softmax(logits_of(model(x[i : i + batch].to(device))), dim=1)[:, 1].cpu()
+                 for i in range(0, len(x), batch)]
     return torch.cat(parts) if parts else torch.zeros(0)
 
 

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import logging
 import random
 from typing import Any, Protocol
 
@@ -47,6 +48,8 @@ from robustkit.training.methods import Standard
 
 from .model import encode_ids
 from .obfuscation import ObfuscationSpace
+
+log = logging.getLogger("robustkit")
 
 __all__ = ["METHODS", "DiscreteAdversarialTraining", "RandomEditsTraining", "make_method"]
 
@@ -71,6 +74,8 @@ class DiscreteAdversarialTraining(Standard, Callback):
     """
 
     name = "discrete"
+    # the trainer's validation attacks token embeddings, not obfuscations: keep the last epoch
+    select_by_validation = False
 
     def __init__(
         self,
@@ -119,6 +124,11 @@ class DiscreteAdversarialTraining(Standard, Callback):
         self._success = float(success.float().mean())
 
     # ----------------------------------------------------------------- trainer hooks
+    def on_fit_start(self, trainer: Any) -> None:
+        if trainer.total_epochs <= self.clean_epochs:
+            log.warning("%s training for %d epoch(s) with %d clean epoch(s) first trains on clean data only: "
+                        "give more epochs", self.name, trainer.total_epochs, self.clean_epochs)
+
     def on_epoch_start(self, trainer: Any) -> None:
         self._success = None
         if trainer.epoch >= self.clean_epochs:

@@ -97,6 +97,10 @@ class Method:
     replays = 1
     #: run the catastrophic-overfitting guard every epoch (``Fast``)
     guard = False
+    #: keep the epoch with the best robust validation accuracy (an attack over the training space).
+    #: False for methods trained against another threat (text obfuscations), which that attack does
+    #: not measure: they keep their last epoch
+    select_by_validation = True
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """The scalar training loss of a batch."""

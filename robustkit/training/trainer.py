@@ -171,6 +171,8 @@ class AdversarialTrainer:
         self.progress = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
         self.history: list[dict[str, Any]] = []
         self.epoch = 0
+        #: epochs of the current ``fit`` (set when it starts; callbacks may read it)
+        self.total_epochs = 0
         self.global_step = 0
         self.stop_training = False
         self.best_score: float | None = None
@@ -201,6 +203,7 @@ class AdversarialTrainer:
         if not isinstance(epochs, int) or epochs < 1:
             raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
         total_epochs = max(1, math.ceil(epochs / self.method.replays))
+        self.total_epochs = total_epochs
         self._check_distributed(train_loader, val_loader)
         probe = self._probe(train_loader)
         self._input_form = _input_form(probe[0])
@@ -443,7 +446,9 @@ class AdversarialTrainer:
         accuracy would reward a model that never predicts the attacked class.
         """
         score = record.get("val_robust_balanced_accuracy")
-        if score is None or (self.best_score is not None and score <= self.best_score):
+        if not self.method.select_by_validation or score is None:
+            return
+        if self.best_score is not None and score <= self.best_score:
             return
         self.best_score = float(score)
         record["best"] = True
