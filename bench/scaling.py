@@ -101,6 +101,7 @@ def train_worker(args: argparse.Namespace) -> None:
                           "threads": args.threads, "amp": args.amp, "batch": args.batch, "steps": args.steps,
                           "seconds": seconds,
                           "samples_per_s": args.batch * args.steps / seconds}))
+    distributed.teardown()
 
 
 def _launch_train(args: argparse.Namespace, method: str, processes: int, threads: int, amp: str) -> dict[str, Any]:

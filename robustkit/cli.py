@@ -198,24 +198,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = args.quiet or not distributed.is_main_by_environment()
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
-        if args.command == "quickstart":
-            return _quickstart(args, argv)
-        return _run_command(args, argv)
+        status = _quickstart(args, argv) if args.command == "quickstart" else _run_command(args, argv)
+        distributed.teardown()
+        return status
     except (RobustkitError, OSError) as exc:
         if args.debug:
             raise
         print(f"robustkit: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        status = 2
     except KeyboardInterrupt:
         print(f"robustkit: interrupted; {_resume_hint(args)}", file=sys.stderr)
-        return 130
+        status = 130
     except Exception as exc:
         if args.debug:
             raise
         print(f"robustkit: internal error: {type(exc).__name__}: {_one_line(exc)} "
               "(rerun with --debug for the traceback)", file=sys.stderr)
-        return 1
-    return 0
+        status = 1
+    distributed.teardown(wait=False)  # the other processes may have failed too: do not wait for them
+    return status
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ __all__ = [
     "setup",
     "shard",
     "sharded",
+    "teardown",
     "world_size",
     "wrap",
 ]
@@ -176,6 +177,18 @@ def prefix_and_total(count: int) -> tuple[int, int]:
         return 0, count
     counts = gather_rows(torch.tensor([count], dtype=torch.long))
     return int(counts[: rank()].sum()), int(counts.sum())
+
+
+def teardown(wait: bool = True) -> None:
+    """Leave the process group at the end of a ``torchrun`` script (nothing outside a launcher).
+
+    With ``wait`` every process first waits for the others. A process that exits without leaving
+    can abort at exit (``terminate called without an active exception``) while gloo's threads run.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if wait and dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def barrier() -> None:

@@ -97,7 +97,7 @@ def main() -> None:
         summary = report.to_json()
         summary["outcomes"] = {k: v.tolist() for k, v in report.outcomes.items()}
         (args.out / "report.json").write_text(json.dumps(summary))
-    distributed.barrier()
+    distributed.teardown()
 
 
 if __name__ == "__main__":
