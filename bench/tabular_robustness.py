@@ -58,15 +58,19 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("standard", "pgd", "pgd+search", "immutable-only")
 
 
-def load(name: str, seed: int, budget: float | None = None) -> DomainData:
-    """The data set ``name``, split with ``seed``; ``budget`` replaces the schema's cost budget."""
+def load(name: str, seed: int, budget: float | None = None, split: str = "stratified") -> DomainData:
+    """The data set ``name``, split with ``seed`` (or in time: vehicle claims by Year and Month, the
+    latest 20% for testing); ``budget`` replaces the schema's cost budget."""
     domain = TabularDomain()
     if name == "synthetic":
         data = domain.load_data("synthetic", seed, {})
     else:
         root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets"))
         spec = f"csv:{root / 'vehicle_insurance_claim_fraud' / 'fraud_oracle.csv.gz'}"
-        data = domain.load_data(spec, seed, {"schema": str(ROOT / "docs/examples/vehicle_insurance_schema.yaml")})
+        options: dict[str, Any] = {"schema": str(ROOT / "docs/examples/vehicle_insurance_schema.yaml")}
+        if split == "time":
+            options.update(split="time", time_columns=["Year", "Month"])
+        data = domain.load_data(spec, seed, options)
     if budget is not None:
         data.raw["schema"] = data.raw["schema"].with_budget(budget)
     return data
@@ -262,6 +266,8 @@ def main() -> None:
                         help="training space of the hardened models: SchemaSpace or SparseSchemaSpace")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the results file")
+    parser.add_argument("--split", choices=["stratified", "time"], default="stratified",
+                        help="vehicle data: stratified random split, or train on the past and test on the latest")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     runs: list[dict[str, Any]] = []
@@ -272,7 +278,7 @@ def main() -> None:
             "commit": commit.stdout.strip(), "threads": torch.get_num_threads()}
     for data_name in args.data:
         for seed in args.seeds:
-            data = load(data_name, seed, args.budget)
+            data = load(data_name, seed, args.budget, args.split)
             for kind in args.models:
                 model, seconds = train(kind, data, seed, args)
                 for fpr in args.fpr:

@@ -56,6 +56,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,9 @@ from robustkit.domain import DomainData
 from robustkit.evaluation.binary import binary_metrics
 from robustkit.evaluation.presets import PRESETS
 from robustkit.spaces import DiscreteSpace
+
+sys.path.insert(0, str(Path(__file__).parent))
+from attack_overhead import wait_quiet  # the bench scripts share their quiet-machine wait
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -90,27 +94,6 @@ GOAL_KEPT = 0.9
 GOAL_F1_POINTS = 1.0
 GOAL_RATE = 10.0
 GOAL_THREADS = 2
-
-
-# ----------------------------------------------------------------------------- quiet machine
-def _cpu_ticks() -> tuple[int, int]:
-    """(idle, total) jiffies of all CPUs from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return values[3] + values[4], sum(values)
-
-
-def wait_quiet(max_wait: float, busy_limit: float = 0.1, probe: float = 0.25) -> float:
-    """Wait until other processes use under ``busy_limit`` of the CPUs (at most ``max_wait`` s); seconds waited."""
-    if max_wait <= 0 or not Path("/proc/stat").exists():
-        return 0.0
-    start = time.perf_counter()
-    while time.perf_counter() - start < max_wait:
-        idle0, total0 = _cpu_ticks()
-        time.sleep(probe)
-        idle1, total1 = _cpu_ticks()
-        if 1.0 - (idle1 - idle0) / max(total1 - total0, 1) < busy_limit:
-            break
-    return time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:
@@ -236,7 +219,7 @@ def run_attack(
     x_adv: list[str] = list(texts)
     success = torch.zeros(len(texts), dtype=torch.bool)
     forward = backward = 0
-    waited = wait_quiet(max_wait) if device.type == "cpu" else 0.0
+    waited = wait_quiet(max_wait) if device.type == "cpu" and max_wait > 0 else 0.0
     _sync(device)
     cpu, started = time.process_time(), time.perf_counter()
     for i in range(0, len(texts), EVAL_BATCH):

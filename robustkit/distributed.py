@@ -137,22 +137,22 @@ def _collective_device(t: torch.Tensor) -> torch.device:
     return t.device if dist.get_backend() != "gloo" else torch.device("cpu")
 
 
-def all_sum(values: torch.Tensor) -> torch.Tensor:
-    """``values`` summed over every process (a copy; ``values`` itself outside a launcher)."""
+def _all_reduce(values: torch.Tensor, op: Any) -> torch.Tensor:
     if not is_distributed():
         return values
     out = values.detach().to(_collective_device(values)).clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=op)
     return out.to(values.device)
+
+
+def all_sum(values: torch.Tensor) -> torch.Tensor:
+    """``values`` summed over every process (a copy; ``values`` itself outside a launcher)."""
+    return _all_reduce(values, dist.ReduceOp.SUM)
 
 
 def all_max(values: torch.Tensor) -> torch.Tensor:
     """Element-wise maximum of ``values`` over every process."""
-    if not is_distributed():
-        return values
-    out = values.detach().to(_collective_device(values)).clone()
-    dist.all_reduce(out, op=dist.ReduceOp.MAX)
-    return out.to(values.device)
+    return _all_reduce(values, dist.ReduceOp.MAX)
 
 
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:
