@@ -307,8 +307,9 @@ def verdict(
 ) -> str:
     """The report's verdict: robust, not robust, or inconclusive.
 
-    "not robust" if the worst-case robust accuracy among attackable examples keeps less than half of
-    their clean accuracy, or is no better than ``chance`` (guessing: 1/classes over all classes): a
+    "not robust" if the worst-case robust accuracy among attackable examples keeps half of their clean
+    accuracy or less (an attack that takes half of a filter's recall is one to defend against), or is
+    no better than ``chance`` (guessing: 1/classes over all classes): a
     failed masking check can only mean the attacks were too weak, so a stronger attack would lower the
     number further and the verdict stands. Otherwise "inconclusive: <first failed check>" if a check
     failed, else "robust at budget B".
@@ -319,7 +320,7 @@ def verdict(
         >>> verdict([], 0.3, worst_accuracy=0.1, clean_accuracy=0.1, chance=0.1)
         'not robust'
     """
-    if not (clean_accuracy > 0 and worst_accuracy >= 0.5 * clean_accuracy and worst_accuracy > chance):
+    if not (clean_accuracy > 0 and worst_accuracy > 0.5 * clean_accuracy and worst_accuracy > chance):
         return "not robust"
     failed = [c for c in checks if c.passed is False]
     if failed:
