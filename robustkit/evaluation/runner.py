@@ -5,10 +5,10 @@ Example:
     >>> model = torch.nn.Linear(1, 2, bias=False)  # class 0 when x > 0, else class 1
     >>> with torch.no_grad():
     ...     _ = model.weight.copy_(torch.tensor([[1.0], [-1.0]]))
-    >>> x, y = torch.tensor([[-0.5], [-0.05], [0.05], [0.5]]), torch.tensor([1, 1, 0, 0])
+    >>> x, y = torch.tensor([[-0.5], [-0.3], [0.05], [0.3], [0.5]]), torch.tensor([1, 1, 0, 0, 0])
     >>> report = rk.evaluate(model, (x, y), rk.LinfBall(eps=0.1, bounds=(-1.0, 1.0)), attacks="quick")
     >>> report.clean_accuracy, report.robust_accuracy, report.verdict
-    (1.0, {'pgd': 0.5, 'worst': 0.5}, 'robust at budget 0.1')
+    (1.0, {'pgd': 0.8, 'worst': 0.8}, 'robust at budget 0.1')
 """
 
 from __future__ import annotations
