@@ -45,6 +45,7 @@ from robustkit.errors import ConfigError
 __all__ = [
     "all_sum",
     "barrier",
+    "check_batch_size",
     "gather_rows",
     "is_distributed",
     "is_main",
@@ -249,6 +250,20 @@ def _whole(batch: Any) -> Any:
     return batch
 
 
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a global batch that the processes cannot share equally.
+
+    Example:
+        >>> check_batch_size(128)
+    """
+    size = world_size()
+    if batch_size < size or batch_size % size:
+        raise ConfigError(
+            f"the global batch size {batch_size} must be a multiple of the number of processes ({size}): "
+            f"pick e.g. {max(size, batch_size - batch_size % size)}"
+        )
+
+
 def sharded(data: DataLoader[Any], *, shuffle: bool, seed: int) -> DataLoader[Any]:
     """``data`` (a DataLoader over a map-style dataset) re-cut so that each process loads its shard.
 
@@ -264,11 +279,7 @@ def sharded(data: DataLoader[Any], *, shuffle: bool, seed: int) -> DataLoader[An
     if batch_size is None or isinstance(data.dataset, torch.utils.data.IterableDataset):
         raise ConfigError("only a DataLoader over a map-style dataset with a batch_size can be sharded; shard an "
                           "iterable dataset by process yourself (e.g. datasets.distributed.split_dataset_by_node)")
-    if batch_size < size or batch_size % size:
-        raise ConfigError(
-            f"the global batch size {batch_size} must be a multiple of the number of processes ({size}): "
-            f"pick e.g. {max(size, batch_size - batch_size % size)}"
-        )
+    check_batch_size(batch_size)
     dataset, collate = data.dataset, data.collate_fn
     if isinstance(dataset, TensorDataset) and collate is default_collate:
         dataset, collate = _Rows(dataset.tensors), _whole

@@ -350,7 +350,8 @@ def _start(
         domain = get_domain(config.domain)
     config = _resolve(config, domain)
     device = _setup_torch(config)
-    assert config.data is not None
+    assert config.data is not None and config.batch_size is not None
+    distributed.check_batch_size(config.batch_size)  # under torchrun, before anything is written
     data = domain.load_data(config.data, config.seed, config.options)
     if model is None and config.model_factory:  # the user's model: built, loaded and probed before any write
         model = domain.make_model(_model_spec(domain, data, config), config.model_factory, config.weights)

@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import torch
 
+import robustkit as rk
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 #: Weights after 3 epochs differ by float rounding only (a gradient summed over two halves of a batch
 #: then averaged, instead of over the whole batch); measured differences are ~5e-8.
@@ -125,3 +127,16 @@ def test_cli_harden_under_torchrun_writes_one_complete_run(tmp_path: Path) -> No
     assert set(metrics["models"]) == {"standard", "hardened"}
     assert metrics["dataset"]["name"] == "digits"
     assert not list(out.rglob(".*"))  # no temporary file or folder left by a second writer
+
+
+def test_a_batch_the_processes_cannot_share_is_refused_before_any_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from robustkit import distributed, pipeline
+    from robustkit.config import RunConfig
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)  # as if started by torchrun with 3 processes
+    with pytest.raises(rk.ConfigError, match="multiple of the number of processes"):
+        pipeline.harden(RunConfig(domain="images", epochs=1, batch_size=64), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    distributed.check_batch_size(63)
