@@ -8,10 +8,13 @@ outcomes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +23,26 @@ import torch
 
 import robustkit as rk
 
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="the DDP launch tests use POSIX file locks")
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 #: Weights after 3 epochs differ by float rounding only (a gradient summed over two halves of a batch
 #: then averaged, instead of over the whole batch); measured differences are ~5e-8.
 WEIGHT_TOL = 1e-5
+
+
+@contextlib.contextmanager
+def _one_launch_at_a_time() -> Iterator[None]:
+    """Serialise torchrun launches across pytest-xdist workers: each launcher picks a free port for its
+    workers and releases it before they bind it, so two launches at once can collide."""
+    import fcntl  # POSIX; the module is skipped on Windows
+
+    with open(Path(tempfile.gettempdir()) / "robustkit-ddp-tests.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _run(out: Path, *extra: str, processes: int = 1, epochs: int = 3, env: dict[str, str] | None = None,
@@ -32,7 +51,8 @@ def _run(out: Path, *extra: str, processes: int = 1, epochs: int = 3, env: dict[
     start = launcher if processes > 1 else [sys.executable]
     command = [*start, str(WORKER), str(out), "--epochs", str(epochs), *extra]
     full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    done = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=600)
+    with _one_launch_at_a_time():
+        done = subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=600)
     if check and done.returncode != 0:
         raise AssertionError(f"{command} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done
@@ -119,8 +139,9 @@ def test_cli_harden_under_torchrun_writes_one_complete_run(tmp_path: Path) -> No
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robustkit",
                "harden", "images", "--out", str(out), "--epochs", "1", "--preset", "quick", "--threads", "1"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=600)
+    with _one_launch_at_a_time():
+        done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run: ") == 1  # rank 1 stays silent
     metrics = json.loads((out / "metrics.json").read_text())
