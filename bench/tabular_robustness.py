@@ -207,12 +207,15 @@ def evaluate(model: nn.Module, data: DomainData, fpr: float, seed: int) -> dict[
 
 def by_pattern(original: Any, table: Any) -> dict[str, dict[str, float]]:
     """Synthetic data: clean and attacked recall per fraud pattern, told apart by their features (the
-    bust-out needs an account younger than 30 days, which no attacker can change)."""
+    bust-out needs an account younger than 30 days, which no attacker can change; card testing leaves 6 or
+    more transactions in the last 24 h, which no attacker can undo)."""
     bust_out = (original["account_age_days"] < 30).to_numpy()
     cloned = ~bust_out & (original["card_present"] == 1).to_numpy() & original["country"].isin(
         ["foreign_eu", "foreign_far"]).to_numpy()
+    tested = ~bust_out & ~cloned & (original["txn_count_24h"] >= 6).to_numpy()
     out = {}
-    groups = {"bust-out": bust_out, "cloned card": cloned, "card-not-present and other": ~bust_out & ~cloned}
+    groups = {"bust-out": bust_out, "cloned card": cloned, "card-not-present, 6+ in 24 h": tested,
+              "card-not-present and other": ~bust_out & ~cloned & ~tested}
     for name, rows in groups.items():
         detected = table["detected_clean"].to_numpy()[rows]
         caught = detected & ~table["fooled"].to_numpy()[rows]

@@ -18,14 +18,18 @@ column                        type        meaning                               
 ``is_fraud``                  target      1 for fraud
 ============================  ==========  ================================================  ==========
 
-Fraud (about 6% of rows) follows three patterns:
+Fraud (about 6% of rows) follows four patterns:
 
-- **card-not-present spree** (half of the fraud): large online amounts at night in electronics,
+- **card-not-present spree** (15% of the fraud): large online amounts at night in electronics,
   online retail or gambling, from abroad, card not present. Every sign lies in features the
-  fraudster controls, so a model that relies on them can be evaded.
-- **new-account bust-out** (a quarter): accounts younger than 30 days with many transactions in
-  the last 24 h: the fraudster can neither make the account older nor undo past transactions.
-- **cloned card** (a quarter): card present far from home, abroad, mid-size amounts.
+  fraudster controls, so any model can be evaded on these rows: they are the share of fraud that
+  no hardening can keep at the default budget.
+- **card testing, then a spree** (35%): the same cash-out after a burst of small test charges on
+  the stolen card, so ``txn_count_24h`` is high; the fraudster cannot undo past transactions.
+- **new-account bust-out** (25%): accounts younger than 30 days with many transactions in the
+  last 24 h: the fraudster can neither make the account older nor undo past transactions.
+- **cloned card** (25%): card present far from home, abroad, mid-size amounts, after the
+  counterfeit was tried at a few terminals (a raised ``txn_count_24h``).
 
 The default budget (3.0) lets a fraudster, say, switch the merchant category (0.5) and the country
 (0.75), claim the card was present (1), shift the hour by 5 (0.5) and lower the amount by 125 euros
@@ -90,25 +94,28 @@ def _legit(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
 
 def _fraud(rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
     cols = _legit(rng, n)
-    pattern = rng.choice(3, n, p=[0.5, 0.25, 0.25])
-    a, b, c = pattern == 0, pattern == 1, pattern == 2
-    na, nb, nc = int(a.sum()), int(b.sum()), int(c.sum())
-    # card-not-present spree: only attacker-controlled features
-    cols["amount"][a] = rng.lognormal(6.0, 0.5, na)
-    cols["hour"][a] = rng.integers(0, 6, na)
-    cols["merchant_category"][a] = rng.choice([3, 4, 6], na)
-    cols["country"][a] = rng.choice([2, 3], na)
-    cols["distance_from_home_km"][a] = rng.uniform(500, 8000, na)
-    cols["card_present"][a] = 0.0
+    pattern = rng.choice(4, n, p=[0.15, 0.35, 0.25, 0.25])
+    spree, bust, cloned = pattern <= 1, pattern == 2, pattern == 3
+    tests = {1: 10.0, 3: 8.0}  # card testing: mean transactions in the last 24 h before the fraud
+    for p, mean in tests.items():
+        cols["txn_count_24h"][pattern == p] = rng.poisson(mean, int((pattern == p).sum()))
+    ns, nb, nc = int(spree.sum()), int(bust.sum()), int(cloned.sum())
+    # card-not-present cash-out: only attacker-controlled features
+    cols["amount"][spree] = rng.lognormal(6.0, 0.5, ns)
+    cols["hour"][spree] = rng.integers(0, 6, ns)
+    cols["merchant_category"][spree] = rng.choice([3, 4, 6], ns)
+    cols["country"][spree] = rng.choice([2, 3], ns)
+    cols["distance_from_home_km"][spree] = rng.uniform(500, 8000, ns)
+    cols["card_present"][spree] = 0.0
     # new-account bust-out: immutable account age, increase-only velocity
-    cols["account_age_days"][b] = rng.integers(0, 30, nb)
-    cols["txn_count_24h"][b] = rng.poisson(12.0, nb)
-    cols["amount"][b] = rng.lognormal(5.0, 0.7, nb)
+    cols["account_age_days"][bust] = rng.integers(0, 30, nb)
+    cols["txn_count_24h"][bust] = rng.poisson(12.0, nb)
+    cols["amount"][bust] = rng.lognormal(5.0, 0.7, nb)
     # cloned card
-    cols["card_present"][c] = 1.0
-    cols["country"][c] = rng.choice([2, 3], nc)
-    cols["distance_from_home_km"][c] = rng.uniform(800, 9000, nc)
-    cols["amount"][c] = rng.lognormal(5.5, 0.6, nc)
+    cols["card_present"][cloned] = 1.0
+    cols["country"][cloned] = rng.choice([2, 3], nc)
+    cols["distance_from_home_km"][cloned] = rng.uniform(800, 9000, nc)
+    cols["amount"][cloned] = rng.lognormal(5.5, 0.6, nc)
     return cols
 
 
