@@ -143,7 +143,7 @@ class TabularDomain(Domain):
 
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
-        return SchemaSpace(data.raw["schema"], budget)
+        return SparseSchemaSpace(data.raw["schema"], budget)
 
     def training_method(self, name: str, data: DomainData, budget: float) -> Method:
         """``pgd+search``: PGD over the schema space, then the categorical search from each PGD point

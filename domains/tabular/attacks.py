@@ -329,13 +329,26 @@ class SparseSchemaSpace(SchemaSpace):
             return z
         w = self._t(self.weight, d).clamp_min(1e-12)
         numeric = self._t(self.numeric, d)
-        top = (d.abs() * w).amax(dim=1, keepdim=True)
-        for start, size, c in self.blocks:
-            top = torch.maximum(top, d[:, start:start + size].abs().sum(dim=1, keepdim=True) * c)
+        integer = self._t(self.integer, d) & numeric
+        # the cost after shrinking by t, from per-row sizes gathered once: numeric |d| (cost w, integers
+        # rounded as norm() rounds them) and each categorical block's L1 size (cost c, at most 1 change)
+        size = torch.where(numeric, d.abs(), torch.zeros_like(d))
+        blocks = torch.stack([d[:, a:a + k].abs().sum(dim=1) for a, k, _ in self.blocks], dim=1) if self.blocks \
+            else d.new_zeros(len(d), 0)
+        c = torch.tensor([c for _, _, c in self.blocks], dtype=d.dtype, device=d.device)
+
+        def cost(t: torch.Tensor) -> torch.Tensor:
+            moved = (size - t / w).clamp(min=0.0)
+            moved = torch.where(integer, torch.floor(moved + 0.5), moved)
+            return (w * moved * numeric).sum(dim=1) + (c * (blocks - t / c).clamp(0.0, 1.0)).sum(dim=1)
+
+        top = (size * w).amax(dim=1, keepdim=True)
+        if self.blocks:
+            top = torch.maximum(top, (blocks * c).amax(dim=1, keepdim=True))
         lo, hi = torch.zeros_like(top), top + 1.0
-        for _ in range(50):
+        for _ in range(30):  # a bracket 2**-30 of the largest cost wide; the final projection fits the budget
             mid = (lo + hi) / 2
-            fits = (self.norm(self._shrink(d, mid, w, numeric)) <= limit).unsqueeze(1)
+            fits = (cost(mid) <= limit).unsqueeze(1)
             hi, lo = torch.where(fits, mid, hi), torch.where(fits, lo, mid)
         d = torch.where(over.unsqueeze(1), self._shrink(d, hi, w, numeric), d)
         return SchemaSpace.project(self, x + d, x)  # relations again, and the budget exactly
