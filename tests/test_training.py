@@ -238,12 +238,13 @@ def test_validation_data_may_be_a_tuple_like_evaluate_takes() -> None:
         fit((x, y[:5]))
 
 
-@pytest.mark.parametrize("method", ["fast", "pgd"])
+@pytest.mark.parametrize("method", ["fgsm-mix", "fast", "pgd", "trades", "free"])
 def test_a_budget_warm_up_from_zero_trains(method: str) -> None:
     """The first steps of an eps warm-up have budget 0: the step attacks nothing (it once raised step_size 0)."""
     torch.manual_seed(0)
     x, y = torch.rand(64, 4), torch.randint(0, 2, (64,))
     trainer = rk.AdversarialTrainer(torch.nn.Linear(4, 2), rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), method,
                                     eps_warmup=1.0, progress=False)
-    history = trainer.fit(DataLoader(TensorDataset(x, y), batch_size=16), 2)
+    epochs = 8 if method == "free" else 2  # free replays each batch 4 times and divides the epochs by 4
+    history = trainer.fit(DataLoader(TensorDataset(x, y), batch_size=16), epochs)
     assert list(history["epoch"]) == [1, 2] and history["eps"].iloc[-1] == pytest.approx(0.1)

@@ -205,6 +205,8 @@ class TRADES(Method):
         return losses.kl(logits, clean_logits)
 
     def loss(self, batch: Batch) -> torch.Tensor:
+        if batch.space.budget <= 0:  # the first step of a budget warm-up: x' = x, so the KL term is zero
+            return batch.criterion(batch.forward(batch.x), batch.y)
         model = batch.model
         was_training = model.training
         model.eval()
@@ -213,7 +215,7 @@ class TRADES(Method):
         model.train(was_training)
         step = self.step_size if self.step_size is not None else batch.space.default_step_size(self.steps)
         attack = PGD(
-            batch.space, steps=self.steps, step_size=step, init_scale=1e-3 if batch.space.budget > 0 else 1.0,
+            batch.space, steps=self.steps, step_size=step, init_scale=1e-3,
             loss=self._kl_loss, seed=batch.seed, early_stop=False,
         )
         x_adv = attack(model, batch.x, batch.y, mask=batch.attackable, ids=batch.ids, reference=clean_ref).x_adv
