@@ -25,7 +25,7 @@ def _fmix32(h: torch.Tensor) -> torch.Tensor:
 def _hash_grid(seed: int, ids: torch.Tensor, numel: int) -> torch.Tensor:
     """Hash of (seed, id, element) for every id and every element index: shape (len(ids), numel)."""
     device = ids.device
-    key = _fmix32(torch.tensor((seed * 0x9E3779B1) & _MASK32, dtype=torch.int64, device=device))
+    key = _fmix32_int((seed * 0x9E3779B1) & _MASK32)  # a Python int: no host-to-device copy
     row = _fmix32((ids.to(torch.int64) & _MASK32) ^ key)
     row = _fmix32((row + ((ids.to(torch.int64) >> 32) & _MASK32)) & _MASK32)
     col = torch.arange(numel, dtype=torch.int64, device=device)

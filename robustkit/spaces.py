@@ -16,9 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -117,13 +118,30 @@ class ContinuousSpace(PerturbationSpace):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(eps={self.eps:g})"
 
+    def _placed(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``t`` on ``like``'s device (floating tensors in its dtype), copied once per device and dtype.
+
+        A host-to-GPU copy of a small tensor stalls the GPU's queue, so an attack step that copied
+        its bounds would wait on the previous step's kernels; the copies are kept instead.
+        """
+        dtype = like.dtype if t.dtype.is_floating_point else t.dtype
+        if t.device == like.device and t.dtype == dtype:
+            return t
+        copies: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]]
+        copies = self.__dict__.setdefault("_device_copies", {})
+        key = (id(t), like.device, dtype)
+        held = copies.get(key)
+        if held is None or held[0] is not t:  # the source is kept in the entry, so its id is never reused
+            held = copies[key] = (t, t.to(like.device, dtype))
+        return held[1]
+
     def _bounds_like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.low.to(x.device, x.dtype), self.high.to(x.device, x.dtype)
+        return self._placed(self.low, x), self._placed(self.high, x)
 
     def _mask_like(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.mask is None:
             return None
-        return self.mask.to(x.device)
+        return self._placed(self.mask, x)
 
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` if clean inputs are non-finite or outside the bounds."""
@@ -199,12 +217,19 @@ class ContinuousSpace(PerturbationSpace):
         low, high = self._bounds_like(x)
         return torch.clamp(x + delta, low, high)
 
+    def projector(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`project` around fixed clean inputs ``x``, with what depends on ``x`` alone prepared once."""
+        return functools.partial(self._project_around, x)
+
+    def _project_around(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        return self.project(x_adv, x)
+
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float | torch.Tensor) -> torch.Tensor:
         """One steepest-ascent step of length ``step_size`` (scalar or one per example) along ``grad``."""
         direction = self._direction(self._apply_mask(grad))
         if isinstance(step_size, torch.Tensor):
-            step_size = step_size.reshape(-1, *([1] * (x_adv.dim() - 1)))
-        return x_adv + step_size * direction
+            return x_adv + step_size.reshape(-1, *([1] * (x_adv.dim() - 1))) * direction
+        return torch.add(x_adv, direction, alpha=step_size)
 
     def init(self, x: torch.Tensor, *, seed: int = 0, ids: torch.Tensor | None = None) -> torch.Tensor:
         """A random starting point inside the space, drawn from per-example streams keyed by ``ids``."""
@@ -251,6 +276,21 @@ class LinfBall(ContinuousSpace):
 
     def _project_delta(self, delta: torch.Tensor) -> torch.Tensor:
         return delta.clamp(-self.eps, self.eps)
+
+    def projector(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The ball, the bounds and the mask meet in one box around ``x``: projecting is one clamp.
+
+        Example:
+            >>> import torch, robustkit as rk
+            >>> rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)).projector(torch.tensor([[0.05, 0.5]]))(torch.ones(1, 2))
+            tensor([[0.1500, 0.6000]])
+        """
+        low, high = self._bounds_like(x)
+        lower, upper = torch.maximum(x - self.eps, low), torch.minimum(x + self.eps, high)
+        mask = self._mask_like(x)
+        if mask is not None:
+            lower, upper = torch.where(mask, lower, x), torch.where(mask, upper, x)
+        return functools.partial(torch.clamp, min=lower, max=upper)
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         return grad.sign()

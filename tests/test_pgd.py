@@ -144,6 +144,24 @@ def test_results_do_not_depend_on_batch_chunking(kind, split, seed, data_seed):
     assert whole.backward_passes == sum(p.backward_passes for p in parts)
 
 
+@pytest.mark.parametrize("share", [0.125, 1.0])
+def test_freezing_finished_examples_returns_what_dropping_them_does(monkeypatch, share):
+    """The GPU policy (finished examples frozen in the batch until a share is done; 1.0: never gathered)
+    returns exactly what the CPU policy (dropped at once) does."""
+    x, y = batch(n=64, seed=1)
+    space = rk.LinfBall(eps=0.15, bounds=(0.0, 1.0))
+    attack = rk.PGD(space, steps=8, restarts=2, seed=5)
+    model = RowwiseMLP()
+    dropped = attack(model, x, y)
+    assert 0 < int(dropped.success.sum()) < len(x)  # some finish along the way, some never
+    monkeypatch.setattr("robustkit.attacks.pgd._compact_share", lambda device: share)
+    frozen = attack(model, x, y)
+    assert torch.equal(frozen.x_adv, dropped.x_adv)
+    assert torch.equal(frozen.success, dropped.success)
+    assert torch.equal(frozen.loss, dropped.loss)
+    assert frozen.backward_passes > dropped.backward_passes  # the frozen ones were still stepped
+
+
 def test_random_start_depends_on_ids_and_seed_only():
     x, y = batch()
     space = rk.LinfBall(eps=0.1, bounds=(0.0, 1.0))

@@ -93,6 +93,16 @@ def test_project_is_idempotent_and_contained(case):
     assert torch.equal(space.project(s.x, s.x), s.x)  # the clean input is its own projection
 
 
+@given(setup_and_point())
+def test_projector_is_project_around_fixed_inputs(case):
+    s, z = case
+    space = s.space()
+    prepared = space.projector(s.x)(z)
+    assert bool(space.contains(prepared, s.x).all())
+    # Linf's one-clamp box and project's clamp of the difference may round the last bit apart
+    assert torch.allclose(prepared, space.project(z, s.x), atol=1e-6, rtol=0)
+
+
 @given(setups(), st.integers(0, 2**31 - 1))
 def test_init_and_vertex_are_contained(s, seed):
     space = s.space()

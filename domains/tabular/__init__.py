@@ -46,7 +46,7 @@ from domains.tabular.synthetic import DEFAULT_BUDGET, card_schema, generate
 from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
 from robustkit.domain import Examples
 from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
-from robustkit.models import frozen_eval, logits_of
+from robustkit.models import frozen_eval, logits_of, model_device
 from robustkit.training.methods import Method
 
 __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema",
@@ -60,8 +60,9 @@ SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target")
 
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """P(fraud) of each row, on the CPU, whatever device the model is on."""
     with frozen_eval(model), torch.no_grad():
-        return torch.softmax(logits_of(model(x)), dim=1)[:, 1].double()
+        return torch.softmax(logits_of(model(x.to(model_device(model)))), dim=1)[:, 1].double().cpu()
 
 
 class TabularDomain(Domain):

@@ -327,9 +327,9 @@ class SparseSchemaSpace(SchemaSpace):
         over = self.norm(d) > limit
         if not bool(over.any()):
             return z
-        w = self._t(self.weight, d).clamp_min(1e-12)
-        numeric = self._t(self.numeric, d)
-        integer = self._t(self.integer, d) & numeric
+        w = self._placed(self.weight, d).clamp_min(1e-12)
+        numeric = self._placed(self.numeric, d)
+        integer = self._placed(self.integer, d) & numeric
         # the cost after shrinking by t, from per-row sizes gathered once: numeric |d| (cost w, integers
         # rounded as norm() rounds them) and each categorical block's L1 size (cost c, at most 1 change)
         size = torch.where(numeric, d.abs(), torch.zeros_like(d))

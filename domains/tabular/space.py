@@ -255,14 +255,11 @@ class SchemaSpace(ContinuousSpace):
         return f"SchemaSpace(budget={self.eps:g}, columns={len(self.schema.columns)})"
 
     # ----------------------------------------------------------------- cost
-    def _t(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        return t.to(like.device, like.dtype if t.dtype.is_floating_point else t.dtype)
-
     def norm(self, delta: torch.Tensor) -> torch.Tensor:
         """The relaxed cost of each row's change (>= the cost of the row the model scores)."""
-        w = self._t(self.weight, delta)
-        num = self._t(self.numeric, delta)
-        moved = torch.where(self._t(self.integer, delta), _round_half_up(delta), delta)
+        w = self._placed(self.weight, delta)
+        num = self._placed(self.numeric, delta)
+        moved = torch.where(self._placed(self.integer, delta), _round_half_up(delta), delta)
         cost = (w * moved.abs() * num).sum(dim=1)
         for start, size, c in self.blocks:
             cost = cost + c * delta[:, start:start + size].abs().sum(dim=1).clamp(max=1.0)
@@ -271,8 +268,8 @@ class SchemaSpace(ContinuousSpace):
     # ----------------------------------------------------------------- projection
     def _feasible_box(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         low, high = self._bounds_like(x)
-        low = torch.where(self._t(self.increase, x), torch.maximum(low, x), low)
-        high = torch.where(self._t(self.decrease, x), torch.minimum(high, x), high)
+        low = torch.where(self._placed(self.increase, x), torch.maximum(low, x), low)
+        high = torch.where(self._placed(self.decrease, x), torch.minimum(high, x), high)
         return low, high
 
     @staticmethod
@@ -288,10 +285,10 @@ class SchemaSpace(ContinuousSpace):
     def project(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Clip to bounds, directions and immutables, put categoricals on their simplex, then scale
         the change down (per row, by bisection on the relaxed cost) until it fits the budget."""
-        mask = self._t(self.mask, x) if self.mask is not None else torch.ones_like(x, dtype=torch.bool)
+        mask = self._placed(self.mask, x) if self.mask is not None else torch.ones_like(x, dtype=torch.bool)
         z = torch.where(mask, x_adv, x)
         low, high = self._feasible_box(x)
-        num = self._t(self.numeric, x)
+        num = self._placed(self.numeric, x)
         z = torch.where(num, torch.minimum(torch.maximum(z, low), high), z)
         if self.blocks:
             z = z.clone()
@@ -319,8 +316,8 @@ class SchemaSpace(ContinuousSpace):
 
     def _slack(self, x: torch.Tensor, rtol: float) -> torch.Tensor:
         """Per row and relation, the rounding slack ``rtol x (1 + sum |coef x value| + |constant|)``."""
-        a = self._t(self.rel_a, x)
-        return rtol * (1 + x.abs() @ a.abs().T + self._t(self.rel_b, x).abs())
+        a = self._placed(self.rel_a, x)
+        return rtol * (1 + x.abs() @ a.abs().T + self._placed(self.rel_b, x).abs())
 
     def _relations(self, z: torch.Tensor, x: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
                    movable: torch.Tensor) -> torch.Tensor:
@@ -329,7 +326,7 @@ class SchemaSpace(ContinuousSpace):
         aims 10x inside the tolerance of ``Schema.validate``."""
         dtype = z.dtype
         z, x, low, high = z.double(), x.double(), low.double(), high.double()
-        a, b, eq = self._t(self.rel_a, z), self._t(self.rel_b, z), self._t(self.rel_eq, z)
+        a, b, eq = self._placed(self.rel_a, z), self._placed(self.rel_b, z), self._placed(self.rel_eq, z)
         movable = movable.expand_as(z)
         a_free = a.unsqueeze(0) * movable.unsqueeze(1)  # (N, R, width): only mutable numeric columns move
         length = (a_free * a_free).sum(dim=2)  # (N, R)
@@ -356,7 +353,7 @@ class SchemaSpace(ContinuousSpace):
     # ----------------------------------------------------------------- steps and random points
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:
         """Ascent direction ``grad / cost^2`` (categorical blocks centred), scaled to relaxed cost 1."""
-        w = self._t(self.weight, grad)
+        w = self._placed(self.weight, grad)
         d = grad / (w * w)
         if self.blocks:
             d = d.clone()
@@ -366,12 +363,13 @@ class SchemaSpace(ContinuousSpace):
         return d / self._linear_cost(d).clamp_min(1e-12).unsqueeze(1)
 
     def _linear_cost(self, d: torch.Tensor) -> torch.Tensor:
-        return (self._t(self.weight, d) * d.abs()).sum(dim=1)
+        return (self._placed(self.weight, d) * d.abs()).sum(dim=1)
 
     def _sphere_sample(
         self, shape: tuple[int, ...], seed: int, ids: torch.Tensor, dtype: torch.dtype
     ) -> torch.Tensor:
-        g = self._apply_mask(_random.normal(seed, ids, shape, dtype)) / self.weight.to(dtype)
+        g = self._apply_mask(_random.normal(seed, ids, shape, dtype))
+        g = g / self._placed(self.weight, g)
         return g / self._linear_cost(g).clamp_min(1e-12).unsqueeze(1) * self.eps * 2.0
 
     def _ball_sample(self, shape: tuple[int, ...], seed: int, ids: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -393,7 +391,7 @@ class SchemaSpace(ContinuousSpace):
         ok = torch.isfinite(x_adv).all(dim=1)
         delta = x_adv - x
         if self.mask is not None:
-            ok &= ((delta.abs() <= self.atol) | self._t(self.mask, x)).all(dim=1)
+            ok &= ((delta.abs() <= self.atol) | self._placed(self.mask, x)).all(dim=1)
         low, high = self._feasible_box(x)
         tol = self.atol * (1 + x.abs())
         ok &= ((x_adv >= low - tol) & (x_adv <= high + tol)).all(dim=1)
@@ -401,7 +399,7 @@ class SchemaSpace(ContinuousSpace):
             block = x_adv[:, start:start + size]
             ok &= (block >= -self.atol).all(dim=1) & ((block.sum(dim=1) - 1).abs() <= self.atol * size)
         if len(self.rel_b):
-            r = x_adv @ self._t(self.rel_a, x).T - self._t(self.rel_b, x)
-            ok &= (torch.where(self._t(self.rel_eq, x), r.abs(), r) <= self._slack(x, self.atol)).all(dim=1)
+            r = x_adv @ self._placed(self.rel_a, x).T - self._placed(self.rel_b, x)
+            ok &= (torch.where(self._placed(self.rel_eq, x), r.abs(), r) <= self._slack(x, self.atol)).all(dim=1)
         ok &= self.norm(delta) <= self.eps * (1 + 1e-6) + self.atol
         return ok

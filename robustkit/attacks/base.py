@@ -86,6 +86,7 @@ class Problem:
         self.forward_passes = 0
         self.backward_passes = 0
         self.n_classes: int | None = None
+        self._labels_at: tuple[torch.Tensor, torch.Tensor] | None = None
         #: diagnostics an attack records for this call (returned as ``AttackResult.info``)
         self.info: dict[str, Any] = {}
 
@@ -113,37 +114,49 @@ class Problem:
             raise ModelError("the model returned NaN or Inf logits on the inputs: check the model and inputs")
         self.n_classes = n_classes
 
+    def _labels(self, idx: torch.Tensor) -> torch.Tensor:
+        """``y[idx]``, gathered once per index tensor: attacks pass the same one step after step."""
+        held = self._labels_at
+        if held is None or held[0] is not idx:
+            held = self._labels_at = (idx, self.y[idx])
+        return held[1]
+
     def success(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Decision rule: misclassified (untargeted) or the target predicted (targeted)."""
         pred = logits.argmax(dim=1)
         if self.target is not None:
             return pred == self.target[idx]
-        return pred != self.y[idx]
+        return pred != self._labels(idx)
 
     def loss(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Per-example loss; its third argument is the target class, else the ``reference`` if given."""
         third = self.target if self.target is not None else self.reference
-        return self.loss_fn(logits, self.y[idx], None if third is None else third[idx])
+        return self.loss_fn(logits, self._labels(idx), None if third is None else third[idx])
 
     def loss_grad(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, per-example loss and the input gradient (averaged over ``eot`` samples)."""
+        if self.eot == 1:  # the common case, without the accumulators: an attack step is launch-bound on GPUs
+            logits, loss, grad = self._one_gradient(x, idx)
+            return logits, loss, grad
         grad = torch.zeros_like(x)
         loss_sum = torch.zeros(len(x), device=x.device, dtype=x.dtype)
-        logits = None
         for _ in range(self.eot):
-            xr = x.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = self.logits(xr)
-                loss = self.loss(logits, idx)
-                # a model whose outputs do not depend on its input through autograd gives a zero gradient
-                # (the gradient check flags it) instead of an autograd error
-                (g,) = torch.autograd.grad(loss.sum(), xr, allow_unused=True) if loss.requires_grad else (None,)
-            self.backward_passes += len(x)
-            if g is not None:
-                grad += torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0)
-            loss_sum += loss.detach()
-        assert logits is not None
-        return logits.detach(), loss_sum / self.eot, grad / self.eot
+            logits, loss, g = self._one_gradient(x, idx)
+            grad += g
+            loss_sum += loss
+        return logits, loss_sum / self.eot, grad / self.eot
+
+    def _one_gradient(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        xr = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.logits(xr)
+            loss = self.loss(logits, idx)
+            # a model whose outputs do not depend on its input through autograd gives a zero gradient
+            # (the gradient check flags it) instead of an autograd error
+            (g,) = torch.autograd.grad(loss.sum(), xr, allow_unused=True) if loss.requires_grad else (None,)
+        self.backward_passes += len(x)
+        grad = torch.zeros_like(x) if g is None else torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+        return logits.detach(), loss.detach(), grad
 
     def evaluate(self, x: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and per-example loss without gradients."""
@@ -161,11 +174,22 @@ class Best:
         self.loss = torch.full((n,), float("-inf"), device=device)
         self.success = torch.zeros(n, dtype=torch.bool, device=device)
 
-    def update(self, idx: torch.Tensor, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor) -> None:
-        """Take ``x[i]`` as the best point of example ``idx[i]`` where it beats the one held."""
-        old_s, old_l = self.success[idx], self.loss[idx]
-        better = (success & ~old_s) | ((success == old_s) & (loss > old_l))
+    def update(
+        self, idx: torch.Tensor | None, x: torch.Tensor, loss: torch.Tensor, success: torch.Tensor
+    ) -> None:
+        """Take ``x[i]`` as the best point of example ``idx[i]`` where it beats the one held.
+
+        ``idx=None`` means every example, in order (no gather or scatter: a GPU step is launch-bound).
+        """
         shape = (-1,) + (1,) * (x.dim() - 1)
+        if idx is None:
+            better = torch.where(success == self.success, loss > self.loss, success)
+            self.x = torch.where(better.view(shape), x.to(self.x.dtype), self.x)
+            self.loss = torch.where(better, loss.to(self.loss.dtype), self.loss)
+            self.success = self.success | success
+            return
+        old_s, old_l = self.success[idx], self.loss[idx]
+        better = torch.where(success == old_s, loss > old_l, success)
         self.x[idx] = torch.where(better.view(shape), x.to(self.x.dtype), self.x[idx])
         self.loss[idx] = torch.where(better, loss.to(self.loss.dtype), old_l)
         self.success[idx] = success | old_s
