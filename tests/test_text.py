@@ -157,6 +157,34 @@ def test_attack_is_within_budget_with_payload_intact(trained: Trained) -> None:
     assert torch.equal(fresh != 1, result.success)
 
 
+def test_edits_capped_by_share_of_the_text(trained: Trained) -> None:
+    domain, data, model = trained
+    capped = TextDomain()
+    plumbed = capped.eval_space(6, capped.load_data("demo:40", seed=0, options={"max_edited_share": 0.2}))
+    assert isinstance(plumbed, ObfuscationSpace) and plumbed.max_share == 0.2
+    space = ObfuscationSpace(data.raw["tokenizer"], int(data.raw["dim"]), 6, max_share=0.2)
+    spam = [t for t, y in zip(splits(data)[2].texts, splits(data)[2].labels, strict=True) if y == 1]
+    short = "call 09061234567 now"
+    assert space.limit(short) == 1 and space.limit(" ".join(["prize"] * 100)) == 6
+    decided = domain.decided(model, domain.choose_threshold(model, data))
+    texts = [short, *spam]
+    result = rk.DiscreteSearch(space, candidates_per_step=4)(decided, texts, torch.ones(len(texts), dtype=torch.long))
+    assert bool(space.contains(result.x_adv, texts).all())
+    for orig, adv in zip(texts, result.x_adv, strict=True):
+        assert edit_cost(orig, adv) <= max(1, int(0.2 * len(words(orig))))
+    # greedy edits stop exactly at the cap, and one more edit is outside the space
+    edited = short
+    while edits := space.candidates(edited, short):
+        edited = space.apply(edited, edits[0])
+    assert edit_cost(short, edited) == 1 and bool(space.contains([edited], [short]).all())
+    assert not bool(space.contains(["thanks " + edited], [short]).all())
+    for bad in (0, 1.5, True, "0.2"):
+        with pytest.raises(rk.ConfigError, match="max_edited_share"):
+            TextDomain().load_data("demo:40", seed=0, options={"max_edited_share": bad})
+    with pytest.raises(rk.ConfigError, match="max_share"):
+        ObfuscationSpace(space.tokenizer, space.dim, 3, max_share=0.0)
+
+
 def test_gradient_scores_rank_better_than_chance(trained: Trained) -> None:
     domain, data, model = trained
     decided = domain.decided(model, 0.5)

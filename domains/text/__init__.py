@@ -19,7 +19,8 @@
   the mean embedding norm). A training device only: never reported as robustness.
 * Evaluation threat: :class:`~domains.text.obfuscation.ObfuscationSpace` over real strings; the budget
   is the number of edited words; only spam is attacked, towards ham. Option ``attack_tricks`` limits
-  the tricks (e.g. ``[leet, insert, swap, delete]``: an attacker adapting to the normaliser).
+  the tricks (e.g. ``[leet, insert, swap, delete]``: an attacker adapting to the normaliser); option
+  ``max_edited_share`` (in (0, 1]) also caps the edits at that share of each text's words, at least one.
 * Hardening (default ``--method discrete``): spam obfuscated against the current model every epoch, as
   training data; measured on the demo corpus it keeps 100% spam recall under attack where the
   embedding-ball ``pgd`` keeps 81% (``robustkit harden text``, seed 0).
@@ -144,6 +145,7 @@ class TextDomain(Domain):
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
         self._options = dict(options)
         _attack_tricks(options)  # option errors before any work
+        _max_share(options)
         _normalise_option(options)
         dim = _option(options, "dim", 32, int)
         source = read_source(spec, seed, options)
@@ -236,7 +238,7 @@ class TextDomain(Domain):
         tokenizer = self._tokenizer or data.raw["tokenizer"]
         return ObfuscationSpace(
             tokenizer, int(data.raw["dim"]), budget, embedding=self._embedding, tricks=_attack_tricks(self._options),
-            normaliser=self._normaliser(),
+            normaliser=self._normaliser(), max_share=_max_share(self._options),
         )
 
     # ----------------------------------------------------------------- normaliser and own training methods
@@ -404,6 +406,16 @@ def _attack_tricks(options: dict[str, Any]) -> list[str] | None:
     if isinstance(tricks, str) or not isinstance(tricks, list | tuple) or not set(tricks) <= set(TRICKS) or not tricks:
         raise ConfigError(f"options.attack_tricks must be a list of tricks among {', '.join(TRICKS)}, got {tricks!r}")
     return list(tricks)
+
+
+def _max_share(options: dict[str, Any]) -> float | None:
+    """Option ``max_edited_share``: the cap on edits as a share of each text's words (default none)."""
+    share = options.get("max_edited_share")
+    if share is None:
+        return None
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        raise ConfigError(f"options.max_edited_share must be a number in (0, 1], got {share!r}")
+    return float(share)
 
 
 def _normalise_option(options: dict[str, Any]) -> bool:

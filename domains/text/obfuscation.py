@@ -207,6 +207,10 @@ def _tricks(word: str) -> tuple[tuple[str, str], ...]:
 class ObfuscationSpace(DiscreteSpace[str]):
     """Real strings within ``budget`` edited or inserted words of the original, payload intact.
 
+    ``max_share`` (in (0, 1]) also caps the edits at that share of the original's words, at least one:
+    with 0.2, a 6-word text takes 1 edit and a 30-word one up to 6, never more than ``budget``. Without
+    it, insertions can outnumber a short text's own words.
+
     ``encode`` tokenizes with the model's tokenizer into the model's input ``(N, L, 1 + dim)``
     (:mod:`domains.text.model`); ``scores`` ranks edits by the gradient on the embeddings of the
     word they touch (gradient word importance, as A2T's greedy search), tricks in a fixed order.
@@ -228,8 +232,13 @@ class ObfuscationSpace(DiscreteSpace[str]):
         embedding: torch.Tensor | None = None,
         tricks: Collection[str] | None = None,
         normaliser: Normaliser | None = None,
+        max_share: float | None = None,
     ):
         super().__init__(budget)
+        if max_share is not None and (isinstance(max_share, bool) or not 0 < float(max_share) <= 1):
+            raise ConfigError(f"max_share must lie in (0, 1] (a share of the original's words), got {max_share!r}")
+        #: the cap on edits as a share of the original's words (None: the budget alone)
+        self.max_share = None if max_share is None else float(max_share)
         unknown = sorted(set(tricks or ()) - set(TRICKS))
         if unknown or (tricks is not None and not tricks):
             raise ConfigError(f"unknown obfuscation trick {unknown[0] if unknown else None!r}: use {', '.join(TRICKS)}")
@@ -250,8 +259,22 @@ class ObfuscationSpace(DiscreteSpace[str]):
     def encode(self, xs: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
         return pad_inputs(encode_ids(self.tokenizer, [self.model_text(x) for x in xs]), self.dim, device)
 
+    def limit(self, original: str) -> float:
+        """Edits allowed on ``original``: the budget, capped by ``max_share`` of its words (at least one).
+
+        Example:
+            >>> from tokenizers import Tokenizer
+            >>> from tokenizers.models import WordPiece
+            >>> space = ObfuscationSpace(Tokenizer(WordPiece(unk_token="[UNK]")), 8, 5, max_share=0.2)
+            >>> space.limit("call now"), space.limit("win a free prize " * 5)
+            (1.0, 4.0)
+        """
+        if self.max_share is None:
+            return self.budget
+        return min(self.budget, max(1.0, float(math.floor(self.max_share * len(words(original)) + 1e-9))))
+
     def candidates(self, x: str, original: str) -> list[Edit]:
-        if edit_cost(original, x) + 1 > self.budget:
+        if edit_cost(original, x) + 1 > self.limit(original):
             return []
         orig_words = set(words(original))
         spans = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(x)]
@@ -362,7 +385,7 @@ class ObfuscationSpace(DiscreteSpace[str]):
         if len(x_adv) != len(x):
             return torch.zeros(len(x), dtype=torch.bool)
         ok = [
-            isinstance(a, str) and isinstance(o, str) and bool(o.strip()) and edit_cost(o, a) <= self.budget
+            isinstance(a, str) and isinstance(o, str) and bool(o.strip()) and edit_cost(o, a) <= self.limit(o)
             for a, o in zip(x_adv, x, strict=True)
         ]
         return torch.tensor(ok, dtype=torch.bool)
