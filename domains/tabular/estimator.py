@@ -37,7 +37,7 @@ from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.space import SchemaSpace, encode, repair
 from robustkit.attacks import PGD
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import threshold_at_fpr
+from robustkit.evaluation.binary import binary_labels, threshold_at_fpr
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
@@ -169,37 +169,12 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         Schema(schema.columns, schema.budget).check_frame(X, what="X")
         return X[schema.names]
 
-    def _labels(self, y: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(is_fraud as 0/1, classes)`` from ``y``."""
-        arr = np.asarray(y)
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr.ravel()
-        if arr.ndim != 1:
-            raise DataError(f"y must be one label per row (1-D), got shape {arr.shape}")
-        if len(arr) != n:
-            raise DataError(f"X has {n} rows but y has {len(arr)} labels")
-        if pd.isna(arr).any():
-            raise DataError(f"y has {int(pd.isna(arr).sum())} missing labels: fill or drop those rows")
-        try:
-            classes = np.unique(arr)
-        except TypeError:
-            raise DataError("y mixes label types (e.g. numbers and strings): use one type") from None
-        if len(classes) != 2:
-            shown = ", ".join(repr(c) for c in classes.tolist()[:5])
-            raise DataError(f"y must be binary (two classes: legit and fraud), got {len(classes)} class(es): {shown}")
-        positive = arr == classes[1]
-        counts = int((~positive).sum()), int(positive.sum())
-        if min(counts) < 2:
-            raise DataError(f"y has {counts[1]} rows of class {classes[1]!r} (fraud) and {counts[0]} of "
-                            f"{classes[0]!r}: each class needs at least 2 rows for the validation split")
-        return positive.astype(np.int64), classes
-
     # ----------------------------------------------------------------- training
     def fit(self, X: pd.DataFrame, y: Any) -> RobustTabularClassifier:
         """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training."""
         self._check_params()
         features = self._features(X)
-        labels, classes = self._labels(y, len(features))
+        labels, classes = binary_labels(y, len(features), ("legit", "fraud"))
         seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
         try:
             i_train, i_val = train_test_split(np.arange(len(labels)), test_size=self.validation_fraction,

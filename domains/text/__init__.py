@@ -59,12 +59,21 @@ from robustkit.training.methods import Method
 from . import hf
 from .adversarial import METHODS as TRAINING_METHODS
 from .adversarial import make_method
-from .data import read_source, stratified_split, truncation_note
+from .data import TextSource, read_source, stratified_split, truncation_note
 from .model import MAX_TOKENS, TextCNN, TokenL2Ball, encode_ids, pad_inputs, train_tokenizer
 from .normalise import normalise, normalise_aligned
 from .obfuscation import TRICKS, Normaliser, ObfuscationSpace, edit_cost, fold, words
 
-__all__ = ["ObfuscationSpace", "TextCNN", "TextDataset", "TextDomain", "TokenL2Ball"]
+__all__ = ["ObfuscationSpace", "RobustSpamClassifier", "TextCNN", "TextDataset", "TextDomain", "TokenL2Ball"]
+
+
+def __getattr__(name: str) -> Any:
+    """``RobustSpamClassifier`` is imported on first use: it is built on :class:`TextDomain`, defined here."""
+    if name == "RobustSpamClassifier":
+        from .estimator import RobustSpamClassifier
+
+        return RobustSpamClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 #: default learning rate for fine-tuning a pretrained Hugging Face model (the usual BERT fine-tuning rate)
 HF_LR = 3e-5
@@ -143,17 +152,29 @@ class TextDomain(Domain):
 
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
-        self._options = dict(options)
-        _attack_tricks(options)  # option errors before any work
+        self.check_options(options)
+        source = read_source(spec, seed, options)
+        if len(set(source.labels)) < 2:
+            raise DataError(f"{spec}: the data holds only one class; spam and ham are both needed")
+        return self.data_from(source, seed, options)
+
+    def check_options(self, options: dict[str, Any]) -> None:
+        """Raise :class:`ConfigError` for a bad option, before any work."""
+        _attack_tricks(options)
         _max_share(options)
         _normalise_option(options)
+        _option(options, "dim", 32, int)
+
+    def data_from(
+        self, source: TextSource, seed: int, options: dict[str, Any], fractions: tuple[float, float] = (0.6, 0.2)
+    ) -> DomainData:
+        """Split ``source`` (stratified by ``fractions`` for train and validation, the rest for test),
+        train the tokenizer on the training texts (or take a Hugging Face model's) and build the datasets."""
+        self._options = dict(options)
         dim = _option(options, "dim", 32, int)
-        source = read_source(spec, seed, options)
         texts, labels, name, sha = source.texts, source.labels, source.name, source.sha256
         notes = list(source.notes)
-        if len(set(labels)) < 2:
-            raise DataError(f"{spec}: the data holds only one class; spam and ham are both needed")
-        tr, va, te = stratified_split(labels, seed)
+        tr, va, te = stratified_split(labels, seed, fractions)
         folder = hf.model_source(options)
         if folder is not None:
             self._pretrained = hf.tokenizer_and_dim(folder)

@@ -1,0 +1,92 @@
+"""RobustSpamClassifier: hardening that holds on held-out spam, valid obfuscations, sklearn behaviour, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.model_selection import train_test_split
+
+from domains.text import RobustSpamClassifier
+from domains.text.data import demo_corpus
+from domains.text.obfuscation import words
+from robustkit import ConfigError, DataError
+
+TEXTS, LABELS = demo_corpus(400, seed=1)
+X_TRAIN, X_TEST, Y_TRAIN, Y_TEST = train_test_split(TEXTS, LABELS, test_size=0.25, stratify=LABELS, random_state=0)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[RobustSpamClassifier, RobustSpamClassifier]:
+    hardened = RobustSpamClassifier(epochs=4).fit(X_TRAIN, Y_TRAIN)
+    standard = RobustSpamClassifier(method="standard", epochs=4).fit(X_TRAIN, Y_TRAIN)
+    return hardened, standard
+
+
+def test_hardened_filter_keeps_more_held_out_spam_under_attack(fitted) -> None:
+    hard, std = (m.evaluate(X_TEST, Y_TEST) for m in fitted)
+    assert hard["n_spam"] == std["n_spam"] == sum(Y_TEST) > 10
+    assert hard["recall_clean"] > 0.8 and std["recall_clean"] > 0.8
+    assert std["attack_success_rate"] > 0.5  # the attack is real
+    assert hard["recall_attacked"] > std["recall_attacked"] + 0.3
+    assert hard["budget"] == 3.0 and hard["words_edited"] <= 3.0
+
+
+def test_attacked_texts_are_valid_obfuscations_judged_by_a_fresh_prediction(fitted) -> None:
+    standard = fitted[1]
+    spam = [t for t, y in zip(X_TEST, Y_TEST, strict=True) if y == 1]
+    adversarial, info = standard.attack(spam)
+    assert bool(standard._space().contains(adversarial, spam).all())
+    assert (info["words_edited"] <= 3).all() and (info["words_edited"] > 0).any()
+    assert np.array_equal(info["flagged_attacked"].to_numpy(), standard.predict(adversarial) == 1)
+    # a share cap bounds the edits of every text, short or long
+    capped = clone(standard).set_params(max_edited_share=0.1).fit(X_TRAIN, Y_TRAIN)
+    _, capped_info = capped.attack(spam)
+    for text, edited in zip(spam, capped_info["words_edited"], strict=True):
+        assert edited <= max(1, int(0.1 * len(words(text))))
+
+
+def test_string_labels_and_sklearn_cloning() -> None:
+    names = np.where(np.asarray(Y_TRAIN[:120]) == 1, "spam", "ham")
+    clf = RobustSpamClassifier(method="random-edits", epochs=2, budget=2)
+    fitted = clf.fit(X_TRAIN[:120], names)
+    assert fitted.classes_.tolist() == ["ham", "spam"]
+    assert set(fitted.predict(TEXTS[:10]).tolist()) <= {"ham", "spam"}
+    assert clone(clf).get_params() == clf.get_params() and not hasattr(clone(clf), "model_")
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"method": "sgd"}, "method"),
+        ({"epochs": 0}, "epochs"),
+        ({"budget": 0}, "budget"),
+        ({"target_fpr": 1.5}, "target_fpr"),
+        ({"attack_tricks": "leet"}, "attack_tricks"),
+        ({"attack_tricks": ["rot13"]}, "attack_tricks"),
+        ({"max_edited_share": 2.0}, "max_edited_share"),
+    ],
+)
+def test_bad_parameters_are_refused_before_training(params, match) -> None:
+    clf = RobustSpamClassifier(**params)
+    with pytest.raises(ConfigError, match=match):
+        clf.fit(X_TRAIN[:60], Y_TRAIN[:60])
+    assert not hasattr(clf, "model_")
+
+
+@pytest.mark.parametrize(
+    ("texts", "labels", "match"),
+    [
+        ("one long string", [1], "list"),
+        ([*X_TRAIN[:59], 5], Y_TRAIN[:60], "not strings"),
+        ([*X_TRAIN[:59], "   "], Y_TRAIN[:60], "empty"),
+        (X_TRAIN[:60], Y_TRAIN[:50], "50"),
+        (X_TRAIN[:60], [1] * 60, "binary"),
+        (X_TRAIN[:60], [1] + [0] * 59, "at least 2"),
+    ],
+)
+def test_bad_data_is_refused_before_training(texts, labels, match) -> None:
+    clf = RobustSpamClassifier(epochs=1)
+    with pytest.raises(DataError, match=match):
+        clf.fit(texts, labels)
+    assert not hasattr(clf, "model_")
