@@ -7,6 +7,7 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import train_test_split
 
+import robustkit as rk
 from domains.text import RobustSpamClassifier
 from domains.text.data import demo_corpus
 from domains.text.obfuscation import words
@@ -53,6 +54,14 @@ def test_string_labels_and_sklearn_cloning() -> None:
     assert fitted.classes_.tolist() == ["ham", "spam"]
     assert set(fitted.predict(TEXTS[:10]).tolist()) <= {"ham", "spam"}
     assert clone(clf).get_params() == clf.get_params() and not hasattr(clone(clf), "model_")
+
+
+def test_core_methods_train_through_the_embedding_ball() -> None:
+    method = rk.methods.PGDTraining(steps=2)
+    clf = RobustSpamClassifier(method=method, epochs=1).fit(X_TRAIN[:120], Y_TRAIN[:120])
+    assert len(clf.history_) == 1 and np.isfinite(clf.history_["train_loss"]).all()
+    assert "val_robust_accuracy" in clf.history_  # validated under the embedding ball it trained against
+    assert clf.get_params()["method"] is method  # fit leaves its parameters as given (scikit-learn's rule)
 
 
 @pytest.mark.parametrize(
