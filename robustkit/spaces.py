@@ -127,13 +127,18 @@ class ContinuousSpace(PerturbationSpace):
         dtype = like.dtype if t.dtype.is_floating_point else t.dtype
         if t.device == like.device and t.dtype == dtype:
             return t
-        copies: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]]
+        copies: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, int, torch.Tensor]]
         copies = self.__dict__.setdefault("_device_copies", {})
         key = (id(t), like.device, dtype)
         held = copies.get(key)
-        if held is None or held[0] is not t:  # the source is kept in the entry, so its id is never reused
-            held = copies[key] = (t, t.to(like.device, dtype))
-        return held[1]
+        # the source is kept in the entry (its id is never reused); its version counts in-place changes
+        if held is None or held[0] is not t or held[1] != t._version:
+            held = copies[key] = (t, t._version, t.to(like.device, dtype))
+        return held[2]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave out the device copies (they may live on a GPU)."""
+        return {k: v for k, v in self.__dict__.items() if k != "_device_copies"}
 
     def _bounds_like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._placed(self.low, x), self._placed(self.high, x)
@@ -285,11 +290,15 @@ class LinfBall(ContinuousSpace):
             >>> rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)).projector(torch.tensor([[0.05, 0.5]]))(torch.ones(1, 2))
             tensor([[0.1500, 0.6000]])
         """
+        if type(self).project is not ContinuousSpace.project:  # a subclass's own projection is kept
+            return super().projector(x)
         low, high = self._bounds_like(x)
-        lower, upper = torch.maximum(x - self.eps, low), torch.minimum(x + self.eps, high)
+        # clamped into the bounds on both sides: clean inputs may lie up to atol outside them
+        lower, upper = torch.clamp(x - self.eps, low, high), torch.clamp(x + self.eps, low, high)
         mask = self._mask_like(x)
         if mask is not None:
-            lower, upper = torch.where(mask, lower, x), torch.where(mask, upper, x)
+            inside = torch.clamp(x, low, high)
+            lower, upper = torch.where(mask, lower, inside), torch.where(mask, upper, inside)
         return functools.partial(torch.clamp, min=lower, max=upper)
 
     def _direction(self, grad: torch.Tensor) -> torch.Tensor:

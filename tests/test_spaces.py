@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 from dataclasses import dataclass
 
 import hypothesis.strategies as st
@@ -101,6 +103,40 @@ def test_projector_is_project_around_fixed_inputs(case):
     assert bool(space.contains(prepared, s.x).all())
     # Linf's one-clamp box and project's clamp of the difference may round the last bit apart
     assert torch.allclose(prepared, space.project(z, s.x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-7, 0.1])
+@pytest.mark.parametrize("masked", [False, True])
+def test_projector_clamps_into_the_bounds_around_inputs_just_outside_them(eps, masked):
+    """Clean inputs may lie up to atol outside the bounds (check_inputs allows it); both projections
+    bring every coordinate back inside, the masked ones too."""
+    x = torch.tensor([[-5e-7, 0.5, 1.0 + 5e-7]])
+    mask = torch.tensor([True, True, False]) if masked else None
+    space = rk.LinfBall(eps=eps, bounds=(0.0, 1.0), mask=mask)
+    for z in (x, x + 1.0, x - 1.0):
+        prepared, reference = space.projector(x)(z), space.project(z, x)
+        assert bool(((prepared >= 0) & (prepared <= 1)).all())
+        assert torch.allclose(prepared, reference, atol=1e-6, rtol=0)
+
+
+def test_a_subclass_projection_is_what_its_projector_uses():
+    class Coarse(rk.LinfBall):
+        def project(self, x_adv, x):
+            return torch.round(super().project(x_adv, x) * 4) / 4
+
+    x = torch.full((1, 3), 0.5)
+    assert torch.equal(Coarse(eps=0.3).projector(x)(x + 0.2), torch.full((1, 3), 0.75))
+
+
+def test_device_and_dtype_copies_follow_in_place_changes_and_are_not_pickled():
+    space = rk.LinfBall(eps=1.0, bounds=(torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)))
+    x = torch.full((1, 3), 0.5)  # float32: the float64 bounds are copied and the copy kept
+    assert torch.equal(space.project(x - 1, x), torch.zeros(1, 3))
+    assert space.__dict__["_device_copies"]
+    space.low.fill_(0.25)
+    assert torch.equal(space.project(x - 1, x), torch.full((1, 3), 0.25))
+    assert "_device_copies" not in copy.deepcopy(space).__dict__
+    assert "_device_copies" not in pickle.loads(pickle.dumps(space)).__dict__
 
 
 @given(setups(), st.integers(0, 2**31 - 1))

@@ -181,8 +181,9 @@ def test_edits_capped_by_share_of_the_text(trained: Trained) -> None:
     for bad in (0, 1.5, True, "0.2"):
         with pytest.raises(rk.ConfigError, match="max_edited_share"):
             TextDomain().load_data("demo:40", seed=0, options={"max_edited_share": bad})
-    with pytest.raises(rk.ConfigError, match="max_share"):
-        ObfuscationSpace(space.tokenizer, space.dim, 3, max_share=0.0)
+    for bad_share in (0.0, "x"):
+        with pytest.raises(rk.ConfigError, match="max_share"):
+            ObfuscationSpace(space.tokenizer, space.dim, 3, max_share=bad_share)  # type: ignore[arg-type]
 
 
 def test_gradient_scores_rank_better_than_chance(trained: Trained) -> None:

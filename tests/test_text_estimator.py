@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import train_test_split
 
 import robustkit as rk
@@ -40,11 +41,13 @@ def test_attacked_texts_are_valid_obfuscations_judged_by_a_fresh_prediction(fitt
     assert bool(standard._space().contains(adversarial, spam).all())
     assert (info["words_edited"] <= 3).all() and (info["words_edited"] > 0).any()
     assert np.array_equal(info["flagged_attacked"].to_numpy(), standard.predict(adversarial) == 1)
+    assert standard.attack(spam)[0] == adversarial  # the first attack after fit is the same as any later one
     # a share cap bounds the edits of every text, short or long
     capped = clone(standard).set_params(max_edited_share=0.1).fit(X_TRAIN, Y_TRAIN)
     _, capped_info = capped.attack(spam)
     for text, edited in zip(spam, capped_info["words_edited"], strict=True):
         assert edited <= max(1, int(0.1 * len(words(text))))
+    assert (capped_info["words_edited"] > 0).any()
 
 
 def test_string_labels_and_sklearn_cloning() -> None:
@@ -64,6 +67,23 @@ def test_core_methods_train_through_the_embedding_ball() -> None:
     assert clf.get_params()["method"] is method  # fit leaves its parameters as given (scikit-learn's rule)
 
 
+def test_unfitted_use_and_bad_evaluation_labels_are_refused(fitted) -> None:
+    with pytest.raises(NotFittedError):
+        RobustSpamClassifier().predict(X_TEST)
+    standard = fitted[1]
+    column = np.asarray(Y_TEST).reshape(-1, 1)
+    assert standard.evaluate(X_TEST, column) == standard.evaluate(X_TEST, Y_TEST)
+    with pytest.raises(DataError, match="not fitted on"):
+        standard.evaluate(X_TEST, np.where(np.asarray(Y_TEST) == 1, "spam", "ham"))
+    with pytest.raises(DataError, match="one label per text"):
+        standard.evaluate(X_TEST, Y_TEST[:5])
+
+
+def test_random_state_none_draws_a_seed() -> None:
+    clf = RobustSpamClassifier(method="standard", epochs=1, random_state=None).fit(X_TRAIN[:80], Y_TRAIN[:80])
+    assert clf.predict(X_TEST[:3]).shape == (3,)
+
+
 @pytest.mark.parametrize(
     ("params", "match"),
     [
@@ -74,6 +94,7 @@ def test_core_methods_train_through_the_embedding_ball() -> None:
         ({"attack_tricks": "leet"}, "attack_tricks"),
         ({"attack_tricks": ["rot13"]}, "attack_tricks"),
         ({"max_edited_share": 2.0}, "max_edited_share"),
+        ({"random_state": "seven"}, "random_state"),
     ],
 )
 def test_bad_parameters_are_refused_before_training(params, match) -> None:

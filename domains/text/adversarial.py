@@ -145,6 +145,7 @@ class DiscreteAdversarialTraining(Standard, Callback):
         return {
             "name": self.name,
             "budget": self.space.budget,
+            "max_edited_share": self.space.max_share,
             "share": self.share,
             "clean_epochs": self.clean_epochs,
             "candidates_per_step": self.candidates_per_step,

@@ -23,7 +23,6 @@ import pandas as pd
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
-from torch import nn
 
 from domains.text import TextDomain
 from domains.text.data import TextSource
@@ -57,7 +56,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         epochs, batch_size, lr: training length, batch size and Adam learning rate.
         dim, channels: the model's embedding size and convolution width.
         target_fpr: share of the validation ham flagged at the operating threshold.
-        random_state: seed of the split, the weights, the data order and the attacks.
+        random_state: seed of the split, the weights, the data order and the attacks (None: random).
         validation_fraction: share of the texts held out for the threshold and the best-epoch choice.
 
     Example:
@@ -83,7 +82,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         dim: int = 32,
         channels: int = 64,
         target_fpr: float = 0.01,
-        random_state: int = 0,
+        random_state: int | None = 0,
         validation_fraction: float = 0.2,
     ) -> None:
         self.method = method
@@ -129,6 +128,9 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and 0 < value < 1):
                 raise ConfigError(f"{name} must lie strictly between 0 and 1, got {value!r}")
+        if self.random_state is not None and (isinstance(self.random_state, bool)
+                                              or not isinstance(self.random_state, int | np.integer)):
+            raise ConfigError(f"random_state must be an integer or None, got {self.random_state!r}")
         if isinstance(self.attack_tricks, str):
             raise ConfigError(f"attack_tricks must be a list of tricks among {', '.join(TRICKS)}, "
                               f"got the string {self.attack_tricks!r}")
@@ -155,7 +157,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         texts = self._texts(X)
         labels, classes = binary_labels(y, len(texts), ("ham", "spam"), what="texts")
-        seed = int(self.random_state)
+        seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
         sha = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
         source = TextSource(texts, labels.tolist(), "fit", sha, ["passed to RobustSpamClassifier.fit"])
         domain = TextDomain()
@@ -187,6 +189,9 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         threshold = domain.choose_threshold(model, data)
         assert threshold is not None
         self.threshold_ = float(threshold)
+        # binds the model's tokenizer and embedding table to the domain, so that every attack, the first
+        # included, ranks edits with the model's own embeddings
+        self.decided_ = domain.decided(model, self.threshold_)
         return self
 
     # ----------------------------------------------------------------- prediction
@@ -194,10 +199,6 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         space = self.domain_.eval_space(self.budget if budget is None else float(budget), self.data_)
         assert isinstance(space, ObfuscationSpace)
         return space
-
-    def _decided(self) -> nn.Module:
-        """The model judged at the operating threshold (argmax of its logits is the decision)."""
-        return self.domain_.decided(self.model_, self.threshold_)
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
         """``(n, 2)`` probabilities in ``classes_`` order (column 1: spam)."""
@@ -212,6 +213,19 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         flagged = self.predict_proba(X)[:, 1] >= self.threshold_
         return self.classes_[flagged.astype(int)]
 
+    def _spam_labels(self, y: Any, n: int) -> np.ndarray:
+        """True where ``y`` is spam (``classes_[1]``); every label must be one of ``classes_``."""
+        arr = np.asarray(y)
+        if arr.ndim == 2 and arr.shape[1] == 1:
+            arr = arr.ravel()
+        if arr.ndim != 1 or len(arr) != n:
+            raise DataError(f"X has {n} texts but y has shape {arr.shape}: pass one label per text")
+        known = np.isin(arr, self.classes_)
+        if not known.all():
+            raise DataError(f"y holds labels the model was not fitted on (e.g. {arr[~known][0]!r}): use "
+                            f"{self.classes_[0]!r} and {self.classes_[1]!r}")
+        return np.asarray(arr == self.classes_[1], dtype=bool)
+
     # ----------------------------------------------------------------- attacks
     def attack(self, X: Sequence[str], budget: float | None = None,
                candidates_per_step: int = 8) -> tuple[list[str], pd.DataFrame]:
@@ -223,8 +237,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         texts = self._texts(X)
         space = self._space(budget)
-        decided = self._decided()
-        search = DiscreteSearch(space, candidates_per_step=candidates_per_step, seed=int(self.random_state))
+        decided = self.decided_
+        search = DiscreteSearch(space, candidates_per_step=candidates_per_step, seed=int(self.random_state or 0))
         with frozen_eval(decided):
             result = search(decided, texts, torch.ones(len(texts), dtype=torch.long))
         adversarial = [str(t) for t in result.x_adv]
@@ -243,9 +257,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         texts = self._texts(X)
-        positive = np.asarray(y) == self.classes_[1]
-        if len(positive) != len(texts):
-            raise DataError(f"X has {len(texts)} texts but y has {len(positive)} labels")
+        positive = self._spam_labels(y, len(texts))
         spam = [t for t, p in zip(texts, positive.tolist(), strict=True) if p]
         info = self.attack(spam, budget)[1] if spam else pd.DataFrame(
             {"words_edited": [], "flagged_clean": [], "flagged_attacked": []})

@@ -235,7 +235,8 @@ class ObfuscationSpace(DiscreteSpace[str]):
         max_share: float | None = None,
     ):
         super().__init__(budget)
-        if max_share is not None and (isinstance(max_share, bool) or not 0 < float(max_share) <= 1):
+        if max_share is not None and (isinstance(max_share, bool) or not isinstance(max_share, int | float)
+                                      or not 0 < max_share <= 1):
             raise ConfigError(f"max_share must lie in (0, 1] (a share of the original's words), got {max_share!r}")
         #: the cap on edits as a share of the original's words (None: the budget alone)
         self.max_share = None if max_share is None else float(max_share)

@@ -31,7 +31,8 @@ def _compact_share(device: torch.device) -> float:
 
     On a CPU the work is the arithmetic, so finished examples leave at once. On a GPU a small
     model's step is launch-bound: gathering the batch costs more than stepping a few finished
-    examples, which are frozen in place instead (their best point stays their first success).
+    examples, which are frozen in place instead (their best point stays their first success, so
+    the results are the same; the pass counts include the frozen examples' passes).
     """
     return 0.0 if device.type == "cpu" else 0.125
 
