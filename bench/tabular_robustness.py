@@ -265,8 +265,9 @@ def main() -> None:
     parser.add_argument("--class-weights", default=None, help="'balanced' or none (hardened)")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--budget", type=float, default=None, help="cost budget (default: the schema's)")
-    parser.add_argument("--space", choices=["schema", "sparse"], default="schema",
-                        help="training space of the hardened models: SchemaSpace or SparseSchemaSpace")
+    parser.add_argument("--space", choices=["schema", "sparse"], default="sparse",
+                        help="training space of the hardened models: SparseSchemaSpace (what `robustkit harden "
+                             "tabular` uses) or SchemaSpace")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the results file")
     parser.add_argument("--split", choices=["stratified", "time"], default="stratified",
