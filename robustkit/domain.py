@@ -199,6 +199,11 @@ class Domain:
         """Which examples may be attacked (None: all). Fraud and spam attack only the positive class."""
         return None
 
+    def attackable_mask(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`attackable` as a bool mask (all True where it says None): what trainers and evaluations take."""
+        m = self.attackable(x, y)
+        return torch.ones(len(y), dtype=torch.bool, device=y.device) if m is None else m
+
     # ----------------------------------------------------------------- decision rule
     def choose_threshold(self, model: nn.Module, data: DomainData) -> float | None:
         """Operating threshold for binary domains, chosen on validation data (None: argmax)."""

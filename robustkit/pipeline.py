@@ -147,14 +147,6 @@ def _eval_batch_size(config: RunConfig) -> int:
     return max(config.batch_size, 256)
 
 
-def _attackable_fn(domain: Domain) -> Any:
-    def mask(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        m = domain.attackable(x, y)
-        return torch.ones(len(y), dtype=torch.bool, device=y.device) if m is None else m
-
-    return mask
-
-
 # ----------------------------------------------------------------------------- training
 def _model_spec(domain: Domain, data: DomainData, config: RunConfig) -> dict[str, Any]:
     """The spec of the model to train: the user's ``--model-factory`` or the domain's reference model."""
@@ -185,7 +177,7 @@ def _train(
     own = domain.training_method(method, data, config.budget) if method in domain.methods else method
     trainer = AdversarialTrainer(
         model, space, method=own, optimizer=optimizer, eps_warmup=config.eps_warmup,
-        attackable=_attackable_fn(domain), checkpoint_dir=ckpt, seed=config.seed, progress=progress,
+        attackable=domain.attackable_mask, checkpoint_dir=ckpt, seed=config.seed, progress=progress,
         select_best=method != "standard",
     )
     resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
@@ -224,7 +216,7 @@ def _evaluate(
         space,
         eps=config.eps,
         attacks=config.preset,
-        mask=_attackable_fn(domain),
+        mask=domain.attackable_mask,
         seed=config.seed,
         batch_size=_eval_batch_size(config),
         progress=progress,
@@ -256,7 +248,7 @@ def _write_examples(
     assert config.budget is not None and config.batch_size is not None
     space = domain.eval_space(config.budget, data)
     attack = _strongest(domain, data, config, data.info.n_classes)
-    mask_fn = _attackable_fn(domain)
+    mask_fn = domain.attackable_mask
     device = torch.device(config.device)
     parts: dict[str, list[Any]] = {k: [] for k in ("x", "x_adv", "y", "pred_clean", "pred_adv", "success")}
     taken = 0

@@ -224,10 +224,7 @@ class ContinuousSpace(PerturbationSpace):
 
     def projector(self, x: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         """:meth:`project` around fixed clean inputs ``x``, with what depends on ``x`` alone prepared once."""
-        return functools.partial(self._project_around, x)
-
-    def _project_around(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
-        return self.project(x_adv, x)
+        return functools.partial(self.project, x=x)
 
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float | torch.Tensor) -> torch.Tensor:
         """One steepest-ascent step of length ``step_size`` (scalar or one per example) along ``grad``."""

@@ -113,6 +113,7 @@ def test_bad_parameters_are_refused_before_training(params, match) -> None:
         (X_TRAIN[:60], Y_TRAIN[:50], "50"),
         (X_TRAIN[:60], [1] * 60, "binary"),
         (X_TRAIN[:60], [1] + [0] * 59, "at least 2"),
+        (X_TRAIN[:60], [0, 0] + [1] * 58, "holds none out"),
     ],
 )
 def test_bad_data_is_refused_before_training(texts, labels, match) -> None:

@@ -37,10 +37,6 @@ from robustkit.training import methods as methods_mod
 __all__ = ["RobustSpamClassifier"]
 
 
-def _spam_rows(x: Any, y: torch.Tensor) -> torch.Tensor:
-    return y == 1
-
-
 class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
     """Spam filter on raw texts, hardened against obfuscation (see the module docstring).
 
@@ -157,15 +153,16 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         texts = self._texts(X)
         labels, classes = binary_labels(y, len(texts), ("ham", "spam"), what="texts")
+        n_ham = int((labels == 0).sum())
+        if round(n_ham * (1 - float(self.validation_fraction))) >= n_ham:  # as the stratified split rounds
+            raise DataError(f"validation_fraction={self.validation_fraction} of {n_ham} ham texts holds none out: "
+                            "the threshold needs validation ham; pass more texts or a larger fraction")
         seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
         sha = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
         source = TextSource(texts, labels.tolist(), "fit", sha, ["passed to RobustSpamClassifier.fit"])
         domain = TextDomain()
         options = self._options()
         data = domain.data_from(source, seed, options, fractions=(1 - float(self.validation_fraction), 1.0))
-        if not any(int(v) == 0 for v in data.val.labels):  # type: ignore[attr-defined]
-            raise DataError(f"validation_fraction={self.validation_fraction} of {int((labels == 0).sum())} ham "
-                            "texts holds none out: the threshold needs validation ham; pass more texts")
         torch.manual_seed(seed)
         spec = domain.model_spec(data, options)
         model = domain.build_model(spec)
@@ -175,8 +172,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         name = own.name if isinstance(own, methods_mod.Method) else str(own)
         trainer = AdversarialTrainer(
             model, domain.space(budget, data), method=own,
-            optimizer=torch.optim.Adam(model.parameters(), lr=float(self.lr)), attackable=_spam_rows, seed=seed,
-            progress=False, select_best=name != "standard",
+            optimizer=torch.optim.Adam(model.parameters(), lr=float(self.lr)), attackable=domain.attackable_mask,
+            seed=seed, progress=False, select_best=name != "standard",
         )
         trainer.fit(domain.loader(data.train, int(self.batch_size), shuffle=True), epochs=int(self.epochs),
                     val_loader=domain.loader(data.val, int(self.batch_size), shuffle=False))

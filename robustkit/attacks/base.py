@@ -136,8 +136,7 @@ class Problem:
     def loss_grad(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, per-example loss and the input gradient (averaged over ``eot`` samples)."""
         if self.eot == 1:  # the common case, without the accumulators: an attack step is launch-bound on GPUs
-            logits, loss, grad = self._one_gradient(x, idx)
-            return logits, loss, grad
+            return self._one_gradient(x, idx)
         grad = torch.zeros_like(x)
         loss_sum = torch.zeros(len(x), device=x.device, dtype=x.dtype)
         for _ in range(self.eot):
