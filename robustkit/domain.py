@@ -79,6 +79,21 @@ class DomainData:
     info: DatasetInfo
     raw: dict[str, Any] = field(default_factory=dict)
 
+    def digest(self) -> DomainData:
+        """The same data without its examples: the dataset note (name, sha256, split) and ``raw`` minus
+        its ``frames``, what a fitted estimator keeps instead of its training data."""
+        empty: Dataset[Any] = _Empty()
+        raw = {k: v for k, v in self.raw.items() if k != "frames"}
+        return DomainData(empty, empty, empty, self.info, raw)
+
+
+class _Empty(Dataset[Any]):
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, i: int) -> Any:
+        raise IndexError(i)
+
 
 @dataclass
 class Examples:

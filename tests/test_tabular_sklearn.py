@@ -296,3 +296,23 @@ def test_errors_name_the_problem_before_training():
         with pytest.raises(ConfigError, match=match):
             est.fit(X, y)
         assert not hasattr(est, "model_")
+
+
+def test_string_labels_attack_the_named_positive_class_never_the_one_sorting_last():
+    """'legit' sorts after 'fraud': the old rule took it as the positive class and attacked legitimate rows."""
+    X, y = xy(600, seed=0)
+    named = y.map({0: "legit", 1: "fraud"})
+    clf = small().fit(X, named)
+    assert clf.classes_.tolist() == ["fraud", "legit"] and clf.pos_label_ == "fraud"
+    Xt, yt = xy(400, seed=5)
+    proba, numeric = clf.predict_proba(Xt), small().fit(X, y).predict_proba(Xt)
+    np.testing.assert_allclose(proba[:, 0], numeric[:, 1])  # the fraud column, wherever it sorts
+    assert ((clf.predict(Xt) == "fraud") == (proba[:, 0] >= clf.threshold_)).all()
+    report = clf.evaluate(Xt, yt.map({0: "legit", 1: "fraud"}), attack="pgd", steps=3)
+    assert report["n_fraud"] == int(yt.sum())  # the fraud rows were attacked, not the legitimate ones
+    other = y.map({0: "ok", 1: "chargeback"})
+    with pytest.raises(DataError, match="'chargeback' and 'ok'.*pos_label"):
+        small().fit(X, other)
+    assert small(pos_label="chargeback").fit(X, other).pos_label_ == "chargeback"
+    with pytest.raises(DataError, match="pos_label='fraud' is not one of"):
+        small(pos_label="fraud").fit(X, other)

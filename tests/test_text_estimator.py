@@ -121,3 +121,19 @@ def test_bad_data_is_refused_before_training(texts, labels, match) -> None:
     with pytest.raises(DataError, match=match):
         clf.fit(texts, labels)
     assert not hasattr(clf, "model_")
+
+
+def test_positive_label_is_named_or_refused_and_no_training_text_is_kept() -> None:
+    import pickle
+
+    flipped = np.where(np.asarray(Y_TRAIN[:120]) == 1, "junk", "mail")  # "mail" sorts last but is not spam
+    with pytest.raises(DataError, match="'junk' and 'mail'.*pos_label"):
+        RobustSpamClassifier(epochs=1).fit(X_TRAIN[:120], flipped)
+    clf = RobustSpamClassifier(method="standard", epochs=2, pos_label="junk").fit(X_TRAIN[:120], flipped)
+    assert clf.classes_.tolist() == ["junk", "mail"] and clf.pos_label_ == "junk"
+    proba = clf.predict_proba(X_TEST[:20])
+    assert ((clf.predict(X_TEST[:20]) == "junk") == (proba[:, 0] >= clf.threshold_)).all()
+    spam = [t for t, y in zip(X_TEST, Y_TEST, strict=True) if y == 1]
+    assert clf.evaluate(X_TEST, np.where(np.asarray(Y_TEST) == 1, "junk", "mail"))["n_spam"] == len(spam)
+    blob = pickle.dumps(clf)
+    assert not any(t.encode() in blob for t in X_TRAIN[:120] if len(t) > 30)  # a digest, not the messages

@@ -4,13 +4,15 @@
 preprocessing: by default a :class:`~domains.tabular.model.TabularMLP` (schema-built encoder +
 MLP); with ``preprocessor`` a scikit-learn ``ColumnTransformer`` bridged into torch
 (:mod:`domains.tabular.sklearn_bridge`) followed by an MLP. It trains through
-:class:`robustkit.AdversarialTrainer` over :class:`~domains.tabular.space.SchemaSpace`, attacking
+:class:`robustkit.AdversarialTrainer` over :class:`~domains.tabular.attacks.SparseSchemaSpace`, attacking
 only fraud rows, with class weights for the imbalance, and decides at the threshold that gives
 ``target_fpr`` false positives on an internal validation split. It clones, nests in a ``Pipeline``
 and works with ``GridSearchCV`` like any scikit-learn classifier.
 
-Labels: two classes; the larger label in sort order (``classes_[1]``: 1, True, "fraud" over
-"legit") is fraud, the class an attacker wants to leave.
+Labels: two classes. ``pos_label`` names fraud, the class an attacker wants to leave; without it,
+1 (of 0/1 or -1/1), True, or "fraud" is, and any other pair of labels is refused rather than guessed.
+``classes_`` is sorted as in scikit-learn; ``pos_label_`` is the fraud class, and ``predict_proba``'s
+columns follow ``classes_``.
 """
 
 from __future__ import annotations
@@ -30,14 +32,14 @@ from sklearn.utils.validation import check_is_fitted
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from domains.tabular.attacks import worst_case
+from domains.tabular.attacks import SparseSchemaSpace, worst_case
 from domains.tabular.model import TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.space import SchemaSpace, encode, repair
 from robustkit.attacks import PGD
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels, threshold_at_fpr
+from robustkit.evaluation.binary import binary_labels, decide, known_positive, threshold_at_fpr, two_columns
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
@@ -74,6 +76,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             fitted on the training split, a fitted one is used as it is; either is bridged into torch.
         random_state: seed of the split, the weights, the data order and the attacks (None: random).
         validation_fraction: share of the rows held out for the threshold and the best-epoch choice.
+        pos_label: the label of fraud (default: 1, True or "fraud"; other labels need it).
 
     Example:
         >>> from domains.tabular.synthetic import card_schema, generate
@@ -82,6 +85,9 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         >>> clf = RobustTabularClassifier(card_schema(), method="pgd", epochs=1).fit(X, y)
         >>> clf.predict_proba(X.head(3)).shape, clf.classes_.tolist(), 0 < clf.threshold_ < 1
         ((3, 2), [0, 1], True)
+        >>> named = y.map({0: "ok", 1: "chargeback"})
+        >>> RobustTabularClassifier(card_schema(), epochs=1, pos_label="chargeback").fit(X, named).pos_label_
+        'chargeback'
         >>> sorted(clf.evaluate(X, y, attack="pgd", steps=5))
         ['attack', 'attack_success_rate', 'budget', 'n_fraud', 'recall_attacked', 'recall_clean']
     """
@@ -100,6 +106,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         preprocessor: Any = None,
         random_state: int | None = 0,
         validation_fraction: float = 0.2,
+        pos_label: Any = None,
     ) -> None:
         self.schema = schema
         self.method = method
@@ -113,6 +120,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.preprocessor = preprocessor
         self.random_state = random_state
         self.validation_fraction = validation_fraction
+        self.pos_label = pos_label
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -174,7 +182,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training."""
         self._check_params()
         features = self._features(X)
-        labels, classes = binary_labels(y, len(features), ("legit", "fraud"))
+        labels, classes, positive = binary_labels(y, len(features), ("legit", "fraud"), pos_label=self.pos_label)
         seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
         try:
             i_train, i_val = train_test_split(np.arange(len(labels)), test_size=self.validation_fraction,
@@ -202,7 +210,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             self.preprocessor_ = pre
             model = nn.Sequential(encoder, _mlp(encoder.out_features, self.hidden))
         method = copy.deepcopy(self.method) if isinstance(self.method, methods_mod.Method) else self.method
-        space = SchemaSpace(schema, self.budget)
+        space = SparseSchemaSpace(schema, self.budget)  # the space `robustkit harden tabular` trains over
         class_weights = self.class_weight if self.class_weight is None or isinstance(self.class_weight, str) \
             else [float(w) for w in self.class_weight]
         trainer = AdversarialTrainer(
@@ -217,6 +225,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                     val_loader=DataLoader(TensorDataset(x_val, y_val), batch_size=max(256, int(self.batch_size))))
         model.eval()
         self.classes_ = classes
+        self.pos_label_ = positive
         self.model_ = model
         self.history_ = trainer.history_frame()
         self.budget_ = float(space.budget)
@@ -231,10 +240,10 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             return torch.softmax(logits_of(self.model_(x)).double(), dim=1)[:, 1]
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        """``(n, 2)`` probabilities in ``classes_`` order (column 1: fraud)."""
+        """``(n, 2)`` probabilities in ``classes_`` order (the column of ``pos_label_``: fraud)."""
         check_is_fitted(self, "model_")
-        p = self._scores(encode(self.schema, self._features(X))).numpy()
-        return np.stack([1.0 - p, p], axis=1)
+        return two_columns(self._scores(encode(self.schema, self._features(X))).numpy(), self.classes_,
+                           self.pos_label_)
 
     def decision_function(self, X: pd.DataFrame) -> np.ndarray:
         """Log-odds of fraud minus those of the threshold: > 0 where :meth:`predict` says fraud (ties aside)."""
@@ -245,9 +254,10 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         return (logits[:, 1] - logits[:, 0]).numpy()
 
     def predict(self, X: pd.DataFrame) -> np.ndarray:
-        """Fraud (``classes_[1]``) where P(fraud) >= ``threshold_``, else ``classes_[0]``."""
-        flagged = self.predict_proba(X)[:, 1] >= self.threshold_
-        return self.classes_[flagged.astype(int)]
+        """``pos_label_`` (fraud) where P(fraud) >= ``threshold_``, else the other class."""
+        check_is_fitted(self, "model_")
+        flagged = self._scores(encode(self.schema, self._features(X))).numpy() >= self.threshold_
+        return decide(flagged, self.classes_, self.pos_label_)
 
     # ----------------------------------------------------------------- attacks
     def attack(self, X: pd.DataFrame, budget: float | None = None, steps: int = 50,
@@ -288,9 +298,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         if attack not in ("strongest", "pgd"):
             raise ConfigError(f"attack must be 'strongest' or 'pgd', not {attack!r}")
         features = self._features(X)
-        positive = np.asarray(y) == self.classes_[1]
-        if len(positive) != len(features):
-            raise DataError(f"X has {len(features)} rows but y has {len(positive)} labels")
+        positive = known_positive(y, len(features), self.classes_, self.pos_label_, "rows")
         fraud = features[positive]
         if attack == "pgd":
             _, info = self.attack(fraud, budget=budget, steps=steps)

@@ -7,8 +7,10 @@ the domain's ``discrete`` method: spam obfuscated against the current model ever
 at the threshold that flags ``target_fpr`` of the validation ham. ``evaluate`` reports spam recall on
 clean texts and under the obfuscation search, the attack ``robustkit harden text`` reports.
 
-Labels: two classes; the larger label in sort order (``classes_[1]``: 1, True, "spam" over "ham")
-is spam, the class a spammer wants to leave.
+Labels: two classes; ``pos_label`` names spam (default: 1, True or "spam"; any other pair of labels is
+refused rather than guessed). ``classes_`` is sorted as in scikit-learn, ``pos_label_`` is spam, the
+class a spammer wants to leave, and ``predict_proba``'s columns follow ``classes_``. A fitted
+classifier keeps no training text: its ``data_`` holds the tokenizer and a digest of the data.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from domains.text.data import TextSource
 from domains.text.obfuscation import TRICKS, ObfuscationSpace, edit_cost
 from robustkit.attacks import DiscreteSearch
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels
+from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
@@ -54,6 +56,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         target_fpr: share of the validation ham flagged at the operating threshold.
         random_state: seed of the split, the weights, the data order and the attacks (None: random).
         validation_fraction: share of the texts held out for the threshold and the best-epoch choice.
+        pos_label: the label of spam (default: 1, True or "spam"; other labels need it).
 
     Example:
         >>> from domains.text.data import demo_corpus
@@ -63,6 +66,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         ((2, 2), [0, 1], True)
         >>> sorted(clf.evaluate(texts[:40], labels[:40]))
         ['attack_success_rate', 'budget', 'n_spam', 'recall_attacked', 'recall_clean', 'words_edited']
+        >>> len(clf.data_.train), len(clf.data_.test)  # no training text is kept
+        (0, 0)
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         target_fpr: float = 0.01,
         random_state: int | None = 0,
         validation_fraction: float = 0.2,
+        pos_label: Any = None,
     ) -> None:
         self.method = method
         self.budget = budget
@@ -94,6 +100,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.target_fpr = target_fpr
         self.random_state = random_state
         self.validation_fraction = validation_fraction
+        self.pos_label = pos_label
 
     # ----------------------------------------------------------------- checks
     def _options(self) -> dict[str, Any]:
@@ -152,7 +159,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         """Train on texts ``X`` and binary labels ``y``; every check runs before training."""
         self._check_params()
         texts = self._texts(X)
-        labels, classes = binary_labels(y, len(texts), ("ham", "spam"), what="texts")
+        labels, classes, positive = binary_labels(y, len(texts), ("ham", "spam"), what="texts",
+                                                  pos_label=self.pos_label)
         n_ham = int((labels == 0).sum())
         if round(n_ham * (1 - float(self.validation_fraction))) >= n_ham:  # as the stratified split rounds
             raise DataError(f"validation_fraction={self.validation_fraction} of {n_ham} ham texts holds none out: "
@@ -178,12 +186,13 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         trainer.fit(domain.loader(data.train, int(self.batch_size), shuffle=True), epochs=int(self.epochs),
                     val_loader=domain.loader(data.val, int(self.batch_size), shuffle=False))
         model.eval()
+        threshold = domain.choose_threshold(model, data)
         self.domain_ = domain
-        self.data_ = data
+        self.data_ = data.digest()
         self.model_ = model
         self.classes_ = classes
+        self.pos_label_ = positive
         self.history_ = trainer.history_frame()
-        threshold = domain.choose_threshold(model, data)
         assert threshold is not None
         self.threshold_ = float(threshold)
         # binds the model's tokenizer and embedding table to the domain, so that every attack, the first
@@ -198,30 +207,19 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         return space
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
-        """``(n, 2)`` probabilities in ``classes_`` order (column 1: spam)."""
+        """``(n, 2)`` probabilities in ``classes_`` order (the column of ``pos_label_``: spam)."""
         check_is_fitted(self, "model_")
-        texts = self._texts(X)
+        return two_columns(self._spam_scores(self._texts(X)), self.classes_, self.pos_label_)
+
+    def _spam_scores(self, texts: list[str]) -> np.ndarray:
         with frozen_eval(self.model_), torch.no_grad():
             logits = logits_of(self.model_(self._space().encode(texts)))
-        return torch.softmax(logits.double(), dim=1).numpy()
+        return torch.softmax(logits.double(), dim=1)[:, 1].numpy()
 
     def predict(self, X: Sequence[str]) -> np.ndarray:
-        """Spam (``classes_[1]``) where P(spam) >= ``threshold_``, else ``classes_[0]``."""
-        flagged = self.predict_proba(X)[:, 1] >= self.threshold_
-        return self.classes_[flagged.astype(int)]
-
-    def _spam_labels(self, y: Any, n: int) -> np.ndarray:
-        """True where ``y`` is spam (``classes_[1]``); every label must be one of ``classes_``."""
-        arr = np.asarray(y)
-        if arr.ndim == 2 and arr.shape[1] == 1:
-            arr = arr.ravel()
-        if arr.ndim != 1 or len(arr) != n:
-            raise DataError(f"X has {n} texts but y has shape {arr.shape}: pass one label per text")
-        known = np.isin(arr, self.classes_)
-        if not known.all():
-            raise DataError(f"y holds labels the model was not fitted on (e.g. {arr[~known][0]!r}): use "
-                            f"{self.classes_[0]!r} and {self.classes_[1]!r}")
-        return np.asarray(arr == self.classes_[1], dtype=bool)
+        """``pos_label_`` (spam) where P(spam) >= ``threshold_``, else the other class."""
+        check_is_fitted(self, "model_")
+        return decide(self._spam_scores(self._texts(X)) >= self.threshold_, self.classes_, self.pos_label_)
 
     # ----------------------------------------------------------------- attacks
     def attack(self, X: Sequence[str], budget: float | None = None,
@@ -241,8 +239,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         adversarial = [str(t) for t in result.x_adv]
         info = pd.DataFrame({
             "words_edited": [edit_cost(o, a) for o, a in zip(texts, adversarial, strict=True)],
-            "flagged_clean": self.predict_proba(texts)[:, 1] >= self.threshold_,
-            "flagged_attacked": self.predict_proba(adversarial)[:, 1] >= self.threshold_,
+            "flagged_clean": self._spam_scores(texts) >= self.threshold_,
+            "flagged_attacked": self._spam_scores(adversarial) >= self.threshold_,
         })
         return adversarial, info
 
@@ -254,7 +252,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         texts = self._texts(X)
-        positive = self._spam_labels(y, len(texts))
+        positive = known_positive(y, len(texts), self.classes_, self.pos_label_, "texts")
         spam = [t for t, p in zip(texts, positive.tolist(), strict=True) if p]
         info = self.attack(spam, budget)[1] if spam else pd.DataFrame(
             {"words_edited": [], "flagged_clean": [], "flagged_attacked": []})

@@ -9,7 +9,8 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,20 +18,85 @@ import torch
 
 from robustkit.errors import DataError
 
-__all__ = ["binary_labels", "binary_metrics", "threshold_at_fpr"]
+__all__ = [
+    "BinaryLabels", "binary_labels", "binary_metrics", "decide", "known_positive", "positive_label", "threshold_at_fpr",
+    "two_columns",
+]
 
 
-def binary_labels(y: Any, n: int, names: tuple[str, str] = ("negative", "positive"), what: str = "rows"
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``(1 where positive else 0, classes)`` from scikit-learn style labels ``y`` for ``n`` inputs.
+#: labels taken as the positive (attacked) class when ``pos_label`` is not given, in this order
+DEFAULT_POSITIVE = ("fraud", "spam")
 
-    The larger label in sort order (``classes[1]``: 1, True, "spam" over "ham") is the positive class,
-    the one an attacker wants to leave; ``names`` say what the classes are in error messages.
+
+def positive_label(classes: Sequence[Any], pos_label: Any = None, names: tuple[str, str] = ("negative", "positive"),
+                   ) -> Any:
+    """Which of the two ``classes`` is the positive class, the one an attacker wants to leave.
+
+    ``pos_label`` when given (it must be one of ``classes``); else 1 for 0/1, -1/1 and False/True labels,
+    else "fraud" or "spam" (any case) when one of them is present. Any other pair is refused with an
+    error naming both labels: guessing would attack the wrong class and report its recall as the
+    positive class's.
 
     Example:
-        >>> flags, classes = binary_labels(["ham", "spam", "ham", "spam"], 4)
-        >>> flags.tolist(), classes.tolist()
-        ([0, 1, 0, 1], ['ham', 'spam'])
+        >>> positive_label(["fraud", "legit"])
+        'fraud'
+        >>> positive_label([0, 1]), positive_label(["bad", "good"], pos_label="bad")
+        (1, 'bad')
+    """
+    values = list(classes)
+    if pos_label is not None:
+        matches = [c for c in values if _same(c, pos_label)]
+        if not matches:
+            shown = " and ".join(repr(_plain(c)) for c in values)
+            raise DataError(f"pos_label={pos_label!r} is not one of the labels ({shown}): pass one of them")
+        return matches[0]
+    plain = {_plain(c) for c in values}
+    if plain <= {0, 1} or plain == {-1, 1}:  # numbers and booleans: 1 (True) is positive
+        return next(c for c in values if _plain(c) == 1)
+    for name in DEFAULT_POSITIVE:
+        found = [c for c in values if isinstance(_plain(c), str) and str(_plain(c)).strip().lower() == name]
+        if found:
+            return found[0]
+    shown = " and ".join(repr(_plain(c)) for c in values)
+    raise DataError(f"labels {shown}: which one is {names[1]} (the class attackers want to leave)? Pass "
+                    f"pos_label= (on the command line --positive-label) naming it")
+
+
+def _plain(value: Any) -> Any:
+    """A NumPy scalar as the Python value it holds (for messages and comparisons)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = _plain(a), _plain(b)
+    if isinstance(a, str) or isinstance(b, str):
+        return isinstance(a, str) and isinstance(b, str) and a == b
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):
+        return False
+
+
+class BinaryLabels(NamedTuple):
+    """Labels checked by :func:`binary_labels`: 1 where positive else 0, the sorted classes, the positive one."""
+
+    flags: np.ndarray
+    classes: np.ndarray
+    pos_label: Any
+
+
+def binary_labels(y: Any, n: int, names: tuple[str, str] = ("negative", "positive"), what: str = "rows",
+                  pos_label: Any = None) -> BinaryLabels:
+    """Scikit-learn style labels ``y`` for ``n`` inputs, checked: two classes, the positive one chosen by
+    :func:`positive_label` (``pos_label`` or the default rule); ``names`` say what the classes are in
+    error messages.
+
+    Example:
+        >>> flags, classes, positive = binary_labels(["spam", "ham", "ham", "spam"], 4)
+        >>> flags.tolist(), classes.tolist(), positive
+        ([1, 0, 0, 1], ['ham', 'spam'], 'spam')
+        >>> binary_labels(["legit", "fraud", "legit", "fraud"], 4).flags.tolist()
+        [0, 1, 0, 1]
     """
     arr = np.asarray(y)
     if arr.ndim == 2 and arr.shape[1] == 1:
@@ -49,12 +115,49 @@ def binary_labels(y: Any, n: int, names: tuple[str, str] = ("negative", "positiv
         shown = ", ".join(repr(c) for c in classes.tolist()[:5])
         raise DataError(f"y must be binary (two classes: {names[0]} and {names[1]}), got {len(classes)} "
                         f"class(es): {shown}")
-    positive = arr == classes[1]
+    positive_class = positive_label(classes, pos_label, names)
+    positive = arr == positive_class
     counts = int((~positive).sum()), int(positive.sum())
+    negative_class = classes[0] if _same(classes[1], positive_class) else classes[1]
     if min(counts) < 2:
-        raise DataError(f"y has {counts[1]} {what} of class {classes[1]!r} ({names[1]}) and {counts[0]} of "
-                        f"{classes[0]!r}: each class needs at least 2 {what} for the validation split")
-    return positive.astype(np.int64), classes
+        raise DataError(f"y has {counts[1]} {what} of class {_plain(positive_class)!r} ({names[1]}) and {counts[0]} "
+                        f"of {_plain(negative_class)!r}: each class needs at least 2 {what} for the validation split")
+    return BinaryLabels(positive.astype(np.int64), classes, _plain(positive_class))
+
+
+def _positive_column(classes: np.ndarray, pos_label: Any) -> int:
+    return 0 if _same(classes[0], pos_label) else 1
+
+
+def two_columns(p_positive: np.ndarray, classes: np.ndarray, pos_label: Any) -> np.ndarray:
+    """``(n, 2)`` probabilities in ``classes`` order from P(positive), as ``predict_proba`` returns them.
+
+    Example:
+        >>> two_columns(np.array([0.9]), np.array(["fraud", "legit"]), "fraud").tolist()
+        [[0.9, 0.09999999999999998]]
+    """
+    both = np.stack([1.0 - p_positive, p_positive], axis=1)
+    return both[:, ::-1].copy() if _positive_column(classes, pos_label) == 0 else both
+
+
+def decide(flagged: np.ndarray, classes: np.ndarray, pos_label: Any) -> np.ndarray:
+    """``pos_label`` where ``flagged``, else the other of the two ``classes``."""
+    i = _positive_column(classes, pos_label)
+    return np.where(flagged, classes[i], classes[1 - i])
+
+
+def known_positive(y: Any, n: int, classes: np.ndarray, pos_label: Any, what: str) -> np.ndarray:
+    """True where ``y`` is ``pos_label``; ``y`` needs one label per input, each one of ``classes``."""
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr.ravel()
+    if arr.ndim != 1 or len(arr) != n:
+        raise DataError(f"X has {n} {what} but y has shape {arr.shape}: pass one label per {what.rstrip('s')}")
+    known = np.isin(arr, classes)
+    if not known.all():
+        raise DataError(f"y holds labels the model was not fitted on (e.g. {_plain(arr[~known][0])!r}): use "
+                        f"{_plain(classes[0])!r} and {_plain(classes[1])!r}")
+    return np.asarray(arr == pos_label, dtype=bool)
 
 
 def threshold_at_fpr(negative_scores: torch.Tensor, target_fpr: float = 0.01) -> float:
