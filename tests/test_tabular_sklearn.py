@@ -311,8 +311,8 @@ def test_string_labels_attack_the_named_positive_class_never_the_one_sorting_las
     report = clf.evaluate(Xt, yt.map({0: "legit", 1: "fraud"}), attack="pgd", steps=3)
     assert report["n_fraud"] == int(yt.sum())  # the fraud rows were attacked, not the legitimate ones
     other = y.map({0: "ok", 1: "chargeback"})
-    with pytest.raises(DataError, match="'chargeback' and 'ok'.*pos_label"):
+    with pytest.raises(DataError, match=r"'chargeback' and 'ok'.*pos_label"):
         small().fit(X, other)
     assert small(pos_label="chargeback").fit(X, other).pos_label_ == "chargeback"
-    with pytest.raises(DataError, match="pos_label='fraud' is not one of"):
+    with pytest.raises(DataError, match=r"pos_label='fraud' is not one of"):
         small(pos_label="fraud").fit(X, other)

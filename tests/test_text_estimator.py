@@ -127,7 +127,7 @@ def test_positive_label_is_named_or_refused_and_no_training_text_is_kept() -> No
     import pickle
 
     flipped = np.where(np.asarray(Y_TRAIN[:120]) == 1, "junk", "mail")  # "mail" sorts last but is not spam
-    with pytest.raises(DataError, match="'junk' and 'mail'.*pos_label"):
+    with pytest.raises(DataError, match=r"'junk' and 'mail'.*pos_label"):
         RobustSpamClassifier(epochs=1).fit(X_TRAIN[:120], flipped)
     clf = RobustSpamClassifier(method="standard", epochs=2, pos_label="junk").fit(X_TRAIN[:120], flipped)
     assert clf.classes_.tolist() == ["junk", "mail"] and clf.pos_label_ == "junk"
