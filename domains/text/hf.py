@@ -276,7 +276,7 @@ def load_hf(path: str | Path, num_labels: int | None = None, max_tokens: int = M
         extra.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     try:
         with _no_progress_bars():
-            model, info = AutoModelForSequenceClassification.from_pretrained(str(folder), **_SAFE_LOAD, **extra)
+            model, info = AutoModelForSequenceClassification.from_pretrained(str(folder), **{**_SAFE_LOAD, **extra})
         tokenizer = AutoTokenizer.from_pretrained(
             str(folder), use_fast=True, trust_remote_code=False, local_files_only=True
         )

@@ -28,8 +28,9 @@ __all__ = [
 DEFAULT_POSITIVE = ("fraud", "spam")
 
 
-def positive_label(classes: Sequence[Any], pos_label: Any = None, names: tuple[str, str] = ("negative", "positive"),
-                   ) -> Any:
+def positive_label(
+    classes: Sequence[Any] | np.ndarray, pos_label: Any = None, names: tuple[str, str] = ("negative", "positive")
+) -> Any:
     """Which of the two ``classes`` is the positive class, the one an attacker wants to leave.
 
     ``pos_label`` when given (it must be one of ``classes``); else 1 for 0/1, -1/1 and False/True labels,
