@@ -44,7 +44,10 @@ from robustkit.spaces import ContinuousSpace, PerturbationSpace
 if TYPE_CHECKING:
     from robustkit.training.methods import Method
 
-__all__ = ["DatasetInfo", "Domain", "DomainData", "Examples", "available_domains", "get_domain", "register_domain"]
+__all__ = [
+    "Assessment", "DatasetInfo", "Domain", "DomainData", "Examples", "available_domains", "get_domain",
+    "register_domain",
+]
 
 log = logging.getLogger("robustkit")
 
@@ -108,6 +111,8 @@ class Examples:
     pred_clean: torch.Tensor
     pred_adv: torch.Tensor
     success: torch.Tensor
+    #: the domain's own adversarial examples behind the figures (:attr:`Assessment.evidence`), for this model
+    evidence: Any = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -115,6 +120,22 @@ class Examples:
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every field that is a tensor, by name."""
         return {k: v for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What a domain adds to one model's evaluation (:meth:`Domain.assess`).
+
+    ``metrics`` go to ``metrics.json`` under ``domain_metrics``. ``survived`` holds the attacks the domain
+    ran itself at the main budget (a search over whole rows, say): per attack, one bool per test example
+    in data order, True where the example withstood it; the pipeline adds them to the report's worst
+    case, headline and verdict. ``evidence`` holds the adversarial examples behind them, handed to
+    :meth:`Domain.write_examples` for this same model (on :attr:`Examples.evidence`).
+    """
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    survived: dict[str, torch.Tensor] = field(default_factory=dict)
+    evidence: Any = None
 
 
 class Domain:
@@ -229,9 +250,13 @@ class Domain:
         return model if threshold is None else ThresholdModel(model, threshold)
 
     # ----------------------------------------------------------------- metrics and examples
-    def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
-        """Extra figures for ``metrics.json`` under ``domain_metrics`` (default: none)."""
-        return {}
+    def assess(self, model: nn.Module, data: DomainData, report: Any) -> Assessment:
+        """The domain's own figures and attacks on the decided ``model`` after ``report`` (default: none).
+
+        Binary figures at the operating threshold (precision, recall, F1, false-positive rate, recall
+        under the worst attack) are added by the pipeline for every report whose headline is recall.
+        """
+        return Assessment()
 
     def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
         """Write adversarial examples in the domain's own form; default: a safetensors file of tensors."""

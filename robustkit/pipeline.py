@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -40,6 +41,8 @@ from robustkit.config import RunConfig
 from robustkit.domain import Domain, DomainData, Examples, get_domain
 from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation import RobustnessReport, evaluate
+from robustkit.evaluation.binary import binary_metrics
+from robustkit.evaluation.checks import TRIVIAL
 from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
@@ -204,9 +207,20 @@ def _train(
 
 
 # ----------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class _Evaluated:
+    """One model's evaluation: the report (the domain's own attacks included), its figures, the decided
+    model and the domain's evidence for its examples."""
+
+    report: RobustnessReport
+    metrics: dict[str, Any]
+    decided: nn.Module
+    evidence: Any
+
+
 def _evaluate(
     domain: Domain, model: nn.Module, threshold: float | None, data: DomainData, config: RunConfig, progress: bool
-) -> tuple[RobustnessReport, dict[str, Any], nn.Module]:
+) -> _Evaluated:
     assert config.budget is not None and config.batch_size is not None
     decided = domain.decided(model.eval(), threshold)
     space = domain.eval_space(config.budget, data)
@@ -221,10 +235,26 @@ def _evaluate(
         batch_size=_eval_batch_size(config),
         progress=progress,
     )
-    metrics = domain.domain_metrics(decided, data, report)
+    assessment = domain.assess(decided, data, report)
+    for label, survived in assessment.survived.items():
+        report = report.with_attack(label, survived)
+    # the binary figures come from the final report, so they count every attack that was run
+    metrics = binary_metrics(report.outcomes) if report.lead.measure == "recall" else {}
+    metrics.update(assessment.metrics)
     if threshold is not None:
         metrics.setdefault("threshold", threshold)
-    return report, metrics, decided
+    return _Evaluated(report, metrics, decided, assessment.evidence)
+
+
+def _collapsed(standard: RobustnessReport, hardened: RobustnessReport) -> RobustnessReport:
+    """``hardened`` with a verdict that says its training collapsed, where the standard model trained
+    on the same data is not trivial but the hardened one is."""
+    if not hardened.verdict.startswith(TRIVIAL) or standard.verdict.startswith(TRIVIAL):
+        return hardened
+    h, s = hardened.lead, standard.lead
+    return dataclasses.replace(hardened, verdict=(
+        f"{TRIVIAL}: adversarial training collapsed (clean {h.measure} {h.clean:.1%}, the standard model's "
+        f"{s.clean:.1%}): lower the budget or the learning rate, or warm the budget up (--eps-warmup)"))
 
 
 def _strongest(domain: Domain, data: DomainData, config: RunConfig, n_classes: int) -> Ensemble:
@@ -242,13 +272,14 @@ def _predict(model: nn.Module, space: Any, x: Any, device: torch.device) -> torc
 
 
 def _write_examples(
-    domain: Domain, decided: nn.Module, data: DomainData, config: RunConfig, out: Path, limit: int | None
+    domain: Domain, evaluated: _Evaluated, data: DomainData, config: RunConfig, out: Path, limit: int | None
 ) -> dict[str, Any]:
     """Attack the first ``limit`` test examples (all if None) with the preset's attacks; write them."""
     assert config.budget is not None and config.batch_size is not None
     space = domain.eval_space(config.budget, data)
     attack = _strongest(domain, data, config, data.info.n_classes)
     mask_fn = domain.attackable_mask
+    decided = evaluated.decided
     device = torch.device(config.device)
     parts: dict[str, list[Any]] = {k: [] for k in ("x", "x_adv", "y", "pred_clean", "pred_adv", "success")}
     taken = 0
@@ -271,7 +302,7 @@ def _write_examples(
     joined: dict[str, Any] = {
         k: torch.cat(v) if isinstance(v[0], torch.Tensor) else [e for part in v for e in part] for k, v in parts.items()
     }
-    examples = Examples(**joined)
+    examples = Examples(**joined, evidence=evaluated.evidence)
     atomic_write_dir(out / "examples", lambda folder: domain.write_examples(folder, examples, data))
     return {"n": taken, "successes": int(examples.success.sum())}
 
@@ -279,6 +310,7 @@ def _write_examples(
 # ----------------------------------------------------------------------------- commands
 def _model_entry(report: RobustnessReport, domain_metrics: dict[str, Any], seconds: float | None) -> dict[str, Any]:
     entry: dict[str, Any] = {
+        "headline": report.lead.to_dict(),
         "clean_accuracy": report.clean_accuracy,
         "robust_accuracy": dict(report.robust_accuracy),
         "domain_metrics": domain_metrics,
@@ -398,21 +430,19 @@ def harden(
         "standard": _train("standard", "standard", domain, data, config, out, resume, progress),
         "hardened": _train("hardened", config.method, domain, data, config, out, resume, progress),
     }
-    reports: dict[str, RobustnessReport] = {}
-    entries: dict[str, dict[str, Any]] = {}
-    decided_hardened: nn.Module | None = None
+    evaluated: dict[str, _Evaluated] = {}
     for name, t in trained.items():
         log.info("%s model: evaluating with the %r preset", name, config.preset)
-        report, dm, decided = _evaluate(domain, t.model, t.threshold, data, config, progress)
-        reports[name], entries[name] = report, _model_entry(report, dm, t.seconds)
-        decided_hardened = decided
-    assert decided_hardened is not None
+        evaluated[name] = _evaluate(domain, t.model, t.threshold, data, config, progress)
+    reports = {name: e.report for name, e in evaluated.items()}
+    reports["hardened"] = _collapsed(reports["standard"], reports["hardened"])
+    entries = {name: _model_entry(reports[name], e.metrics, trained[name].seconds) for name, e in evaluated.items()}
     history = pd.DataFrame([row for t in trained.values() for row in t.history])
     metrics = _metrics("harden", domain, data, config, reports, entries, "hardened")
     metrics["method"] = config.method
 
     def write() -> None:
-        _write_examples(domain, decided_hardened, data, config, out, N_EXAMPLES)
+        _write_examples(domain, evaluated["hardened"], data, config, out, N_EXAMPLES)
         _finish(out, metrics, reports, history, config, argv, domain)
 
     _on_main(write)
@@ -455,13 +485,14 @@ def _single_model(
     all_examples: bool,
 ) -> dict[str, Any]:
     domain, config, data, model, meta = _load_for_eval(config, out, force)
-    report, dm, decided = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
-    reports = {"evaluated": report}
-    metrics = _metrics(command, domain, data, config, reports, {"evaluated": _model_entry(report, dm, None)},
-                       "evaluated")
+    evaluated = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
+    reports = {"evaluated": evaluated.report}
+    metrics = _metrics(command, domain, data, config, reports,
+                       {"evaluated": _model_entry(evaluated.report, evaluated.metrics, None)}, "evaluated")
 
     def write() -> None:  # the adversarial inputs are made by rank 0 alone
-        metrics["examples"] = _write_examples(domain, decided, data, config, out, None if all_examples else N_EXAMPLES)
+        metrics["examples"] = _write_examples(domain, evaluated, data, config, out,
+                                              None if all_examples else N_EXAMPLES)
         _finish(out, metrics, reports, pd.DataFrame(), config, argv, domain)
 
     _on_main(write)

@@ -41,18 +41,16 @@ Row = tuple[str, str, str, float, float, str]
 def summary_rows(metrics: dict[str, Any]) -> list[Row]:
     """(domain, model, measure, clean, under the worst attack, verdict) per model of a run.
 
-    The measure is accuracy, or the recall of the attacked class at the operating threshold where
-    only one class is attacked (fraud, spam): accuracy there is dominated by the untouched class.
+    The model's headline (``metrics.json``'s ``headline``): accuracy, or the recall of the attacked
+    class at the operating threshold where only one class is attacked (fraud, spam: accuracy there is
+    dominated by the untouched class), clean and under the worst case of every attack that was run.
     """
     rows = []
     for name, m in metrics["models"].items():
-        extra = m.get("domain_metrics") or {}
-        if "recall_clean" in extra and "recall_attacked" in extra:
-            rows.append((metrics["domain"], name, "recall", float(extra["recall_clean"]),
-                         float(extra["recall_attacked"]), m["verdict"]))
-        else:
-            rows.append((metrics["domain"], name, "accuracy", float(m["clean_accuracy"]),
-                         float(m["robust_accuracy"]["worst"]), m["verdict"]))
+        lead = m.get("headline") or {"measure": "accuracy", "clean": m["clean_accuracy"],
+                                     "attacked": m["robust_accuracy"]["worst"]}  # a run written before headlines
+        rows.append((metrics["domain"], name, str(lead["measure"]), float(lead["clean"]), float(lead["attacked"]),
+                     m["verdict"]))
     return rows
 
 

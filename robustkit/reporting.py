@@ -38,22 +38,26 @@ def _png(fig: Figure) -> str:
 
 
 def budget_figure(reports: dict[str, RobustnessReport]) -> Figure:
-    """Robust accuracy vs budget: the worst case of every model (solid) and each attack (dotted)."""
+    """The headline measure under attack vs budget (robust accuracy, or the recall of the attacked class):
+    the worst case of every model (solid) and each attack (dotted)."""
     fig = Figure(figsize=(6.4, 4.0))
     ax = fig.subplots()
+    measure = next(iter(reports.values())).lead.measure
+    key = "robust_accuracy_attackable" if measure == "recall" else "robust_accuracy"
     for i, (name, rep) in enumerate(reports.items()):
         colour = f"C{i}"
-        table = rep.table
-        for attack, rows in table.groupby("attack", sort=False):
+        for attack in rep.attack_names:
+            points = [(float(p["eps"]), p["attacks"][attack].get(key, p["attacks"][attack]["robust_accuracy"]))
+                      for p in rep.per_eps if attack in p["attacks"]]
             worst = attack == "worst"
-            ax.plot(rows["eps"], rows["robust_accuracy"], color=colour, linestyle="-" if worst else ":",
+            ax.plot([e for e, _ in points], [v for _, v in points], color=colour, linestyle="-" if worst else ":",
                     marker="o" if worst else None, linewidth=2 if worst else 1,
                     label=f"{name}: worst case" if worst else f"{name}: {attack}")
-        ax.axhline(rep.clean_accuracy, color=colour, linestyle="--", linewidth=0.8)
+        ax.axhline(rep.lead.clean, color=colour, linestyle="--", linewidth=0.8)
     ax.set_xlabel(f"budget ({next(iter(reports.values())).threat.get('space', '')})")
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(measure)
     ax.set_ylim(0, 1.02)
-    ax.set_title("Robust accuracy vs budget (dashed: clean accuracy)")
+    ax.set_title(f"{measure.capitalize()} under attack vs budget (dashed: clean)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     return fig
@@ -122,12 +126,25 @@ def _pct(v: Any) -> str:
     return f"{100 * float(v):.1f}%" if isinstance(v, int | float) else str(v)
 
 
+def _lead(m: dict[str, Any]) -> dict[str, Any]:
+    """A model entry's headline (accuracy for runs written before headlines)."""
+    return m.get("headline") or {"measure": "accuracy", "clean": m["clean_accuracy"],
+                                 "attacked": m["robust_accuracy"].get("worst"), "false_positive_rate": None}
+
+
+#: columns of the summary table: the headline first, accuracy after it
+SUMMARY_COLUMNS = ["model", "measure", "clean", "under the worst attack", "false-positive rate", "verdict",
+                   "clean accuracy", "robust accuracy (worst case)", "training seconds"]
+
+
 def _summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
     rows = []
     for name, m in metrics["models"].items():
-        seconds = m.get("train_seconds")
-        rows.append([name, _pct(m["clean_accuracy"]), _pct(m["robust_accuracy"].get("worst")), m.get("verdict", ""),
-                     "" if seconds is None else f"{seconds:.1f}"])
+        seconds, lead = m.get("train_seconds"), _lead(m)
+        fpr = lead.get("false_positive_rate")
+        rows.append([name, str(lead["measure"]), _pct(lead["clean"]), _pct(lead["attacked"]),
+                     "" if fpr is None else _pct(fpr), m.get("verdict", ""), _pct(m["clean_accuracy"]),
+                     _pct(m["robust_accuracy"].get("worst")), "" if seconds is None else f"{seconds:.1f}"])
     return rows
 
 
@@ -141,8 +158,8 @@ def _markdown(metrics: dict[str, Any], reports: dict[str, RobustnessReport], con
         f"Data: {metrics['dataset']['name']} ({metrics['dataset'].get('split', '')}); threat: "
         f"{threat.get('space')} budget {threat.get('budget')}; seed {metrics['seed']}.",
         "",
-        "| model | clean accuracy | robust accuracy (worst case) | verdict | training seconds |",
-        "|---|---|---|---|---|",
+        "| " + " | ".join(SUMMARY_COLUMNS) + " |",
+        "|" + "---|" * len(SUMMARY_COLUMNS),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in _summary_rows(metrics)]
     for name, rep in reports.items():
@@ -171,15 +188,19 @@ def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history
         f"<style>{_CSS}</style></head><body>",
         f"<h1>robustkit {esc(str(metrics.get('command', 'run')))}: {esc(metrics['domain'])}</h1>",
         f'<p class="verdict" id="verdict">{esc(metrics["verdict"])}</p>',
-        "<table id='summary'><tr><th class=l>model</th><th>clean accuracy</th><th>robust accuracy (worst case)</th>"
-        "<th class=l>verdict</th><th>training seconds</th></tr>",
+        "<table id='summary'><tr>" + "".join(
+            f"<th{' class=l' if c in ('model', 'measure', 'verdict') else ''}>{esc(c)}</th>" for c in SUMMARY_COLUMNS)
+        + "</tr>",
     ]
     for row in _summary_rows(metrics):
-        parts.append(f"<tr data-model='{esc(row[0])}'><td class=l>{esc(row[0])}</td><td>{esc(row[1])}</td>"
-                     f"<td>{esc(row[2])}</td><td class=l>{esc(row[3])}</td><td>{esc(row[4])}</td></tr>")
+        cells = "".join(f"<td{' class=l' if c in ('model', 'measure', 'verdict') else ''}>{esc(v)}</td>"
+                        for c, v in zip(SUMMARY_COLUMNS, row, strict=True))
+        parts.append(f"<tr data-model='{esc(row[0])}'>{cells}</tr>")
     parts.append("</table>")
-    parts.append(f'<h2>Robust accuracy vs budget</h2><img id="budget-plot" alt="robust accuracy vs budget" '
-                 f'src="data:image/png;base64,{_png(budget_figure(reports))}">')
+    measure = _lead(next(iter(metrics["models"].values())))["measure"]
+    plot = _png(budget_figure(reports))
+    parts.append(f'<h2>{esc(measure.capitalize())} under attack vs budget</h2><img id="budget-plot" '
+                 f'alt="{esc(measure)} under attack vs budget" src="data:image/png;base64,{plot}">')
     if not history.empty:
         parts.append(f'<h2>Training</h2><img id="history-plot" alt="training history" '
                      f'src="data:image/png;base64,{_png(history_figure(history))}">')

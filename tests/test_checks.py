@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -170,12 +171,33 @@ def test_measurements():
 
 def test_verdict_and_lines():
     ok = ck.Check("a", True, "fine")
-    assert ck.verdict([ok], 0.3, 0.5, 0.9) == "robust at budget 0.3"
+    assert ck.verdict([ok], 0.3, 0.85, 0.9) == "robust at budget 0.3"
+    assert ck.verdict([ok], 0.3, 0.5, 0.9) == "partly robust at budget 0.3: keeps 56% of clean accuracy"
     assert ck.verdict([ok], 0.3, 0.4, 0.9) == "not robust"
-    assert ck.verdict([ok], 0.3, 0.0, 0.0) == "not robust"
+    assert ck.verdict([ok], 0.3, 0.0, 0.0).startswith("trivial model")
     assert ck.verdict([ok, ck.Check("b", False, "bad"), ck.Check("c", False, "")], 0.3, 0.9, 0.9) == "inconclusive: b"
     assert ck.Check("b", False, "bad").line == "FAILED: b (bad)"
     assert ck.Check.from_dict(ck.Check("c", None, "n/a").to_dict()) == ck.Check("c", None, "n/a")
+
+
+@pytest.mark.parametrize(
+    ("clean", "worst", "baseline", "measure", "starts"),
+    [
+        (0.027, 0.016, 0.01, "recall", "trivial model"),  # a fraud model catching 2.7% of fraud clean
+        (0.095, 0.087, 0.05, "recall", "trivial model"),  # credit default at 9.5% recall, 5% false positives
+        (0.11, 0.10, 0.1, "accuracy", "trivial model"),  # hardened MNIST training collapsed to 11%
+        (0.93, 0.77, 0.01, "recall", "partly robust at budget 3"),  # standard MiniLM spam filter
+        (0.93, 0.93, 0.01, "recall", "robust at budget 3"),  # its hardened version
+    ],
+)
+def test_the_verdict_judges_the_level_as_well_as_the_drop(clean, worst, baseline, measure, starts):
+    """The cases a new user met: none of the trivial models is called robust, and the standard and the
+    hardened spam filter no longer share one verdict."""
+    failed = [ck.Check("input gradients are informative", False, "")]
+    said = ck.verdict([], 3, worst, clean, baseline, measure)
+    assert said.startswith(starts)
+    if starts == "trivial model":  # a failed check cannot make it inconclusive either
+        assert ck.verdict(failed, 3, worst, clean, baseline, measure) == said
 
 
 def test_a_failed_check_cannot_rescue_a_model_that_is_already_broken():

@@ -329,9 +329,12 @@ def test_key_numbers_equal_metrics_json(rendered):
              for tr in summary.iter("tr") if "data-model" in tr.attrs}
     assert set(shown) == set(metrics["models"]) == {"standard", "hardened"}
     for name, m in metrics["models"].items():
-        model, clean, worst, model_verdict, seconds = shown[name]
-        assert (model, clean, worst, model_verdict) == (name, pct(m["clean_accuracy"]),
-                                                        pct(m["robust_accuracy"]["worst"]), m["verdict"])
+        model, measure, clean, attacked, fpr, model_verdict, clean_acc, worst, seconds = shown[name]
+        lead = m["headline"]  # the headline leads: recall at the operating threshold for fraud and spam
+        assert (model, measure, clean, attacked) == (name, lead["measure"], pct(lead["clean"]), pct(lead["attacked"]))
+        assert fpr == ("" if lead["false_positive_rate"] is None else pct(lead["false_positive_rate"]))
+        assert (clean_acc, worst, model_verdict) == (pct(m["clean_accuracy"]), pct(m["robust_accuracy"]["worst"]),
+                                                     m["verdict"])
         assert seconds == f"{m['train_seconds']:.1f}"
     # the worst case at the main budget in each model's attack table
     budget = float(metrics["threat"]["budget"])

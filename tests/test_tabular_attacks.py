@@ -251,14 +251,20 @@ def test_worst_case_rows_and_the_examples_csv_cover_every_test_fraud_row(tmp_pat
     x, y = data.test.tensors
     report = rk.evaluate(decided, (x, y), domain.space(schema.budget, data), attacks="quick", mask=y == 1,
                          checks=False)
-    metrics = domain.domain_metrics(decided, data, report)
-    assert 0 <= metrics["recall_attacked_worst"] <= metrics["recall_attacked_strongest"] <= metrics["recall_clean"]
-    assert metrics["recall_attacked_worst"] <= metrics["recall_attacked"]
+    assessment = domain.assess(decided, data, report)
+    metrics = assessment.metrics
+    merged = report.with_attack("strongest", assessment.survived["strongest"])
+    attacked = merged.lead.attacked  # recall under the evaluation's attacks and the strongest suite together
+    assert merged.lead.measure == "recall" and merged.lead.clean == report.lead.clean
+    assert 0 <= attacked <= min(metrics["recall_attacked_strongest"], report.lead.attacked) <= report.lead.clean
+    assert merged.robust_accuracy["worst"] <= report.robust_accuracy["worst"]
+    assert "strongest" in merged.robust_accuracy and "strongest" in merged.table["attack"].tolist()
     assert metrics["valid_adversarial_share"] == 1.0 and metrics["repair_failed_share"] == 0.0
     assert 0 < metrics["mean_cost_successful"] <= schema.budget + 1e-6
     first = x[:16]
     pred = decided(first).argmax(dim=1)
-    examples = Examples(first, first.clone(), y[:16], pred, pred, torch.zeros(16, dtype=torch.bool))
+    examples = Examples(first, first.clone(), y[:16], pred, pred, torch.zeros(16, dtype=torch.bool),
+                        evidence=assessment.evidence)
     paths = domain.write_examples(tmp_path, examples, data)
     table = pd.read_csv(paths[0], index_col="index")
     fraud = (y == 1).nonzero().squeeze(1).tolist()
@@ -279,7 +285,7 @@ def test_worst_case_rows_and_the_examples_csv_cover_every_test_fraud_row(tmp_pat
 
     other = Examples(first, first.clone(), y[:16], 1 - pred, pred, torch.zeros(16, dtype=torch.bool))
     fallback = pd.read_csv(domain.write_examples(tmp_path / "other", other, data)[0])
-    assert len(fallback) == 16, "another model's examples are written as given"
+    assert len(fallback) == 16, "examples without the domain's evidence are written as given"
 
 
 def test_worst_case_judges_only_valid_rows_and_keeps_the_cheapest_success():

@@ -45,7 +45,7 @@ from domains.images.examples import save_grid
 from domains.images.models import KINDS, ImageClassifier, Normalize, PreActResNet18, SmallCNN, build
 from domains.images.readers import Images, read_spec
 from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, Domain, DomainData, L2Ball, LinfBall
-from robustkit.domain import Examples
+from robustkit.domain import Assessment, Examples
 from robustkit.evaluation import RobustnessReport
 
 __all__ = [
@@ -273,7 +273,7 @@ class ImagesDomain(Domain):
         return ball(eps=budget, bounds=(0.0, 1.0))
 
     # ----------------------------------------------------------------- metrics and examples
-    def domain_metrics(self, model: nn.Module, data: DomainData, report: RobustnessReport) -> dict[str, Any]:
+    def assess(self, model: nn.Module, data: DomainData, report: RobustnessReport) -> Assessment:
         """Clean and worst-case robust accuracy per class, at the main budget, from the evaluation itself."""
         outcomes = report.outcomes
         y = outcomes["label"]
@@ -284,7 +284,7 @@ class ImagesDomain(Domain):
             n = int(members.sum())
             per_clean[name] = float(outcomes["clean_correct"][members].sum()) / n if n else None
             per_robust[name] = float(outcomes["robust"][members].sum()) / n if n else None
-        return {"clean_accuracy_per_class": per_clean, "robust_accuracy_per_class": per_robust}
+        return Assessment({"clean_accuracy_per_class": per_clean, "robust_accuracy_per_class": per_robust})
 
     def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
         """``examples.safetensors`` (exact tensors), ``examples.csv`` (one row each) and ``grid.png``."""

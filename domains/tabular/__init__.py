@@ -28,7 +28,6 @@ import html
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -44,8 +43,8 @@ from domains.tabular.sklearn_bridge import ColumnTransformerModule, bridge
 from domains.tabular.space import SchemaSpace, decode, encode, layout, repair
 from domains.tabular.synthetic import DEFAULT_BUDGET, card_schema, generate
 from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
-from robustkit.domain import Examples
-from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
+from robustkit.domain import Assessment, Examples
+from robustkit.evaluation.binary import threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of, model_device
 from robustkit.training.methods import Method
 
@@ -161,71 +160,60 @@ class TabularDomain(Domain):
         return threshold_at_fpr(_scores(model, x)[y == 0], data.raw.get("target_fpr", 0.01))
 
     # ----------------------------------------------------------------- metrics and examples
-    def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
-        """The contract's binary metrics, ROC-AUC, AP and the strongest attack on every test fraud row.
+    def assess(self, model: nn.Module, data: DomainData, report: Any) -> Assessment:
+        """ROC-AUC, AP and the strongest constrained attack on every test fraud row.
 
-        ``recall_attacked`` comes from the evaluation's preset; ``recall_attacked_strongest`` from
         :func:`~domains.tabular.attacks.worst_case` (PGD-50 x 5 restarts over ``SchemaSpace`` and
-        ``SparseSchemaSpace``, APGD-CE and APGD-margin, the categorical search, and the search again
-        from the best row found), judged on repaired rows that pass ``schema.validate``;
-        ``recall_attacked_worst`` counts a fraud row as caught only if it survives both.
+        ``SparseSchemaSpace``, APGD-CE and APGD-margin, the categorical search, and the search again from
+        the best row found), judged on repaired rows that pass ``schema.validate``, joins the report's
+        worst case as ``strongest``: ``recall_attacked`` counts a fraud row as caught only if it
+        survives the evaluation's attacks and this one. ``recall_attacked_strongest`` is this suite's
+        alone; its rows are the evidence :meth:`write_examples` writes.
         """
         x, yt = data.test.tensors  # type: ignore[attr-defined]
         scores = _scores(model, x).numpy()
         out: dict[str, Any] = {
-            **binary_metrics(report.outcomes),
             "roc_auc": float(roc_auc_score(yt.numpy(), scores)),
             "average_precision": float(average_precision_score(yt.numpy(), scores)),
         }
-        out.update(self._adversarial_rows(model, data, report))
-        return out
-
-    def _adversarial_rows(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
-        """Attack every test fraud row with the strongest suite; keep the rows for :meth:`write_examples`."""
         budget = float(report.threat.get("budget", data.raw["schema"].budget))
-        x, y = data.test.tensors  # type: ignore[attr-defined]
-        idx = (y == 1).nonzero().squeeze(1)
+        idx = (yt == 1).nonzero().squeeze(1)
         if len(idx) == 0:
-            return {}
+            return Assessment(out)
         schema: Schema = data.raw["schema"].with_budget(budget)
         original = data.raw["frames"]["test"].iloc[idx.numpy()]
         found = worst_case(model, schema, x[idx], original, seed=0)
-        data.raw["adversarial_rows"] = {"positions": idx.numpy(), "found": found,
-                                        "threshold": float(getattr(model, "threshold", 0.5))}
         summary = found.summary()
-        robust = report.outcomes["robust"][idx].numpy()
-        caught = robust & found.table["detected_clean"].to_numpy() & ~found.table["fooled"].to_numpy()
         summary.pop("recall_clean")
-        out = {**summary, "recall_attacked_worst": float(caught.mean())}
+        out.update(summary)
+        fooled = found.table["fooled"].to_numpy(dtype=bool)
+        survived = torch.ones(len(yt), dtype=torch.bool)
+        survived[idx] = torch.as_tensor(~fooled)
         column = data.raw.get("segment", _segment_column(schema, None))
         if column is not None:  # per segment: recall before the attacks and after the worst case
-            segments = original[column].astype(str).to_numpy()
+            robust = report.outcomes["robust"][idx].numpy()
             detected = found.table["detected_clean"].to_numpy(dtype=bool)
+            caught = robust & detected & ~fooled
+            segments = original[column].astype(str).to_numpy()
             names = [c for c in schema[column].categories or [] if c in set(segments)]
             out["recall_clean_per_segment"] = {c: float(detected[segments == c].mean()) for c in names}
             out["recall_attacked_worst_per_segment"] = {c: float(caught[segments == c].mean()) for c in names}
-        return out
+        evidence = {"positions": idx.numpy(), "found": found, "threshold": float(getattr(model, "threshold", 0.5))}
+        return Assessment(out, {"strongest": survived}, evidence)
 
     def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
         """``examples.csv``: one line per attacked test fraud row (adversarial values in the user's
         columns, ``fooled``, ``valid``, ``repair_failed``, ``shrunk``, ``cost``, ``changed``), and ``changes.csv``:
         one line per changed cell (original and adversarial value, cost).
 
-        The rows are those of the strongest attack run by :meth:`domain_metrics` on the same model;
-        without it (or for another model), the ``examples`` given are written instead.
+        The rows are those of the strongest attack :meth:`assess` ran on this model (``examples.evidence``);
+        without it, the ``examples`` given are written instead.
         """
         directory.mkdir(parents=True, exist_ok=True)
         schema: Schema = data.raw["schema"]
         frames = data.raw["frames"]["test"]
-        stash = data.raw.get("adversarial_rows")
-        same_model = False
-        if stash is not None:  # the same model if the clean decisions agree on the rows both hold
-            positions = stash["positions"]
-            pred = examples.pred_clean.cpu().numpy()
-            shared = positions < len(pred)
-            same_model = bool(np.array_equal(pred[positions[shared]] == 1,
-                                             stash["found"].table["detected_clean"].to_numpy()[shared]))
-        if stash is not None and same_model:
+        stash = examples.evidence
+        if stash is not None:
             found = stash["found"]
             positions = stash["positions"]
             original = frames.iloc[positions][schema.names]

@@ -50,8 +50,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, DiscreteSearch, Domain, DomainData
-from robustkit.domain import Examples
-from robustkit.evaluation.binary import binary_metrics, threshold_at_fpr
+from robustkit.domain import Assessment, Examples
+from robustkit.evaluation.binary import threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of, model_device
 from robustkit.spaces import PerturbationSpace
 from robustkit.training.methods import Method
@@ -300,10 +300,8 @@ class TextDomain(Domain):
         return super().decided(model, threshold)
 
     # ----------------------------------------------------------------- metrics and examples
-    def domain_metrics(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
-        out: dict[str, Any] = binary_metrics(report.outcomes)
-        out.update(self._edit_figures(model, data, report))
-        return out
+    def assess(self, model: nn.Module, data: DomainData, report: Any) -> Assessment:
+        return Assessment(self._edit_figures(model, data, report))
 
     def _edit_figures(self, model: nn.Module, data: DomainData, report: Any) -> dict[str, Any]:
         """Words edited by the evaluated search where it succeeded.

@@ -38,6 +38,8 @@ __all__ = [
     "LOGITS",
     "MONOTONE",
     "RANDOM_SEARCH",
+    "ROBUST_SHARE",
+    "TRIVIAL",
     "Check",
     "CheckSettings",
     "covering_check",
@@ -50,6 +52,7 @@ __all__ = [
     "monotone_check",
     "output_flags",
     "random_search_check",
+    "trivial_level",
     "verdict",
 ]
 
@@ -302,27 +305,62 @@ def determinism_check(gap: float, eot: int, atol: float = DETERMINISM_TOL) -> Ch
     return Check(DETERMINISTIC, True, "two identical forward passes agree")
 
 
-def verdict(
-    checks: list[Check], budget: float, worst_accuracy: float, clean_accuracy: float, chance: float = 0.0
-) -> str:
-    """The report's verdict: robust, not robust, or inconclusive.
+#: how a verdict on a model no better than one without skill starts
+TRIVIAL = "trivial model"
+#: share of its clean figure a model must keep under attack to be called robust without qualification
+ROBUST_SHARE = 0.9
 
-    "not robust" if the worst-case robust accuracy among attackable examples keeps half of their clean
-    accuracy or less (an attack that takes half of a filter's recall is one to defend against), or is
-    no better than ``chance`` (guessing: 1/classes over all classes): a
-    failed masking check can only mean the attacks were too weak, so a stronger attack would lower the
-    number further and the verdict stands. Otherwise "inconclusive: <first failed check>" if a check
-    failed, else "robust at budget B".
+
+def trivial_level(baseline: float, measure: str = "accuracy") -> float:
+    """The clean figure at or below which a model is no better than a trivial one.
+
+    ``baseline`` is what a model without skill scores: for accuracy, guessing (1/classes; 0 when not
+    applicable), for recall, flagging at random at the false-positive rate reached on test data. Recall
+    needs at least twice that rate and 5 points more; accuracy a tenth of the way from guessing to 100%.
 
     Example:
-        >>> verdict([], 0.3, worst_accuracy=0.6, clean_accuracy=0.9)
-        'robust at budget 0.3'
-        >>> verdict([], 0.3, worst_accuracy=0.1, clean_accuracy=0.1, chance=0.1)
-        'not robust'
+        >>> trivial_level(0.01, "recall"), round(trivial_level(0.1), 2)
+        (0.060000000000000005, 0.19)
     """
-    if not (clean_accuracy > 0 and worst_accuracy > 0.5 * clean_accuracy and worst_accuracy > chance):
+    if measure == "recall":
+        return max(2 * baseline, baseline + 0.05)
+    return baseline + 0.1 * (1 - baseline) if baseline > 0 else 0.0
+
+
+def verdict(
+    checks: list[Check], budget: float, worst_accuracy: float, clean_accuracy: float, baseline: float = 0.0,
+    measure: str = "accuracy",
+) -> str:
+    """The report's verdict, judging the level as well as the drop.
+
+    * "trivial model: ..." if the clean figure (``measure`` among attackable examples) is no better than
+      a model without skill (:func:`trivial_level` of ``baseline``): whatever the attacks did, such a
+      model protects nothing, and a hardened model whose training collapsed lands here.
+    * "not robust" if the worst case keeps half of the clean figure or less (an attack that takes half
+      of a filter's recall is one to defend against), or is no better than ``baseline``: a failed
+      masking check can only mean the attacks were too weak, so the verdict stands.
+    * "inconclusive: <first failed check>" if a check failed.
+    * "partly robust at budget B: keeps P% of clean <measure>" below :data:`ROBUST_SHARE`, else
+      "robust at budget B".
+
+    Example:
+        >>> verdict([], 0.3, worst_accuracy=0.85, clean_accuracy=0.9)
+        'robust at budget 0.3'
+        >>> verdict([], 3, worst_accuracy=0.77, clean_accuracy=0.93, baseline=0.01, measure="recall")
+        'partly robust at budget 3: keeps 83% of clean recall'
+        >>> verdict([], 0.3, worst_accuracy=0.1, clean_accuracy=0.11, baseline=0.1)
+        'trivial model: clean accuracy 11.0% is no better than guessing (10.0%)'
+    """
+    if clean_accuracy <= trivial_level(baseline, measure):
+        against = (f"flagging at random at the false-positive rate ({baseline:.1%})" if measure == "recall"
+                   else f"guessing ({baseline:.1%})")
+        return f"{TRIVIAL}: clean {measure} {clean_accuracy:.1%} is no better than {against}"
+    if not (worst_accuracy > 0.5 * clean_accuracy and worst_accuracy > baseline):
         return "not robust"
     failed = [c for c in checks if c.passed is False]
     if failed:
         return f"inconclusive: {failed[0].name}"
+    kept = worst_accuracy / clean_accuracy
+    if kept < ROBUST_SHARE:
+        return f"partly robust at budget {budget:g}: keeps {kept:.0%} of clean {measure}"
     return f"robust at budget {budget:g}"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import html
 import io
 import json
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustkit.errors import DataError
-from robustkit.evaluation.checks import Check
+from robustkit.evaluation.checks import Check, verdict
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,12 +38,84 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["COLUMNS", "RobustnessReport"]
+__all__ = ["COLUMNS", "Headline", "RobustnessReport"]
 
 #: Columns of :attr:`RobustnessReport.table`.
 COLUMNS = ["attack", "eps", "robust_accuracy", "attack_success_rate", "forward_passes", "backward_passes", "seconds"]
 _ENTRY_KEYS = COLUMNS[2:]
 WORST = "worst"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What a report leads with: the domain's measure, clean and under the worst case of every attack run.
+
+    ``measure`` is "recall" where one class of a binary problem is attacked (fraud, spam: accuracy there
+    is dominated by the untouched class) and "accuracy" otherwise; ``baseline`` is what a model without
+    skill scores on it (recall: flagging at random at ``false_positive_rate``, the share of the other
+    class flagged on this data; accuracy: guessing, 1/classes, or 0 where not applicable).
+
+    Example:
+        >>> Headline("recall", 0.984, 0.721, 0.01, 0.01).line
+        'recall 98.4% clean, 72.1% under the worst attack (false-positive rate 1.0%)'
+    """
+
+    measure: str
+    clean: float
+    attacked: float
+    baseline: float = 0.0
+    false_positive_rate: float | None = None
+
+    @property
+    def line(self) -> str:
+        """One line: the measure, clean and attacked, and the false-positive rate where it applies."""
+        fpr = "" if self.false_positive_rate is None else f" (false-positive rate {self.false_positive_rate:.1%})"
+        return f"{self.measure} {self.clean:.1%} clean, {self.attacked:.1%} under the worst attack{fpr}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measure": self.measure, "clean": self.clean, "attacked": self.attacked, "baseline": self.baseline,
+                "false_positive_rate": self.false_positive_rate}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Headline:
+        fpr = data.get("false_positive_rate")
+        return cls(str(data["measure"]), float(data["clean"]), float(data["attacked"]),
+                   float(data.get("baseline", 0.0)), None if fpr is None else float(fpr))
+
+    def measured(self, outcomes: dict[str, torch.Tensor]) -> Headline:
+        """The same measure and baseline, with the clean and attacked figures of ``outcomes``."""
+        att = outcomes["attackable"].bool()
+        clean, robust = outcomes["clean_correct"].bool(), outcomes["robust"].bool()
+        if self.measure == "recall":
+            fpr = 1.0 - _share(clean[~att])
+            return Headline("recall", _share(clean[att]), _share(robust[att]), fpr, fpr)
+        return Headline("accuracy", _share(clean), _share(robust), self.baseline)
+
+    @classmethod
+    def from_outcomes(cls, outcomes: dict[str, torch.Tensor], n_classes: int) -> Headline:
+        """The headline of per-example outcomes (``label``, ``attackable``, ``clean_correct``, ``robust``)."""
+        att = outcomes["attackable"].bool()
+        clean, robust = outcomes["clean_correct"].bool(), outcomes["robust"].bool()
+        labels = outcomes["label"][att]
+        one_class = n_classes == 2 and bool(att.any()) and not bool(att.all()) and bool((labels == labels[0]).all())
+        if one_class:
+            return cls("recall", 0.0, 0.0).measured(outcomes)
+        chance = 1.0 / n_classes if bool(att.all()) and n_classes >= 2 else 0.0
+        return cls("accuracy", _share(clean), _share(robust), chance)
+
+
+def _share(flags: torch.Tensor) -> float:
+    """The share of True in ``flags``, exactly as a count over a count (0 for none)."""
+    return int(flags.sum()) / len(flags) if len(flags) else 0.0
+
+
+def judge(checks: list[Check], budget: float, outcomes: dict[str, torch.Tensor], headline: Headline) -> str:
+    """:func:`~robustkit.evaluation.checks.verdict` on the attackable examples of ``outcomes``."""
+    att = outcomes["attackable"].bool()
+    n_att = max(1, int(att.sum()))
+    clean = int((outcomes["clean_correct"].bool() & att).sum()) / n_att
+    worst = int((outcomes["robust"].bool() & att).sum()) / n_att
+    return verdict(checks, budget, worst, clean, headline.baseline, headline.measure)
 
 
 @dataclass
@@ -62,6 +135,8 @@ class RobustnessReport:
         n_examples: examples evaluated; n_attackable: those the mask let be attacked.
         clean_accuracy_attackable: clean accuracy among the attackable examples.
         seconds: wall time of the whole evaluation.
+        headline: what the report leads with (:class:`Headline`): recall of the attacked class at the
+            model's decision for binary problems where one class is attacked, else accuracy.
         outcomes: per example, in data order, at the main budget: ``label``, ``attackable``,
             ``clean_correct`` and ``robust`` (correct and unbroken by every attack, the worst case);
             for per-class or per-segment figures. Not written to JSON.
@@ -78,8 +153,74 @@ class RobustnessReport:
     n_attackable: int | None = None
     clean_accuracy_attackable: float | None = None
     seconds: float = 0.0
+    headline: Headline | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     outcomes: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.headline is None:  # a report built by hand or read from an older file: accuracy
+            self.headline = Headline("accuracy", self.clean_accuracy, self.robust_accuracy.get(WORST, 0.0))
+
+    @property
+    def lead(self) -> Headline:
+        """:attr:`headline`, never None."""
+        assert self.headline is not None
+        return self.headline
+
+    def with_attack(self, label: str, survived: torch.Tensor, seconds: float = 0.0) -> RobustnessReport:
+        """This report with one more attack run at the main budget outside :func:`~robustkit.evaluate` (a
+        domain's own search): ``survived`` says per example, in data order, whether it withstood that
+        attack. The worst case, the headline and the verdict take it in, so nothing printed or written
+        from the report can show a figure weaker than every attack that was run.
+
+        Example:
+            >>> import torch
+            >>> from robustkit.evaluation.report import RobustnessReport
+            >>> r = RobustnessReport(0.75, {"pgd": 0.75, "worst": 0.75}, [{"eps": 0.1, "attacks": {
+            ...     "pgd": {"robust_accuracy": 0.75}, "worst": {"robust_accuracy": 0.75}}}], [], "", {},
+            ...     {"budget": 0.1}, 4, outcomes={"label": torch.tensor([1, 1, 0, 0]),
+            ...     "attackable": torch.tensor([True, True, True, True]),
+            ...     "clean_correct": torch.tensor([True, True, True, False]),
+            ...     "robust": torch.tensor([True, True, True, False])})
+            >>> r2 = r.with_attack("search", torch.tensor([True, False, True, True]))
+            >>> r2.robust_accuracy, r2.verdict
+            ({'pgd': 0.75, 'search': 0.5, 'worst': 0.5}, 'partly robust at budget 0.1: keeps 67% of clean accuracy')
+        """
+        import torch
+
+        if not self.outcomes:
+            raise DataError("this report holds no per-example outcomes (read from JSON?): run evaluate again")
+        n = len(self.outcomes["robust"])
+        survived = torch.as_tensor(survived, dtype=torch.bool).cpu()
+        if survived.shape != (n,):
+            raise DataError(f"survived must be one bool per example ({n}), got shape {tuple(survived.shape)}")
+        outcomes = dict(self.outcomes)
+        att, clean = outcomes["attackable"].bool(), outcomes["clean_correct"].bool()
+        alone = clean & (survived | ~att)
+        outcomes["robust"] = outcomes["robust"].bool() & alone
+        accuracy = dict(self.robust_accuracy)
+        accuracy.pop(WORST, None)
+        accuracy[label] = _share(alone)
+        accuracy[WORST] = _share(outcomes["robust"])  # it holds the checks' attacks too
+        n_att = max(1, int(att.sum()))
+        detected = max(1, int((clean & att).sum()))
+        per_eps = copy.deepcopy(self.per_eps)
+        for p in per_eps:
+            if float(p["eps"]) == self.budget:
+                entries = p["attacks"]
+                last = entries.pop(WORST, {})
+                entries[label] = {"robust_accuracy": accuracy[label],
+                                  "attack_success_rate": int((clean & att & ~survived).sum()) / detected,
+                                  "forward_passes": None, "backward_passes": None, "seconds": seconds,
+                                  "robust_accuracy_attackable": int((clean & att & survived).sum()) / n_att}
+                entries[WORST] = {**last, "robust_accuracy": accuracy[WORST],
+                                  "robust_accuracy_attackable": int((outcomes["robust"] & att).sum()) / n_att}
+        headline = self.lead.measured(outcomes)
+        return dataclasses.replace(
+            self, robust_accuracy=accuracy, per_eps=per_eps, headline=headline, outcomes=outcomes,
+            attacks={**self.attacks, label: {"run": "by the domain"}},
+            verdict=judge(self.checks, self.budget, outcomes, headline),
+        )
 
     # ------------------------------------------------------------------ views
     @property
@@ -130,7 +271,8 @@ class RobustnessReport:
 
     # ------------------------------------------------------------------ plot
     def plot(self, ax: Axes | None = None) -> Figure:
-        """matplotlib Figure of robust accuracy vs eps per attack, the worst case in bold.
+        """matplotlib Figure of the headline measure (robust accuracy, or recall of the attacked class) vs eps
+        per attack, the worst case in bold.
 
         Draws on ``ax`` when given (and returns its figure); otherwise builds a new Figure without
         pyplot, so no global state is touched and it works under any backend.
@@ -146,9 +288,12 @@ class RobustnessReport:
                 parent = parent.figure
             fig = parent
         eps = self.budgets
+        lead = self.lead
+        # recall is the robust accuracy of the attacked class: the figure the headline gives
+        key = "robust_accuracy_attackable" if lead.measure == "recall" else "robust_accuracy"
         for name in self.attack_names:
             points = [
-                (e, p["attacks"][name]["robust_accuracy"])
+                (e, p["attacks"][name].get(key, p["attacks"][name]["robust_accuracy"]))
                 for e, p in zip(eps, self.per_eps, strict=True)
                 if name in p["attacks"]
             ]
@@ -157,10 +302,10 @@ class RobustnessReport:
                 ax.plot(xs, ys, color="black", linewidth=2.5, marker="o", label="worst case", zorder=3)
             else:
                 ax.plot(xs, ys, marker="o", linewidth=1.2, alpha=0.85, label=name)
-        ax.axhline(self.clean_accuracy, color="grey", linestyle=":", linewidth=1, label="clean")
+        ax.axhline(lead.clean, color="grey", linestyle=":", linewidth=1, label="clean")
         ax.axvline(self.budget, color="grey", linestyle="--", linewidth=0.8)
         ax.set_xlabel(f"budget eps ({self.threat.get('space', 'space')})")
-        ax.set_ylabel("robust accuracy")
+        ax.set_ylabel("recall of the attacked class under attack" if lead.measure == "recall" else "robust accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(self.verdict)
         ax.grid(alpha=0.3)
@@ -191,6 +336,7 @@ class RobustnessReport:
             "n_attackable": self.n_attackable,
             "clean_accuracy_attackable": self.clean_accuracy_attackable,
             "seconds": self.seconds,
+            "headline": self.lead.to_dict(),
             **self.extra,
         }
         data = json.loads(json.dumps(data, allow_nan=False, default=_jsonable))
@@ -213,7 +359,7 @@ class RobustnessReport:
         missing = [k for k in required if k not in data]
         if missing:
             raise DataError(f"not a robustkit report: missing keys {missing}")
-        known = {*required, "checks", "attacks", "n_attackable", "clean_accuracy_attackable", "seconds"}
+        known = {*required, "checks", "attacks", "n_attackable", "clean_accuracy_attackable", "seconds", "headline"}
         return cls(
             clean_accuracy=float(data["clean_accuracy"]),
             robust_accuracy={str(k): float(v) for k, v in data["robust_accuracy"].items()},
@@ -228,12 +374,15 @@ class RobustnessReport:
             if data.get("clean_accuracy_attackable") is None
             else float(data["clean_accuracy_attackable"]),
             seconds=float(data.get("seconds", 0.0)),
+            headline=Headline.from_dict(data["headline"]) if isinstance(data.get("headline"), dict) else None,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
     # ------------------------------------------------------------------ text
     def _summary(self) -> list[tuple[str, str]]:
+        lead = self.lead
         items = [
+            (lead.measure, lead.line),
             ("verdict", self.verdict),
             ("threat", f"{self.threat.get('space', '?')}, budget {self.budget:g}"),
             (

@@ -8,7 +8,7 @@ Example:
     >>> x, y = torch.tensor([[-0.5], [-0.3], [0.05], [0.3], [0.5]]), torch.tensor([1, 1, 0, 0, 0])
     >>> report = rk.evaluate(model, (x, y), rk.LinfBall(eps=0.1, bounds=(-1.0, 1.0)), attacks="quick")
     >>> report.clean_accuracy, report.robust_accuracy, report.verdict
-    (1.0, {'pgd': 0.8, 'worst': 0.8}, 'robust at budget 0.1')
+    (1.0, {'pgd': 0.8, 'worst': 0.8}, 'partly robust at budget 0.1: keeps 80% of clean accuracy')
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from robustkit.attacks.transfer import Transfer
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import checks as ck
 from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
-from robustkit.evaluation.report import WORST, RobustnessReport
+from robustkit.evaluation.report import WORST, Headline, RobustnessReport, judge
 from robustkit.models import (
     autocast,
     autocast_dtype,
@@ -786,9 +786,9 @@ class _Run:
         main: dict[str, dict[str, Any]] = per_eps[self.budgets.index(self.main)]["attacks"]
         checks = self._checks(per_eps) if self.settings is not None else []
         clean_att = self.n_att_correct / self.n_att
-        # guessing scores 1/classes when every class is attacked (not on one attacked class: fraud, spam)
-        chance = 1.0 / self.n_classes if self.n_classes > 2 and self.n_att == self.n else 0.0
-        verdict = ck.verdict(checks, self.main, main[WORST]["robust_accuracy_attackable"], clean_att, chance)
+        outcomes = self._outcomes()
+        headline = Headline.from_outcomes(outcomes, self.n_classes)
+        verdict = judge(checks, self.main, outcomes, headline)
         return RobustnessReport(
             clean_accuracy=self.n_correct / self.n,
             robust_accuracy={label: entry["robust_accuracy"] for label, entry in main.items()},
@@ -801,7 +801,8 @@ class _Run:
             n_attackable=self.n_att,
             clean_accuracy_attackable=clean_att,
             seconds=seconds,
-            outcomes=self._outcomes(),
+            headline=headline,
+            outcomes=outcomes,
         )
 
 
