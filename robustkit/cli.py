@@ -40,6 +40,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
         "--target", default=None, metavar="COLUMN", help="label column of tabular or text data (options.target)"
     )
     p.add_argument(
+        "--positive-label", default=None, metavar="LABEL", dest="positive_label",
+        help="label of the attacked class in tabular data (options.positive_label; default: 1, True or fraud; "
+        "other labels are refused until you name it)",
+    )
+    p.add_argument(
         "--model-factory", default=None, metavar="MODULE:FUNCTION", dest="model_factory",
         help="your own model: a function that builds the nn.Module, called with the arguments it names among the "
         "domain's (images: channels, size, classes, mean, std; tabular: n_features, classes, schema, mean, std)",
@@ -120,7 +125,7 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
         overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr)
     else:
         overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)
-    flags = [("schema", args.schema), ("target", args.target)]
+    flags = [("schema", args.schema), ("target", args.target), ("positive_label", args.positive_label)]
     if args.command == "harden":  # harden's --model names the model to train; evaluate's the saved one
         flags.append(("model", args.model))
     options = {k: v for k, v in flags if v is not None}

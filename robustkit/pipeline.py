@@ -450,6 +450,20 @@ def harden(
     return metrics
 
 
+def _reuse_run(config: RunConfig, model_path: Path) -> RunConfig:
+    """``config`` with the data spec and domain options of the run directory ``model_path`` where the
+    command line left them unset: its model was trained and judged on that data, not the domain's
+    built-in data. A user's factory named in that run is never taken from the file."""
+    saved_file = model_path / "config.yaml"
+    if not saved_file.is_file():
+        return config
+    saved = RunConfig.from_yaml(saved_file)
+    if saved.domain and saved.domain != config.domain:
+        raise ConfigError(f"--model {model_path} is a {saved.domain!r} run, not {config.domain!r}")
+    log.info("data %s and options from %s unless given", saved.data, saved_file)
+    return config.merged({"data": config.data or saved.data, "options": {**saved.options, **config.options}})
+
+
 def _load_for_eval(
     config: RunConfig, out: Path, force: bool
 ) -> tuple[Domain, RunConfig, DomainData, nn.Module, dict[str, Any]]:
@@ -471,6 +485,7 @@ def _load_for_eval(
         model_path = Path(config.model)
         if not model_path.exists():
             raise ConfigError(f"--model {model_path} does not exist")
+        config = _reuse_run(config, model_path)
         model, meta = loader.load_model(model_path, config.model_factory)
         domain, config, data = _start(config, out, force, False, model, domain=loader)
     _on_main(lambda: atomic_write_dir(

@@ -197,3 +197,26 @@ def test_weights_that_do_not_fit_their_config_give_one_line(run, tmp_path, capsy
     assert main(["evaluate", "toy-small", "--model", str(model_dir), "--out", str(tmp_path / "o"), *FAST]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "do not fit" in err
+
+
+def test_evaluate_with_a_run_directory_reuses_its_data_and_options(run, tmp_path):
+    """A model is judged on the data it was trained for: a run's data spec and options carry over unless given,
+    and a factory named in its config.yaml is never taken from the file."""
+    from robustkit.config import RunConfig
+    from robustkit.pipeline import _reuse_run
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("domain: images\ndata: mnist:/somewhere\nmodel_factory: evil:build\n"
+                                        "options: {norm: l2}\n")
+    config = RunConfig(domain="images", model=str(folder))
+    reused = _reuse_run(config, folder)
+    assert reused.data == "mnist:/somewhere" and reused.options == {"norm": "l2"} and reused.model_factory is None
+    told = _reuse_run(RunConfig(domain="images", data="digits", options={"norm": "linf"}), folder)
+    assert told.data == "digits" and told.options == {"norm": "linf"}
+    with pytest.raises(rk.ConfigError, match="is a 'images' run, not 'text'"):
+        _reuse_run(RunConfig(domain="text"), folder)
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "toy-small", "--model", str(run), "--out", str(ev), *FAST]) == 0
+    assert json.loads((ev / "metrics.json").read_text())["dataset"] == json.loads(
+        (run / "metrics.json").read_text())["dataset"]

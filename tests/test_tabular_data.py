@@ -194,7 +194,7 @@ def test_missing_files_and_schema_say_what_to_pass(tmp_path):
          ["'customer_age'", "150"]),
         (lambda df: df.assign(is_fraud=df["is_fraud"] * 2), DataError, ["'is_fraud'", "0"]),
         (lambda df: df.assign(is_fraud=df["is_fraud"].map({0: "no", 1: "yes"})), DataError,
-         ["'is_fraud'", "map them to 0/1"]),
+         ["'is_fraud'", "'no' and 'yes'", "--positive-label"]),
         (lambda df: df.assign(is_fraud=0), DataError, ["'is_fraud'", "only class 0"]),
         (lambda df: df.assign(is_fraud=df["is_fraud"].where(df.index != 0)), DataError, ["'is_fraud'", "1 missing"]),
     ],
@@ -208,6 +208,17 @@ def test_bad_input_names_the_column(tmp_path, change, error, words):
         load(csv, schema)
     for word in words:
         assert word in str(info.value)
+
+
+def test_string_labels_take_fraud_by_name_or_the_positive_label_never_by_sort_order(tmp_path):
+    """'legit' sorts after 'fraud': a sort-order rule would have made every legitimate row the attacked class."""
+    df, csv, schema = card_files(tmp_path)
+    numeric = load(csv, schema).test.tensors[1]
+    df.assign(is_fraud=df["is_fraud"].map({0: "legit", 1: "fraud"})).to_csv(csv, index=False)
+    assert torch.equal(load(csv, schema).test.tensors[1], numeric)
+    df.assign(is_fraud=df["is_fraud"].map({0: "paid", 1: "chargeback"})).to_csv(csv, index=False)
+    named = TabularDomain().load_data(f"csv:{csv}", 0, {"schema": str(schema), "positive_label": "chargeback"})
+    assert torch.equal(named.test.tensors[1], numeric)
 
 
 def test_schema_file_mistakes_are_config_errors(tmp_path):

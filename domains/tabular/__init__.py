@@ -9,8 +9,10 @@ schema's cost budget (see :mod:`domains.tabular.schema`); every adversarial row 
 ``schema.validate``.
 
 Options (``options:`` in a config file): ``schema`` (schema YAML file, also ``--schema``; required
-for files), ``target`` (label column, 0/1; also ``--target``; default: the schema's ``target``),
-``split`` (``stratified``, the default, or ``time``), ``time_columns`` (a column or list such as
+for files), ``target`` (label column; also ``--target``; default: the schema's ``target``),
+``positive_label`` (the target's fraud label, also ``--positive-label``; default 1, True or "fraud": any
+other pair of labels is refused with both named), ``split`` (``stratified``, the default, or ``time``),
+``time_columns`` (a column or list such as
 ``[Year, Month]``, for ``split: time``), ``target_fpr`` (0.01), ``hidden`` (list of layer widths,
 default [64, 64]), ``segment`` (a categorical column whose values split the fraud recall figures and
 the report's bars; default: the schema's first categorical column); for ``synthetic`` data only:
@@ -53,9 +55,10 @@ __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", 
            "TabularMLP", "bridge", "decode", "distill_surrogate", "encode", "evaluate_blackbox", "repair",
            "worst_case"]
 
-OPTIONS = ("schema", "target", "split", "time_columns", "target_fpr", "hidden", "segment", "n_rows", "fraud_rate")
+OPTIONS = ("schema", "target", "positive_label", "split", "time_columns", "target_fpr", "hidden", "segment", "n_rows",
+           "fraud_rate")
 #: options that only synthetic data takes, and those that only files take
-SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target")
+SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target", "positive_label")
 
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +99,8 @@ class TabularDomain(Domain):
             wrong = [k for k in SYNTHETIC_OPTIONS if k in options]
             if wrong:
                 raise ConfigError(f"options.{wrong[0]} applies to --data synthetic only, not {spec!r}")
-            return tabular_data.load(spec, seed, schema=options.get("schema"), target=options.get("target"), **split)
+            return tabular_data.load(spec, seed, schema=options.get("schema"), target=options.get("target"),
+                                     positive_label=options.get("positive_label"), **split)
         wrong = [k for k in FILE_OPTIONS if k in options]
         if wrong:
             raise ConfigError(f"options.{wrong[0]} applies to csv:PATH and parquet:PATH data, not synthetic")

@@ -47,6 +47,7 @@ from domains.tabular.schema import Schema, _is_file
 from domains.tabular.space import encode
 from robustkit.domain import DatasetInfo, DomainData
 from robustkit.errors import ConfigError, DataError
+from robustkit.evaluation.binary import positive_label
 
 __all__ = ["FRACTIONS", "SPLITS", "frame_data", "labels", "load", "month_number", "parse_spec", "read_schema",
            "read_table", "stratified_split", "time_key", "time_split"]
@@ -199,25 +200,34 @@ def _check_numeric_text(df: pd.DataFrame, schema: Schema) -> None:
                             "column categorical")
 
 
-def labels(df: pd.DataFrame, target: str) -> np.ndarray:
-    """The target column as int64 0/1; a :class:`DataError` naming it otherwise (string labels are refused).
+def labels(df: pd.DataFrame, target: str, positive: Any = None) -> np.ndarray:
+    """The target column as int64 0/1 (1: fraud); a :class:`DataError` naming it otherwise.
+
+    Fraud is ``positive`` (``--positive-label``, options.positive_label) when given, else 1 of 0/1, True, or
+    "fraud" (any case); any other pair of labels is refused with both named, never guessed
+    (:func:`robustkit.evaluation.binary.positive_label`).
 
     Example:
         >>> labels(pd.DataFrame({"fraud": [0, 1, 1]}), "fraud").tolist()
         [0, 1, 1]
+        >>> labels(pd.DataFrame({"y": ["legit", "fraud", "legit"]}), "y").tolist()
+        [0, 1, 0]
     """
     y = df[target]
     if y.isna().any():
         raise DataError(f"target column {target!r} has {int(y.isna().sum())} missing values: fill or drop those rows")
-    if not (pd.api.types.is_numeric_dtype(y) or pd.api.types.is_bool_dtype(y)):
-        shown = sorted({str(v) for v in pd.unique(y)})[:5]
-        raise DataError(f"target column {target!r} must hold 0 (legit) and 1 (fraud), got text values {shown}: "
-                        "string labels are not accepted, map them to 0/1 first")
-    values = y.to_numpy(dtype=float)
-    odd = sorted(set(np.unique(values).tolist()) - {0.0, 1.0})
-    if odd:
-        raise DataError(f"target column {target!r} must hold 0 (legit) and 1 (fraud) only, got {odd[:5]}")
-    return values.astype(np.int64)
+    values = pd.unique(y)
+    if len(values) > 2:
+        shown = sorted(str(v) for v in values)[:5]
+        raise DataError(f"target column {target!r} must hold two labels (legit and fraud), got {len(values)}: {shown}")
+    if len(values) == 1 and positive is None:
+        only = values[0].item() if isinstance(values[0], np.generic) else values[0]
+        return np.full(len(y), int(only == 1 or str(only).strip().lower() == "fraud"), dtype=np.int64)
+    try:
+        pos = positive_label(list(values), positive, ("legit", "fraud"))
+    except DataError as exc:
+        raise DataError(f"target column {target!r}: {exc}") from None
+    return np.asarray(y.to_numpy() == pos, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------- time order
@@ -347,7 +357,7 @@ def _describe_time(df: pd.DataFrame, parts: dict[str, np.ndarray], key: np.ndarr
 
 def frame_data(df: pd.DataFrame, schema: Schema, seed: int, *, drop: Sequence[str] = (), split: str = "stratified",
                time_columns: Any = None, target_fpr: float = 0.01, name: str = "dataframe",
-               sha256: str | None = None) -> DomainData:
+               sha256: str | None = None, positive_label: Any = None) -> DomainData:
     """Check ``df`` against ``schema`` (and its ``drop`` list), split it and encode each part.
 
     Example:
@@ -367,7 +377,7 @@ def frame_data(df: pd.DataFrame, schema: Schema, seed: int, *, drop: Sequence[st
     if schema.target is None:
         raise ConfigError("no target column: pass --target COLUMN (options.target) or set target: in the schema")
     _check_columns(df, schema, drop, columns)
-    y = labels(df, schema.target)
+    y = labels(df, schema.target, positive_label)
     if len(np.unique(y)) < 2:
         raise DataError(f"target column {schema.target!r} holds only class {int(y[0])}: both 0 and 1 are needed")
     key = time_key(df, columns) if columns else None
@@ -388,7 +398,7 @@ def frame_data(df: pd.DataFrame, schema: Schema, seed: int, *, drop: Sequence[st
 
 
 def load(spec: str, seed: int, *, schema: str | Path | None, target: str | None = None, split: str = "stratified",
-         time_columns: Any = None, target_fpr: float = 0.01) -> DomainData:
+         time_columns: Any = None, target_fpr: float = 0.01, positive_label: Any = None) -> DomainData:
     """Read ``csv:PATH`` or ``parquet:PATH`` under the schema file ``schema``, check it, split and encode it.
 
     ``target`` names the label column (it overrides the schema's ``target``). See the module docstring
@@ -411,4 +421,4 @@ def load(spec: str, seed: int, *, schema: str | Path | None, target: str | None 
         parsed = dataclasses.replace(parsed, target=target)
     df = read_table(kind, path, parsed)
     return frame_data(df, parsed, seed, drop=drop, split=split, time_columns=time_columns, target_fpr=target_fpr,
-                      name=path.name, sha256=_sha256(path))
+                      name=path.name, sha256=_sha256(path), positive_label=positive_label)

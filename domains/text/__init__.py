@@ -160,6 +160,9 @@ class TextDomain(Domain):
 
     def check_options(self, options: dict[str, Any]) -> None:
         """Raise :class:`ConfigError` for a bad option, before any work."""
+        if "positive_label" in options:
+            raise ConfigError("text data names both classes: set options.label_names to [HAM, SPAM] (e.g. "
+                              "[ok, junk]) instead of --positive-label")
         _attack_tricks(options)
         _max_share(options)
         _normalise_option(options)
