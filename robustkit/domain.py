@@ -208,8 +208,10 @@ class Domain:
         """The continuous space adversarial training perturbs, at ``budget``."""
         raise ConfigError(f"domain {self.name!r} defines no perturbation space")
 
-    def eval_space(self, budget: float, data: DomainData) -> PerturbationSpace:
-        """The space evaluation attacks search (default: the training space)."""
+    def eval_space(self, budget: float, data: DomainData, model: nn.Module | None = None) -> PerturbationSpace:
+        """The space evaluation attacks search on ``model`` (default: the training space). A domain whose
+        space depends on the model (text: its tokenizer and embeddings) reads it from ``model``, never
+        from state an earlier call left behind."""
         return self.space(budget, data)
 
     def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:

@@ -223,7 +223,7 @@ def _evaluate(
 ) -> _Evaluated:
     assert config.budget is not None and config.batch_size is not None
     decided = domain.decided(model.eval(), threshold)
-    space = domain.eval_space(config.budget, data)
+    space = domain.eval_space(config.budget, data, decided)
     report = evaluate(
         decided,
         domain.loader(data.test, _eval_batch_size(config), shuffle=False),
@@ -257,9 +257,9 @@ def _collapsed(standard: RobustnessReport, hardened: RobustnessReport) -> Robust
         f"{s.clean:.1%}): lower the budget or the learning rate, or warm the budget up (--eps-warmup)"))
 
 
-def _strongest(domain: Domain, data: DomainData, config: RunConfig, n_classes: int) -> Ensemble:
+def _strongest(domain: Domain, data: DomainData, config: RunConfig, n_classes: int, model: nn.Module) -> Ensemble:
     assert config.budget is not None
-    space = domain.eval_space(config.budget, data)
+    space = domain.eval_space(config.budget, data, model)
     specs = PRESETS[config.preset].attacks_for(n_classes, discrete=isinstance(space, DiscreteSpace))
     return Ensemble([s.build(space, seed=config.seed) for s in specs])
 
@@ -276,10 +276,10 @@ def _write_examples(
 ) -> dict[str, Any]:
     """Attack the first ``limit`` test examples (all if None) with the preset's attacks; write them."""
     assert config.budget is not None and config.batch_size is not None
-    space = domain.eval_space(config.budget, data)
-    attack = _strongest(domain, data, config, data.info.n_classes)
-    mask_fn = domain.attackable_mask
     decided = evaluated.decided
+    space = domain.eval_space(config.budget, data, decided)
+    attack = _strongest(domain, data, config, data.info.n_classes, decided)
+    mask_fn = domain.attackable_mask
     device = torch.device(config.device)
     parts: dict[str, list[Any]] = {k: [] for k in ("x", "x_adv", "y", "pred_clean", "pred_adv", "success")}
     taken = 0
@@ -398,7 +398,7 @@ def _start(
 def _probe(model: nn.Module, domain: Domain, data: DomainData, config: RunConfig) -> None:
     assert config.budget is not None
     x = next(iter(domain.loader(data.test, 8, shuffle=False)))[0]
-    space = domain.eval_space(config.budget, data)
+    space = domain.eval_space(config.budget, data, model)
     try:
         with frozen_eval(model), torch.no_grad():
             inputs = space.encode(x, config.device) if isinstance(space, DiscreteSpace) else x.to(config.device)

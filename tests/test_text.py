@@ -138,8 +138,9 @@ def test_embedding_space_freezes_ids_and_limits_each_token() -> None:
 def test_attack_is_within_budget_with_payload_intact(trained: Trained) -> None:
     domain, data, model = trained
     decided = domain.decided(model, domain.choose_threshold(model, data))
-    space = domain.eval_space(3, data)
+    space = domain.eval_space(3, data, decided)
     assert isinstance(space, ObfuscationSpace) and space.embedding is not None
+    assert domain.eval_space(3, data).embedding is None  # nothing is bound unless the model is given
     spam = [t for t, y in zip(splits(data)[2].texts, splits(data)[2].labels, strict=True) if y == 1]
     result = rk.DiscreteSearch(space, candidates_per_step=4)(decided, spam, torch.ones(len(spam), dtype=torch.long))
     assert bool(space.contains(result.x_adv, spam).all())
@@ -189,7 +190,7 @@ def test_edits_capped_by_share_of_the_text(trained: Trained) -> None:
 def test_gradient_scores_rank_better_than_chance(trained: Trained) -> None:
     domain, data, model = trained
     decided = domain.decided(model, 0.5)
-    space = domain.eval_space(1, data)
+    space = domain.eval_space(1, data, decided)
     assert isinstance(space, ObfuscationSpace)
     text = next(t for t, y in zip(splits(data)[2].texts, splits(data)[2].labels, strict=True) if y == 1)
     x = space.encode([text]).requires_grad_(True)
@@ -214,7 +215,7 @@ def test_save_and_load_keep_logits_and_tokenizer(trained: Trained, tmp_path: Pat
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"model.safetensors", "model.json", "tokenizer.json"}
     loaded, meta = TextDomain().load_model(tmp_path / "m")
     assert isinstance(loaded, TextCNN) and loaded.tokenizer is not None and model.tokenizer is not None
-    space = domain.eval_space(3, data)
+    space = domain.eval_space(3, data, loaded)
     assert isinstance(space, ObfuscationSpace)
     x = space.encode(splits(data)[2].texts[:8])
     with torch.no_grad():

@@ -152,14 +152,14 @@ def test_train_save_load_and_obfuscation_search(tiny_bert: Path, tmp_path: Path)
 
     loaded, meta = TextDomain().load_model(tmp_path / "m")
     assert isinstance(loaded, HFTextClassifier) and meta["threshold"] == threshold
-    space = domain.eval_space(2, data)
+    space = domain.eval_space(2, data, loaded)
     assert isinstance(space, ObfuscationSpace)
     texts = data.test.texts  # type: ignore[attr-defined]
     with torch.no_grad():
         assert torch.equal(model(space.encode(texts)), loaded.eval()(space.encode(texts)))
 
     decided = domain.decided(loaded, threshold)
-    space = domain.eval_space(2, data)
+    space = domain.eval_space(2, data, decided)
     assert isinstance(space, ObfuscationSpace) and space.embedding is loaded.embedding.weight
     spam = [t for t, label in zip(texts, data.test.labels, strict=True) if label == 1]  # type: ignore[attr-defined]
     result = rk.DiscreteSearch(space, candidates_per_step=4)(decided, spam, torch.ones(len(spam), dtype=torch.long))

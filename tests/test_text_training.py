@@ -102,9 +102,9 @@ def test_normalise_option_reaches_every_text_the_model_reads(tmp_path: Path) -> 
     assert spec["normalise"] is True
     domain.save_model(domain.build_model(spec), tmp_path / "m", spec)
     loader = TextDomain()
-    loader.load_model(tmp_path / "m")
+    loaded, _ = loader.load_model(tmp_path / "m")
     again = loader.load_data("demo:100", seed=0, options={})
-    reloaded = loader.eval_space(3, again)
+    reloaded = loader.eval_space(3, again, loaded)
     assert isinstance(reloaded, ObfuscationSpace) and reloaded.normaliser is not None
     # without the option the tricks reach the model
     plain = TextDomain()
@@ -196,7 +196,7 @@ def spam_recall_under_attack(t: Trained, name: str, threshold: float | None = No
     test = t.data.test
     assert isinstance(test, TextDataset)
     spam = [x for x, y in zip(test.texts, test.labels, strict=True) if y == 1]
-    space = t.domain.eval_space(BUDGET, t.data)
+    space = t.domain.eval_space(BUDGET, t.data, decided)
     assert isinstance(space, ObfuscationSpace)
     with torch.no_grad():
         clean = float((decided(space.encode(spam)).argmax(1) == 1).float().mean())
@@ -223,7 +223,7 @@ def test_gradient_scores_with_the_normaliser_rank_better_than_chance(trained: Tr
     the gradients back to the right words (and see that folded tricks change nothing)."""
     model = trained.models["standard"]
     decided = trained.domain.decided(model, 0.5)
-    plain = trained.domain.eval_space(1, trained.data)
+    plain = trained.domain.eval_space(1, trained.data, decided)
     assert isinstance(plain, ObfuscationSpace)
     space = ObfuscationSpace(plain.tokenizer, plain.dim, 1, embedding=plain.embedding, normaliser=normalise_aligned)
     test = trained.data.test

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, DiscreteSearch, Domain, DomainData
 from robustkit.domain import Assessment, Examples
 from robustkit.evaluation.binary import threshold_at_fpr
-from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.models import ThresholdModel, frozen_eval, logits_of, model_device
 from robustkit.spaces import PerturbationSpace
 from robustkit.training.methods import Method
 
@@ -62,7 +62,7 @@ from .adversarial import make_method
 from .data import TextSource, read_source, stratified_split, truncation_note
 from .model import MAX_TOKENS, TextCNN, TokenL2Ball, encode_ids, pad_inputs, train_tokenizer
 from .normalise import normalise, normalise_aligned
-from .obfuscation import TRICKS, Normaliser, ObfuscationSpace, edit_cost, fold, words
+from .obfuscation import TRICKS, ObfuscationSpace, edit_cost, fold, words
 
 __all__ = ["ObfuscationSpace", "RobustSpamClassifier", "TextCNN", "TextDataset", "TextDomain", "TokenL2Ball"]
 
@@ -77,6 +77,8 @@ def __getattr__(name: str) -> Any:
 
 #: default learning rate for fine-tuning a pretrained Hugging Face model (the usual BERT fine-tuning rate)
 HF_LR = 3e-5
+#: key of the trained tokenizer (JSON) in a text model's spec, in memory only: saved as tokenizer.json
+TOKENIZER_KEY = "tokenizer"
 
 
 class TextDataset(Dataset[Any]):
@@ -140,16 +142,6 @@ class TextDomain(Domain):
     #: class names in files and reports
     class_names: ClassVar[list[str]] = ["ham", "spam"]
 
-    def __init__(self) -> None:
-        self._tokenizer: Tokenizer | None = None
-        #: embedding table of the model being evaluated (bound by :meth:`decided`), for HotFlip scores
-        self._embedding: torch.Tensor | None = None
-        self._options: dict[str, Any] = {}
-        #: whether the last model built or loaded was trained on normalised text (its spec says so)
-        self._spec_normalise = False
-        #: (tokenizer, embedding size) of a loaded Hugging Face model: its data is tokenized with them
-        self._pretrained: tuple[Tokenizer, int] | None = None
-
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
         self.check_options(options)
@@ -172,25 +164,25 @@ class TextDomain(Domain):
         self, source: TextSource, seed: int, options: dict[str, Any], fractions: tuple[float, float] = (0.6, 0.2)
     ) -> DomainData:
         """Split ``source`` (stratified by ``fractions`` for train and validation, the rest for test),
-        train the tokenizer on the training texts (or take a Hugging Face model's) and build the datasets."""
-        self._options = dict(options)
+        train the tokenizer on the training texts (or take a Hugging Face model's) and build the datasets.
+
+        ``raw`` holds the tokenizer, the embedding size and the options: everything later calls need
+        about the data (the domain itself keeps nothing)."""
         dim = _option(options, "dim", 32, int)
         texts, labels, name, sha = source.texts, source.labels, source.name, source.sha256
         notes = list(source.notes)
         tr, va, te = stratified_split(labels, seed, fractions)
         folder = hf.model_source(options)
-        if folder is not None:
-            self._pretrained = hf.tokenizer_and_dim(folder)
-        if self._pretrained is not None:  # a Hugging Face model: its own tokenizer and embedding size
-            tokenizer, dim = self._pretrained
+        read = normalise if _normalise_option(options) else _as_is
+        if folder is not None:  # a Hugging Face model: its own tokenizer and embedding size
+            tokenizer, dim = hf.tokenizer_and_dim(folder)
         else:
             vocab = _option(options, "vocab_size", source.vocab_size, int)
-            tokenizer = train_tokenizer([self._read(texts[i]) for i in tr], vocab_size=vocab)
-        self._tokenizer = tokenizer
+            tokenizer = train_tokenizer([read(texts[i]) for i in tr], vocab_size=vocab)
 
         def part(idx: list[int], as_text: bool = False) -> TextDataset:
             texts_, labels_ = [texts[i] for i in idx], [labels[i] for i in idx]
-            return TextDataset(texts_, labels_, tokenizer, dim, as_text, normaliser=self._read)
+            return TextDataset(texts_, labels_, tokenizer, dim, as_text, normaliser=read)
 
         train, val, test = part(tr), part(va), part(te, as_text=True)
         limit = (tokenizer.truncation or {}).get("max_length", MAX_TOKENS)
@@ -198,7 +190,8 @@ class TextDomain(Domain):
         notes += [truncated] if truncated else []
         split = f"{len(tr)}/{len(va)}/{len(te)} stratified with seed {seed}; {'; '.join(notes)}"
         info = DatasetInfo(name, sha, split, n_classes=2, class_names=list(self.class_names))
-        raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": float(options.get("target_fpr", 0.01))}
+        raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": float(options.get("target_fpr", 0.01)),
+               "options": dict(options)}
         return DomainData(train, val, test, info, raw)
 
     def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
@@ -229,6 +222,8 @@ class TextDomain(Domain):
             "kernel": 3,
             "classes": 2,
             **extra,
+            # the vocabulary is part of the model: save_model writes it as tokenizer.json, not into model.json
+            TOKENIZER_KEY: tokenizer.to_str(),
         }
 
     def model_arguments(self, data: DomainData) -> dict[str, Any]:
@@ -237,9 +232,10 @@ class TextDomain(Domain):
         )
 
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
-        self._spec_normalise = bool(spec.get("normalise", False))
         if spec.get("kind") == "hf":  # fine-tune the pretrained model, with a 2-label head
-            return hf.load_hf(str(spec.get("path", "")), num_labels=int(spec.get("classes", 2)))
+            pretrained = hf.load_hf(str(spec.get("path", "")), num_labels=int(spec.get("classes", 2)))
+            pretrained.normalise = bool(spec.get("normalise", False))
+            return pretrained
         try:
             model = TextCNN(
                 int(spec["vocab_size"]),
@@ -249,32 +245,33 @@ class TextDomain(Domain):
                 int(spec.get("classes", 2)),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"text model spec {spec!r} is incomplete or invalid ({exc})") from None
-        model.tokenizer = self._tokenizer
+            shown = {k: v for k, v in spec.items() if k != TOKENIZER_KEY}
+            raise ConfigError(f"text model spec {shown!r} is incomplete or invalid ({exc})") from None
+        if spec.get(TOKENIZER_KEY):
+            model.tokenizer = Tokenizer.from_str(spec[TOKENIZER_KEY])
+        model.normalise = bool(spec.get("normalise", False))
         return model
 
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
-        eps = float(self._options.get("embedding_eps", 0.1))
+        eps = float(_options_of(data).get("embedding_eps", 0.1))
         return TokenL2Ball(eps=eps, dim=int(data.raw["dim"]))
 
-    def eval_space(self, budget: float, data: DomainData) -> PerturbationSpace:
-        tokenizer = self._tokenizer or data.raw["tokenizer"]
+    def eval_space(self, budget: float, data: DomainData, model: nn.Module | None = None) -> PerturbationSpace:
+        """The obfuscation space over real strings, bound to ``model`` when given: its own tokenizer,
+        embedding size and table (HotFlip scores) and its normaliser (option ``normalise``, else what the
+        model's spec says), so every attack on one model, the first included, searches the same way."""
+        options = _options_of(data)
+        core = model.model if isinstance(model, ThresholdModel) else model
+        tokenizer = getattr(core, "tokenizer", None)
+        table = getattr(getattr(core, "embedding", None), "weight", None)
+        on = _normalise_option(options) if "normalise" in options else bool(getattr(core, "normalise", False))
         return ObfuscationSpace(
-            tokenizer, int(data.raw["dim"]), budget, embedding=self._embedding, tricks=_attack_tricks(self._options),
-            normaliser=self._normaliser(), max_share=_max_share(self._options),
+            tokenizer if isinstance(tokenizer, Tokenizer) else data.raw["tokenizer"],
+            int(getattr(core, "dim", data.raw["dim"])), budget,
+            embedding=table if isinstance(table, torch.Tensor) else None, tricks=_attack_tricks(options),
+            normaliser=normalise_aligned if on else None, max_share=_max_share(options),
         )
-
-    # ----------------------------------------------------------------- normaliser and own training methods
-    def _normaliser(self) -> Normaliser | None:
-        """:func:`~domains.text.normalise.normalise_aligned` if option ``normalise`` is on (default: what the
-        model's spec says), else None."""
-        on = _normalise_option(self._options) if "normalise" in self._options else self._spec_normalise
-        return normalise_aligned if on else None
-
-    def _read(self, text: str) -> str:
-        """The text as the model reads it: normalised if option ``normalise`` is on."""
-        return normalise(text) if self._normaliser() is not None else text
 
     def training_method(self, name: str, data: DomainData, budget: float) -> Method:
         """``discrete`` (adversarial training on obfuscated spam searched against the current model, see
@@ -294,14 +291,6 @@ class TextDomain(Domain):
         x, y = data.val.tensors()  # type: ignore[attr-defined]
         return threshold_at_fpr(_spam_scores(model, x)[y == 0], data.raw.get("target_fpr", 0.01))
 
-    def decided(self, model: nn.Module, threshold: float | None) -> nn.Module:
-        tokenizer = getattr(model, "tokenizer", None)
-        if isinstance(tokenizer, Tokenizer):  # evaluate the model with its own tokenizer
-            self._tokenizer = tokenizer
-        table = getattr(getattr(model, "embedding", None), "weight", None)
-        self._embedding = table if isinstance(table, torch.Tensor) else None
-        return super().decided(model, threshold)
-
     # ----------------------------------------------------------------- metrics and examples
     def assess(self, model: nn.Module, data: DomainData, report: Any) -> Assessment:
         return Assessment(self._edit_figures(model, data, report))
@@ -314,7 +303,7 @@ class TextDomain(Domain):
         random stream of its test position, so the successes are those of the evaluation.
         """
         test: TextDataset = data.test  # type: ignore[assignment]
-        space = self.eval_space(float(report.threat.get("budget", self.default_budget)), data)
+        space = self.eval_space(float(report.threat.get("budget", self.default_budget)), data, model)
         assert isinstance(space, ObfuscationSpace)
         spam = [t for t, label in zip(test.texts, test.labels, strict=True) if label == 1]
         if not spam:
@@ -387,10 +376,10 @@ class TextDomain(Domain):
         if isinstance(model, hf.HFTextClassifier):  # save_pretrained (safetensors) + tokenizer files + model.json
             hf.save_hf(model, directory, {"domain": self.name, "spec": spec, "threshold": threshold})
             return
-        tokenizer = getattr(model, "tokenizer", None) or self._tokenizer
+        tokenizer = getattr(model, "tokenizer", None)
         if not isinstance(tokenizer, Tokenizer):
             raise ConfigError("the text model has no tokenizer to save with it")
-        super().save_model(model, directory, spec, threshold)
+        super().save_model(model, directory, {k: v for k, v in spec.items() if k != TOKENIZER_KEY}, threshold)
         tokenizer.save(str(directory / "tokenizer.json"))
 
     def load_model(self, directory: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -401,8 +390,7 @@ class TextDomain(Domain):
                 break
         if hf.is_hf_folder(path):  # a fine-tuned Hugging Face model, or a plain Hugging Face folder
             pretrained, meta = hf.load_saved(path, self.name)
-            self._spec_normalise = bool(meta.get("spec", {}).get("normalise", False))
-            self._tokenizer, self._pretrained = pretrained.tokenizer, (pretrained.tokenizer, pretrained.dim)
+            pretrained.normalise = bool(meta.get("spec", {}).get("normalise", False))
             return pretrained, meta
         model, meta = super().load_model(directory, factory)
         tok_file = path / "tokenizer.json"
@@ -415,8 +403,17 @@ class TextDomain(Domain):
                 f"{meta['spec']['vocab_size']}: they do not belong together"
             )
         model.tokenizer = tokenizer  # type: ignore[assignment]
-        self._tokenizer = tokenizer
         return model, meta
+
+
+def _options_of(data: DomainData) -> dict[str, Any]:
+    """The options the data was read with (:meth:`TextDomain.data_from` keeps them in ``raw``)."""
+    options: dict[str, Any] = data.raw.get("options", {})
+    return options
+
+
+def _as_is(text: str) -> str:
+    return text
 
 
 def _attack_tricks(options: dict[str, Any]) -> list[str] | None:

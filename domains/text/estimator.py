@@ -195,14 +195,12 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = trainer.history_frame()
         assert threshold is not None
         self.threshold_ = float(threshold)
-        # binds the model's tokenizer and embedding table to the domain, so that every attack, the first
-        # included, ranks edits with the model's own embeddings
         self.decided_ = domain.decided(model, self.threshold_)
         return self
 
     # ----------------------------------------------------------------- prediction
     def _space(self, budget: float | None = None) -> ObfuscationSpace:
-        space = self.domain_.eval_space(self.budget if budget is None else float(budget), self.data_)
+        space = self.domain_.eval_space(self.budget if budget is None else float(budget), self.data_, self.model_)
         assert isinstance(space, ObfuscationSpace)
         return space
 

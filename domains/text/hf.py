@@ -194,6 +194,8 @@ class HFTextClassifier(nn.Module):
         super().__init__()
         self.hf: Any = model  # a transformers PreTrainedModel
         self.hf_tokenizer = hf_tokenizer
+        #: whether the model reads normalised text (its spec's ``normalise``): its attacks normalise too
+        self.normalise = False
         limits = [max_tokens, getattr(hf_tokenizer, "model_max_length", max_tokens)]
         limits.append(getattr(getattr(model, "config", None), "max_position_embeddings", max_tokens))
         limit = min(int(v) for v in limits if isinstance(v, int | float) and v > 0)

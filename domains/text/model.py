@@ -98,6 +98,8 @@ class TextCNN(nn.Module):
         self.out = nn.Linear(channels + dim, classes)
         #: the tokenizer the model was trained with (attached by the domain; saved as tokenizer.json)
         self.tokenizer: Tokenizer | None = None
+        #: whether the model reads normalised text (its spec's ``normalise``): its attacks normalise too
+        self.normalise = False
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (offset added) and the padding mask of an input ``(N, L, 1 + D)``."""
