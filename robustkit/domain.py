@@ -12,10 +12,22 @@ Third parties add a domain without touching robustkit, through the entry-point g
 
 or at run time with :func:`register_domain`.
 
+A domain must say three things (abstract methods): how to read data (:meth:`Domain.load_data`), how to
+build its model (:meth:`Domain.build_model`) and what an attacker may change (:meth:`Domain.space`);
+every other hook has a default.
+
 Example:
-    >>> import robustkit as rk
+    >>> import torch, robustkit as rk
     >>> class Tiny(rk.Domain):
     ...     name = "tiny"
+    ...     def load_data(self, spec, seed, options):
+    ...         x, y = rk.datasets.robust_nonrobust(300, seed=seed)
+    ...         part = torch.utils.data.TensorDataset(x[:100], y[:100])
+    ...         return rk.DomainData(part, part, part, rk.DatasetInfo("tiny", n_classes=3))
+    ...     def build_model(self, spec):
+    ...         return torch.nn.Linear(130, 3)
+    ...     def space(self, budget, data):
+    ...         return rk.LinfBall(eps=budget, bounds=rk.datasets.TOY_BOUNDS)
     >>> rk.register_domain(Tiny)
     >>> rk.get_domain("tiny").name
     'tiny'
@@ -25,6 +37,7 @@ from __future__ import annotations
 
 import json
 import logging
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -138,8 +151,9 @@ class Assessment:
     evidence: Any = None
 
 
-class Domain:
-    """Base class of domain adapters; override what your domain needs.
+class Domain(ABC):
+    """Base class of domain adapters: implement :meth:`load_data`, :meth:`build_model` and :meth:`space`;
+    override any other hook your domain needs.
 
     Class attributes give the defaults the CLI and the pipeline use when an option is not set.
     """
@@ -159,9 +173,9 @@ class Domain:
     methods: ClassVar[tuple[str, ...]] = ()
 
     # ----------------------------------------------------------------- data
+    @abstractmethod
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
         """Read the data named by ``spec`` (``digits``, ``mnist:DIR``, ``csv:PATH`` ...) and split it."""
-        raise ConfigError(f"domain {self.name!r} does not read data")
 
     def loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
         """A DataLoader over one split (override for custom batching, e.g. dynamic padding).
@@ -176,9 +190,9 @@ class Domain:
         """JSON-able settings from which :meth:`build_model` builds the default model."""
         return {}
 
+    @abstractmethod
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
         """The (untrained) model described by ``spec``."""
-        raise ConfigError(f"domain {self.name!r} has no default model")
 
     def model_arguments(self, data: DomainData) -> dict[str, Any]:
         """JSON-able facts about the data that a user's ``--model-factory`` function may take by name."""
@@ -204,9 +218,9 @@ class Domain:
         return build_from_factory(factory, dict(spec.get("arguments", {})), weights)
 
     # ----------------------------------------------------------------- threat model
+    @abstractmethod
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
         """The continuous space adversarial training perturbs, at ``budget``."""
-        raise ConfigError(f"domain {self.name!r} defines no perturbation space")
 
     def eval_space(self, budget: float, data: DomainData, model: nn.Module | None = None) -> PerturbationSpace:
         """The space evaluation attacks search on ``model`` (default: the training space). A domain whose
@@ -342,4 +356,10 @@ def get_domain(name: str) -> Domain:
             names = ", ".join(available_domains()) or "none installed"
             raise ConfigError(f"unknown domain {name!r}: choose one of {names}")
         register_domain(found.load(), name)
-    return _REGISTRY[name]()
+    domain = _REGISTRY[name]
+    missing = sorted(getattr(domain, "__abstractmethods__", ()))
+    if missing:
+        raise ConfigError(f"domain {name!r} ({domain.__module__}.{domain.__qualname__}) does not implement "
+                          f"{', '.join(missing)}: every domain says how to read data, build its model and "
+                          "what an attacker may change")
+    return domain()
