@@ -47,8 +47,8 @@ from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
 from robustkit.spaces import DiscreteSpace
-from robustkit.training import AdversarialTrainer
 from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text
+from robustkit.training.fit import TrainSettings, fit_model
 from robustkit.training.methods import NAMES as METHOD_NAMES
 
 __all__ = ["attack", "evaluate_model", "harden", "prepare_run_dir"]
@@ -173,30 +173,17 @@ def _train(
     assert config.lr is not None
     torch.manual_seed(config.seed)
     model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
-    space = domain.space(config.budget, data)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     ckpt = out / "checkpoints" / name
-    # a domain's own method (e.g. text's "discrete") is built by the domain, for this data and budget
-    own = domain.training_method(method, data, config.budget) if method in domain.methods else method
-    trainer = AdversarialTrainer(
-        model, space, method=own, optimizer=optimizer, eps_warmup=config.eps_warmup,
-        attackable=domain.attackable_mask, checkpoint_dir=ckpt, seed=config.seed, progress=progress,
-        select_best=method != "standard",
-    )
+    settings = TrainSettings(method=method, budget=config.budget, epochs=config.epochs, batch_size=config.batch_size,
+                             lr=config.lr, seed=config.seed, eps_warmup=config.eps_warmup, checkpoint_dir=ckpt,
+                             progress=progress)
     resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
     log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
              " (resuming)" if resume_from else "")
-    trainer.fit(
-        distributed.sharded(domain.loader(data.train, config.batch_size, shuffle=True), shuffle=True,
-                            seed=config.seed),
-        epochs=config.epochs,
-        val_loader=domain.loader(data.val, config.batch_size, shuffle=False),
-        resume=resume_from,
-    )
-    model.eval()
-    threshold = domain.choose_threshold(model, data)
-    history = [{"model": name, **r} for r in trainer.history]
-    seconds = float(sum(r.get("train_seconds", 0.0) + r.get("val_seconds", 0.0) for r in trainer.history))
+    fitted = fit_model(domain, data, model, settings, resume=resume_from)
+    threshold = fitted.threshold
+    history = [{"model": name, **r} for r in fitted.history]
+    seconds = fitted.seconds
 
     def write(folder: Path) -> None:
         domain.save_model(model, folder, spec, threshold)
@@ -272,11 +259,11 @@ def _predict(model: nn.Module, space: Any, x: Any, device: torch.device) -> torc
 
 
 def _write_examples(
-    domain: Domain, evaluated: _Evaluated, data: DomainData, config: RunConfig, out: Path, limit: int | None
+    domain: Domain, decided: nn.Module, data: DomainData, config: RunConfig, out: Path, limit: int | None,
+    evidence: Any = None,
 ) -> dict[str, Any]:
     """Attack the first ``limit`` test examples (all if None) with the preset's attacks; write them."""
     assert config.budget is not None and config.batch_size is not None
-    decided = evaluated.decided
     space = domain.eval_space(config.budget, data, decided)
     attack = _strongest(domain, data, config, data.info.n_classes, decided)
     mask_fn = domain.attackable_mask
@@ -302,7 +289,7 @@ def _write_examples(
     joined: dict[str, Any] = {
         k: torch.cat(v) if isinstance(v[0], torch.Tensor) else [e for part in v for e in part] for k, v in parts.items()
     }
-    examples = Examples(**joined, evidence=evaluated.evidence)
+    examples = Examples(**joined, evidence=evidence)
     atomic_write_dir(out / "examples", lambda folder: domain.write_examples(folder, examples, data))
     return {"n": taken, "successes": int(examples.success.sum())}
 
@@ -442,7 +429,8 @@ def harden(
     metrics["method"] = config.method
 
     def write() -> None:
-        _write_examples(domain, evaluated["hardened"], data, config, out, N_EXAMPLES)
+        hardened = evaluated["hardened"]
+        _write_examples(domain, hardened.decided, data, config, out, N_EXAMPLES, hardened.evidence)
         _finish(out, metrics, reports, history, config, argv, domain)
 
     _on_main(write)
@@ -506,8 +494,8 @@ def _single_model(
                        {"evaluated": _model_entry(evaluated.report, evaluated.metrics, None)}, "evaluated")
 
     def write() -> None:  # the adversarial inputs are made by rank 0 alone
-        metrics["examples"] = _write_examples(domain, evaluated, data, config, out,
-                                              None if all_examples else N_EXAMPLES)
+        metrics["examples"] = _write_examples(domain, evaluated.decided, data, config, out,
+                                              None if all_examples else N_EXAMPLES, evaluated.evidence)
         _finish(out, metrics, reports, pd.DataFrame(), config, argv, domain)
 
     _on_main(write)

@@ -30,19 +30,20 @@ from sklearn.compose import ColumnTransformer
 from sklearn.model_selection import train_test_split
 from sklearn.utils.validation import check_is_fitted
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from domains.tabular.attacks import SparseSchemaSpace, worst_case
+from domains.tabular.attacks import worst_case
 from domains.tabular.model import TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.space import SchemaSpace, encode, repair
 from robustkit.attacks import PGD
+from robustkit.domain import DatasetInfo, DomainData
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels, decide, known_positive, threshold_at_fpr, two_columns
+from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
-from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
+from robustkit.training.fit import TrainSettings, fit_model
 
 __all__ = ["RobustTabularClassifier"]
 
@@ -54,10 +55,6 @@ def _mlp(width: int, hidden: Sequence[int]) -> nn.Sequential:
         width = h
     layers.append(nn.Linear(width, 2))
     return nn.Sequential(*layers)
-
-
-def _fraud_rows(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return y == 1
 
 
 class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
@@ -210,26 +207,25 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             self.preprocessor_ = pre
             model = nn.Sequential(encoder, _mlp(encoder.out_features, self.hidden))
         method = copy.deepcopy(self.method) if isinstance(self.method, methods_mod.Method) else self.method
-        space = SparseSchemaSpace(schema, self.budget)  # the space `robustkit harden tabular` trains over
         class_weights = self.class_weight if self.class_weight is None or isinstance(self.class_weight, str) \
             else [float(w) for w in self.class_weight]
-        trainer = AdversarialTrainer(
-            model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=float(self.lr)),
-            class_weights=class_weights, attackable=_fraud_rows, seed=seed, progress=False,
-            select_best=methods_mod.get(method).name != "standard",
-        )
-        generator = torch.Generator().manual_seed(seed)
-        trainer.fit(DataLoader(TensorDataset(x_train, y_train), batch_size=int(self.batch_size), shuffle=True,
-                               generator=generator),
-                    epochs=int(self.epochs),
-                    val_loader=DataLoader(TensorDataset(x_val, y_val), batch_size=max(256, int(self.batch_size))))
-        model.eval()
+        budget = schema.budget if self.budget is None else float(self.budget)
+        data = DomainData(TensorDataset(x_train, y_train), TensorDataset(x_val, y_val), TensorDataset(x_val, y_val),
+                          DatasetInfo("fit", split=f"{len(train)}/{len(val)}", n_classes=2),
+                          {"schema": schema, "target_fpr": float(self.target_fpr)})
+        from domains.tabular import TabularDomain  # the package imports this module first
+
+        # the one training path `robustkit harden tabular` takes: its space, attackable rows and threshold
+        fitted = fit_model(TabularDomain(), data, model, TrainSettings(
+            method=method, budget=budget, epochs=int(self.epochs), batch_size=int(self.batch_size),
+            lr=float(self.lr), seed=seed, class_weights=class_weights))
+        assert fitted.threshold is not None
         self.classes_ = classes
         self.pos_label_ = positive
         self.model_ = model
-        self.history_ = trainer.history_frame()
-        self.budget_ = float(space.budget)
-        self.threshold_ = threshold_at_fpr(self._scores(x_val)[y_val == 0], float(self.target_fpr))
+        self.history_ = pd.DataFrame(fitted.history)
+        self.budget_ = budget
+        self.threshold_ = fitted.threshold
         self.n_features_in_ = X.shape[1]
         self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
         return self

@@ -33,8 +33,8 @@ from robustkit.attacks import DiscreteSearch
 from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
 from robustkit.models import frozen_eval, logits_of
-from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
+from robustkit.training.fit import TrainSettings, fit_model
 
 __all__ = ["RobustSpamClassifier"]
 
@@ -174,26 +174,18 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         torch.manual_seed(seed)
         spec = domain.model_spec(data, options)
         model = domain.build_model(spec)
-        budget = float(self.budget)
         method = copy.deepcopy(self.method) if isinstance(self.method, methods_mod.Method) else self.method
-        own = domain.training_method(method, data, budget) if method in TextDomain.methods else method
-        name = own.name if isinstance(own, methods_mod.Method) else str(own)
-        trainer = AdversarialTrainer(
-            model, domain.space(budget, data), method=own,
-            optimizer=torch.optim.Adam(model.parameters(), lr=float(self.lr)), attackable=domain.attackable_mask,
-            seed=seed, progress=False, select_best=name != "standard",
-        )
-        trainer.fit(domain.loader(data.train, int(self.batch_size), shuffle=True), epochs=int(self.epochs),
-                    val_loader=domain.loader(data.val, int(self.batch_size), shuffle=False))
-        model.eval()
-        threshold = domain.choose_threshold(model, data)
+        fitted = fit_model(domain, data, model, TrainSettings(
+            method=method, budget=float(self.budget), epochs=int(self.epochs), batch_size=int(self.batch_size),
+            lr=float(self.lr), seed=seed))
+        threshold = fitted.threshold
+        assert threshold is not None
         self.domain_ = domain
         self.data_ = data.digest()
         self.model_ = model
         self.classes_ = classes
         self.pos_label_ = positive
-        self.history_ = trainer.history_frame()
-        assert threshold is not None
+        self.history_ = pd.DataFrame(fitted.history)
         self.threshold_ = float(threshold)
         self.decided_ = domain.decided(model, self.threshold_)
         return self
