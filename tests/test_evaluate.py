@@ -322,3 +322,28 @@ def test_plot_is_a_figure_and_draws_on_a_given_axes(report):
     own = Figure()
     ax = own.add_subplot()
     assert report.plot(ax=ax) is own and len(ax.get_lines()) >= 3
+
+
+def test_evaluate_with_one_attacked_class_leads_with_its_recall_and_the_false_positive_rate():
+    """rk.evaluate(..., mask=) on a binary problem reported accuracy, dominated by the class left alone."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(180, 2) - 1.0, torch.randn(20, 2) + 1.5])
+    y = torch.cat([torch.zeros(180, dtype=torch.long), torch.ones(20, dtype=torch.long)])
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[-1.0, -1.0], [1.0, 1.0]]))
+        model.bias.zero_()
+    space = rk.LinfBall(eps=1.0, bounds=(-6.0, 6.0))
+    report = rk.evaluate(model, (x, y), space, attacks="quick", mask=y == 1, checks=False)
+    with torch.no_grad():
+        pred = model(x).argmax(dim=1)
+    lead = report.headline
+    assert lead is not None and lead.measure == "recall"
+    assert lead.clean == int((pred[y == 1] == 1).sum()) / 20
+    assert lead.false_positive_rate == int((pred[y == 0] == 1).sum()) / 180
+    assert lead.attacked == report.per_eps[-1]["attacks"]["worst"]["robust_accuracy_attackable"]
+    assert lead.attacked < lead.clean and report.robust_accuracy["worst"] > lead.attacked  # accuracy hides it
+    assert report.to_json()["headline"]["measure"] == "recall"
+    assert "recall" in report.to_markdown().splitlines()[2]
+    everyone = rk.evaluate(model, (x, y), space, attacks="quick", checks=False)
+    assert everyone.headline is not None and everyone.headline.measure == "accuracy"

@@ -115,6 +115,12 @@ def test_hardened_model_keeps_more_fraud_recall_under_attack(run):
     assert std["fpr_clean"] <= 0.03 and 0 < std["threshold"] < 1
     for d in (std, hard):
         assert d["valid_adversarial_share"] == 1.0 and d["repair_failed_share"] == 0.0 and d["roc_auc"] > 0.9
+    for entry in m["models"].values():  # the headline is recall under the worst of every attack run
+        lead, d = entry["headline"], entry["domain_metrics"]
+        assert lead["measure"] == "recall" and lead["clean"] == d["recall_clean"]
+        assert lead["attacked"] == d["recall_attacked"] <= d["recall_attacked_strongest"]
+        assert lead["false_positive_rate"] == d["fpr_clean"]
+        assert "strongest" in entry["robust_accuracy"]
 
 
 def test_run_writes_valid_adversarial_rows_and_a_loadable_model(run):

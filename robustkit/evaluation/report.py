@@ -87,7 +87,7 @@ class Headline:
         att = outcomes["attackable"].bool()
         clean, robust = outcomes["clean_correct"].bool(), outcomes["robust"].bool()
         if self.measure == "recall":
-            fpr = 1.0 - _share(clean[~att])
+            fpr = _share(~clean[~att])
             return Headline("recall", _share(clean[att]), _share(robust[att]), fpr, fpr)
         return Headline("accuracy", _share(clean), _share(robust), self.baseline)
 
