@@ -64,6 +64,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
         p.add_argument("--lr", type=float, default=None, help="learning rate")
         p.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped run from its checkpoints")
         p.add_argument(
+            "--report-to", default=None, dest="report_to", choices=["none", "tensorboard", "mlflow"],
+            help="experiment tracker for per-epoch figures, final metrics and the report: tensorboard (event files "
+            "in RUN/tensorboard/) or mlflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); needs robustkit[tracking]",
+        )
+        p.add_argument(
+            "--keep-checkpoints", action="store_const", const=True, default=None, dest="keep_checkpoints",
+            help="keep each model's last checkpoint (optimizer state) after the model is saved",
+        )
+        p.add_argument(
             "--model", default=None, metavar="MODEL",
             help="model to train, as the domain names it (sets options.model; text: hf:DIR, a local Hugging Face "
             "model folder to fine-tune)",
@@ -117,7 +126,8 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
         "weights": args.weights,
     }
     if args.command == "harden":
-        overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr)
+        overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr,
+                         report_to=args.report_to, keep_checkpoints=args.keep_checkpoints)
     else:
         overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)
     flags = [("schema", args.schema), ("target", args.target)]

@@ -9,6 +9,10 @@ Run directory (contract)::
     RUN/metrics.json   written last: its presence means the run is complete
     RUN/report.html  RUN/report.md  RUN/config.yaml  RUN/history.csv
     RUN/checkpoints/<model>/   RUN/models/<model>/   RUN/examples/
+    RUN/tensorboard/<model>/   (``report_to: tensorboard``)
+
+A model's checkpoint is removed once the model is saved under ``models/`` (``keep_checkpoints``
+keeps it): resuming needs the checkpoints of a model still training only.
 
 Example:
     >>> from robustkit.config import RunConfig
@@ -44,8 +48,8 @@ from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
 from robustkit.spaces import DiscreteSpace
-from robustkit.training import AdversarialTrainer
-from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text
+from robustkit.training import AdversarialTrainer, callbacks
+from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text, remove_dir
 from robustkit.training.methods import NAMES as METHOD_NAMES
 
 __all__ = ["attack", "evaluate_model", "harden", "prepare_run_dir"]
@@ -157,7 +161,7 @@ def _model_spec(domain: Domain, data: DomainData, config: RunConfig) -> dict[str
 
 def _train(
     name: str, method: str, domain: Domain, data: DomainData, config: RunConfig, out: Path, resume: bool,
-    progress: bool,
+    progress: bool, hooks: list[callbacks.Callback],
 ) -> _Trained:
     model_dir = out / "models" / name
     spec = _model_spec(domain, data, config)
@@ -178,7 +182,7 @@ def _train(
     trainer = AdversarialTrainer(
         model, space, method=own, optimizer=optimizer, eps_warmup=config.eps_warmup,
         attackable=domain.attackable_mask, checkpoint_dir=ckpt, seed=config.seed, progress=progress,
-        select_best=method != "standard",
+        select_best=method != "standard", callbacks=hooks,
     )
     resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
     log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
@@ -200,6 +204,8 @@ def _train(
         (folder / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
 
     _on_main(lambda: atomic_write_dir(model_dir, write))  # resume trusts a model folder that exists: it is whole
+    if not config.keep_checkpoints and ckpt.is_dir():
+        _on_main(lambda: remove_dir(ckpt))  # the saved model replaces it: resume loads models/<name>
     return _Trained(model, spec, threshold, seconds, history)
 
 
@@ -391,12 +397,60 @@ def harden(
     its checkpoints (models already saved are not retrained).
     """
     out = Path(out)
+    callbacks.require(config.report_to)
     domain, config, data = _start(config, out, force, resume)
-    assert config.method is not None
+    assert config.method is not None and config.epochs is not None
+    tracker = _tracker(config, out) if distributed.is_main() else None
+    try:
+        metrics = _harden(domain, config, data, out, resume, progress, argv, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.close(failed=True)
+        raise
+    if tracker is not None:
+        tracker.close()
+    return metrics
+
+
+def _tracker(config: RunConfig, out: Path) -> callbacks.Tracker | None:
+    params = {k: getattr(config, k) for k in ("domain", "data", "method", "budget", "epochs", "batch_size", "lr",
+                                              "preset", "seed")}
+    return callbacks.tracker(config.report_to, out / "tensorboard", run_name=out.name, params=params)
+
+
+def _hooks(name: str, then: str, tracker: callbacks.Tracker | None) -> list[callbacks.Callback]:
+    """Callbacks of one model's training: the per-epoch line (unless quiet, rank 0 only) and the tracker."""
+    hooks: list[callbacks.Callback] = []
+    if log.isEnabledFor(logging.INFO) and distributed.is_main():
+        hooks.append(callbacks.EpochLog(f"{name} model", then=then))
+    if tracker is not None:
+        hooks.append(tracker.scoped(name))
+    return hooks
+
+
+def _final_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """A model's test figures for a tracker: ``test/clean_accuracy``, ``test/robust_accuracy`` (worst case),
+    ``test/robust_accuracy_<attack>`` and the domain's numeric scalars."""
+    figures = {"test/clean_accuracy": entry["clean_accuracy"], "train/total_seconds": entry.get("train_seconds")}
+    for attack, value in entry["robust_accuracy"].items():
+        figures["test/robust_accuracy" + ("" if attack == "worst" else f"_{attack}")] = value
+    for key, value in entry.get("domain_metrics", {}).items():
+        figures[f"test/{key}"] = value
+    return {k: float(v) for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _harden(
+    domain: Domain, config: RunConfig, data: DomainData, out: Path, resume: bool, progress: bool,
+    argv: list[str] | None, tracker: callbacks.Tracker | None,
+) -> dict[str, Any]:
+    assert config.method is not None and config.epochs is not None
     start = time.perf_counter()
+    then = f"then the hardened model ({config.epochs} epoch{'s' if config.epochs > 1 else ''})"
     trained = {
-        "standard": _train("standard", "standard", domain, data, config, out, resume, progress),
-        "hardened": _train("hardened", config.method, domain, data, config, out, resume, progress),
+        "standard": _train("standard", "standard", domain, data, config, out, resume, progress,
+                           _hooks("standard", then, tracker)),
+        "hardened": _train("hardened", config.method, domain, data, config, out, resume, progress,
+                           _hooks("hardened", "", tracker)),
     }
     reports: dict[str, RobustnessReport] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -414,6 +468,11 @@ def harden(
     def write() -> None:
         _write_examples(domain, decided_hardened, data, config, out, N_EXAMPLES)
         _finish(out, metrics, reports, history, config, argv, domain)
+        if tracker is not None:
+            for name, entry in entries.items():
+                tracker.scoped(name).log_metrics(_final_metrics(entry), step=config.epochs or 0)
+            for artifact in ("report.md", "report.html", "metrics.json"):
+                tracker.log_artifact(out / artifact)
 
     _on_main(write)
     log.info("run written to %s in %.1f s", out, time.perf_counter() - start)
