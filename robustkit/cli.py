@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from robustkit.errors import ConfigError, RobustkitError
 
@@ -50,7 +51,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
     )
     p.add_argument(
         "--preset", default=None, choices=["quick", "standard", "thorough"],
-        help="evaluation attacks (default standard). " + describe_presets().replace("%", "%%"),
+        help="evaluation attacks (default standard):\n" + describe_presets().replace("%", "%%"),
     )
     if harden:
         p.add_argument(
@@ -83,8 +84,26 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
     _add_common(p)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help text wrapped to the terminal, keeping the line breaks it was written with (one preset per line)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # names such as APGD-DLR-100 stay whole
+        return [part for line in text.splitlines()
+                for part in textwrap.wrap(" ".join(line.split()), width, break_on_hyphens=False) or [""]]
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n".join(fill(line, width, indent) for line in text.splitlines())
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit status 2), like every other robustkit error."""
+    """argparse with one-line errors (exit status 2), like every other robustkit error, and help text laid out
+    as written."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"robustkit: error: {message} (see {self.prog} --help)\n")
