@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import platform
@@ -164,11 +165,13 @@ def _train(
     progress: bool, hooks: list[callbacks.Callback],
 ) -> _Trained:
     model_dir = out / "models" / name
+    ckpt = out / "checkpoints" / name
     spec = _model_spec(domain, data, config)
     if resume and (model_dir / "model.json").is_file():
         model, meta = domain.load_model(model_dir, config.model_factory)
         saved = json.loads((model_dir / "train.json").read_text(encoding="utf-8"))
         log.info("%s model: already trained, loaded from %s", name, model_dir)
+        _prune(ckpt, config)  # the run may have stopped between saving the model and removing its checkpoint
         return _Trained(model, meta.get("spec", spec), meta.get("threshold"), saved["seconds"], saved["history"])
     assert config.budget is not None and config.epochs is not None and config.batch_size is not None
     assert config.lr is not None
@@ -176,7 +179,6 @@ def _train(
     model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
     space = domain.space(config.budget, data)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    ckpt = out / "checkpoints" / name
     # a domain's own method (e.g. text's "discrete") is built by the domain, for this data and budget
     own = domain.training_method(method, data, config.budget) if method in domain.methods else method
     trainer = AdversarialTrainer(
@@ -204,9 +206,22 @@ def _train(
         (folder / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
 
     _on_main(lambda: atomic_write_dir(model_dir, write))  # resume trusts a model folder that exists: it is whole
-    if not config.keep_checkpoints and ckpt.is_dir():
-        _on_main(lambda: remove_dir(ckpt))  # the saved model replaces it: resume loads models/<name>
+    _prune(ckpt, config)
     return _Trained(model, spec, threshold, seconds, history)
+
+
+def _prune(ckpt: Path, config: RunConfig) -> None:
+    """Remove a saved model's checkpoint (unless ``keep_checkpoints``): resume loads ``models/<name>`` instead.
+    Every process calls it (rank 0 removes, the others wait), whether or not it sees the folder."""
+
+    def prune() -> None:
+        if config.keep_checkpoints or not ckpt.is_dir():
+            return
+        remove_dir(ckpt)
+        with contextlib.suppress(OSError):  # the last one leaves no empty checkpoints/ behind
+            ckpt.parent.rmdir()
+
+    _on_main(prune)
 
 
 # ----------------------------------------------------------------------------- evaluation

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from robustkit.cli import main
@@ -40,7 +42,7 @@ def test_breakdown_chart_keeps_its_text_readable_with_many_segments() -> None:
     assert all(t.get_fontsize() >= FONT for t in labels)
     # one label per bar group, none overlapping the next
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.y0)
-    assert all(low.y1 <= high.y0 + 0.5 for low, high in zip(boxes, boxes[1:], strict=False))
+    assert all(low.y1 <= high.y0 + 0.5 for low, high in itertools.pairwise(boxes))
 
 
 def test_help_keeps_one_line_per_preset(capsys) -> None:

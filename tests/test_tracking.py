@@ -103,3 +103,25 @@ def test_mlflow_run_reads_back(tmp_path: Path, monkeypatch) -> None:
         assert robust == pytest.approx(metrics["models"][model]["robust_accuracy"]["worst"])
     assert {a.path for a in client.list_artifacts(found.info.run_id)} >= {"report.html", "report.md", "metrics.json"}
     assert (run / "checkpoints" / "hardened" / "latest").is_file()  # --keep-checkpoints
+
+
+def test_estimators_print_epoch_lines_only_when_verbose(capsys) -> None:
+    from domains.tabular import RobustTabularClassifier
+    from domains.tabular.synthetic import card_schema, generate
+    from domains.text import RobustSpamClassifier
+    from domains.text.data import demo_corpus
+
+    texts, labels = demo_corpus(120, seed=0)
+    df = generate(300, seed=0, fraud_rate=0.2)
+    X, y = df.drop(columns="is_fraud"), df["is_fraud"]
+    estimators = [(lambda **kw: RobustSpamClassifier(method="standard", epochs=2, **kw), (texts, labels)),
+                  (lambda **kw: RobustTabularClassifier(card_schema(), method="fgsm-mix", epochs=2, **kw), (X, y))]
+    for make, data in estimators:
+        make().fit(*data)
+        assert "epoch" not in capsys.readouterr().err  # quiet by default
+        clf = make(verbose=True).fit(*data)
+        lines = [line for line in capsys.readouterr().err.splitlines() if " epoch " in line]
+        name = type(clf).__name__
+        assert [line.split(":")[0] for line in lines] == [f"{name} epoch 1/2", f"{name} epoch 2/2"]
+        with pytest.raises(rk.ConfigError, match="verbose"):
+            make(verbose=-1).fit(*data)

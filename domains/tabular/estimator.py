@@ -41,6 +41,7 @@ from robustkit.evaluation.binary import binary_labels, threshold_at_fpr
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
+from robustkit.training.callbacks import EpochLog, check_verbose
 
 __all__ = ["RobustTabularClassifier"]
 
@@ -73,6 +74,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         preprocessor: optional scikit-learn ``ColumnTransformer``: an unfitted one is cloned and
             fitted on the training split, a fitted one is used as it is; either is bridged into torch.
         random_state: seed of the split, the weights, the data order and the attacks (None: random).
+        verbose: show progress bars and one line per epoch (loss, validation clean and robust
+            accuracy, seconds, time left) on standard error.
         validation_fraction: share of the rows held out for the threshold and the best-epoch choice.
 
     Example:
@@ -100,6 +103,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         preprocessor: Any = None,
         random_state: int | None = 0,
         validation_fraction: float = 0.2,
+        verbose: bool | int = False,
     ) -> None:
         self.schema = schema
         self.method = method
@@ -113,6 +117,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.preprocessor = preprocessor
         self.random_state = random_state
         self.validation_fraction = validation_fraction
+        self.verbose = verbose
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -136,6 +141,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                               f"object, got {self.method!r}")
         positive_int("epochs")
         positive_int("batch_size")
+        check_verbose(self.verbose)
         if self.budget is not None and not (isinstance(self.budget, int | float) and math.isfinite(self.budget)
                                             and self.budget >= 0):
             raise ConfigError(f"budget must be a number >= 0 or None (the schema's), got {self.budget!r}")
@@ -207,8 +213,9 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             else [float(w) for w in self.class_weight]
         trainer = AdversarialTrainer(
             model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=float(self.lr)),
-            class_weights=class_weights, attackable=_fraud_rows, seed=seed, progress=False,
+            class_weights=class_weights, attackable=_fraud_rows, seed=seed, progress=bool(self.verbose),
             select_best=methods_mod.get(method).name != "standard",
+            callbacks=[EpochLog(type(self).__name__)] if self.verbose else [],
         )
         generator = torch.Generator().manual_seed(seed)
         trainer.fit(DataLoader(TensorDataset(x_train, y_train), batch_size=int(self.batch_size), shuffle=True,

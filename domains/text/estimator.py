@@ -33,6 +33,7 @@ from robustkit.evaluation.binary import binary_labels
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
+from robustkit.training.callbacks import EpochLog, check_verbose
 
 __all__ = ["RobustSpamClassifier"]
 
@@ -53,6 +54,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         dim, channels: the model's embedding size and convolution width.
         target_fpr: share of the validation ham flagged at the operating threshold.
         random_state: seed of the split, the weights, the data order and the attacks (None: random).
+        verbose: show progress bars and one line per epoch (loss, validation clean and robust
+            accuracy, seconds, time left) on standard error.
         validation_fraction: share of the texts held out for the threshold and the best-epoch choice.
 
     Example:
@@ -80,6 +83,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         target_fpr: float = 0.01,
         random_state: int | None = 0,
         validation_fraction: float = 0.2,
+        verbose: bool | int = False,
     ) -> None:
         self.method = method
         self.budget = budget
@@ -94,6 +98,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.target_fpr = target_fpr
         self.random_state = random_state
         self.validation_fraction = validation_fraction
+        self.verbose = verbose
 
     # ----------------------------------------------------------------- checks
     def _options(self) -> dict[str, Any]:
@@ -127,6 +132,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         if self.random_state is not None and (isinstance(self.random_state, bool)
                                               or not isinstance(self.random_state, int | np.integer)):
             raise ConfigError(f"random_state must be an integer or None, got {self.random_state!r}")
+        check_verbose(self.verbose)
         if isinstance(self.attack_tricks, str):
             raise ConfigError(f"attack_tricks must be a list of tricks among {', '.join(TRICKS)}, "
                               f"got the string {self.attack_tricks!r}")
@@ -173,7 +179,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         trainer = AdversarialTrainer(
             model, domain.space(budget, data), method=own,
             optimizer=torch.optim.Adam(model.parameters(), lr=float(self.lr)), attackable=domain.attackable_mask,
-            seed=seed, progress=False, select_best=name != "standard",
+            seed=seed, progress=bool(self.verbose), select_best=name != "standard",
+            callbacks=[EpochLog(type(self).__name__)] if self.verbose else [],
         )
         trainer.fit(domain.loader(data.train, int(self.batch_size), shuffle=True), epochs=int(self.epochs),
                     val_loader=domain.loader(data.val, int(self.batch_size), shuffle=False))

@@ -33,7 +33,8 @@ from robustkit.errors import ConfigError
 if TYPE_CHECKING:
     from robustkit.training.trainer import AdversarialTrainer
 
-__all__ = ["Callback", "EpochLog", "MLflow", "TensorBoard", "Tracker", "epoch_metrics", "require", "tracker"]
+__all__ = ["Callback", "EpochLog", "MLflow", "TensorBoard", "Tracker", "check_verbose", "epoch_metrics", "require",
+           "tracker"]
 
 #: names ``--report-to`` takes
 REPORT_TO = ("none", "tensorboard", "mlflow")
@@ -125,6 +126,12 @@ class EpochLog(Callback):
         per_epoch = (time.monotonic() - self._start) / self._done
         left = per_epoch * max(0, trainer.total_epochs - trainer.epoch)
         tqdm.write(self.line(record, trainer.total_epochs, left), file=self.stream or sys.stderr)
+
+
+def check_verbose(verbose: Any) -> None:
+    """Refuse an estimator's ``verbose`` unless it is a bool or an integer >= 0 (scikit-learn's convention)."""
+    if not isinstance(verbose, bool | int) or verbose < 0:
+        raise ConfigError(f"verbose must be True, False or an integer >= 0, got {verbose!r}")
 
 
 def _import(module: str, what: str) -> Any:
