@@ -31,6 +31,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -341,7 +342,7 @@ def _finish(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessRep
 
 def _start(
     config: RunConfig, out: Path, force: bool, resume: bool, model: nn.Module | None = None,
-    domain: Domain | None = None,
+    domain: Domain | None = None, before_write: Callable[[RunConfig], None] | None = None,
 ) -> tuple[Domain, RunConfig, DomainData]:
     """Everything that can fail on bad input, then the first write (config.yaml).
 
@@ -349,6 +350,8 @@ def _start(
     inputs and outputs one logit per class before anything is written; so does a model the user's
     ``--model-factory`` builds (with its ``--weights``). ``domain``: the instance that
     loaded that model (it may encode the data for it, as the text domain does for its tokenizer).
+    ``before_write``: called with the resolved config after every check, before the first write (harden
+    starts its experiment tracker there).
     """
     if config.weights and not config.model_factory:
         raise ConfigError("--weights FILE.safetensors goes with --model-factory MODULE:FUNCTION: the domain's own "
@@ -372,6 +375,8 @@ def _start(
         _model_spec(domain, data, config)
     if model is not None:
         _probe(model.to(device), domain, data, config)
+    if before_write is not None:
+        before_write(config)
     distributed.barrier()  # every process has checked the run directory before rank 0 changes it
 
     def first_write() -> None:
@@ -413,9 +418,14 @@ def harden(
     """
     out = Path(out)
     callbacks.require(config.report_to)
-    domain, config, data = _start(config, out, force, resume)
-    assert config.method is not None and config.epochs is not None
-    tracker = _tracker(config, out) if distributed.is_main() else None
+    opened: list[callbacks.Tracker] = []
+
+    def open_tracker(resolved: RunConfig) -> None:  # before the first write: a tracker that cannot start stops there
+        made = _tracker(resolved, out) if distributed.is_main() else None
+        opened.extend([made] if made is not None else [])
+
+    domain, config, data = _start(config, out, force, resume, before_write=open_tracker)
+    tracker = opened[0] if opened else None
     try:
         metrics = _harden(domain, config, data, out, resume, progress, argv, tracker)
     except BaseException:

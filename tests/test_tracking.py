@@ -84,6 +84,9 @@ def test_mlflow_run_reads_back(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchstore://here")  # refused before anything is written
+    assert main(["harden", "images", "--report-to", "mlflow", "--out", str(tmp_path / "refused")]) == 2
+    assert not (tmp_path / "refused").exists()
     uri = (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "digits")
