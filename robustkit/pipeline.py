@@ -496,7 +496,7 @@ def _harden(
         if tracker is not None:
             for name, entry in entries.items():
                 tracker.scoped(name).log_metrics(_final_metrics(entry), step=config.epochs or 0)
-            for artifact in ("report.md", "report.html", "metrics.json"):
+            for artifact in ("report.md", "report.html", "metrics.json", "config.yaml", "history.csv"):
                 tracker.log_artifact(out / artifact)
 
     _on_main(write)

@@ -75,7 +75,7 @@ def test_tensorboard_run_reads_back(tmp_path: Path) -> None:
         assert final == pytest.approx(metrics["models"][model]["robust_accuracy"]["worst"], rel=1e-6)
     root = EventAccumulator(str(run / "tensorboard"), size_guidance={"tensors": 0})  # the run's own files
     root.Reload()
-    assert "report.md/text_summary" in root.Tags()["tensors"]
+    assert {"report.md/text_summary", "config.yaml/text_summary"} <= set(root.Tags()["tensors"])
     # the saved models replace the checkpoints
     assert not any((run / "checkpoints").glob("*/latest"))
 
@@ -104,7 +104,8 @@ def test_mlflow_run_reads_back(tmp_path: Path, monkeypatch) -> None:
         assert [m.value for m in sorted(loss, key=lambda m: m.step)] == pytest.approx(list(rows["train_loss"]))
         robust = found.data.metrics[f"{model}/test/robust_accuracy"]
         assert robust == pytest.approx(metrics["models"][model]["robust_accuracy"]["worst"])
-    assert {a.path for a in client.list_artifacts(found.info.run_id)} >= {"report.html", "report.md", "metrics.json"}
+    artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
+    assert artifacts >= {"report.html", "report.md", "metrics.json", "config.yaml", "history.csv"}
     assert (run / "checkpoints" / "hardened" / "latest").is_file()  # --keep-checkpoints
 
 

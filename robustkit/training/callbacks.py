@@ -183,10 +183,13 @@ def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
 
 
+_TEXT_SUFFIXES = (".md", ".yaml", ".json", ".csv", ".txt")
+
+
 class TensorBoard(Tracker):
     """Write TensorBoard event files under ``log_dir`` (one subfolder per :meth:`scoped` model, so the
     models share each chart): ``train/loss``, ``val/clean_accuracy``, ``val/robust_accuracy`` ... per
-    epoch; final metrics at step 0; a Markdown or text artifact as a text summary.
+    epoch; final metrics; text artifacts (the report's Markdown, the config) as text summaries.
 
     Needs ``tensorboard`` (``pip install 'robustkit[tracking]'``). View with
     ``tensorboard --logdir LOG_DIR``.
@@ -213,7 +216,12 @@ class TensorBoard(Tracker):
             writer.add_scalar(key, value, global_step=step)
 
     def log_artifact(self, path: str | os.PathLike[str]) -> None:
+        """A text file (Markdown, YAML, JSON, CSV) as a text summary; any other file by its path (TensorBoard
+        keeps no files)."""
         p = Path(path)
+        if p.suffix not in _TEXT_SUFFIXES:
+            self._writer().add_text(p.name, f"saved at `{p.resolve()}`")
+            return
         text = p.read_text(encoding="utf-8")
         self._writer().add_text(p.name, text if p.suffix == ".md" else f"```\n{text}\n```")
 
