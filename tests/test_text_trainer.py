@@ -220,3 +220,19 @@ def test_text_guide_script_reports_robust_recall(tiny_bert: Path, tmp_path: Path
         model.classifier.bias[1] -= float((logits[:, 1] - logits[:, 0]).quantile(0.25))
     again = trainer.evaluate()
     assert again["eval_spam_recall"] > 0.5 and again["eval_robust_spam_recall"] < again["eval_spam_recall"]
+
+
+def test_loading_a_bare_encoder_twice_reports_its_new_head_once_in_plain_text(tiny_bert, tmp_path, capfd, caplog):
+    from domains.text.hf import load_hf
+
+    bare = tmp_path / "bare"
+    transformers.AutoModelForSequenceClassification.from_pretrained(str(tiny_bert)).bert.save_pretrained(str(bare))
+    transformers.AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(bare))
+    capfd.readouterr()
+    with caplog.at_level("INFO", logger="robustkit"):
+        for _ in range(2):  # harden loads the folder once per model
+            load_hf(bare, num_labels=2)
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed and "\x1b[" not in printed
+    (line,) = [r.getMessage() for r in caplog.records if "newly initialised" in r.getMessage()]
+    assert "classifier.bias, classifier.weight" in line and "\x1b[" not in line
