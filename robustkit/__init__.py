@@ -25,7 +25,7 @@ from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, Edit, L2Ball, LinfBall, PerturbationSpace
-from robustkit.training import AdversarialTrainer, Callback, methods
+from robustkit.training import AdversarialTrainer, Callback, callbacks, methods
 
 __version__ = "0.1.0"
 
@@ -58,6 +58,7 @@ __all__ = [
     "Transfer",
     "__version__",
     "available_domains",
+    "callbacks",
     "datasets",
     "evaluate",
     "frozen_eval",

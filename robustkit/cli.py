@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from robustkit.errors import ConfigError, RobustkitError
 
@@ -55,7 +56,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
     )
     p.add_argument(
         "--preset", default=None, choices=["quick", "standard", "thorough"],
-        help="evaluation attacks (default standard). " + describe_presets().replace("%", "%%"),
+        help="evaluation attacks (default standard):\n" + describe_presets().replace("%", "%%"),
     )
     if harden:
         p.add_argument(
@@ -69,6 +70,15 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
         p.add_argument("--lr", type=float, default=None, help="learning rate")
         p.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped run from its checkpoints")
         p.add_argument(
+            "--report-to", default=None, dest="report_to", choices=["none", "tensorboard", "mlflow"],
+            help="experiment tracker for per-epoch figures, final metrics and the report: tensorboard (event files "
+            "in RUN/tensorboard/) or mlflow (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME); needs robustkit[tracking]",
+        )
+        p.add_argument(
+            "--keep-checkpoints", action="store_const", const=True, default=None, dest="keep_checkpoints",
+            help="keep each model's last checkpoint (optimizer state) after the model is saved",
+        )
+        p.add_argument(
             "--model", default=None, metavar="MODEL",
             help="model to train, as the domain names it (sets options.model; text: hf:DIR, a local Hugging Face "
             "model folder to fine-tune)",
@@ -79,8 +89,26 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
     _add_common(p)
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Help text wrapped to the terminal, keeping the line breaks it was written with (one preset per line)."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        # names such as APGD-DLR-100 stay whole
+        return [part for line in text.splitlines()
+                for part in textwrap.wrap(" ".join(line.split()), width, break_on_hyphens=False) or [""]]
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        fill = super()._fill_text
+        return "\n".join(fill(line, width, indent) for line in text.splitlines())
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit status 2), like every other robustkit error."""
+    """argparse with one-line errors (exit status 2), like every other robustkit error, and help text laid out
+    as written."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"robustkit: error: {message} (see {self.prog} --help)\n")
@@ -122,7 +150,8 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
         "weights": args.weights,
     }
     if args.command == "harden":
-        overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr)
+        overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr,
+                         report_to=args.report_to, keep_checkpoints=args.keep_checkpoints)
     else:
         overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)
     flags = [("schema", args.schema), ("target", args.target), ("positive_label", args.positive_label)]

@@ -22,6 +22,7 @@ import yaml
 
 from robustkit.errors import ConfigError
 from robustkit.evaluation.presets import PRESETS
+from robustkit.training.callbacks import REPORT_TO
 from robustkit.training.methods import NAMES as METHOD_NAMES
 
 __all__ = ["RunConfig"]
@@ -65,6 +66,11 @@ class RunConfig:
             see :mod:`robustkit.factory`), instead of the domain's reference model.
         weights: a ``.safetensors`` state dict loaded into the factory's model (starting weights for
             ``harden``, the weights to test for ``evaluate`` and ``attack``).
+        report_to: experiment tracker of ``harden``: ``none``, ``tensorboard`` (event files in
+            ``RUN/tensorboard/``) or ``mlflow`` (``MLFLOW_TRACKING_URI``); see :mod:`robustkit.training.callbacks`.
+        keep_checkpoints: keep each model's last checkpoint (optimizer state, best and latest weights)
+            after the model is saved; by default it is removed then (``models/`` holds the model, and
+            ``--resume`` needs checkpoints only of a model still training).
         options: domain-specific options (passed to the domain untouched).
     """
 
@@ -84,6 +90,8 @@ class RunConfig:
     model: str | None = None
     model_factory: str | None = None
     weights: str | None = None
+    report_to: str = "none"
+    keep_checkpoints: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -158,6 +166,10 @@ class RunConfig:
             raise ConfigError(f"model_factory must look like package.module:function, got {self.model_factory!r}")
         if weights is not None and (not isinstance(weights, str) or not weights.endswith(".safetensors")):
             raise ConfigError(f"weights must be the path of a .safetensors file, got {self.weights!r}")
+        if not isinstance(self.report_to, str) or self.report_to not in REPORT_TO:
+            raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {self.report_to!r}")
+        if not isinstance(self.keep_checkpoints, bool):
+            raise ConfigError(f"keep_checkpoints must be true or false, got {self.keep_checkpoints!r}")
         if not isinstance(self.options, dict) or not all(isinstance(k, str) for k in self.options):
             raise ConfigError(f"options must be a mapping of option names to values, got {self.options!r}")
 

@@ -9,6 +9,10 @@ Run directory (contract)::
     RUN/metrics.json   written last: its presence means the run is complete
     RUN/report.html  RUN/report.md  RUN/config.yaml  RUN/history.csv
     RUN/checkpoints/<model>/   RUN/models/<model>/   RUN/examples/
+    RUN/tensorboard/<model>/   (``report_to: tensorboard``)
+
+A model's checkpoint is removed once the model is saved under ``models/`` (``keep_checkpoints``
+keeps it): resuming needs the checkpoints of a model still training only.
 
 Example:
     >>> from robustkit.config import RunConfig
@@ -19,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,6 +32,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +53,8 @@ from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
 from robustkit.spaces import DiscreteSpace
-from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text
+from robustkit.training import callbacks
+from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text, remove_dir
 from robustkit.training.fit import TrainSettings, fit_model
 from robustkit.training.methods import NAMES as METHOD_NAMES
 
@@ -160,23 +167,24 @@ def _model_spec(domain: Domain, data: DomainData, config: RunConfig) -> dict[str
 
 def _train(
     name: str, method: str, domain: Domain, data: DomainData, config: RunConfig, out: Path, resume: bool,
-    progress: bool,
+    progress: bool, hooks: list[callbacks.Callback],
 ) -> _Trained:
     model_dir = out / "models" / name
+    ckpt = out / "checkpoints" / name
     spec = _model_spec(domain, data, config)
     if resume and (model_dir / "model.json").is_file():
         model, meta = domain.load_model(model_dir, config.model_factory)
         saved = json.loads((model_dir / "train.json").read_text(encoding="utf-8"))
         log.info("%s model: already trained, loaded from %s", name, model_dir)
+        _prune(ckpt, config)  # the run may have stopped between saving the model and removing its checkpoint
         return _Trained(model, meta.get("spec", spec), meta.get("threshold"), saved["seconds"], saved["history"])
     assert config.budget is not None and config.epochs is not None and config.batch_size is not None
     assert config.lr is not None
     torch.manual_seed(config.seed)
     model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
-    ckpt = out / "checkpoints" / name
     settings = TrainSettings(method=method, budget=config.budget, epochs=config.epochs, batch_size=config.batch_size,
                              lr=config.lr, seed=config.seed, eps_warmup=config.eps_warmup, checkpoint_dir=ckpt,
-                             progress=progress)
+                             progress=progress, callbacks=tuple(hooks))
     resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
     log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
              " (resuming)" if resume_from else "")
@@ -190,7 +198,22 @@ def _train(
         (folder / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
 
     _on_main(lambda: atomic_write_dir(model_dir, write))  # resume trusts a model folder that exists: it is whole
+    _prune(ckpt, config)
     return _Trained(model, spec, threshold, seconds, history)
+
+
+def _prune(ckpt: Path, config: RunConfig) -> None:
+    """Remove a saved model's checkpoint (unless ``keep_checkpoints``): resume loads ``models/<name>`` instead.
+    Every process calls it (rank 0 removes, the others wait), whether or not it sees the folder."""
+
+    def prune() -> None:
+        if config.keep_checkpoints or not ckpt.is_dir():
+            return
+        remove_dir(ckpt)
+        with contextlib.suppress(OSError):  # the last one leaves no empty checkpoints/ behind
+            ckpt.parent.rmdir()
+
+    _on_main(prune)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -339,7 +362,7 @@ def _finish(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessRep
 
 def _start(
     config: RunConfig, out: Path, force: bool, resume: bool, model: nn.Module | None = None,
-    domain: Domain | None = None,
+    domain: Domain | None = None, before_write: Callable[[RunConfig], None] | None = None,
 ) -> tuple[Domain, RunConfig, DomainData]:
     """Everything that can fail on bad input, then the first write (config.yaml).
 
@@ -347,6 +370,8 @@ def _start(
     inputs and outputs one logit per class before anything is written; so does a model the user's
     ``--model-factory`` builds (with its ``--weights``). ``domain``: the instance that
     loaded that model (it may encode the data for it, as the text domain does for its tokenizer).
+    ``before_write``: called with the resolved config after every check, before the first write (harden
+    starts its experiment tracker there).
     """
     if config.weights and not config.model_factory:
         raise ConfigError("--weights FILE.safetensors goes with --model-factory MODULE:FUNCTION: the domain's own "
@@ -370,6 +395,8 @@ def _start(
         _model_spec(domain, data, config)
     if model is not None:
         _probe(model.to(device), domain, data, config)
+    if before_write is not None:
+        before_write(config)
     distributed.barrier()  # every process has checked the run directory before rank 0 changes it
 
     def first_write() -> None:
@@ -410,12 +437,69 @@ def harden(
     its checkpoints (models already saved are not retrained).
     """
     out = Path(out)
-    domain, config, data = _start(config, out, force, resume)
-    assert config.method is not None
+    callbacks.require(config.report_to)
+    opened: list[callbacks.Tracker] = []
+
+    def open_tracker(resolved: RunConfig) -> None:  # before the first write: a tracker that cannot start stops there
+        made = _tracker(resolved, out) if distributed.is_main() else None
+        opened.extend([made] if made is not None else [])
+
+    domain, config, data = _start(config, out, force, resume, before_write=open_tracker)
+    tracker = opened[0] if opened else None
+    try:
+        metrics = _harden(domain, config, data, out, resume, progress, argv, tracker)
+    except BaseException:
+        if tracker is not None:
+            tracker.close(failed=True)
+        raise
+    if tracker is not None:
+        tracker.close()
+    return metrics
+
+
+def _tracker(config: RunConfig, out: Path) -> callbacks.Tracker | None:
+    params = {k: getattr(config, k) for k in ("domain", "data", "method", "budget", "epochs", "batch_size", "lr",
+                                              "preset", "seed")}
+    return callbacks.tracker(config.report_to, out / "tensorboard", run_name=out.name, params=params)
+
+
+def _hooks(name: str, then: str, tracker: callbacks.Tracker | None) -> list[callbacks.Callback]:
+    """Callbacks of one model's training: the per-epoch line (unless quiet, rank 0 only) and the tracker."""
+    hooks: list[callbacks.Callback] = []
+    if log.isEnabledFor(logging.INFO) and distributed.is_main():
+        hooks.append(callbacks.EpochLog(f"{name} model", then=then))
+    if tracker is not None:
+        hooks.append(tracker.scoped(name))
+    return hooks
+
+
+def _final_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """A model's test figures for a tracker: ``test/clean_accuracy``, ``test/robust_accuracy`` (worst case),
+    ``test/robust_accuracy_<attack>`` and the domain's numeric scalars."""
+    figures = {"test/clean_accuracy": entry["clean_accuracy"], "train/total_seconds": entry.get("train_seconds")}
+    lead = entry.get("headline") or {}
+    if lead:  # the headline first: recall of the attacked class for fraud and spam
+        figures[f"test/{lead['measure']}_clean"] = lead["clean"]
+        figures[f"test/{lead['measure']}_attacked"] = lead["attacked"]
+    for attack, value in entry["robust_accuracy"].items():
+        figures["test/robust_accuracy" + ("" if attack == "worst" else f"_{attack}")] = value
+    for key, value in entry.get("domain_metrics", {}).items():
+        figures[f"test/{key}"] = value
+    return {k: float(v) for k, v in figures.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _harden(
+    domain: Domain, config: RunConfig, data: DomainData, out: Path, resume: bool, progress: bool,
+    argv: list[str] | None, tracker: callbacks.Tracker | None,
+) -> dict[str, Any]:
+    assert config.method is not None and config.epochs is not None
     start = time.perf_counter()
+    then = f"then the hardened model ({config.epochs} epoch{'s' if config.epochs > 1 else ''})"
     trained = {
-        "standard": _train("standard", "standard", domain, data, config, out, resume, progress),
-        "hardened": _train("hardened", config.method, domain, data, config, out, resume, progress),
+        "standard": _train("standard", "standard", domain, data, config, out, resume, progress,
+                           _hooks("standard", then, tracker)),
+        "hardened": _train("hardened", config.method, domain, data, config, out, resume, progress,
+                           _hooks("hardened", "", tracker)),
     }
     evaluated: dict[str, _Evaluated] = {}
     for name, t in trained.items():
@@ -432,6 +516,11 @@ def harden(
         hardened = evaluated["hardened"]
         _write_examples(domain, hardened.decided, data, config, out, N_EXAMPLES, hardened.evidence)
         _finish(out, metrics, reports, history, config, argv, domain)
+        if tracker is not None:
+            for name, entry in entries.items():
+                tracker.scoped(name).log_metrics(_final_metrics(entry), step=config.epochs or 0)
+            for artifact in ("report.md", "report.html", "metrics.json", "config.yaml", "history.csv"):
+                tracker.log_artifact(out / artifact)
 
     _on_main(write)
     log.info("run written to %s in %.1f s", out, time.perf_counter() - start)

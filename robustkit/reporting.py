@@ -16,8 +16,10 @@ from typing import Any
 
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from robustkit.evaluation import RobustnessReport
+from robustkit.evaluation.report import figure_text, heading
 from robustkit.training.checkpoint import atomic_write_text
 
 __all__ = ["breakdown_figure", "budget_figure", "history_figure", "write_reports"]
@@ -29,6 +31,26 @@ _CSS = (
     "li.pass b{color:#2a7a2a}li.fail b{color:#b00}li.na b{color:#777}img{max-width:100%}"
     "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}mark{background:#fd8}.zw{color:#c00;font-size:70%}"
 )
+
+
+#: font size of every chart's text, in points: the charts are drawn at 100 dpi at most 9 inches wide,
+#: so the page (at most 64em) shows them at full size and this reads like the page's own text
+FONT = 10
+#: widest chart, inches
+MAX_WIDTH = 9.0
+
+
+def _style(ax: Any) -> None:
+    ax.tick_params(labelsize=FONT)
+    ax.xaxis.label.set_size(FONT + 1)
+    ax.yaxis.label.set_size(FONT + 1)
+    ax.title.set_size(FONT + 1)
+
+
+def _whole_budgets(ax: Any, budgets: list[float]) -> None:
+    """Whole-number ticks where every budget is whole (words edited, cost units): no 1.5-word ticks."""
+    if budgets and all(float(b).is_integer() for b in budgets):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _png(fig: Figure) -> str:
@@ -58,8 +80,10 @@ def budget_figure(reports: dict[str, RobustnessReport]) -> Figure:
     ax.set_ylabel(measure)
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{measure.capitalize()} under attack vs budget (dashed: clean)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=FONT - 1)
     ax.grid(alpha=0.3)
+    _whole_budgets(ax, [e for rep in reports.values() for e in rep.budgets])
+    _style(ax)
     return fig
 
 
@@ -76,12 +100,15 @@ def history_figure(history: pd.DataFrame) -> Figure:
             ax_acc.plot(rows["epoch"], rows["val_robust_accuracy"], color=colour, marker="o", label=f"{name}: robust")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("training loss")
-    ax_loss.legend(fontsize=7)
+    ax_loss.legend(fontsize=FONT - 1)
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("validation accuracy")
     ax_acc.set_ylim(0, 1.02)
-    ax_acc.legend(fontsize=7)
-    fig.suptitle("Training history")
+    ax_acc.legend(fontsize=FONT - 1)
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _style(ax)
+    fig.suptitle("Training history", fontsize=FONT + 2)
     return fig
 
 
@@ -97,27 +124,34 @@ def _breakdowns(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def breakdown_figure(breakdowns: dict[str, dict[str, float]]) -> Figure:
-    """Grouped bars: one group per class or segment, one bar per (model, metric); one panel per set of names
-    (e.g. classes, or a fraud model's segments and attacks)."""
+    """Grouped horizontal bars: one group per class or segment (its name written along the bars, however
+    long), one bar per (model, metric); one panel per set of names (e.g. classes, or a fraud model's
+    segments and attacks). The figure grows in height with the bars, never in width, so its text stays
+    at :data:`FONT` points on the page."""
     panels: dict[tuple[str, ...], dict[str, dict[str, float]]] = {}
     for label, values in breakdowns.items():
         panels.setdefault(tuple(values), {})[label] = values
-    widest = max(len(keys) * len(panel) for keys, panel in panels.items())
-    fig = Figure(figsize=(max(6.4, 0.5 * widest), 3.6 * len(panels)), layout="constrained")
-    for ax, (keys, panel) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0], panels.items(), strict=True):
-        width = 0.8 / len(panel)
+    heights = [1.2 + 0.18 * len(keys) * len(panel) + 0.2 * len(panel) for keys, panel in panels.items()]
+    fig = Figure(figsize=(MAX_WIDTH, sum(heights) + 0.4), layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (keys, panel) in zip(axes, panels.items(), strict=True):
+        height = 0.8 / len(panel)
         for i, (label, values) in enumerate(panel.items()):
-            ax.bar([k + i * width for k in range(len(keys))], [values[key] for key in keys], width, label=label)
-        ax.set_xticks([k + 0.4 - width / 2 for k in range(len(keys))], keys, rotation=45 if len(keys) > 12 else 0)
-        ax.set_ylim(0, 1.02)
-        ax.set_ylabel(next((w for w in ("accuracy", "recall") if all(w in name for name in panel)), "share"))
-        ax.legend(fontsize=7)
-    fig.suptitle("Per class or segment")
+            ax.barh([k + i * height for k in range(len(keys))], [values[key] for key in keys], height, label=label)
+        ax.set_yticks([k + 0.4 - height / 2 for k in range(len(keys))], keys)
+        ax.invert_yaxis()  # the first class or segment on top
+        ax.set_xlim(0, 1.02)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.set_xlabel(next((w for w in ("accuracy", "recall") if all(w in name for name in panel)), "share"))
+        ax.grid(axis="x", alpha=0.3)
+        ax.legend(fontsize=FONT - 1, loc="lower left", bbox_to_anchor=(1.01, 0.0))
+        _style(ax)
+    fig.suptitle("Per class or segment", fontsize=FONT + 2)
     return fig
 
 
 def _scalars(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
-    return [(name, key, f"{v:.4g}" if isinstance(v, float) else str(v))
+    return [(name, heading(key), figure_text(key, v))
             for name, m in metrics["models"].items() for key, v in m.get("domain_metrics", {}).items()
             if isinstance(v, int | float | str)]
 
@@ -170,13 +204,27 @@ def _markdown(metrics: dict[str, Any], reports: dict[str, RobustnessReport], con
     return "\n".join(lines)
 
 
-def _markdown_table(table: pd.DataFrame) -> list[str]:
-    def cell(v: Any) -> str:
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
+def _cells(table: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    """Readable headings and formatted cells of a report's attack table."""
+    rows = [[figure_text(c, v) for c, v in zip(table.columns, row, strict=True)]
+            for row in table.itertuples(index=False)]
+    return [heading(c) for c in table.columns], rows
 
-    head = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "---|" * len(table.columns)
-    return [head, rule, *("| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False))]
+
+def _markdown_table(table: pd.DataFrame) -> list[str]:
+    head, rows = _cells(table)
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _html_table(table: pd.DataFrame) -> str:
+    esc = html.escape
+    head, rows = _cells(table)
+    def row(tag: str, cells: list[str]) -> str:  # the first column (attack names) reads left-aligned
+        return "<tr>" + "".join(f"<{tag}{' class=l' if i == 0 else ''}>{esc(c)}</{tag}>"
+                                for i, c in enumerate(cells)) + "</tr>"
+
+    lines = ["<table class='attacks'>" + row("th", head), *(row("td", r) for r in rows)]
+    return "\n".join([*lines, "</table>"])
 
 
 def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
@@ -224,7 +272,7 @@ def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history
         parts.append(f"<div id='examples'>{examples_html}</div>")
     for name, rep in reports.items():
         parts.append(f"<h2>{esc(name)} model: attacks and checks</h2>")
-        parts.append(rep.table.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0))
+        parts.append(_html_table(rep.table))
         parts.append("<ul>")
         for c in rep.checks:
             cls = {True: "pass", False: "fail", None: "na"}[c.passed]

@@ -228,8 +228,9 @@ def complete_problems(run: Path) -> list[str]:
     """What a run with metrics.json lacks of the run-directory contract."""
     needed = ["report.html", "report.md", "config.yaml", "history.csv"]
     needed += [f"models/{m}/{f}" for m in MODELS for f in ("model.json", "model.safetensors")]
-    needed += [f"checkpoints/{m}/latest" for m in MODELS]
     problems = [f"complete but {n} missing" for n in needed if not (run / n).is_file()]
+    # a saved model's checkpoint is removed (the default, without --keep-checkpoints)
+    problems += [f"complete but checkpoints/{m} kept" for m in MODELS if (run / "checkpoints" / m).exists()]
     if not (run / "examples").is_dir() or not any((run / "examples").iterdir()):
         problems.append("complete but examples/ empty")
     keys = {"schema_version", "domain", "dataset", "seed", "threat", "attacks", "models", "checks", "verdict"}

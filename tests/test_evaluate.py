@@ -306,12 +306,13 @@ def test_html_is_self_contained_with_plot_numbers_and_checks(report, tmp_path):
     page = report.to_html(tmp_path / "report.html")
     assert (tmp_path / "report.html").read_text() == page
     assert '<img src="data:image/png;base64,' in page
-    assert f"{report.clean_accuracy:.4f}" in page and f"{report.robust_accuracy['worst']:.4f}" in page
+    assert f"{100 * report.clean_accuracy:.1f}%" in page and f"{100 * report.robust_accuracy['worst']:.1f}%" in page
     assert all(c.name in page for c in report.checks) and report.verdict in page
     assert "http" not in page  # nothing fetched from elsewhere
     assert "<table" in report._repr_html_()
     md = report.to_markdown()
-    assert report.verdict in md and "| attack | eps |" in md and f"{report.robust_accuracy['pgd']:.4f}" in md
+    assert report.verdict in md and "| attack | budget | robust accuracy |" in md
+    assert f"{100 * report.robust_accuracy['pgd']:.1f}%" in md
 
 
 def test_plot_is_a_figure_and_draws_on_a_given_axes(report):

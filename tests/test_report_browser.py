@@ -32,6 +32,7 @@ import yaml
 from PIL import Image
 
 from robustkit.cli import main
+from robustkit.evaluation.report import figure_text, heading
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -206,11 +207,6 @@ def pct(v: float) -> str:
     return f"{100 * v:.1f}%"
 
 
-def num(v: Any) -> str:
-    """As the page shows a number of a table (4 significant digits)."""
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def non_white(pixels: np.ndarray) -> float:
     return float((pixels.min(axis=2) < 235).mean())
 
@@ -342,11 +338,11 @@ def test_key_numbers_equal_metrics_json(rendered):
     for name, m in metrics["models"].items():
         table = next(n for n in section(dom, f"{name} model: attacks and checks") if n.tag == "table")
         head, *rows = table_rows(table)
-        worst = [r for r in rows if r[head.index("attack")] == "worst" and float(r[head.index("eps")]) == budget]
-        assert len(worst) == 1 and worst[0][head.index("robust_accuracy")] == num(m["robust_accuracy"]["worst"])
+        worst = [r for r in rows if r[head.index("attack")] == "worst" and float(r[head.index("budget")]) == budget]
+        assert len(worst) == 1 and worst[0][head.index("robust accuracy")] == pct(m["robust_accuracy"]["worst"])
     # every scalar domain metric, as the domain-metrics table writes it
     table = dom.find("table", id="domain-metrics")
-    expected = {(name, key): num(v) for name, m in metrics["models"].items()
+    expected = {(name, heading(key)): figure_text(key, v) for name, m in metrics["models"].items()
                 for key, v in m["domain_metrics"].items() if isinstance(v, int | float | str)}
     if expected:
         assert table is not None

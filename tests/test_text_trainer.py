@@ -133,13 +133,21 @@ def test_bad_settings_and_batches_are_refused(tiny_bert: Path, tmp_path: Path) -
         trainer.compute_loss(trainer.model, {**batch, "labels": batch["labels"].float()})
 
 
+def _disk(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
 def test_harden_with_model_flag_then_evaluate_without_config(tiny_bert: Path, tmp_path: Path) -> None:
     from robustkit.cli import main
 
     run, evaluated = tmp_path / "run", tmp_path / "eval"
     common = ["--data", "demo:60", "--preset", "quick", "--threads", "1", "--quiet"]
-    args = ["harden", "text", "--model", f"hf:{tiny_bert}", "--epochs", "1", *common, "--out", str(run)]
+    args = ["harden", "text", "--model", f"hf:{tiny_bert}", "--epochs", "1", *common, "--out", str(run),
+            "--keep-checkpoints"]
     assert main(args) == 0
+    # what a run keeps by default (checkpoints pruned once the models are saved) against what it kept before
+    kept = _disk(run)
+    assert (kept - _disk(run / "checkpoints")) / kept <= 0.4
     config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["options"]["model"] == f"hf:{tiny_bert}" and config["lr"] == pytest.approx(3e-5)
     assert json.loads((run / "models" / "hardened" / "model.json").read_text())["spec"]["kind"] == "hf"
@@ -159,3 +167,72 @@ def test_default_learning_rates(tiny_bert: Path) -> None:
     domain = TextDomain()
     assert domain.default_lr_for("demo", {}) == domain.default_lr == 3e-3
     assert domain.default_lr_for("demo", {"model": f"hf:{tiny_bert}"}) == 3e-5
+
+
+def _guide_script() -> str:
+    """The ``train.py`` example of the text guide, as written there."""
+    guide = (Path(__file__).parents[1] / "docs" / "guides" / "text.md").read_text(encoding="utf-8")
+    blocks = [b.split("```", 1)[0] for b in guide.split("```python\n")[1:]]
+    (script,) = [b for b in blocks if "HfArgumentParser" in b]
+    return script
+
+
+def test_adversarial_arguments_parse_with_training_arguments() -> None:
+    parser = transformers.HfArgumentParser((transformers.TrainingArguments, AdversarialArguments))
+    _, one = parser.parse_args_into_dataclasses(["--output_dir", "x", "--attack_labels", "1", "--eps", "0.2"])
+    assert one == AdversarialArguments(eps=0.2, attack_labels=[1])
+    _, two = parser.parse_args_into_dataclasses(["--output_dir", "x", "--attack_labels", "0", "1",
+                                                 "--method", "freelb", "--step_size", "0.05"])
+    assert two.attack_labels == [0, 1] and two.method == "freelb" and two.step_size == 0.05
+    with pytest.raises(SystemExit):  # argparse refuses an unknown method before the dataclass is built
+        parser.parse_args_into_dataclasses(["--output_dir", "x", "--method", "fgsm"])
+
+
+@needs_accelerate
+def test_text_guide_script_reports_robust_recall(tiny_bert: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from domains.text.hf_trainer import robust_spam_recall
+
+    script = _guide_script().replace('"models/minilm"', repr(str(tiny_bert)))
+    argv = ["train.py", "--output_dir", str(tmp_path), "--max_steps", "2", "--eps", "0.1", "--attack_labels", "1",
+            "--report_to", "none", "--use_cpu", "--disable_tqdm", "true", "--save_strategy", "no",
+            "--per_device_eval_batch_size", "64"]
+    monkeypatch.setattr("sys.argv", argv)
+    scope: dict[str, Any] = {}
+    exec(compile(script, "train.py", "exec"), scope)
+    trainer, metrics = scope["trainer"], scope["metrics"]
+    assert trainer.adversarial.attack_labels == [1]
+    # the figures the loggers saw are those evaluate() returned, and are the search's own
+    logged = [h for h in trainer.state.log_history if "eval_loss" in h][-1]
+    assert logged["eval_robust_spam_recall"] == metrics["eval_robust_spam_recall"]
+    spam = [t for t, y in zip(scope["texts"][:50], scope["labels"][:50], strict=True) if y == 1][:32]
+    direct = robust_spam_recall(trainer.model, scope["tokenizer"], spam, 3)
+    assert metrics["eval_spam_recall"] == pytest.approx(direct["spam_recall"], abs=1e-4)
+    assert metrics["eval_robust_spam_recall"] == pytest.approx(direct["robust_spam_recall"], abs=1e-4)
+    assert 0 <= metrics["eval_robust_spam_recall"] <= metrics["eval_spam_recall"] <= 1
+    printed = capsys.readouterr().out.split()[-2:]
+    assert [float(v) for v in printed] == [metrics["eval_spam_recall"], metrics["eval_robust_spam_recall"]]
+    # a model that barely flags the spam (its bias moved to the lower quartile of the spam margins): the
+    # search must turn some of it
+    model = trainer.model
+    with torch.no_grad():
+        inputs = scope["tokenizer"](spam, return_tensors="pt", padding=True)
+        logits = model(**inputs).logits
+        model.classifier.bias[1] -= float((logits[:, 1] - logits[:, 0]).quantile(0.25))
+    again = trainer.evaluate()
+    assert again["eval_spam_recall"] > 0.5 and again["eval_robust_spam_recall"] < again["eval_spam_recall"]
+
+
+def test_loading_a_bare_encoder_twice_reports_its_new_head_once_in_plain_text(tiny_bert, tmp_path, capfd, caplog):
+    from domains.text.hf import load_hf
+
+    bare = tmp_path / "bare"
+    transformers.AutoModelForSequenceClassification.from_pretrained(str(tiny_bert)).bert.save_pretrained(str(bare))
+    transformers.AutoTokenizer.from_pretrained(str(tiny_bert)).save_pretrained(str(bare))
+    capfd.readouterr()
+    with caplog.at_level("INFO", logger="robustkit"):
+        for _ in range(2):  # harden loads the folder once per model
+            load_hf(bare, num_labels=2)
+    printed = "".join(capfd.readouterr())
+    assert "LOAD REPORT" not in printed and "\x1b[" not in printed
+    (line,) = [r.getMessage() for r in caplog.records if "newly initialised" in r.getMessage()]
+    assert "classifier.bias, classifier.weight" in line and "\x1b[" not in line

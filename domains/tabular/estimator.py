@@ -43,6 +43,7 @@ from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
+from robustkit.training.callbacks import EpochLog, check_verbose
 from robustkit.training.fit import TrainSettings, fit_model
 
 __all__ = ["RobustTabularClassifier"]
@@ -72,6 +73,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         preprocessor: optional scikit-learn ``ColumnTransformer``: an unfitted one is cloned and
             fitted on the training split, a fitted one is used as it is; either is bridged into torch.
         random_state: seed of the split, the weights, the data order and the attacks (None: random).
+        verbose: show progress bars and one line per epoch (loss, validation clean and robust
+            accuracy, seconds, time left) on standard error.
         validation_fraction: share of the rows held out for the threshold and the best-epoch choice.
         pos_label: the label of fraud (default: 1, True or "fraud"; other labels need it).
 
@@ -104,6 +107,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         random_state: int | None = 0,
         validation_fraction: float = 0.2,
         pos_label: Any = None,
+        verbose: bool | int = False,
     ) -> None:
         self.schema = schema
         self.method = method
@@ -118,6 +122,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.validation_fraction = validation_fraction
         self.pos_label = pos_label
+        self.verbose = verbose
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -141,6 +146,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                               f"object, got {self.method!r}")
         positive_int("epochs")
         positive_int("batch_size")
+        check_verbose(self.verbose)
         if self.budget is not None and not (isinstance(self.budget, int | float) and math.isfinite(self.budget)
                                             and self.budget >= 0):
             raise ConfigError(f"budget must be a number >= 0 or None (the schema's), got {self.budget!r}")
@@ -218,7 +224,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         # the one training path `robustkit harden tabular` takes: its space, attackable rows and threshold
         fitted = fit_model(TabularDomain(), data, model, TrainSettings(
             method=method, budget=budget, epochs=int(self.epochs), batch_size=int(self.batch_size),
-            lr=float(self.lr), seed=seed, class_weights=class_weights))
+            lr=float(self.lr), seed=seed, class_weights=class_weights, progress=bool(self.verbose),
+            callbacks=(EpochLog(type(self).__name__),) if self.verbose else ()))
         assert fitted.threshold is not None
         self.classes_ = classes
         self.pos_label_ = positive

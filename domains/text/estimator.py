@@ -34,6 +34,7 @@ from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
+from robustkit.training.callbacks import EpochLog, check_verbose
 from robustkit.training.fit import TrainSettings, fit_model
 
 __all__ = ["RobustSpamClassifier"]
@@ -55,6 +56,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         dim, channels: the model's embedding size and convolution width.
         target_fpr: share of the validation ham flagged at the operating threshold.
         random_state: seed of the split, the weights, the data order and the attacks (None: random).
+        verbose: show progress bars and one line per epoch (loss, validation clean and robust
+            accuracy, seconds, time left) on standard error.
         validation_fraction: share of the texts held out for the threshold and the best-epoch choice.
         pos_label: the label of spam (default: 1, True or "spam"; other labels need it).
 
@@ -86,6 +89,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         random_state: int | None = 0,
         validation_fraction: float = 0.2,
         pos_label: Any = None,
+        verbose: bool | int = False,
     ) -> None:
         self.method = method
         self.budget = budget
@@ -101,6 +105,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.validation_fraction = validation_fraction
         self.pos_label = pos_label
+        self.verbose = verbose
 
     # ----------------------------------------------------------------- checks
     def _options(self) -> dict[str, Any]:
@@ -134,6 +139,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         if self.random_state is not None and (isinstance(self.random_state, bool)
                                               or not isinstance(self.random_state, int | np.integer)):
             raise ConfigError(f"random_state must be an integer or None, got {self.random_state!r}")
+        check_verbose(self.verbose)
         if isinstance(self.attack_tricks, str):
             raise ConfigError(f"attack_tricks must be a list of tricks among {', '.join(TRICKS)}, "
                               f"got the string {self.attack_tricks!r}")
@@ -177,7 +183,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         method = copy.deepcopy(self.method) if isinstance(self.method, methods_mod.Method) else self.method
         fitted = fit_model(domain, data, model, TrainSettings(
             method=method, budget=float(self.budget), epochs=int(self.epochs), batch_size=int(self.batch_size),
-            lr=float(self.lr), seed=seed))
+            lr=float(self.lr), seed=seed, progress=bool(self.verbose),
+            callbacks=(EpochLog(type(self).__name__),) if self.verbose else ()))
         threshold = fitted.threshold
         assert threshold is not None
         self.domain_ = domain

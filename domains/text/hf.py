@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -57,7 +58,9 @@ __all__ = ["HFTextClassifier", "check_folder", "is_hf_folder", "load_hf", "model
 #: weight files that are pickles (loading them can run code)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
-_SAFE_LOAD = {"use_safetensors": True, "trust_remote_code": False, "local_files_only": True}
+_SAFE_LOAD: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False, "local_files_only": True}
+
+log = logging.getLogger("robustkit")
 
 
 def model_source(options: Mapping[str, Any]) -> Path | None:
@@ -141,17 +144,25 @@ def is_hf_folder(path: str | Path) -> bool:
 
 
 @contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """Silence transformers' own progress bars (loading, writing shards) and restore them after."""
+def _quiet() -> Iterator[None]:
+    """Silence transformers' own progress bars (loading, writing shards) and its load reports (a coloured table
+    on every load), then restore both: :func:`load_hf` says what matters once, in plain text."""
     from transformers.utils import logging as hf_logging
 
     enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if enabled:
             hf_logging.enable_progress_bar()
+
+
+#: folders whose new classification head was already reported (a run loads the same folder for each model)
+_REPORTED: set[tuple[str, tuple[str, ...]]] = set()
 
 
 def _content_tokenizer(hf_tokenizer: Any, max_tokens: int) -> tuple[Tokenizer, list[int], list[int]]:
@@ -277,7 +288,7 @@ def load_hf(path: str | Path, num_labels: int | None = None, max_tokens: int = M
     if num_labels is not None:
         extra.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     try:
-        with _no_progress_bars():
+        with _quiet():
             model, info = AutoModelForSequenceClassification.from_pretrained(str(folder), **{**_SAFE_LOAD, **extra})
         tokenizer = AutoTokenizer.from_pretrained(
             str(folder), use_fast=True, trust_remote_code=False, local_files_only=True
@@ -291,6 +302,10 @@ def load_hf(path: str | Path, num_labels: int | None = None, max_tokens: int = M
             f"{folder} lacks trained weights for {', '.join(missing[:4])}: a bare encoder needs fine-tuning first "
             "(harden with options.model: hf:DIR)"
         )
+    if missing and (str(folder), tuple(missing)) not in _REPORTED:
+        _REPORTED.add((str(folder), tuple(missing)))
+        log.info("%s: %s newly initialised for %d labels (fine-tuning trains them)", folder,
+                 ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else ""), num_labels)
     if not getattr(tokenizer, "is_fast", False) or not hasattr(tokenizer, "backend_tokenizer"):
         raise ModelError(f"{folder} has no fast tokenizer (tokenizer.json): save one with tokenizer.save_pretrained")
     return HFTextClassifier(model.float(), tokenizer, max_tokens)
@@ -322,7 +337,7 @@ def save_hf(model: HFTextClassifier, directory: Path, meta: dict[str, Any]) -> N
     directory.mkdir(parents=True, exist_ok=True)
     save = model.hf.save_pretrained
     safe = {"safe_serialization": True} if "safe_serialization" in inspect.signature(save).parameters else {}
-    with _no_progress_bars():
+    with _quiet():
         save(str(directory), **safe)
     model.hf_tokenizer.save_pretrained(str(directory))
     if not any((directory / name).is_file() for name in SAFE_WEIGHTS):

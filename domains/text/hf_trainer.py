@@ -22,6 +22,10 @@ spam, as the text domain). Evaluation (``trainer.evaluate``) stays clean. The tr
 last step's figures. An embedding ball is a training device: measure robustness with real-string
 attacks (``robustkit evaluate text --model DIR``).
 
+:class:`RobustRecallCallback` adds what the embedding ball cannot show to ``trainer.evaluate()``: spam
+recall on clean texts and under the real-string obfuscation search of the text domain, on a small
+evaluation subset, so it reaches the dashboards of ``report_to`` with the rest of the metrics.
+
 A trainer class of your own takes the same behaviour from :class:`AdversarialTrainingMixin`:
 ``class MyTrainer(AdversarialTrainingMixin, MyTrainerBase)``.
 
@@ -58,18 +62,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from robustkit import _random
-from robustkit.attacks import PGD
+from robustkit.attacks import PGD, DiscreteSearch
 from robustkit.errors import ConfigError, DataError
+from robustkit.models import frozen_eval, logits_of, model_device
 
+from .hf import HFTextClassifier
 from .model import TokenL2Ball
+from .obfuscation import ObfuscationSpace
 
 __all__ = [
     "AdversarialArguments",
@@ -77,6 +84,8 @@ __all__ = [
     "AdversarialStep",
     "AdversarialTrainingMixin",
     "EmbeddingView",
+    "RobustRecallCallback",
+    "robust_spam_recall",
 ]
 
 METHODS = ("pgd", "freelb")
@@ -87,6 +96,9 @@ _KNOWN_KEYS = {"input_ids", "attention_mask", "token_type_ids", "labels"}
 @dataclass
 class AdversarialArguments:
     """How :class:`AdversarialHFTrainer` perturbs each training batch (the ``TrainingArguments`` of the attack).
+
+    ``HfArgumentParser((TrainingArguments, AdversarialArguments))`` parses it from the command line with
+    the rest (``--eps 0.2 --attack_labels 1``; several labels: ``--attack_labels 0 1``).
 
     Attributes:
         method: ``"pgd"`` (eval-mode PGD, then train on the result) or ``"freelb"`` (train-mode ascent,
@@ -100,13 +112,14 @@ class AdversarialArguments:
             gradients) for the logs.
     """
 
-    method: str = "pgd"
-    eps: float = 0.1
-    steps: int = 3
-    step_size: float | None = None
-    adv_weight: float = 1.0
-    attack_labels: Sequence[int] | None = None
-    log_clean_loss: bool = True
+    method: str = field(default="pgd", metadata={"help": "pgd or freelb", "choices": list(METHODS)})
+    eps: float = field(default=0.1, metadata={"help": "per-token L2 radius, a share of the mean embedding norm"})
+    steps: int = field(default=3, metadata={"help": "ascent steps per batch"})
+    step_size: float | None = field(default=None, metadata={"help": "step length (default 2.5 * eps / steps)"})
+    adv_weight: float = field(default=1.0, metadata={"help": "weight of the adversarial loss (rest: clean loss)"})
+    # a list, not a Sequence: HfArgumentParser reads list[int] as nargs="+"
+    attack_labels: list[int] | None = field(default=None, metadata={"help": "labels perturbed (default: all)"})
+    log_clean_loss: bool = field(default=True, metadata={"help": "log the clean loss when adv_weight is 1"})
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -364,3 +377,85 @@ class AdversarialHFTrainer(AdversarialTrainingMixin, Trainer):
     Takes every ``Trainer`` argument plus ``adversarial=AdversarialArguments(...)`` (default: PGD,
     ``eps=0.1``, 3 steps, every example perturbed).
     """
+
+
+def robust_spam_recall(
+    model: nn.Module, tokenizer: Any, texts: Sequence[str], budget: float = 3, *, spam_label: int = 1,
+    candidates_per_step: int = 8, seed: int = 0,
+) -> dict[str, float]:
+    """Spam recall of a Hugging Face classifier on the spam ``texts``, clean and under the text domain's
+    obfuscation search (:class:`~domains.text.obfuscation.ObfuscationSpace`, at most ``budget`` edited
+    words each), with the model's own decision (the larger logit).
+
+    Returns ``spam_recall`` and ``robust_spam_recall`` (flagged clean and still flagged after the search).
+    """
+    if not texts:
+        raise DataError("robust spam recall needs at least one spam text")
+    wrapped = HFTextClassifier(model, tokenizer)
+    space = ObfuscationSpace(wrapped.tokenizer, wrapped.dim, float(budget), embedding=wrapped.embedding.weight)
+    device = model_device(wrapped)
+    labels = torch.full((len(texts),), spam_label, dtype=torch.long)
+
+    def flagged(batch: Sequence[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return (logits_of(wrapped(space.encode(batch, device))).argmax(1) == spam_label).cpu()
+
+    with frozen_eval(wrapped):
+        clean = flagged(texts)
+        result = DiscreteSearch(space, candidates_per_step=candidates_per_step, seed=seed)(wrapped, list(texts), labels)
+        attacked = clean & flagged(result.x_adv)
+    return {"spam_recall": float(clean.float().mean()), "robust_spam_recall": float(attacked.float().mean())}
+
+
+class RobustRecallCallback(TrainerCallback):
+    """Adds ``<prefix>_spam_recall`` and ``<prefix>_robust_spam_recall`` (:func:`robust_spam_recall` on
+    the first ``max_texts`` spam texts given) to every evaluation's metrics: ``trainer.evaluate()``
+    returns them, and the ``report_to`` loggers and ``trainer.state.log_history`` receive them.
+
+    Install it with :meth:`add_to` (it must run before the loggers, which read the same figures);
+    the tokenizer is the trainer's ``processing_class`` unless ``tokenizer`` is given. Each evaluation
+    runs the search once, so keep ``max_texts`` small.
+
+    Example (``trainer`` an ``AdversarialHFTrainer`` or any ``Trainer``; ``val`` a list of texts and labels)::
+
+        RobustRecallCallback(val_texts, val_labels, budget=3, max_texts=64).add_to(trainer)
+        trainer.evaluate()["eval_robust_spam_recall"]
+    """
+
+    def __init__(
+        self, texts: Sequence[str], labels: Sequence[int], *, budget: float = 3, max_texts: int = 64,
+        spam_label: int = 1, tokenizer: Any = None, candidates_per_step: int = 8, seed: int = 0,
+    ) -> None:
+        if len(texts) != len(labels):
+            raise DataError(f"{len(texts)} texts but {len(labels)} labels: pass one label per text")
+        self.texts = [str(t) for t, y in zip(texts, labels, strict=True) if int(y) == spam_label][:max_texts]
+        if not self.texts:
+            raise DataError(f"no text has the spam label {spam_label}: pass evaluation texts that include spam")
+        if isinstance(budget, bool) or not isinstance(budget, int | float) or not budget >= 1:
+            raise ConfigError(f"budget must be a number of edited words >= 1, got {budget!r}")
+        self.budget, self.spam_label, self.tokenizer = float(budget), spam_label, tokenizer
+        self.candidates_per_step, self.seed = candidates_per_step, seed
+
+    def add_to(self, trainer: Trainer) -> RobustRecallCallback:
+        """Install in ``trainer`` ahead of its other callbacks (the loggers then see the added figures)."""
+        trainer.callback_handler.callbacks.insert(0, self)
+        return self
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+               model: nn.Module | None = None, processing_class: Any = None, **kwargs: Any) -> None:
+        # an evaluation's logs carry "<prefix>_runtime" (training's own summary carries "train_runtime")
+        prefix = next((k[: -len("_runtime")] for k in logs or {} if k.endswith("_runtime") and k != "train_runtime"),
+                      None)
+        if logs is None or prefix is None or model is None:
+            return
+        tokenizer = self.tokenizer or processing_class
+        if tokenizer is None:
+            raise ConfigError("RobustRecallCallback needs the tokenizer: pass processing_class=tokenizer to the "
+                              "Trainer, or tokenizer= to the callback")
+        figures = robust_spam_recall(model, tokenizer, self.texts, self.budget, spam_label=self.spam_label,
+                                     candidates_per_step=self.candidates_per_step, seed=self.seed)
+        added = {f"{prefix}_{k}": round(v, 4) for k, v in figures.items()}
+        logs.update(added)
+        last = state.log_history[-1] if state.log_history else {}
+        if last.get(f"{prefix}_runtime") == logs[f"{prefix}_runtime"]:  # the copy Trainer.log kept
+            last.update(added)

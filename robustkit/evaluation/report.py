@@ -38,12 +38,49 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["COLUMNS", "Headline", "RobustnessReport"]
+__all__ = ["COLUMNS", "Headline", "RobustnessReport", "figure_text", "heading"]
 
 #: Columns of :attr:`RobustnessReport.table`.
 COLUMNS = ["attack", "eps", "robust_accuracy", "attack_success_rate", "forward_passes", "backward_passes", "seconds"]
 _ENTRY_KEYS = COLUMNS[2:]
 WORST = "worst"
+
+#: words of a figure's name that make it a share of examples, shown as a percentage
+_SHARES = {"accuracy", "recall", "precision", "f1", "fpr", "tpr", "rate", "share"}
+_HEADINGS = {"eps": "budget", "fpr": "false-positive rate", "f1": "F1", "roc": "ROC", "auc": "AUC"}
+
+
+def heading(name: str) -> str:
+    """A figure's name as a person reads it: ``robust_accuracy`` -> ``robust accuracy``, ``eps`` -> ``budget``.
+
+    Example:
+        >>> heading("fpr_clean"), heading("attack_success_rate")
+        ('false-positive rate clean', 'attack success rate')
+    """
+    return " ".join(_HEADINGS.get(word, word) for word in name.split("_"))
+
+
+def figure_text(name: str, value: Any) -> str:
+    """A figure as reports show it: shares (accuracy, recall, rates ...) as percentages with one decimal,
+    seconds with one decimal, budgets as given, counts whole, other numbers to 4 significant digits.
+
+    Example:
+        >>> figure_text("robust_accuracy", 0.83333), figure_text("seconds", 12.3456), figure_text("eps", 0.15)
+        ('83.3%', '12.3', '0.15')
+        >>> figure_text("forward_passes", 2100), figure_text("words_edited", 1.23456)
+        ('2100', '1.235')
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if name == "eps":
+        return f"{value:g}"
+    if _SHARES & set(name.split("_")):
+        return f"{100 * value:.1f}%"
+    if name.endswith("passes"):
+        return str(int(value))
+    if name == "seconds" or name.endswith("_seconds"):
+        return f"{value:.1f}"
+    return str(value) if isinstance(value, int) else f"{value:.4g}"
 
 
 @dataclass(frozen=True)
@@ -304,6 +341,10 @@ class RobustnessReport:
                 ax.plot(xs, ys, marker="o", linewidth=1.2, alpha=0.85, label=name)
         ax.axhline(lead.clean, color="grey", linestyle=":", linewidth=1, label="clean")
         ax.axvline(self.budget, color="grey", linestyle="--", linewidth=0.8)
+        if eps and all(float(e).is_integer() for e in eps):  # words edited, cost units: no 1.5-word ticks
+            from matplotlib.ticker import MaxNLocator
+
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(f"budget eps ({self.threat.get('space', 'space')})")
         ax.set_ylabel("recall of the attacked class under attack" if lead.measure == "recall" else "robust accuracy")
         ax.set_ylim(-0.02, 1.02)
@@ -389,29 +430,22 @@ class RobustnessReport:
                 "examples",
                 f"{self.n_examples}" + ("" if self.n_attackable is None else f" ({self.n_attackable} attackable)"),
             ),
-            ("clean accuracy", f"{self.clean_accuracy:.4f}"),
+            ("clean accuracy", figure_text("clean_accuracy", self.clean_accuracy)),
         ]
-        items += [(f"robust accuracy ({name})", f"{acc:.4f}") for name, acc in self.robust_accuracy.items()]
+        items += [(f"robust accuracy ({name})", figure_text("robust_accuracy", acc))
+                  for name, acc in self.robust_accuracy.items()]
         items.append(("seconds", f"{self.seconds:.1f}"))
         return items
 
     @staticmethod
     def _cells(row: dict[str, Any]) -> list[str]:
-        return [
-            str(row["attack"]),
-            f"{row['eps']:g}",
-            f"{row['robust_accuracy']:.4f}",
-            f"{row['attack_success_rate']:.4f}",
-            str(row["forward_passes"]),
-            str(row["backward_passes"]),
-            f"{row['seconds']:.2f}",
-        ]
+        return [figure_text(c, row[c]) for c in COLUMNS]
 
     def to_markdown(self) -> str:
         """The report as Markdown: summary, table of results, checks and attack settings."""
         lines = ["# Robustness report", ""]
         lines += [f"- **{k}**: {v}" for k, v in self._summary()]
-        lines += ["", "## Results", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+        lines += ["", "## Results", "", "| " + " | ".join(map(heading, COLUMNS)) + " |", "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(self._cells(r)) + " |" for r in self._rows()]
         lines += ["", "## Gradient-masking checks", ""]
         lines += [f"- {c.line}" for c in self.checks] or ["- (checks were not run)"]
@@ -429,7 +463,7 @@ class RobustnessReport:
             f'<h2>Robust accuracy vs budget</h2><img src="data:image/png;base64,{self._png_base64()}" '
             'alt="robust accuracy vs eps">'
         )
-        parts.append("<h2>Results</h2><table><tr>" + "".join(f"<th>{esc(c)}</th>" for c in COLUMNS) + "</tr>")
+        parts.append("<h2>Results</h2><table><tr>" + "".join(f"<th>{esc(heading(c))}</th>" for c in COLUMNS) + "</tr>")
         for row in self._rows():
             cls = ' class="worst"' if row["attack"] == WORST else ""
             parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in self._cells(row)) + "</tr>")

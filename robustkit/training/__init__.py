@@ -1,7 +1,8 @@
-"""Adversarial training: one loop (:class:`AdversarialTrainer`) and small methods (:mod:`.methods`)."""
+"""Adversarial training: one loop (:class:`AdversarialTrainer`), small methods (:mod:`.methods`)
+and callbacks (:mod:`.callbacks`: epoch lines, TensorBoard, MLflow)."""
 
-from robustkit.training import methods
+from robustkit.training import callbacks, methods
 from robustkit.training.callbacks import Callback
 from robustkit.training.trainer import AdversarialTrainer
 
-__all__ = ["AdversarialTrainer", "Callback", "methods"]
+__all__ = ["AdversarialTrainer", "Callback", "callbacks", "methods"]

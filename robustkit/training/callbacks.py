@@ -1,20 +1,43 @@
-"""Callbacks: hooks into the training loop (logging, early stopping, custom checks).
+"""Callbacks: hooks into the training loop (logging, early stopping, experiment tracking, custom checks).
+
+:class:`EpochLog` prints one line per epoch; :class:`TensorBoard` and :class:`MLflow` send the same
+figures to the experiment trackers (optional extras: ``pip install 'robustkit[tracking]'``; each
+library is imported only when its callback is built).
 
 Example:
     >>> import robustkit as rk
     >>> class StopAfter(rk.training.Callback):
     ...     def on_epoch_end(self, trainer, record):
     ...         trainer.stop_training = record["epoch"] >= 2
+    >>> rk.callbacks.epoch_metrics({"epoch": 3, "train_loss": 0.5, "val_robust_accuracy": 0.25, "best": True})
+    {'train/loss': 0.5, 'val/robust_accuracy': 0.25}
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import copy
+import importlib
+import importlib.util
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from tqdm.auto import tqdm
+
+from robustkit.errors import ConfigError
 
 if TYPE_CHECKING:
     from robustkit.training.trainer import AdversarialTrainer
 
-__all__ = ["Callback"]
+__all__ = ["Callback", "EpochLog", "MLflow", "TensorBoard", "Tracker", "check_verbose", "epoch_metrics", "require",
+           "tracker"]
+
+#: names ``--report-to`` takes
+REPORT_TO = ("none", "tensorboard", "mlflow")
 
 
 class Callback:
@@ -34,3 +57,245 @@ class Callback:
 
     def on_fit_end(self, trainer: AdversarialTrainer) -> None:
         """After training (and after the best weights were restored)."""
+
+
+def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The numbers of a history record under tracker names: ``train_loss`` -> ``train/loss``,
+    ``val_robust_accuracy`` -> ``val/robust_accuracy``; ``eps`` and ``lr`` go under ``train/``.
+    The epoch (the step) and flags such as ``best`` are left out."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        group, _, rest = key.partition("_")
+        out[f"{group}/{rest}" if group in ("train", "val", "guard") and rest else f"train/{key}"] = float(value)
+    return out
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+class EpochLog(Callback):
+    """One line per epoch that stays on screen (progress bars stay intact): training loss, validation
+    clean and robust accuracy, the epoch's seconds and the training time left.
+
+    Args:
+        label: printed first (e.g. the model's name).
+        then: what trains after this fit, said with the time left (e.g. ``"then the hardened model"``).
+        stream: where the lines go (default: standard error).
+
+    Example:
+        >>> import io, robustkit as rk
+        >>> out = io.StringIO()
+        >>> log = rk.callbacks.EpochLog("hardened", stream=out)
+        >>> log.line({"epoch": 1, "train_loss": 0.41234, "val_clean_accuracy": 0.9, "val_robust_accuracy": 0.5,
+        ...           "train_seconds": 2.0, "val_seconds": 0.5}, total=2, left=2.5)
+        'hardened epoch 1/2: loss 0.4123, val clean 90.0%, robust 50.0% (2.5 s; about 2 s left)'
+    """
+
+    def __init__(self, label: str = "", *, then: str = "", stream: TextIO | None = None) -> None:
+        self.label, self.then, self.stream = label, then, stream
+        self._start = 0.0
+        self._done = 0
+
+    def line(self, record: Mapping[str, Any], total: int, left: float) -> str:
+        """The line for one epoch's ``record`` of ``total`` epochs, ``left`` seconds of training left."""
+        parts = [f"loss {record['train_loss']:.4f}"]
+        if "val_clean_accuracy" in record:
+            parts.append(f"val clean {record['val_clean_accuracy']:.1%}")
+        if "val_robust_accuracy" in record:
+            parts.append(f"robust {record['val_robust_accuracy']:.1%}")
+        seconds = float(record.get("train_seconds", 0.0)) + float(record.get("val_seconds", 0.0))
+        rest = f"about {_duration(left)} left" if record["epoch"] < total else "done"
+        if self.then:
+            rest += f", {self.then}"
+        head = f"{self.label} epoch" if self.label else "epoch"
+        return f"{head} {record['epoch']}/{total}: {', '.join(parts)} ({seconds:.1f} s; {rest})"
+
+    def on_fit_start(self, trainer: AdversarialTrainer) -> None:
+        self._start, self._done = time.monotonic(), 0
+
+    def on_epoch_end(self, trainer: AdversarialTrainer, record: dict[str, Any]) -> None:
+        self._done += 1  # epochs run by this process (a resumed fit times only its own)
+        per_epoch = (time.monotonic() - self._start) / self._done
+        left = per_epoch * max(0, trainer.total_epochs - trainer.epoch)
+        tqdm.write(self.line(record, trainer.total_epochs, left), file=self.stream or sys.stderr)
+
+
+def check_verbose(verbose: Any) -> None:
+    """Refuse an estimator's ``verbose`` unless it is a bool or an integer >= 0 (scikit-learn's convention)."""
+    if not isinstance(verbose, bool | int) or verbose < 0:
+        raise ConfigError(f"verbose must be True, False or an integer >= 0, got {verbose!r}")
+
+
+def _import(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ConfigError(f"{what} needs the {module.split('.')[0]} package, which is not installed ({exc}): "
+                          "pip install 'robustkit[tracking]'") from None
+
+
+class Tracker(Callback):
+    """Base of the experiment-tracking callbacks: every epoch's figures (:func:`epoch_metrics`) at step
+    ``epoch``, plus :meth:`log_metrics`, :meth:`log_artifact` and :meth:`close` for a run's final results.
+
+    One tracker can follow several models: :meth:`scoped` gives a callback for each (``harden`` trains
+    a ``standard`` and a ``hardened`` model into one tracked run).
+    """
+
+    prefix = ""
+
+    def scoped(self, name: str) -> Tracker:
+        """This tracker for the model ``name`` (its figures kept apart from the other models')."""
+        view = copy.copy(self)
+        view.prefix = f"{self.prefix}{name}/"
+        return view
+
+    def on_epoch_end(self, trainer: AdversarialTrainer, record: dict[str, Any]) -> None:
+        self.log_metrics(epoch_metrics(record), step=int(record["epoch"]))
+
+    def on_fit_end(self, trainer: AdversarialTrainer) -> None:
+        self.flush()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """Record ``metrics`` (name -> number) at ``step``; non-finite values are left out."""
+        raise NotImplementedError
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> None:
+        """Keep the file ``path`` with the run (e.g. the report)."""
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Make what was logged readable now."""
+
+    def close(self, failed: bool = False) -> None:
+        """End the tracked run (``failed``: it stopped on an error)."""
+
+
+def _finite(metrics: Mapping[str, float]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if math.isfinite(float(v))}
+
+
+_TEXT_SUFFIXES = (".md", ".yaml", ".json", ".csv", ".txt")
+
+
+class TensorBoard(Tracker):
+    """Write TensorBoard event files under ``log_dir`` (one subfolder per :meth:`scoped` model, so the
+    models share each chart): ``train/loss``, ``val/clean_accuracy``, ``val/robust_accuracy`` ... per
+    epoch; final metrics; text artifacts (the report's Markdown, the config) as text summaries.
+
+    Needs ``tensorboard`` (``pip install 'robustkit[tracking]'``). View with
+    ``tensorboard --logdir LOG_DIR``.
+
+    Example::
+
+        trainer = rk.AdversarialTrainer(model, space, callbacks=[rk.callbacks.TensorBoard("runs/tb")])
+    """
+
+    def __init__(self, log_dir: str | os.PathLike[str]) -> None:
+        self._module = _import("torch.utils.tensorboard", "the TensorBoard callback")
+        self.log_dir = Path(log_dir)
+        self._writers: dict[str, Any] = {}
+
+    def _writer(self) -> Any:
+        name = self.prefix.strip("/")
+        if name not in self._writers:
+            self._writers[name] = self._module.SummaryWriter(log_dir=str(self.log_dir / name))
+        return self._writers[name]
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        writer = self._writer()
+        for key, value in _finite(metrics).items():
+            writer.add_scalar(key, value, global_step=step)
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> None:
+        """A text file (Markdown, YAML, JSON, CSV) as a text summary; any other file by its path (TensorBoard
+        keeps no files)."""
+        p = Path(path)
+        if p.suffix not in _TEXT_SUFFIXES:
+            self._writer().add_text(p.name, f"saved at `{p.resolve()}`")
+            return
+        text = p.read_text(encoding="utf-8")
+        self._writer().add_text(p.name, text if p.suffix == ".md" else f"```\n{text}\n```")
+
+    def flush(self) -> None:
+        for writer in self._writers.values():
+            writer.flush()
+
+    def close(self, failed: bool = False) -> None:
+        for writer in self._writers.values():
+            writer.close()
+
+
+class MLflow(Tracker):
+    """Log to an MLflow run: per-epoch figures as metrics at step ``epoch`` (keys prefixed with the
+    :meth:`scoped` model's name, e.g. ``hardened/val/robust_accuracy``), final metrics, and files as
+    artifacts.
+
+    Args:
+        tracking_uri: where runs are kept (default: ``MLFLOW_TRACKING_URI``, else MLflow's default).
+        experiment: experiment name (default: ``MLFLOW_EXPERIMENT_NAME``, else ``"robustkit"``).
+        run_name: name of the run; params: logged once at the start.
+
+    Needs ``mlflow`` (``pip install 'robustkit[tracking]'``). The run is created at construction and
+    ended by :meth:`close` (``AdversarialTrainer`` users call it after ``fit``).
+    """
+
+    def __init__(self, tracking_uri: str | None = None, experiment: str | None = None, run_name: str | None = None,
+                 params: Mapping[str, Any] | None = None) -> None:
+        tracking = _import("mlflow.tracking", "the MLflow callback")
+        failure = _import("mlflow.exceptions", "the MLflow callback").MlflowException
+        name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "robustkit"
+        try:
+            self._client = tracking.MlflowClient(tracking_uri=tracking_uri)
+            found = self._client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found is not None else self._client.create_experiment(name)
+            self.run_id: str = self._client.create_run(experiment_id, run_name=run_name).info.run_id
+        except failure as exc:  # e.g. a tracking URI MLflow refuses: say so as one robustkit error
+            raise ConfigError(f"MLflow cannot start a run in experiment {name!r}: {exc}") from None
+        for key, value in (params or {}).items():
+            self._client.log_param(self.run_id, key, value)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        stamp = int(time.time() * 1000)
+        for key, value in _finite(metrics).items():
+            self._client.log_metric(self.run_id, self.prefix + key, value, timestamp=stamp, step=step)
+
+    def log_artifact(self, path: str | os.PathLike[str]) -> None:
+        self._client.log_artifact(self.run_id, str(path))
+
+    def close(self, failed: bool = False) -> None:
+        self._client.set_terminated(self.run_id, status="FAILED" if failed else "FINISHED")
+
+
+_LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow"}
+
+
+def require(kind: str) -> None:
+    """Raise :class:`ConfigError` now (before any work) if ``--report-to kind`` is unknown or its library
+    is not installed; imports nothing."""
+    if kind not in REPORT_TO:
+        raise ConfigError(f"report_to must be one of {', '.join(REPORT_TO)}, got {kind!r}")
+    library = _LIBRARIES.get(kind)
+    if library is not None and importlib.util.find_spec(library) is None:
+        raise ConfigError(f"--report-to {kind} needs the {library} package, which is not installed: "
+                          "pip install 'robustkit[tracking]'")
+
+
+def tracker(kind: str, log_dir: str | os.PathLike[str], run_name: str | None = None,
+            params: Mapping[str, Any] | None = None) -> Tracker | None:
+    """The tracker ``--report-to kind`` names (None for ``"none"``): TensorBoard writes under ``log_dir``;
+    MLflow follows ``MLFLOW_TRACKING_URI`` and ``MLFLOW_EXPERIMENT_NAME``."""
+    require(kind)
+    if kind == "tensorboard":
+        return TensorBoard(log_dir)
+    if kind == "mlflow":
+        return MLflow(run_name=run_name, params=params)
+    return None

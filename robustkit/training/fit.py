@@ -26,6 +26,7 @@ from torch import nn
 
 from robustkit import distributed
 from robustkit.errors import ConfigError
+from robustkit.training.callbacks import Callback
 from robustkit.training.methods import Method
 from robustkit.training.methods import get as get_method
 from robustkit.training.trainer import AdversarialTrainer
@@ -50,6 +51,7 @@ class TrainSettings:
         class_weights: loss weights per class, ``"balanced"``, or None.
         checkpoint_dir: where a checkpoint is written after every epoch (None: none).
         progress: show progress bars.
+        callbacks: trainer callbacks (an epoch line, experiment tracking, ...).
     """
 
     method: str | Method
@@ -62,6 +64,7 @@ class TrainSettings:
     class_weights: str | Sequence[float] | None = None
     checkpoint_dir: str | os.PathLike[str] | None = None
     progress: bool = False
+    callbacks: tuple[Callback, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size"):
@@ -109,7 +112,7 @@ def fit_model(
         optimizer=torch.optim.Adam(model.parameters(), lr=float(settings.lr)),
         eps_warmup=settings.eps_warmup, class_weights=settings.class_weights, attackable=domain.attackable_mask,
         checkpoint_dir=settings.checkpoint_dir, seed=settings.seed, progress=settings.progress,
-        select_best=settings.method_name != "standard",
+        callbacks=settings.callbacks, select_best=settings.method_name != "standard",
     )
     trainer.fit(
         distributed.sharded(domain.loader(data.train, settings.batch_size, shuffle=True), shuffle=True,
