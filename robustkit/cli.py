@@ -110,6 +110,11 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
     from robustkit.config import RunConfig
 
     base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    if base.model_factory is not None and base.model_factory != args.model_factory:
+        raise ConfigError(
+            f"{args.config} names model_factory {base.model_factory}: robustkit imports your code only when the "
+            f"command line names it; add --model-factory {base.model_factory}"
+        )
     budgets = args.budget if isinstance(args.budget, list) else None
     overrides = {
         "domain": args.domain, "data": args.data, "preset": args.preset, "seed": args.seed, "device": args.device,

@@ -55,6 +55,9 @@ def load_factory(name: str) -> Callable[..., Any]:
             f"--model-factory {name}: cannot import {module_name!r} ({exc}); install the package that defines it "
             "or run from the folder that holds it"
         ) from None
+    except (Exception, SystemExit) as exc:  # the module itself fails (a syntax error, an exit at import)
+        raise ConfigError(f"--model-factory {name}: importing {module_name!r} raised {type(exc).__name__}: "
+                          f"{_short(exc)}; fix that module") from None
     finally:
         if added:
             sys.path.remove(os.getcwd())
@@ -66,6 +69,11 @@ def load_factory(name: str) -> Callable[..., Any]:
     if not callable(target):
         raise ConfigError(f"--model-factory {name} is not callable")
     return target
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message (a syntax error's text spans several)."""
+    return (str(exc).splitlines() or [""])[0][:300]
 
 
 def _call_arguments(function: Callable[..., Any], name: str, available: dict[str, Any]) -> dict[str, Any]:
@@ -116,8 +124,8 @@ def build_from_factory(name: str, arguments: dict[str, Any], weights: str | Path
         model = function(**_call_arguments(function, name, arguments))
     except ConfigError:
         raise
-    except Exception as exc:  # the user's code failed: say where, keep the message short
-        raise ConfigError(f"--model-factory {name} raised {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the user's code failed (or tried to end the run): say where
+        raise ConfigError(f"--model-factory {name} raised {type(exc).__name__}: {_short(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model-factory {name} returned a {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:

@@ -337,6 +337,10 @@ def _start(
         saved = RunConfig.from_yaml(out / "config.yaml")
         if saved.domain != config.domain:
             raise ConfigError(f"{out} is a {saved.domain!r} run, not {config.domain!r}")
+        if saved.model_factory != config.model_factory:  # never import code that a file names
+            flag = f"--model-factory {saved.model_factory}" if saved.model_factory else "no --model-factory"
+            raise ConfigError(f"{out} was made with {flag}: resume it with the same (robustkit imports your code "
+                              "only when the command line names it)")
         config = saved
     if domain is None:
         domain = get_domain(config.domain)
