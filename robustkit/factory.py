@@ -26,13 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from robustkit.errors import ConfigError
 
-__all__ = ["build_from_factory", "load_factory", "load_weights"]
+__all__ = ["build_from_factory", "check_finite", "load_factory", "load_weights"]
 
 
 def load_factory(name: str) -> Callable[..., Any]:
@@ -96,6 +97,13 @@ def _call_arguments(function: Callable[..., Any], name: str, available: dict[str
     return chosen
 
 
+def check_finite(state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Refuse weights holding NaN or infinite values (a model built on them outputs no usable logits)."""
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ConfigError(f"{source}: the weight {bad!r} holds NaN or infinite values; these weights are damaged")
+
+
 def load_weights(model: nn.Module, weights: str | Path) -> None:
     """Load a safetensors state dict into ``model`` (strict: every name and shape must fit)."""
     path = Path(weights)
@@ -110,6 +118,7 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"--weights {path} is not a readable safetensors file ({exc})") from None
+    check_finite(state, f"--weights {path}")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
