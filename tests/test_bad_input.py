@@ -636,6 +636,8 @@ def bad_data(draw: st.DrawFn, defects: list[str] = DEFECTS) -> tuple[str, torch.
                                   x.reshape(n, 1, 4, 1)]))
     elif defect == "extra_axis":  # the model takes it, and returns (n, 1, 3) logits
         x = x.reshape(n, 1, 4)
+    elif defect == "double":  # for a float32 model
+        x = x.double()
     elif defect == "int":
         x = (x * 2).to(draw(st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.bool])))
     elif defect == "labels_high":
@@ -1084,3 +1086,136 @@ def test_idx_files_without_images_are_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(rk.DataError, match="holds no pixels"):
         ImagesDomain().load_data(f"mnist:{tmp_path}", seed=0, options={})
 
+
+
+# ============================================================================= 7. attacks, spaces and trainer settings
+BAD_SEEDS = st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63), st.text(max_size=3), st.booleans(),
+                      st.floats(allow_nan=True), st.none())
+BAD_COUNTS = st.one_of(st.integers(max_value=0), st.floats(allow_nan=True).filter(lambda v: v != int(v)
+                                                                                   if math.isfinite(v) else True),
+                       st.booleans(), st.text(max_size=3), st.none())
+ATTACKS = {"PGD": lambda space, **kw: rk.PGD(space, **kw), "FGSM": lambda space, **kw: rk.FGSM(space, **kw),
+           "APGD": lambda space, **kw: rk.APGD(space, **kw),
+           "RandomSearch": lambda space, **kw: rk.RandomSearch(space, **kw)}
+COUNTED = {"PGD": ["steps", "restarts", "eot"], "FGSM": ["eot"], "APGD": ["steps", "restarts", "eot"],
+           "RandomSearch": ["queries"]}
+
+
+@cases(150)
+@given(st.sampled_from(sorted(ATTACKS)), st.data())
+@example("FGSM", None)  # seed="a": ValueError from int()
+@example("PGD", None)  # steps=2.5 ran 2 steps
+def test_bad_attack_settings_are_a_config_error(name: str, data: st.DataObject | None) -> None:
+    if data is None:
+        key, value = ("seed", "a") if name == "FGSM" else ("steps", 2.5)
+    else:
+        key = data.draw(st.sampled_from(["seed", *COUNTED[name]]))
+        value = data.draw(BAD_SEEDS if key == "seed" else BAD_COUNTS)
+    tried("attack settings", name, key, value)
+    with pytest.raises(rk.ConfigError):
+        ATTACKS[name](SPACE, **{key: value})
+
+
+class FewerRows(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:-1]
+
+
+@cases(150)
+@given(st.sampled_from(sorted(ATTACKS)), bad_data(["width", "int", "labels_fraction", "labels_text", "labels_2d",
+                                                    "labels_negative", "fewer_labels", "more_labels", "mask_length",
+                                                    "mask_values", "nan", "above", "double", "fewer_rows"]))
+def test_bad_data_given_to_an_attack_is_a_robustkit_error(name: str, case: tuple[str, Any, Any, dict]) -> None:
+    defect, x, y, kwargs = case
+    tried("attack data", name, defect, x, y, kwargs)
+    model: nn.Module = FewerRows() if defect == "fewer_rows" else Counting()
+    if isinstance(kwargs.get("mask"), str) or (defect == "mask_values" and kwargs["mask"].dim() != 1):
+        kwargs = {"mask": torch.full((len(x),), 2)}
+    with pytest.raises(rk.RobustkitError):
+        ATTACKS[name](SPACE)(model, x, y, **kwargs)
+
+
+BAD_EPS = st.one_of(st.text(max_size=4), st.booleans(), NON_FINITE, st.floats(max_value=-1e-9), st.none(),
+                   st.lists(st.floats(), max_size=2), st.just(b"0.1"))
+
+
+@st.composite
+def bad_space_settings(draw: st.DrawFn) -> tuple[str, Any]:
+    what = draw(st.sampled_from(["eps", "mask", "mask_length"]))
+    if what == "eps":
+        return what, draw(BAD_EPS)
+    if what == "mask":  # values other than 0 and 1
+        return what, draw(st.lists(st.integers(-3, 5), min_size=4, max_size=4).filter(
+            lambda m: any(v not in (0, 1) for v in m)))
+    return what, draw(st.integers(1, 9).filter(lambda n: n != 4))  # a mask of another length, used in project
+
+
+@cases(100)
+@given(bad_space_settings(), st.sampled_from([rk.LinfBall, rk.L2Ball]))
+@example(("eps", "0.1"), rk.LinfBall)  # accepted
+@example(("eps", True), rk.LinfBall)  # accepted
+@example(("mask", [0, 2, 1, 0]), rk.LinfBall)
+@example(("mask_length", 3), rk.LinfBall)  # RuntimeError in project
+def test_bad_space_settings_are_a_robustkit_error(case: tuple[str, Any], space: type) -> None:
+    what, value = case
+    tried("space settings", what, value, space.__name__)
+    x = torch.rand(2, 4)
+    if what == "eps":
+        with pytest.raises(rk.ConfigError):
+            space(eps=value)
+    elif what == "mask":
+        with pytest.raises(rk.ConfigError):
+            space(eps=0.1, mask=torch.tensor(value))
+    else:
+        with pytest.raises(rk.DataError):
+            space(eps=0.1, mask=torch.ones(value, dtype=torch.bool)).project(x + 0.05, x)
+
+
+BAD_CLASS_WEIGHTS = st.one_of(st.just([0, 0, 0]), st.just([0.0, 0.0, 0.0]),
+                              st.lists(st.floats(0, 5), min_size=3, max_size=3).map(lambda w: [w[0], -1.0, w[2]]),
+                              st.lists(st.floats(0, 5), min_size=1, max_size=5).filter(lambda w: len(w) != 3),
+                              st.lists(NON_FINITE, min_size=3, max_size=3), st.just(["a", "b", "c"]),
+                              st.text(min_size=1, max_size=5).filter(lambda s: s != "balanced"), st.just({"a": 1}))
+
+
+@cases(60)
+@given(BAD_CLASS_WEIGHTS)
+def test_bad_class_weights_are_refused_before_any_step(weights: Any) -> None:
+    tried("class weights", weights)
+    model = Counting()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(rk.RobustkitError):
+        rk.AdversarialTrainer(model, SPACE, method="fgsm-mix", progress=False, class_weights=weights).fit(
+            [(X4, Y4)], epochs=1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_batch_norm_model_with_a_last_batch_of_one_is_refused_before_any_step() -> None:
+    tried("fit refusal", "batch norm, last batch of 1")
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = DataLoader(TensorDataset(torch.rand(9, 4), torch.arange(9) % 3), batch_size=4)
+    with pytest.raises(rk.DataError, match="last training batch holds 1 of the 9 examples"):
+        rk.AdversarialTrainer(model, SPACE, method="pgd", progress=False).fit(loader, epochs=1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the model was changed"
+
+
+@pytest.mark.parametrize("other", ["architecture", "optimizer"])
+def test_resuming_with_another_architecture_or_optimizer_is_refused_before_any_change(
+    tmp_path: Path, other: str
+) -> None:
+    tried("fit refusal", f"resume with another {other}")
+    rk.AdversarialTrainer(Counting(), SPACE, method="fgsm-mix", progress=False, checkpoint_dir=tmp_path).fit(
+        [(X4, Y4)], epochs=1)
+    model: nn.Module = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)) if other == "architecture" \
+        else Counting()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if other == "optimizer" else None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(rk.ConfigError, match=f"another {'model' if other == 'architecture' else 'optimizer'}"):
+        rk.AdversarialTrainer(model, SPACE, method="fgsm-mix", progress=False, optimizer=optimizer,
+                              checkpoint_dir=tmp_path).fit([(X4, Y4)], epochs=2, resume=tmp_path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
