@@ -16,6 +16,7 @@ import glob
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -28,8 +29,29 @@ from safetensors.torch import load_file, save_file
 
 from robustkit.errors import ConfigError
 
-__all__ = ["atomic_write_dir", "atomic_write_text", "latest_checkpoint", "load_checkpoint", "remove_dir",
-           "save_checkpoint"]
+__all__ = ["atomic_write_dir", "atomic_write_text", "follow_umask", "latest_checkpoint", "load_checkpoint",
+           "remove_dir", "save_checkpoint"]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes a plain ``open`` and ``mkdir`` would: 0666 and
+    0777 less the umask. Temporary files and folders are created 0600 and 0700, which would keep a shared
+    machine's other users from reading a run."""
+    mask = _umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), dir_mode)
+            for name in files:
+                os.chmod(os.path.join(root, name), file_mode)
+    os.chmod(path, dir_mode if path.is_dir() else file_mode)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -40,6 +62,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        follow_umask(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -76,6 +99,7 @@ def atomic_write_dir(path: str | os.PathLike[str], write: Callable[[Path], objec
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         write(tmp)
+        follow_umask(tmp)
         if path.exists():
             remove_dir(path)
         os.replace(tmp, path)
@@ -126,7 +150,14 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path:
     pointer = path / "latest"
     if not pointer.is_file():
         raise ConfigError(f"no checkpoint found in {path}: expected a 'latest' file written by a previous fit")
-    found = path / pointer.read_text(encoding="utf-8").strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"checkpoint pointer {pointer} is unreadable ({exc}): remove it and start again") from None
+    if not re.fullmatch(r"epoch-\d{4,}", name):  # never a path: a checkpoint is read from inside the run only
+        raise ConfigError(f"checkpoint pointer {pointer} names {name[:80]!r}, not a checkpoint of this folder "
+                          "(epoch-NNNN): it was damaged or tampered with; remove it and start again")
+    found = path / name
     if not (found / "state.json").is_file():
         raise ConfigError(f"checkpoint {found} is incomplete: remove it and resume from an earlier run")
     return found
