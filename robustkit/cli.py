@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from robustkit.errors import ConfigError, RobustkitError
+from robustkit.errors import ConfigError, DiskFullError, RobustkitError
 
 __all__ = ["main"]
 
@@ -209,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RobustkitError, OSError) as exc:
         if args.debug:
             raise
-        print(f"robustkit: error: {_one_line(exc)}", file=sys.stderr)
+        hint = f"; {_resume_hint(args)}" if isinstance(exc, DiskFullError) else ""
+        print(f"robustkit: error: {_one_line(exc)}{hint}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
         print(f"robustkit: interrupted; {_resume_hint(args)}", file=sys.stderr)

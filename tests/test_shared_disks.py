@@ -4,8 +4,10 @@ that follow the umask, and a checkpoint pointer that never leads outside its run
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -19,7 +21,7 @@ import torch
 
 from robustkit import pipeline
 from robustkit.cli import main
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, DiskFullError
 from robustkit.runlock import LOCK_NAME, RunLock, holder
 from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text, load_checkpoint
 
@@ -136,3 +138,37 @@ def test_the_lock_file_does_not_count_as_content(tmp_path: Path) -> None:
     started = time.time()
     with RunLock(run):
         assert holder(run)["started"] >= started
+
+
+def test_a_full_disk_says_so_names_the_file_and_how_to_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from Python, and torch's own writer, which reports a full disk only as "unexpected pos"."""
+    def no_space(folder: Path) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match=r"no space left on device while writing .*ckpt.*--resume"):
+        atomic_write_dir(tmp_path / "ckpt", no_space)
+
+    def torch_full(folder: Path) -> None:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4054")
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10, 10, 0))  # type: ignore[attr-defined]
+    with pytest.raises(DiskFullError, match="no space left on device"):
+        atomic_write_dir(tmp_path / "ckpt", torch_full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 30, 0, 10 << 30))  # type: ignore[attr-defined]
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # with room left it is not a full disk
+        atomic_write_dir(tmp_path / "ckpt", torch_full)
+    assert [p.name for p in tmp_path.iterdir()] == [], "nothing half written is left"
+
+
+def test_a_full_disk_from_the_command_line_gives_the_resume_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(*args: object) -> None:
+        raise DiskFullError(errno.ENOSPC, "no space left on device while writing X")
+
+    monkeypatch.setattr(pipeline, "_harden", full)
+    code, err = run_cli(["harden", *TINY, "--out", str(tmp_path / "run")])
+    assert code == 2 and "no space left on device while writing X" in err
+    assert f"continue with: robustkit harden toy --resume {tmp_path / 'run'}" in err

@@ -12,6 +12,7 @@ name whole (or absent), and at most hidden ``.NAME.*`` leftovers, which the next
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
@@ -19,7 +20,8 @@ import pickle
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +29,41 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, DiskFullError
 
 __all__ = ["atomic_write_dir", "atomic_write_text", "follow_umask", "latest_checkpoint", "load_checkpoint",
            "remove_dir", "save_checkpoint"]
+
+
+#: errors that mean "the disk is full": no space, or the user's quota spent
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException, where: Path) -> bool:
+    """Whether ``exc``, raised while writing under ``where``, is a full disk. torch's own writer reports one only
+    as a RuntimeError ("unexpected pos"), so a RuntimeError counts when the disk has (almost) no room left."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL
+    if not isinstance(exc, RuntimeError):
+        return False
+    try:
+        return shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        return False
+
+
+@contextmanager
+def _space_checked(path: Path) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` into a :class:`DiskFullError` that says so and names it."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not _disk_full(exc, path.parent):
+            raise
+        raise DiskFullError(
+            errno.ENOSPC, f"no space left on device while writing {path}: everything written before it is whole; "
+            "free space on that disk, then continue (a harden run: with --resume RUN)"
+        ) from None
 
 
 def _umask() -> int:
@@ -58,15 +91,16 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        follow_umask(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _space_checked(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            follow_umask(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _discard(path: Path) -> None:
@@ -96,16 +130,17 @@ def atomic_write_dir(path: str | os.PathLike[str], write: Callable[[Path], objec
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
         _discard(leftover)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write(tmp)
-        follow_umask(tmp)
-        if path.exists():
-            remove_dir(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _space_checked(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            write(tmp)
+            follow_umask(tmp)
+            if path.exists():
+                remove_dir(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
 
 
