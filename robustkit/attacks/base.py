@@ -41,7 +41,7 @@ def integer_at_least(name: str, value: Any, low: int = 1) -> int:
 
 def seed_value(seed: Any) -> int:
     """``seed`` checked: an integer from 0 to 2**63 - 1."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed <= MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
         raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     return int(seed)
 
