@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from robustkit.attacks.base import MAX_SEED
 from robustkit.errors import ConfigError
 from robustkit.evaluation.presets import PRESETS
 from robustkit.training.methods import NAMES as METHOD_NAMES
@@ -28,8 +29,8 @@ from robustkit.yamlfile import load_yaml
 __all__ = ["RunConfig"]
 
 
-#: seeds below 2**63 (what every generator robustkit seeds takes) and thread counts below 2**31
-MAX_SEED, MAX_THREADS = 2**63 - 1, 2**31 - 1
+#: torch takes thread counts below 2**31 (seeds: MAX_SEED, what every generator robustkit seeds takes)
+MAX_THREADS = 2**31 - 1
 
 
 def _positive_int(key: str, value: Any, most: int | None = None) -> int:
