@@ -1,10 +1,10 @@
 """One writer per run directory: an exclusive lock held from a run's first write to its end.
 
 The lock is ``RUN/.robustkit.lock``, locked with ``fcntl.flock`` and holding the holder's pid, host and
-start time (JSON). The operating system releases a ``flock`` when its process ends, however it ends
-(``kill -9`` included), so a lock left by a dead process is stale by construction: the next run takes it
-over. A second process is refused with the holder's pid and host, both when it starts and, if it got past
-that check while the holder was still starting, at its own first write.
+start time (JSON); a run removes it when it ends. The operating system releases a ``flock`` when its process
+ends, however it ends (``kill -9`` included), so a lock file left by a dead process is stale by construction:
+the next run takes it over. A second process is refused with the holder's pid and host, both when it starts
+and, if it got past that check while the holder was still starting, at its own first write.
 
 Example:
     >>> import tempfile, pathlib
@@ -85,22 +85,31 @@ class RunLock:
     def acquire(self) -> None:
         self.run.mkdir(parents=True, exist_ok=True)
         path = self.run / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise ConfigError(f"{self.run} is in use by {_describe(_read(path))}: wait for that run to end or "
+                                  "choose another --out") from None
+            try:  # the holder before may have removed the file between our open and our lock: lock the new one
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
             os.close(fd)
-            raise ConfigError(f"{self.run} is in use by {_describe(_read(path))}: wait for that run to end or choose "
-                              "another --out") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode("utf-8"))
         self.fd = fd
 
     def release(self) -> None:
+        """Remove the lock file (while still holding it), then unlock."""
         if self.fd is not None:
             with contextlib.suppress(OSError):
-                os.ftruncate(self.fd, 0)
+                os.unlink(self.run / LOCK_NAME)
             os.close(self.fd)  # closing releases the flock
             self.fd = None
 

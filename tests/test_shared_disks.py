@@ -132,9 +132,9 @@ def test_a_checkpoint_pointer_never_leads_outside_its_run(tmp_path: Path, pointe
 def test_the_lock_file_does_not_count_as_content(tmp_path: Path) -> None:
     run = tmp_path / "run"
     with RunLock(run):
-        pass
-    assert [p.name for p in run.iterdir()] == [LOCK_NAME]
-    pipeline.prepare_run_dir(run, force=False, resume=False)  # an empty run folder, not "not empty"
+        assert [p.name for p in run.iterdir()] == [LOCK_NAME]
+        pipeline._check_run_dir(run, force=False, resume=False)  # an empty run folder, not "not empty"
+    assert list(run.iterdir()) == [], "removed at the end"
     started = time.time()
     with RunLock(run):
         assert holder(run)["started"] >= started

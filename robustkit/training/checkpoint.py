@@ -62,7 +62,7 @@ def _space_checked(path: Path) -> Iterator[None]:
             raise
         raise DiskFullError(
             errno.ENOSPC, f"no space left on device while writing {path}: everything written before it is whole; "
-            "free space on that disk, then continue (a harden run: with --resume RUN)"
+            "free space on that disk, then continue the run (harden --resume; in Python, resume=True)"
         ) from None
 
 
