@@ -460,11 +460,8 @@ def harden(
     """
     out = Path(out)
     domain, config, data, lock = _start(config, out, force, resume)
-    try:
-        with _undone_on_error(out, _has_checkpoint):
-            return _harden(domain, config, data, out, resume, progress, argv)
-    finally:
-        lock.release()
+    with contextlib.closing(lock), _undone_on_error(out, _has_checkpoint):
+        return _harden(domain, config, data, out, resume, progress, argv)
 
 
 def _harden(domain: Domain, config: RunConfig, data: DomainData, out: Path, resume: bool, progress: bool,
