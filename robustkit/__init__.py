@@ -21,7 +21,7 @@ from robustkit.attacks import (
     Transfer,
 )
 from robustkit.domain import DatasetInfo, Domain, DomainData, available_domains, get_domain, register_domain
-from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
+from robustkit.errors import ConfigError, DataError, DiskFullError, ModelError, RobustkitError
 from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, Edit, L2Ball, LinfBall, PerturbationSpace
@@ -43,6 +43,7 @@ __all__ = [
     "DatasetInfo",
     "DiscreteSearch",
     "DiscreteSpace",
+    "DiskFullError",
     "Domain",
     "DomainData",
     "Edit",

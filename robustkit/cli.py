@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from robustkit.errors import ConfigError, RobustkitError
+from robustkit.errors import ConfigError, DiskFullError, RobustkitError
 
 __all__ = ["main"]
 
@@ -143,6 +143,11 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
     from robustkit.config import RunConfig
 
     base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    if base.model_factory is not None and base.model_factory != args.model_factory:
+        raise ConfigError(
+            f"{args.config} names model_factory {base.model_factory}: robustkit imports your code only when the "
+            f"command line names it; add --model-factory {base.model_factory}"
+        )
     budgets = args.budget if isinstance(args.budget, list) else None
     overrides = {
         "domain": args.domain, "data": args.data, "preset": args.preset, "seed": args.seed, "device": args.device,
@@ -238,7 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RobustkitError, OSError) as exc:
         if args.debug:
             raise
-        print(f"robustkit: error: {_one_line(exc)}", file=sys.stderr)
+        hint = f"; {_resume_hint(args)}" if isinstance(exc, DiskFullError) else ""
+        print(f"robustkit: error: {_one_line(exc)}{hint}", file=sys.stderr)
         status = 2
     except KeyboardInterrupt:
         print(f"robustkit: interrupted; {_resume_hint(args)}", file=sys.stderr)

@@ -20,16 +20,18 @@ from typing import Any
 
 import yaml
 
+from robustkit.attacks.base import MAX_SEED
 from robustkit.errors import ConfigError
 from robustkit.evaluation.presets import PRESETS
 from robustkit.training.callbacks import REPORT_TO
 from robustkit.training.methods import NAMES as METHOD_NAMES
+from robustkit.yamlfile import load_yaml
 
 __all__ = ["RunConfig"]
 
 
-#: torch takes seeds below 2**64 and thread counts below 2**31
-MAX_SEED, MAX_THREADS = 2**64 - 1, 2**31 - 1
+#: torch takes thread counts below 2**31 (seeds: MAX_SEED, what every generator robustkit seeds takes)
+MAX_THREADS = 2**31 - 1
 
 
 def _positive_int(key: str, value: Any, most: int | None = None) -> int:
@@ -117,11 +119,10 @@ class RunConfig:
         if not p.is_file():
             raise ConfigError(f"config file {p} not found")
         try:
-            values = yaml.safe_load(p.read_text(encoding="utf-8"))
+            text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{p} is not UTF-8 text (byte {exc.start} cannot be decoded): save it as UTF-8") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p} is not valid YAML: {' '.join(str(exc).split())}") from None
+        values = load_yaml(text, str(p))
         return cls.from_dict({} if values is None else values)  # an empty file is an empty config
 
     def merged(self, overrides: dict[str, Any]) -> RunConfig:
@@ -154,7 +155,7 @@ class RunConfig:
         if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be an integer from 0 to 2**64 - 1, got {self.seed!r}")
+            raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {self.seed!r}")
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
         if self.threads is not None:

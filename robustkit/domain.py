@@ -49,8 +49,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustkit.errors import ConfigError
-from robustkit.factory import build_from_factory
+from robustkit.errors import ConfigError, RobustkitError
+from robustkit.factory import build_from_factory, check_finite
 from robustkit.models import ThresholdModel
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
@@ -313,14 +313,20 @@ class Domain(ABC):
             raise ConfigError(
                 f"{path} is not a robustkit model folder: expected model.json and model.safetensors{hint}"
             )
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta = read_model_json(meta_file)
         if meta.get("domain") != self.name:
             raise ConfigError(f"{path} holds a {meta.get('domain')!r} model, not a {self.name!r} one")
-        model = self.make_model(meta.get("spec", {}), factory)
+        try:
+            model = self.make_model(meta.get("spec", {}), factory)
+        except RobustkitError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            raise ConfigError(f"{meta_file}: its spec does not describe a {self.name} model ({exc})") from None
         try:
             state = load_file(str(path / "model.safetensors"))
-        except SafetensorError as exc:
+        except (SafetensorError, OSError) as exc:
             raise ConfigError(f"{path / 'model.safetensors'} is not a readable safetensors file ({exc})") from None
+        check_finite(state, path / "model.safetensors")
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
@@ -329,6 +335,26 @@ class Domain(ABC):
                 f"the weights in {path} do not fit the model its model.json describes ({detail[:300]})"
             ) from None
         return model, meta
+
+
+def read_model_json(path: Path) -> dict[str, Any]:
+    """A model folder's ``model.json``, checked: an object whose ``spec`` is an object and whose ``threshold``
+    is absent, null or a probability strictly between 0 and 1."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # not UTF-8, not JSON, truncated
+        raise ConfigError(f"{path} is not a readable model.json ({' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(meta, dict):
+        raise ConfigError(f"{path} holds a JSON {type(meta).__name__}, not an object with domain, spec, threshold")
+    if not isinstance(meta.get("spec", {}), dict):
+        raise ConfigError(f"{path}: spec must be an object of model settings, got {meta['spec']!r}")
+    threshold = meta.get("threshold")
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 < threshold < 1
+    ):
+        raise ConfigError(f"{path}: threshold must be null or a probability between 0 and 1, got {threshold!r}")
+    return meta
+
 
 
 def register_domain(domain: type[Domain], name: str | None = None) -> None:

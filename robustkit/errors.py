@@ -21,3 +21,7 @@ class DataError(RobustkitError, ValueError):
 
 class ModelError(RobustkitError):
     """The model's outputs do not fit the task (wrong shape, not logits, non-finite)."""
+
+
+class DiskFullError(RobustkitError, OSError):
+    """The disk filled up while a run was written (what was written before is whole; the run can go on)."""

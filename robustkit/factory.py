@@ -26,13 +26,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
 from robustkit.errors import ConfigError
 
-__all__ = ["build_from_factory", "load_factory", "load_weights"]
+__all__ = ["build_from_factory", "check_finite", "load_factory", "load_weights"]
 
 
 def load_factory(name: str) -> Callable[..., Any]:
@@ -55,6 +56,9 @@ def load_factory(name: str) -> Callable[..., Any]:
             f"--model-factory {name}: cannot import {module_name!r} ({exc}); install the package that defines it "
             "or run from the folder that holds it"
         ) from None
+    except (Exception, SystemExit) as exc:  # the module itself fails (a syntax error, an exit at import)
+        raise ConfigError(f"--model-factory {name}: importing {module_name!r} raised {type(exc).__name__}: "
+                          f"{_short(exc)}; fix that module") from None
     finally:
         if added:
             sys.path.remove(os.getcwd())
@@ -66,6 +70,11 @@ def load_factory(name: str) -> Callable[..., Any]:
     if not callable(target):
         raise ConfigError(f"--model-factory {name} is not callable")
     return target
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message (a syntax error's text spans several)."""
+    return (str(exc).splitlines() or [""])[0][:300]
 
 
 def _call_arguments(function: Callable[..., Any], name: str, available: dict[str, Any]) -> dict[str, Any]:
@@ -88,6 +97,13 @@ def _call_arguments(function: Callable[..., Any], name: str, available: dict[str
     return chosen
 
 
+def check_finite(state: dict[str, torch.Tensor], source: Path | str) -> None:
+    """Refuse weights holding NaN or infinite values (a model built on them outputs no usable logits)."""
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ConfigError(f"{source}: the weight {bad!r} holds NaN or infinite values; these weights are damaged")
+
+
 def load_weights(model: nn.Module, weights: str | Path) -> None:
     """Load a safetensors state dict into ``model`` (strict: every name and shape must fit)."""
     path = Path(weights)
@@ -102,6 +118,7 @@ def load_weights(model: nn.Module, weights: str | Path) -> None:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
         raise ConfigError(f"--weights {path} is not a readable safetensors file ({exc})") from None
+    check_finite(state, f"--weights {path}")
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -116,8 +133,8 @@ def build_from_factory(name: str, arguments: dict[str, Any], weights: str | Path
         model = function(**_call_arguments(function, name, arguments))
     except ConfigError:
         raise
-    except Exception as exc:  # the user's code failed: say where, keep the message short
-        raise ConfigError(f"--model-factory {name} raised {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the user's code failed (or tried to end the run): say where
+        raise ConfigError(f"--model-factory {name} raised {type(exc).__name__}: {_short(exc)}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model-factory {name} returned a {type(model).__name__}, not a torch.nn.Module")
     if weights is not None:

@@ -32,7 +32,8 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,14 @@ from robustkit import __version__, distributed
 from robustkit.attacks import Ensemble
 from robustkit.config import RunConfig
 from robustkit.domain import Domain, DomainData, Examples, get_domain
-from robustkit.errors import ConfigError, DataError
+from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.evaluation.binary import binary_metrics
 from robustkit.evaluation.checks import TRIVIAL
 from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
+from robustkit.runlock import LOCK_NAME, RunLock, check_free
 from robustkit.spaces import DiscreteSpace
 from robustkit.training import callbacks
 from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text, remove_dir
@@ -77,10 +79,21 @@ class _Trained:
 
 # ----------------------------------------------------------------------------- run directory
 def prepare_run_dir(out: Path, *, force: bool, resume: bool) -> None:
-    """Refuse to clobber a complete run (unless ``force``); check a run to ``resume``. Writes nothing."""
-    complete = (out / "metrics.json").is_file()
+    """Refuse to clobber a complete run (unless ``force``), a run another process is writing, or a folder inside
+    a run; check a run to ``resume``. Writes nothing."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a folder: choose another --out")
+    check_free(out)
+    _check_run_dir(out, force=force, resume=resume)
+
+
+def _check_run_dir(out: Path, *, force: bool, resume: bool) -> None:
+    """:func:`prepare_run_dir` but for the lock (checked again under the lock this process holds)."""
+    complete = (out / "metrics.json").is_file()
+    inside = next((p for p in out.resolve().parents if _is_run(p)), None)
+    if inside is not None:
+        raise ConfigError(f"{out} lies inside the run directory {inside}: choose an --out outside it (writing there "
+                          "would replace part of that run)")
     if resume:
         if complete:
             raise ConfigError(f"{out} is already complete: nothing to resume (use --force to redo it)")
@@ -89,11 +102,17 @@ def prepare_run_dir(out: Path, *, force: bool, resume: bool) -> None:
         return
     if complete and not force:
         raise ConfigError(f"{out} already holds a complete run: pass --force to overwrite it or choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not complete and not force:
+    if out.is_dir() and any(p.name != LOCK_NAME for p in out.iterdir()) and not complete and not force:
         if not (out / "config.yaml").is_file():
             raise ConfigError(f"{out} is not empty and holds no run to resume (no config.yaml): choose another "
                               "--out, or pass --force to delete what it holds and start over")
         raise ConfigError(f"{out} holds a stopped run: pass --resume {out} to continue it, or --force to start over")
+
+
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a run directory: its config.yaml with its metrics.json or its checkpoints."""
+    return (folder / "config.yaml").is_file() and ((folder / "metrics.json").is_file()
+                                                   or (folder / "checkpoints").is_dir())
 
 
 def _clear(out: Path) -> None:
@@ -103,10 +122,29 @@ def _clear(out: Path) -> None:
     (out / "config.yaml").unlink(missing_ok=True)
     if out.is_dir():
         for child in out.iterdir():
+            if child.name == LOCK_NAME:  # held by this run
+                continue
             if child.is_dir():
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+
+def _has_checkpoint(out: Path) -> bool:
+    """Whether a run has kept anything to resume from: a checkpoint or a trained model."""
+    return any((out / "checkpoints").glob("*/latest")) or any((out / "models").glob("*/model.json"))
+
+
+@contextmanager
+def _undone_on_error(out: Path, keep_if: Callable[[Path], bool]) -> Iterator[None]:
+    """On an error (not an interrupt), remove what the run wrote unless ``keep_if(out)``: a run that failed
+    before it kept anything must not block the corrected command (it would be refused as a stopped run)."""
+    try:
+        yield
+    except Exception:
+        if distributed.is_main() and not keep_if(out):
+            _clear(out)
+        raise
 
 
 def _versions() -> dict[str, str]:
@@ -363,8 +401,8 @@ def _finish(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessRep
 def _start(
     config: RunConfig, out: Path, force: bool, resume: bool, model: nn.Module | None = None,
     domain: Domain | None = None, before_write: Callable[[RunConfig], None] | None = None,
-) -> tuple[Domain, RunConfig, DomainData]:
-    """Everything that can fail on bad input, then the first write (config.yaml).
+) -> tuple[Domain, RunConfig, DomainData, RunLock]:
+    """Everything that can fail on bad input, then the run directory's lock and its first write (config.yaml).
 
     With ``model`` (evaluate, attack), one probe batch checks that the model takes the domain's
     inputs and outputs one logit per class before anything is written; so does a model the user's
@@ -381,6 +419,10 @@ def _start(
         saved = RunConfig.from_yaml(out / "config.yaml")
         if saved.domain != config.domain:
             raise ConfigError(f"{out} is a {saved.domain!r} run, not {config.domain!r}")
+        if saved.model_factory != config.model_factory:  # never import code that a file names
+            flag = f"--model-factory {saved.model_factory}" if saved.model_factory else "no --model-factory"
+            raise ConfigError(f"{out} was made with {flag}: resume it with the same (robustkit imports your code "
+                              "only when the command line names it)")
         config = saved
     if domain is None:
         domain = get_domain(config.domain)
@@ -389,24 +431,31 @@ def _start(
     assert config.data is not None and config.batch_size is not None
     distributed.check_batch_size(config.batch_size)  # under torchrun, before anything is written
     data = domain.load_data(config.data, config.seed, config.options)
-    if model is None and config.model_factory:  # the user's model: built, loaded and probed before any write
+    built = model is None
+    if model is None:  # harden's model (the user's or the domain's, with its options) built and probed first
         model = domain.make_model(_model_spec(domain, data, config), config.model_factory, config.weights)
-    elif model is None:  # harden's own model: its options (options.hidden, options.model, ...) checked before any write
-        _model_spec(domain, data, config)
-    if model is not None:
-        _probe(model.to(device), domain, data, config)
+    _probe(model.to(device), domain, data, config)
+    if built:  # a model to train: its training space too
+        _probe_budget(model, domain, data, config)
     if before_write is not None:
         before_write(config)
     distributed.barrier()  # every process has checked the run directory before rank 0 changes it
 
+    lock = RunLock(out)
+
     def first_write() -> None:
-        if force and not resume:
-            _clear(out)
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", config.to_yaml())
+        lock.acquire()
+        try:
+            _check_run_dir(out, force=force, resume=resume)  # again, now that no other process can write here
+            if force and not resume:
+                _clear(out)
+            atomic_write_text(out / "config.yaml", config.to_yaml())
+        except BaseException:
+            lock.release()
+            raise
 
     _on_main(first_write)
-    return domain, config, data
+    return domain, config, data, lock
 
 
 def _probe(model: nn.Module, domain: Domain, data: DomainData, config: RunConfig) -> None:
@@ -420,11 +469,28 @@ def _probe(model: nn.Module, domain: Domain, data: DomainData, config: RunConfig
     except (RuntimeError, ValueError, TypeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"the model does not take this data's inputs ({first}): check --model and --data") from None
+    if not torch.isfinite(logits).all():
+        raise ModelError("the model's outputs on the first test batch are not finite (NaN or infinite): check its "
+                         "weights (--weights, --model) or --model-factory")
     if logits.shape[1] < data.info.n_classes:
         raise DataError(
             f"the model outputs {logits.shape[1]} classes but the data has {data.info.n_classes}: "
             "check --model and --data"
         )
+
+
+def _probe_budget(model: nn.Module, domain: Domain, data: DomainData, config: RunConfig) -> None:
+    """Training inputs perturbed to the edge of the training space must give finite outputs (a budget such as
+    1e308 turns every attacked input into infinities: refused here, not after the first epoch is written)."""
+    assert config.budget is not None
+    space = domain.space(config.budget, data)
+    x = next(iter(domain.loader(data.train, 8, shuffle=False)))[0].to(config.device)
+    with frozen_eval(model), torch.no_grad():
+        edge = space.vertex(x)
+        logits = logits_of(model(edge))
+    if not (torch.isfinite(edge).all() and torch.isfinite(logits).all()):
+        raise ConfigError(f"budget {config.budget:g}: inputs perturbed this far are not finite numbers, or the "
+                          "model's outputs on them are not: choose a smaller budget")
 
 
 def harden(
@@ -444,10 +510,11 @@ def harden(
         made = _tracker(resolved, out) if distributed.is_main() else None
         opened.extend([made] if made is not None else [])
 
-    domain, config, data = _start(config, out, force, resume, before_write=open_tracker)
+    domain, config, data, lock = _start(config, out, force, resume, before_write=open_tracker)
     tracker = opened[0] if opened else None
     try:
-        metrics = _harden(domain, config, data, out, resume, progress, argv, tracker)
+        with contextlib.closing(lock), _undone_on_error(out, _has_checkpoint):
+            metrics = _harden(domain, config, data, out, resume, progress, argv, tracker)
     except BaseException:
         if tracker is not None:
             tracker.close(failed=True)
@@ -543,19 +610,20 @@ def _reuse_run(config: RunConfig, model_path: Path) -> RunConfig:
 
 def _load_for_eval(
     config: RunConfig, out: Path, force: bool
-) -> tuple[Domain, RunConfig, DomainData, nn.Module, dict[str, Any]]:
-    """Load the model to evaluate (refusing pickles) before anything is written, then start the run."""
+) -> tuple[Domain, RunConfig, DomainData, nn.Module | None, dict[str, Any], RunLock]:
+    """Load the model to evaluate (refusing pickles) before anything is written, then start the run.
+
+    The model is None where the user's ``--model-factory`` builds it (with ``--weights``): :func:`_start`
+    builds and probes it, the caller builds it for the run."""
     loader = get_domain(config.domain)
+    model: nn.Module | None = None
+    meta: dict[str, Any] = {}
     if not config.model:
         if not (config.model_factory and config.weights):
             raise ConfigError(
                 "--model is required: a model folder or a run directory (or your own model: --model-factory "
                 "package.module:function with --weights FILE.safetensors)"
             )
-        domain, config, data = _start(config, out, force, False, domain=loader)
-        spec = _model_spec(domain, data, config)
-        model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
-        meta: dict[str, Any] = {"spec": spec, "threshold": domain.choose_threshold(model.eval(), data)}
     else:
         if config.weights:
             raise ConfigError("--weights goes with --model-factory alone: a --model folder holds its own weights")
@@ -564,30 +632,37 @@ def _load_for_eval(
             raise ConfigError(f"--model {model_path} does not exist")
         config = _reuse_run(config, model_path)
         model, meta = loader.load_model(model_path, config.model_factory)
-        domain, config, data = _start(config, out, force, False, model, domain=loader)
-    _on_main(lambda: atomic_write_dir(
-        out / "models" / "evaluated",
-        lambda folder: domain.save_model(model, folder, meta.get("spec", {}), meta.get("threshold")),
-    ))
-    return domain, config, data, model, meta
+    domain, config, data, lock = _start(config, out, force, False, model, domain=loader)
+    return domain, config, data, model, meta, lock
 
 
 def _single_model(
     command: str, config: RunConfig, out: Path, force: bool, progress: bool, argv: list[str] | None,
     all_examples: bool,
 ) -> dict[str, Any]:
-    domain, config, data, model, meta = _load_for_eval(config, out, force)
-    evaluated = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
-    reports = {"evaluated": evaluated.report}
-    metrics = _metrics(command, domain, data, config, reports,
-                       {"evaluated": _model_entry(evaluated.report, evaluated.metrics, None)}, "evaluated")
+    domain, config, data, model, meta, lock = _load_for_eval(config, out, force)
+    # an evaluation is never resumed: a failed one keeps nothing
+    with contextlib.closing(lock), _undone_on_error(out, lambda _: False):
+        if model is None:
+            spec = _model_spec(domain, data, config)
+            model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
+            meta = {"spec": spec, "threshold": domain.choose_threshold(model.eval(), data)}
+        to_save = model
+        _on_main(lambda: atomic_write_dir(
+            out / "models" / "evaluated",
+            lambda folder: domain.save_model(to_save, folder, meta.get("spec", {}), meta.get("threshold")),
+        ))
+        evaluated = _evaluate(domain, model, meta.get("threshold"), data, config, progress)
+        reports = {"evaluated": evaluated.report}
+        metrics = _metrics(command, domain, data, config, reports,
+                           {"evaluated": _model_entry(evaluated.report, evaluated.metrics, None)}, "evaluated")
 
-    def write() -> None:  # the adversarial inputs are made by rank 0 alone
-        metrics["examples"] = _write_examples(domain, evaluated.decided, data, config, out,
-                                              None if all_examples else N_EXAMPLES, evaluated.evidence)
-        _finish(out, metrics, reports, pd.DataFrame(), config, argv, domain)
+        def write() -> None:  # the adversarial inputs are made by rank 0 alone
+            metrics["examples"] = _write_examples(domain, evaluated.decided, data, config, out,
+                                                  None if all_examples else N_EXAMPLES, evaluated.evidence)
+            _finish(out, metrics, reports, pd.DataFrame(), config, argv, domain)
 
-    _on_main(write)
+        _on_main(write)
     return metrics
 
 

@@ -35,9 +35,11 @@ __all__ = ["ContinuousSpace", "DiscreteSpace", "Edit", "L2Ball", "LinfBall", "Pe
 
 
 def _check_budget(value: float, what: str) -> float:
+    if isinstance(value, bool | str | bytes):  # float("0.1") and float(True) would pass
+        raise ConfigError(f"{what} must be a number, got {value!r}")
     try:
         budget = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):
         raise ConfigError(f"{what} must be a number, got {value!r}") from None
     if not math.isfinite(budget) or budget < 0:
         raise ConfigError(f"{what} must be a finite number >= 0, got {value!r}: pass e.g. {what}=0.1")
@@ -146,7 +148,20 @@ class ContinuousSpace(PerturbationSpace):
     def _mask_like(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.mask is None:
             return None
+        self._check_mask_fits(x)
         return self._placed(self.mask, x)
+
+    def _check_mask_fits(self, x: torch.Tensor) -> None:
+        assert self.mask is not None
+        try:
+            fits = torch.broadcast_shapes(self.mask.shape, x.shape[1:]) == x.shape[1:]
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise DataError(
+                f"mask of shape {tuple(self.mask.shape)} does not fit one example of shape "
+                f"{tuple(x.shape[1:])}: pass a bool mask broadcastable to one example's shape"
+            )
 
     def check_inputs(self, x: torch.Tensor) -> None:
         """Raise :class:`DataError` if clean inputs are non-finite or outside the bounds."""
@@ -161,15 +176,7 @@ class ContinuousSpace(PerturbationSpace):
         except RuntimeError as exc:
             raise DataError(f"bounds do not broadcast to the inputs' shape {tuple(x.shape)}: {exc}") from None
         if self.mask is not None:
-            try:
-                fits = torch.broadcast_shapes(self.mask.shape, x.shape[1:]) == x.shape[1:]
-            except RuntimeError:
-                fits = False
-            if not fits:
-                raise DataError(
-                    f"mask of shape {tuple(self.mask.shape)} does not fit one example of shape "
-                    f"{tuple(x.shape[1:])}: pass a bool mask broadcastable to one example's shape"
-                )
+            self._check_mask_fits(x)
         if bool(below.any()) or bool(above.any()):
             lo_v, hi_v = float(x.min()), float(x.max())
             hint = " (pixels in 0-255? divide by 255)" if hi_v > 1.5 and float(high.max()) <= 1.0 else ""

@@ -1,10 +1,12 @@
 """Kill campaign: ``kill -9`` a ``robustkit harden`` run at random moments and check that nothing is lost.
 
-Not a pytest test (CI runs it as its own step): ``python tests/kill_campaign.py --trials 12``.
+Not a pytest test (CI runs it as its own step): ``python tests/kill_campaign.py --trials 12``; ``--domain``
+(toy, images, tabular, text) picks the run, ``--signal TERM`` kills with SIGTERM instead of SIGKILL, and
+``--full-disk`` adds step 4.
 
-1. One uninterrupted reference run of the built-in ``toy`` domain (tiny settings, one thread, fixed seed),
+1. One uninterrupted reference run of the domain (built-in data, tiny settings, one thread, fixed seed),
    watched closely enough to time its phases: training, evaluation, writing.
-2. ``--trials`` runs to fresh folders, each killed with SIGKILL a random delay into a target phase (cycling
+2. ``--trials`` runs to fresh folders, each killed with the signal a random delay into a target phase (cycling
    through training, evaluation and writing; the phase actually hit is read from the files the run left).
    After every kill the folder must not look complete unless it is, every file under its final name must
    be whole (each one is parsed or loaded), the run must be marked incomplete (``harden`` without
@@ -15,6 +17,10 @@ Not a pytest test (CI runs it as its own step): ``python tests/kill_campaign.py 
    killed: either the old complete run is still there intact, or the folder is marked incomplete and
    ``--resume`` finishes the new run with the reference's numbers; never an old ``metrics.json`` next to new
    files.
+
+4. With ``--full-disk``, one run on a small tmpfs (60% of the reference run's bytes) must stop with "no space
+   left on device" (exit 2), leave every file whole, and ``--resume`` must finish it with the reference's
+   numbers once the tmpfs is enlarged. Skipped, with the reason, where mounting is not allowed.
 
 Prints one row per trial and exits with status 1 on any failure (or if a phase was never hit).
 """
@@ -37,12 +43,24 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-#: the run every trial repeats: the built-in toy domain, small enough for a busy 2-core machine
-HARDEN = ["toy", "--epochs", "8", "--batch-size", "100", "--preset", "quick", "--eps", "0.125", "0.25",
-          "--threads", "1", "--seed", "11"]
-#: the complete run a --force trial overwrites: other settings, so a mix of old and new files would show
-OLD = ["toy", "--epochs", "2", "--batch-size", "300", "--preset", "quick", "--eps", "0.25", "--threads", "1",
-       "--seed", "5"]
+#: the run every trial repeats, per domain (``--domain``): built-in data, small enough for a busy 2-core machine
+RUNS = {
+    "toy": ["toy", "--epochs", "8", "--batch-size", "100", "--preset", "quick", "--eps", "0.125", "0.25"],
+    "images": ["images", "--data", "digits", "--epochs", "3", "--method", "fast", "--preset", "quick"],
+    "tabular": ["tabular", "--epochs", "3", "--preset", "quick", "--config", str(ROOT / "tests" / "kill_tabular.yaml")],
+    "text": ["text", "--data", "demo:160", "--epochs", "3", "--preset", "quick"],
+}
+#: the examples file compared with the reference's (every domain writes one; images and toy as tensors)
+EXAMPLES = {"toy": "examples.safetensors", "images": "examples.safetensors", "tabular": "examples.csv",
+            "text": "examples.csv"}
+COMMON = ["--threads", "1", "--seed", "11"]
+DOMAIN = "toy"
+HARDEN = [*RUNS[DOMAIN], *COMMON]
+#: the complete run a --force trial overwrites: other settings (seed, epochs), so a mix of old and new files would
+#: show
+OLD = [*RUNS["toy"], "--threads", "1", "--seed", "5", "--epochs", "2"]
+#: the signal that kills (``--signal``): KILL, or TERM as a scheduler or ``docker stop`` sends
+KILL_SIGNAL = signal.SIGKILL
 MODELS = ("standard", "hardened")
 PHASES = ("training", "evaluation", "writing")
 #: where a kill is aimed: each step of a run, in order, and the log line that starts it (writing starts when
@@ -88,7 +106,7 @@ class Harden:
         return next((t for t, line in list(self.lines) if text in line), None)
 
     def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
+        os.kill(self.proc.pid, KILL_SIGNAL)
 
     def wait(self) -> int:
         rc = self.proc.wait()
@@ -195,12 +213,19 @@ def broken_files(run: Path) -> list[str]:
             elif path.suffix == ".csv":
                 assert text and text.endswith("\n"), "no final newline"
                 pd.read_csv(path)
-            elif path.suffix == ".html":
+            elif name == "report.html":
                 assert text and text.rstrip().endswith("</html>"), "no closing </html>"
+            elif path.suffix == ".html":  # a domain's own page of examples (in examples/, written whole)
+                assert text and text.lstrip().lower().startswith("<!doctype html>"), "not an HTML page"
             elif path.suffix == ".md":
                 assert text and text.rstrip().splitlines()[-1].startswith("Versions: "), "no closing Versions line"
             elif path.suffix == ".safetensors":
                 load_file(str(path))
+            elif path.suffix == ".png":
+                from PIL import Image
+
+                with Image.open(path) as image:
+                    image.load()
             elif path.suffix == ".pt":
                 torch.load(path, map_location="cpu", weights_only=True)
             elif name == "latest":
@@ -216,7 +241,7 @@ def broken_files(run: Path) -> list[str]:
                                           for m in MODELS}
     wholes |= {str(c.relative_to(run)): ("state.json", "model.safetensors", "trainer.pt")
                for c in run.glob("checkpoints/*/epoch-*")}
-    wholes["examples"] = ("examples.safetensors",)
+    wholes["examples"] = (EXAMPLES[DOMAIN],)
     for where, files in wholes.items():
         if (run / where).exists():
             missing = [f for f in files if not (run / where / f).is_file()]
@@ -250,6 +275,7 @@ class Snapshot:
     history: list[dict[str, str]]  # as written (exact text), timing columns dropped
     tensors: dict[str, dict[str, Any]]  # the models' weights and the adversarial examples
     config: str
+    examples: bytes = b""  # the examples file, where it is not tensors
 
     @classmethod
     def of(cls, run: Path) -> Snapshot:
@@ -258,12 +284,16 @@ class Snapshot:
 
         history = pd.read_csv(run / "history.csv", dtype=str, keep_default_na=False)
         history = history[[c for c in history.columns if not c.endswith("seconds")]]
-        files = [f"models/{m}/model.safetensors" for m in MODELS] + ["examples/examples.safetensors"]
+        examples = f"examples/{EXAMPLES[DOMAIN]}"
+        files = [f"models/{m}/model.safetensors" for m in MODELS]
+        files += [examples] if examples.endswith(".safetensors") else []
         return cls(numbers(json.loads((run / "metrics.json").read_text())), history.to_dict(orient="records"),
-                   {f: load_file(str(run / f)) for f in files}, (run / "config.yaml").read_text())
+                   {f: load_file(str(run / f)) for f in files}, (run / "config.yaml").read_text(),
+                   b"" if examples in files else (run / examples).read_bytes())
 
     def differences(self, other: Snapshot) -> list[str]:
-        diffs = [name for name in ("metrics", "history", "config") if getattr(self, name) != getattr(other, name)]
+        diffs = [name for name in ("metrics", "history", "config", "examples")
+                 if getattr(self, name) != getattr(other, name)]
         for f, a in self.tensors.items():
             b = other.tensors[f]
             if a.keys() != b.keys() or any(not a[k].equal(b[k]) for k in a):
@@ -345,7 +375,7 @@ def finish(run: Path, ref: Reference, trial: Trial, log: Path) -> None:
     from robustkit.pipeline import prepare_run_dir
 
     if (run / "config.yaml").exists():
-        args, how = ["toy", "--resume", str(run)], "resume"
+        args, how = [DOMAIN, "--resume", str(run)], "resume"
     else:  # killed before the run was set up: nothing to resume; start again as the refusal (if any) says
         args, how = [*HARDEN, "--out", str(run)], "restart"
         try:
@@ -381,7 +411,7 @@ def kill_trial(i: int, work: Path, ref: Reference, rng: random.Random) -> Trial:
     if i % 4 == 3:  # kill the resume too, at a random moment of what is left
         ahead = [s for s in STEPS if not s.startswith("training") or not (run / "models" / s.split()[1]).exists()]
         second = rng.choice(ahead)
-        rc, sent = run_and_kill(["toy", "--resume", str(run)], run, log, second,
+        rc, sent = run_and_kill([DOMAIN, "--resume", str(run)], run, log, second,
                                 rng.uniform(0.05, 0.7) * ref.windows[second])
         trial.resume_kill = f"{second} -> {phase_of(run)}" if sent is not None else f"{second}: ended first ({rc})"
         if check_stopped(run, ref, trial):
@@ -425,6 +455,37 @@ def force_trials(n: int, work: Path, ref: Reference, rng: random.Random) -> list
     return trials
 
 
+def _run_bytes(run: Path) -> int:
+    return sum(p.stat().st_size for p in run.rglob("*") if p.is_file())
+
+
+def full_disk_trial(work: Path, ref: Reference) -> Trial | str:
+    """Run harden on a small tmpfs that fills up midway: it must stop with "no space left on device", leave every
+    file whole, and ``--resume`` must finish it with the reference's numbers once the disk has room. Returns the
+    trial, or why it was skipped (mounting needs the right to mount)."""
+    disk = work / "small-disk"
+    disk.mkdir()
+    size = max(64 * 1024, int(_run_bytes(work / "reference") * 0.6)) // 4096 * 4096
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        return f"full-disk trial skipped: cannot mount a tmpfs ({(mounted.stderr or mounted.stdout).strip()})"
+    trial = Trial("full-disk", f"tmpfs of {size // 1024} KiB", 0.0)
+    try:
+        run, log = disk / "run", work / "full-disk.log"
+        rc, _ = run_and_kill([*HARDEN, "--out", str(run)], run, log, None, 0.0)
+        said = "no space left on device" in log.read_text(encoding="utf-8")
+        trial.phase = phase_of(run)
+        if rc != 2 or not said:
+            trial.problems.append(f"a full disk gave exit {rc}{'' if said else ' without no space left on device'}")
+        check_stopped(run, ref, trial)
+        subprocess.run(["mount", "-o", f"remount,size={size * 8}", str(disk)], check=True)
+        finish(run, ref, trial, log)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    return trial
+
+
 def _table(trials: list[Trial]) -> str:
     head = ("trial", "target", "delay s", "killed at s", "phase hit", "resume killed", "resume", "equal?")
     rows = [head] + [
@@ -444,7 +505,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill delays (default 0)")
     parser.add_argument("--workdir", default=None, help="where to put the runs (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the runs after a successful campaign")
+    parser.add_argument("--domain", default="toy", choices=sorted(RUNS), help="the domain whose run is killed")
+    parser.add_argument("--signal", default="KILL", choices=["KILL", "TERM"], help="the signal sent (default KILL)")
+    parser.add_argument("--full-disk", action="store_true", dest="full_disk",
+                        help="also fill a small tmpfs midway through a run (skipped where mounting is not allowed)")
     args = parser.parse_args(argv)
+    global DOMAIN, HARDEN, OLD, KILL_SIGNAL
+    DOMAIN, KILL_SIGNAL = args.domain, getattr(signal, f"SIG{args.signal}")
+    HARDEN = [*RUNS[DOMAIN], *COMMON]
+    OLD = [*RUNS[DOMAIN], "--threads", "1", "--seed", "5", "--epochs", "2"]
     if args.trials < len(PHASES):
         parser.error(f"--trials must be at least {len(PHASES)}, one per phase")
     work = Path(args.workdir or tempfile.mkdtemp(prefix="kill-campaign-"))
@@ -460,12 +529,19 @@ def main(argv: list[str] | None = None) -> int:
         t = trials[-1]
         print(f"trial {t.name}: {t.target} +{t.delay:.2f} s -> {t.phase}; {t.resumed}; equal {t.equal}", flush=True)
     trials += force_trials(args.force_trials, work, ref, rng)
+    if args.full_disk:
+        disk = full_disk_trial(work, ref)
+        if isinstance(disk, str):
+            print(disk)
+        else:
+            trials.append(disk)
     print()
     print(_table(trials))
     failures = [f"trial {t.name}: {p}" for t in trials for p in t.problems]
     hits = {p: sum(t.phase.startswith(p) for t in trials) for p in (*PHASES, "before clearing", "complete", "none")}
     failures += [f"no kill landed in {p}" for p in PHASES if not hits[p]]
-    print(f"\n{len(trials)} kills ({args.trials} runs, {args.force_trials} --force overwrites) in "
+    print(f"\n{len(trials)} trials ({args.trials} runs killed with SIG{args.signal}, {args.force_trials} --force "
+          f"overwrites{', a full disk' if any(t.name == 'full-disk' for t in trials) else ''}, {DOMAIN}) in "
           f"{time.monotonic() - began:.0f} s; phases hit: " + ", ".join(f"{p} {n}" for p, n in hits.items() if n))
     if failures:
         print("FAILED:\n  " + "\n  ".join(failures))

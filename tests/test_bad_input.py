@@ -636,6 +636,8 @@ def bad_data(draw: st.DrawFn, defects: list[str] = DEFECTS) -> tuple[str, torch.
                                   x.reshape(n, 1, 4, 1)]))
     elif defect == "extra_axis":  # the model takes it, and returns (n, 1, 3) logits
         x = x.reshape(n, 1, 4)
+    elif defect == "double":  # for a float32 model
+        x = x.double()
     elif defect == "int":
         x = (x * 2).to(draw(st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.bool])))
     elif defect == "labels_high":
@@ -1084,3 +1086,274 @@ def test_idx_files_without_images_are_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(rk.DataError, match="holds no pixels"):
         ImagesDomain().load_data(f"mnist:{tmp_path}", seed=0, options={})
 
+
+
+# ============================================================================= 7. attacks, spaces and trainer settings
+BAD_SEEDS = st.one_of(st.integers(max_value=-1), st.integers(min_value=2**63), st.text(max_size=3), st.booleans(),
+                      st.floats(allow_nan=True), st.none())
+BAD_COUNTS = st.one_of(st.integers(max_value=0), st.floats(allow_nan=True).filter(lambda v: v != int(v)
+                                                                                   if math.isfinite(v) else True),
+                       st.booleans(), st.text(max_size=3), st.none())
+ATTACKS = {"PGD": lambda space, **kw: rk.PGD(space, **kw), "FGSM": lambda space, **kw: rk.FGSM(space, **kw),
+           "APGD": lambda space, **kw: rk.APGD(space, **kw),
+           "RandomSearch": lambda space, **kw: rk.RandomSearch(space, **kw)}
+COUNTED = {"PGD": ["steps", "restarts", "eot"], "FGSM": ["eot"], "APGD": ["steps", "restarts", "eot"],
+           "RandomSearch": ["queries"]}
+
+
+@cases(200)
+@given(st.sampled_from(sorted(ATTACKS)), st.data())
+@example("FGSM", None)  # seed="a": ValueError from int()
+@example("PGD", None)  # steps=2.5 ran 2 steps
+def test_bad_attack_settings_are_a_config_error(name: str, data: st.DataObject | None) -> None:
+    if data is None:
+        key, value = ("seed", "a") if name == "FGSM" else ("steps", 2.5)
+    else:
+        key = data.draw(st.sampled_from(["seed", *COUNTED[name]]))
+        value = data.draw(BAD_SEEDS if key == "seed" else BAD_COUNTS)
+    tried("attack settings", name, key, value)
+    with pytest.raises(rk.ConfigError):
+        ATTACKS[name](SPACE, **{key: value})
+
+
+class FewerRows(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)[:-1]
+
+
+@cases(150)
+@given(st.sampled_from(sorted(ATTACKS)), bad_data(["width", "int", "labels_fraction", "labels_text", "labels_2d",
+                                                    "labels_negative", "fewer_labels", "more_labels", "mask_length",
+                                                    "mask_values", "nan", "above", "double", "fewer_rows"]))
+def test_bad_data_given_to_an_attack_is_a_robustkit_error(name: str, case: tuple[str, Any, Any, dict]) -> None:
+    defect, x, y, kwargs = case
+    tried("attack data", name, defect, x, y, kwargs)
+    model: nn.Module = FewerRows() if defect == "fewer_rows" else Counting()
+    if isinstance(kwargs.get("mask"), str) or (defect == "mask_values" and kwargs["mask"].dim() != 1):
+        kwargs = {"mask": torch.full((len(x),), 2)}
+    with pytest.raises(rk.RobustkitError):
+        ATTACKS[name](SPACE)(model, x, y, **kwargs)
+
+
+BAD_EPS = st.one_of(st.text(max_size=4), st.booleans(), NON_FINITE, st.floats(max_value=-1e-9), st.none(),
+                   st.lists(st.floats(), max_size=2), st.just(b"0.1"))
+
+
+@st.composite
+def bad_space_settings(draw: st.DrawFn) -> tuple[str, Any]:
+    what = draw(st.sampled_from(["eps", "mask", "mask_length"]))
+    if what == "eps":
+        return what, draw(BAD_EPS)
+    if what == "mask":  # values other than 0 and 1
+        return what, draw(st.lists(st.integers(-3, 5), min_size=4, max_size=4).filter(
+            lambda m: any(v not in (0, 1) for v in m)))
+    return what, draw(st.integers(2, 9).filter(lambda n: n != 4))  # a mask of another length (1 broadcasts)
+
+
+@cases(100)
+@given(bad_space_settings(), st.sampled_from([rk.LinfBall, rk.L2Ball]))
+@example(("eps", "0.1"), rk.LinfBall)  # accepted
+@example(("eps", True), rk.LinfBall)  # accepted
+@example(("mask", [0, 2, 1, 0]), rk.LinfBall)
+@example(("mask_length", 3), rk.LinfBall)  # RuntimeError in project
+def test_bad_space_settings_are_a_robustkit_error(case: tuple[str, Any], space: type) -> None:
+    what, value = case
+    tried("space settings", what, value, space.__name__)
+    x = torch.rand(2, 4)
+    if what == "eps":
+        with pytest.raises(rk.ConfigError):
+            space(eps=value)
+    elif what == "mask":
+        with pytest.raises(rk.ConfigError):
+            space(eps=0.1, mask=torch.tensor(value))
+    else:
+        with pytest.raises(rk.DataError):
+            space(eps=0.1, mask=torch.ones(value, dtype=torch.bool)).project(x + 0.05, x)
+
+
+BAD_CLASS_WEIGHTS = st.one_of(st.just([0, 0, 0]), st.just([0.0, 0.0, 0.0]),
+                              st.lists(st.floats(0, 5), min_size=3, max_size=3).map(lambda w: [w[0], -1.0, w[2]]),
+                              st.lists(st.floats(0, 5), min_size=1, max_size=5).filter(lambda w: len(w) != 3),
+                              st.lists(NON_FINITE, min_size=3, max_size=3), st.just(["a", "b", "c"]),
+                              st.text(min_size=1, max_size=5).filter(lambda s: s != "balanced"), st.just({"a": 1}))
+
+
+@cases(80)
+@given(BAD_CLASS_WEIGHTS)
+def test_bad_class_weights_are_refused_before_any_step(weights: Any) -> None:
+    tried("class weights", weights)
+    model = Counting()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(rk.RobustkitError):
+        rk.AdversarialTrainer(model, SPACE, method="fgsm-mix", progress=False, class_weights=weights).fit(
+            [(X4, Y4)], epochs=1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_a_batch_norm_model_with_a_last_batch_of_one_is_refused_before_any_step() -> None:
+    tried("fit refusal", "batch norm, last batch of 1")
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loader = DataLoader(TensorDataset(torch.rand(9, 4), torch.arange(9) % 3), batch_size=4)
+    with pytest.raises(rk.DataError, match="last training batch holds 1 of the 9 examples"):
+        rk.AdversarialTrainer(model, SPACE, method="pgd", progress=False).fit(loader, epochs=1)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), "the model was changed"
+
+
+@pytest.mark.parametrize("other", ["architecture", "optimizer"])
+def test_resuming_with_another_architecture_or_optimizer_is_refused_before_any_change(
+    tmp_path: Path, other: str
+) -> None:
+    tried("fit refusal", f"resume with another {other}")
+    rk.AdversarialTrainer(Counting(), SPACE, method="fgsm-mix", progress=False, checkpoint_dir=tmp_path).fit(
+        [(X4, Y4)], epochs=1)
+    model: nn.Module = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)) if other == "architecture" \
+        else Counting()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if other == "optimizer" else None
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(rk.ConfigError, match=f"another {'model' if other == 'architecture' else 'optimizer'}"):
+        rk.AdversarialTrainer(model, SPACE, method="fgsm-mix", progress=False, optimizer=optimizer,
+                              checkpoint_dir=tmp_path).fit([(X4, Y4)], epochs=2, resume=tmp_path)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# ============================================================================= 8. model folders, text options, YAML
+@pytest.fixture(scope="module")
+def tabular_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], torch.Tensor]:
+    """A saved (untrained) tabular model folder, its model.json and a batch of its inputs."""
+    from domains.tabular import TabularDomain
+
+    domain = TabularDomain()
+    data = domain.load_data("synthetic", 0, {"n_rows": 200})
+    spec = domain.model_spec(data, {})
+    folder = tmp_path_factory.mktemp("model") / "model"
+    domain.save_model(domain.build_model(spec), folder, spec, 0.5)
+    x = next(iter(domain.loader(data.test, 4, shuffle=False)))[0]
+    return folder, json.loads((folder / "model.json").read_text()), x
+
+
+def _not_a_probability(v: Any) -> bool:
+    return v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 1)
+
+
+@st.composite
+def bad_model_jsons(draw: st.DrawFn, meta: dict[str, Any]) -> bytes:
+    """The bytes of a model.json with one defect: not JSON, not an object, a spec or threshold of the wrong kind,
+    a spec the tabular domain cannot build, or bytes that are not UTF-8."""
+    good = json.dumps(meta).encode()
+    kind = draw(st.sampled_from(["truncated", "not_object", "spec", "threshold", "spec_value", "bytes"]))
+    if kind == "truncated":
+        return good[: draw(st.integers(0, len(good) - 1))]
+    if kind == "bytes":
+        at = draw(st.integers(0, len(good)))
+        return good[:at] + draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\x80"])) + good[at:]
+    changed = json.loads(good)
+    if kind == "not_object":
+        return json.dumps(draw(JUNK.filter(lambda v: not isinstance(v, dict)))).encode()
+    if kind == "spec":
+        changed["spec"] = draw(JUNK.filter(lambda v: v is not None and not isinstance(v, dict)) | st.none())
+    elif kind == "threshold":
+        changed["threshold"] = draw(JUNK.filter(_not_a_probability) | st.sampled_from([0, 1, 1.5, -0.1]))
+    else:
+        key = draw(st.sampled_from(["hidden", "mean", "std", "schema"]))
+        width = len(changed["spec"]["mean"])
+        changed["spec"][key] = draw(JUNK.filter(lambda v: not isinstance(v, list) or not v)
+                                    | st.just([math.nan] * width) | st.just(["big"]))
+    return json.dumps(changed).encode()
+
+
+@cases(120)
+@given(st.data())
+def test_a_damaged_model_json_is_a_config_error_or_gives_outputs_the_probe_refuses(
+    tmp_path_factory: pytest.TempPathFactory, tabular_model: tuple[Path, dict[str, Any], torch.Tensor],
+    data: st.DataObject,
+) -> None:
+    from domains.tabular import TabularDomain
+
+    source, meta, x = tabular_model
+    raw = data.draw(bad_model_jsons(meta))
+    tried("model.json", raw)
+    folder = case_dir(tmp_path_factory)
+    os.link(source / "model.safetensors", folder / "model.safetensors")
+    (folder / "model.json").write_bytes(raw)
+    try:
+        model, _ = TabularDomain().load_model(folder)
+    except rk.ConfigError:
+        return
+    # statistics of the right length holding NaN load, and the first probe batch refuses them (not finite)
+    with torch.no_grad():
+        assert not bool(torch.isfinite(model(x)).all()), f"accepted: {raw[:200]!r}"
+
+
+TEXT_OPTION_VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "target_fpr": JUNK.filter(lambda v: isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v < 0.5)
+    | st.sampled_from([5, 0.5, 0, -0.01, math.nan]),
+    "embedding_eps": JUNK.filter(lambda v: isinstance(v, bool) or not isinstance(v, int | float) or not v > 0)
+    | st.sampled_from([-1, 0, math.inf, "abc"]),
+    "dim": bad_count(), "channels": bad_count(), "vocab_size": bad_count(),
+    "normalise": JUNK.filter(lambda v: not isinstance(v, bool)),
+    "max_edited_share": JUNK.filter(lambda v: v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                                                                 or not 0 < v <= 1)),
+    "attack_tricks": st.one_of(st.just([]), st.text(max_size=4), st.lists(WORDS, min_size=1, max_size=2)),
+}
+
+
+@cases(150)
+@given(st.one_of(
+    st.sampled_from(sorted(TEXT_OPTION_VALUES)).flatmap(lambda k: TEXT_OPTION_VALUES[k].map(lambda v: {k: v})),
+    st.dictionaries(WORDS.filter(lambda s: s not in ("text_column", "label_column", "label_names", "target", "dim",
+                                                     "vocab_size", "channels", "attack_tricks", "max_edited_share",
+                                                     "normalise", "embedding_eps", "target_fpr", "model")),
+                    JUNK, min_size=1, max_size=2),
+))
+@example({"normalize": True})  # a typo of normalise, silently ignored
+@example({"target_fpr": 5})  # silently changed the threshold
+@example({"embedding_eps": "abc"})  # ValueError after config.yaml was written
+def test_bad_text_options_are_a_config_error(options: dict[str, Any]) -> None:
+    from domains.text import TextDomain
+    from domains.text.obfuscation import TRICKS
+
+    tricks = options.get("attack_tricks")
+    assume(not isinstance(tricks, list) or not tricks or not set(tricks) <= set(TRICKS))
+    tried("text options", options)
+    with pytest.raises(rk.ConfigError):
+        TextDomain().check_options(options)
+
+
+@st.composite
+def yaml_with_a_repeated_key(draw: st.DrawFn) -> str:
+    """A YAML mapping, possibly nested, in which one key is given twice."""
+    key = draw(st.text(string.ascii_lowercase, min_size=1, max_size=6))
+    others = draw(st.lists(st.text(string.ascii_lowercase, min_size=1, max_size=6).filter(lambda k: k != key),
+                           max_size=3, unique=True))
+    lines = [f"{k}: {draw(st.integers())}" for k in others]
+    lines.insert(draw(st.integers(0, len(lines))), f"{key}: {draw(st.integers())}")
+    lines.insert(draw(st.integers(0, len(lines))), f"{key}: {draw(st.integers())}")
+    depth = draw(st.integers(0, 2))
+    for level in range(depth):
+        lines = [f"level{level}:"] + ["  " + line for line in lines]
+    return "\n".join(lines) + "\n"
+
+
+@st.composite
+def alias_bombs(draw: st.DrawFn) -> str:
+    """Anchors that each repeat the one before ``width`` times, ``depth`` levels deep: more than MAX_VALUES values."""
+    width, depth = draw(st.integers(2, 10)), draw(st.integers(3, 12))
+    assume(width**depth > 200_000)
+    lines = ["a0: &a0 [x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth)]
+    return "\n".join(lines) + "\n"
+
+
+@cases(100)
+@given(yaml_with_a_repeated_key() | alias_bombs())
+@example("epochs: 1\nepochs: 3\n")
+def test_a_repeated_yaml_key_or_an_alias_bomb_is_a_config_error_fast(text: str) -> None:
+    from robustkit.yamlfile import load_yaml
+
+    tried("yaml", text)
+    with pytest.raises(rk.ConfigError, match=r"given twice|alias bomb|more than"):
+        load_yaml(text, "config.yaml")

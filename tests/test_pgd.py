@@ -252,9 +252,9 @@ def test_empty_mask_spends_nothing():
 
 def test_bad_configuration_raises_config_error():
     space = rk.LinfBall(eps=0.1)
-    with pytest.raises(rk.ConfigError, match="steps and restarts"):
+    with pytest.raises(rk.ConfigError, match="steps must be an integer >= 1"):
         rk.PGD(space, steps=0)
-    with pytest.raises(rk.ConfigError, match="steps and restarts"):
+    with pytest.raises(rk.ConfigError, match="restarts must be an integer >= 1"):
         rk.PGD(space, restarts=0)
     with pytest.raises(rk.ConfigError, match="step_size"):
         rk.PGD(space, step_size=0.0)
@@ -278,8 +278,8 @@ def test_bad_inputs_raise_data_or_config_error():
         pgd(model, x, torch.tensor([0, 1, 5, 2]))
     with pytest.raises(rk.DataError, match=">= 0"):
         pgd(model, x, torch.tensor([0, -1, 1, 2]))
-    with pytest.raises(rk.DataError, match="1-D"):
-        pgd(model, x, y[:, None])
+    with pytest.raises(rk.DataError, match="1-D"):  # a single column (N, 1) is read as labels, as evaluate does
+        pgd(model, x, y[:, None].repeat(1, 2))
     with pytest.raises(rk.DataError, match="1-D"):
         pgd(model, x[:1], torch.tensor(1))
     with pytest.raises(rk.DataError, match="4 inputs but 3 labels"):

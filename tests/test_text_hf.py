@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import robustkit as rk
 from domains.text import TextDomain
@@ -197,3 +199,34 @@ def test_harden_and_evaluate_from_the_command_line(tiny_bert: Path, tmp_path: Pa
         metrics["threat"]["space"] == "obfuscation"
         and "words_edited_share" in metrics["models"]["evaluated"]["domain_metrics"]
     )
+
+
+def test_an_index_mapping_weights_to_pickles_is_refused_unread(tiny_bert: Path, tmp_path: Path) -> None:
+    proof = tmp_path / "proof"
+    folder = copy_without_weights(tiny_bert, tmp_path / "sharded")
+    with (folder / "pytorch_model-00001-of-00001.bin").open("wb") as f:
+        pickle.dump(_Tripwire(proof), f)
+    names = list(load_file(str(tiny_bert / "model.safetensors")))
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: "pytorch_model-00001-of-00001.bin" for n in names}}))
+    for load in (load_hf, tokenizer_and_dim, lambda p: TextDomain().load_model(p)):
+        with pytest.raises(rk.ModelError, match=r"every shard must be a \.safetensors file"):
+            load(folder)
+    assert not proof.exists()
+
+
+def test_a_corrupt_safetensors_file_is_a_model_error(tiny_bert: Path, tmp_path: Path) -> None:
+    folder = copy_without_weights(tiny_bert, tmp_path / "corrupt")
+    raw = (tiny_bert / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(raw[: len(raw) // 3])
+    with pytest.raises(rk.ModelError, match="cannot load the Hugging Face model"):
+        load_hf(folder)
+
+
+def test_a_broken_transformers_install_is_a_model_error_that_says_how_to_fix_it(
+    tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `from transformers import ...` raises ImportError
+    for load in (load_hf, tokenizer_and_dim):
+        with pytest.raises(rk.ModelError, match=r"transformers cannot import its model classes.*torchvision"):
+            load(tiny_bert)

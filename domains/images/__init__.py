@@ -34,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,6 +67,9 @@ OPTIONS = ("norm", "val_fraction", "test_fraction", "max_train", "max_val", "max
            "width")
 #: Examples shown in ``examples/grid.png`` (the CSV and the tensors hold all of them).
 GRID_EXAMPLES = 16
+
+
+log = logging.getLogger("robustkit")
 
 
 class PixelDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
@@ -168,6 +172,10 @@ def _cap(images: Images, limit: int | None, generator: torch.Generator) -> Image
     return _take(images, _stratified(images.y, limit, generator)[0])
 
 
+#: the smallest per-channel pixel std used to normalise (a flat channel would divide by zero)
+MIN_STD = 1e-3
+
+
 def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of pixels in [0, 1], accumulated in float64 over chunks."""
     scale = 255.0 if x.dtype == torch.uint8 else 1.0
@@ -180,7 +188,7 @@ def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     n = x.shape[0] * x.shape[2] * x.shape[3]
     mean = total / n
     std = (squares / n - mean * mean).clamp_min(0).sqrt()
-    return [round(float(m), 6) for m in mean], [round(max(float(s), 1e-3), 6) for s in std]
+    return [round(float(m), 6) for m in mean], [round(max(float(s), MIN_STD), 6) for s in std]
 
 
 class ImagesDomain(Domain):
@@ -222,6 +230,10 @@ class ImagesDomain(Domain):
         if not spec.startswith("folder:") and ("size" in options or "channels" in options):
             raise ConfigError("options.size and options.channels apply to folder data only (--data folder:DIR)")
         source = read_spec(spec, size=size, channels=options.get("channels"))
+        present = source.train.y.unique()
+        if len(present) < 2:
+            raise DataError(f"{spec}: every image has the same label ({present.tolist()}): a classifier needs at "
+                            "least two classes")
         generator = torch.Generator().manual_seed(seed)
         pool, test = source.train, source.test
         origin = "official test set"
@@ -241,6 +253,9 @@ class ImagesDomain(Domain):
         info = DatasetInfo(source.name, source.sha256, split, n_classes=len(source.class_names),
                            class_names=list(source.class_names))
         mean, std = _channel_stats(train.x)
+        if all(s <= MIN_STD for s in std):
+            log.warning("%s: every training image is one flat colour (pixel std below %g): there is nothing to learn "
+                        "or attack; check the files", spec, MIN_STD)
         raw = {"norm": norm, "shape": tuple(train.x.shape[1:]), "mean": mean, "std": std, "seed": seed}
         return DomainData(PixelDataset(train.x, train.y), PixelDataset(val.x, val.y), PixelDataset(test.x, test.y),
                           info, raw)

@@ -34,6 +34,9 @@ import dataclasses
 import hashlib
 import importlib
 import logging
+import lzma
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,7 +141,8 @@ def read_table(kind: str, path: Path, schema: Schema | None = None) -> pd.DataFr
                            keep_default_na=False, na_values=na)
     except pd.errors.EmptyDataError:
         raise DataError(f"data file {path} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError, EOFError, zlib.error, lzma.LZMAError,
+            zipfile.BadZipFile) as exc:  # the last four: a truncated or damaged compressed file
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {path} as {kind}: {first}") from None
 

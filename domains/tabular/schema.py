@@ -36,6 +36,7 @@ import pandas as pd
 import yaml
 
 from robustkit.errors import ConfigError, DataError
+from robustkit.yamlfile import load_yaml
 
 __all__ = ["DIRECTIONS", "TYPES", "Column", "Relation", "Schema"]
 
@@ -382,12 +383,14 @@ class Schema:
         path = Path(source) if isinstance(source, Path) or "\n" not in str(source) else None
         if path is not None and not _is_file(path):
             raise ConfigError(f"schema file {path} does not exist")
-        text = path.read_text(encoding="utf-8") if path is not None else str(source)
         try:
-            spec = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"the schema is not valid YAML: {str(exc).splitlines()[0]}") from None
-        return cls.from_dict(spec)
+            text = path.read_text(encoding="utf-8") if path is not None else str(source)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"schema file {path} is not UTF-8 text (byte {exc.start} cannot be decoded): save it "
+                              "as UTF-8") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read schema file {path}: {exc.strerror or exc}") from None
+        return cls.from_dict(load_yaml(text, f"schema file {path}" if path is not None else "the schema"))
 
     # ----------------------------------------------------------------- inference
     @classmethod

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import html
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -121,6 +122,24 @@ def _option(options: dict[str, Any], key: str, default: Any, kind: type) -> Any:
     return value
 
 
+def _number_option(options: dict[str, Any], key: str, default: float, below: float | None = None) -> float:
+    """A finite number option > 0 (and < ``below``)."""
+    value = options.get(key, default)
+    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0
+            or (below is not None and value >= below)):
+        limit = f"between 0 and {below}" if below is not None else "> 0"
+        raise ConfigError(f"options.{key} must be a number {limit}, got {value!r}")
+    return float(value)
+
+
+#: the text domain's options (see the module docstring); any other key is a mistake (e.g. ``normalize``)
+OPTIONS = ("text_column", "label_column", "label_names", "target", "dim", "vocab_size", "channels", "attack_tricks",
+           "max_edited_share", "normalise", "embedding_eps", "target_fpr", "model")
+#: options of table files (csv, tsv, json, parquet), which the demo and SMS data do not read
+FILE_OPTIONS = ("text_column", "label_column", "label_names", "target")
+#: texts of each class a file needs at least, so that the 60/20/20 split gives every part both classes
+MIN_PER_CLASS = 5
+
 #: default budget on the built-in demo corpus, whose generated spam is long
 DEMO_BUDGET = 6.0
 
@@ -145,20 +164,39 @@ class TextDomain(Domain):
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
         self.check_options(options)
+        kind = spec.partition(":")[0]
+        wrong = [k for k in FILE_OPTIONS if k in options and kind in ("demo", "sms")]
+        if wrong:
+            raise ConfigError(f"options.{wrong[0]} applies to csv, tsv, json and parquet files, not {spec!r}")
         source = read_source(spec, seed, options)
         if len(set(source.labels)) < 2:
             raise DataError(f"{spec}: the data holds only one class; spam and ham are both needed")
+        counts = [source.labels.count(c) for c in (0, 1)]
+        if min(counts) < MIN_PER_CLASS:
+            raise DataError(
+                f"{spec}: too few texts ({counts[0]} ham and {counts[1]} spam after removing repeats): the "
+                f"train/validation/test split needs at least {MIN_PER_CLASS} of each"
+            )
         return self.data_from(source, seed, options)
 
     def check_options(self, options: dict[str, Any]) -> None:
-        """Raise :class:`ConfigError` for a bad option, before any work."""
+        """Raise :class:`ConfigError` for a bad or unknown option, before any work."""
         if "positive_label" in options:
             raise ConfigError("text data names both classes: set options.label_names to [HAM, SPAM] (e.g. "
                               "[ok, junk]) instead of --positive-label")
+        unknown = sorted(set(options) - set(OPTIONS))
+        if unknown:
+            raise ConfigError(f"unknown text option {unknown[0]!r}: allowed options are {', '.join(OPTIONS)}")
         _attack_tricks(options)
         _max_share(options)
         _normalise_option(options)
-        _option(options, "dim", 32, int)
+        for key, default in (("dim", 32), ("channels", 64), ("vocab_size", 1000)):
+            _option(options, key, default, int)
+        _number_option(options, "embedding_eps", 0.1)
+        _number_option(options, "target_fpr", 0.01, below=0.5)
+        for key in ("text_column", "label_column", "target"):
+            if key in options and (not isinstance(options[key], str) or not options[key]):
+                raise ConfigError(f"options.{key} must be a column name, got {options[key]!r}")
 
     def data_from(
         self, source: TextSource, seed: int, options: dict[str, Any], fractions: tuple[float, float] = (0.6, 0.2)
@@ -190,7 +228,7 @@ class TextDomain(Domain):
         notes += [truncated] if truncated else []
         split = f"{len(tr)}/{len(va)}/{len(te)} stratified with seed {seed}; {'; '.join(notes)}"
         info = DatasetInfo(name, sha, split, n_classes=2, class_names=list(self.class_names))
-        raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": float(options.get("target_fpr", 0.01)),
+        raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": _number_option(options, "target_fpr", 0.01, below=0.5),
                "options": dict(options)}
         return DomainData(train, val, test, info, raw)
 
@@ -254,7 +292,7 @@ class TextDomain(Domain):
 
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
-        eps = float(_options_of(data).get("embedding_eps", 0.1))
+        eps = _number_option(_options_of(data), "embedding_eps", 0.1)
         return TokenL2Ball(eps=eps, dim=int(data.raw["dim"]))
 
     def eval_space(self, budget: float, data: DomainData, model: nn.Module | None = None) -> PerturbationSpace:
@@ -396,7 +434,11 @@ class TextDomain(Domain):
         tok_file = path / "tokenizer.json"
         if not tok_file.is_file():
             raise ConfigError(f"{path} has no tokenizer.json: a text model needs the tokenizer it was trained with")
-        tokenizer = Tokenizer.from_file(str(tok_file))
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as exc:  # the tokenizers library raises bare Exceptions for files it cannot read
+            raise ConfigError(f"{tok_file} is not a tokenizer file the tokenizers library can read "
+                              f"({_first_line(exc)}): save the model again") from None
         if tokenizer.get_vocab_size() != int(meta["spec"]["vocab_size"]):
             raise ConfigError(
                 f"the tokenizer in {path} has {tokenizer.get_vocab_size()} tokens but the model "
@@ -442,6 +484,10 @@ def _normalise_option(options: dict[str, Any]) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"options.normalise must be true or false, got {value!r}")
     return value
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
 def _spam_scores(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:

@@ -280,6 +280,10 @@ def _ham(rng: random.Random) -> str:
     return text
 
 
+#: the most messages ``demo:N`` generates (a bigger corpus belongs in a file)
+MAX_DEMO = 100_000
+
+
 def demo_corpus(n: int = 800, seed: int = 0, spam_share: float = 0.3) -> tuple[list[str], list[int]]:
     """``n`` generated messages (about ``spam_share`` spam), distinct texts, from seeded templates."""
     rng = random.Random(seed)
@@ -602,8 +606,8 @@ def read_source(spec: str, seed: int, options: Mapping[str, Any] | None = None) 
                 n = int(arg)
             except ValueError:
                 raise ConfigError(f"demo:N takes a number of messages, got {arg!r}") from None
-            if n < 20:
-                raise ConfigError(f"demo:N needs at least 20 messages, got {n}")
+            if not 20 <= n <= MAX_DEMO:
+                raise ConfigError(f"demo:N takes 20 to {MAX_DEMO} messages, got {n}")
         texts, labels = demo_corpus(n, seed=seed)
         return TextSource(texts, labels, "demo", None, [f"generated with seed {seed}"], vocab_size=1000)
     if kind == "sms":

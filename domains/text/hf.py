@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Tokenizer
 from torch import nn
 
@@ -126,6 +127,19 @@ def check_folder(path: str | Path) -> Path:
                 "AutoModelForSequenceClassification.from_pretrained(dir).save_pretrained(dir, safe_serialization=True)"
             )
         raise ModelError(f"{folder} has no model.safetensors: save the model with save_pretrained(dir)")
+    index = folder / "model.safetensors.index.json"
+    if index.is_file() and not (folder / "model.safetensors").is_file():
+        shards = _read_json(index).get("weight_map")
+        if not isinstance(shards, dict) or not shards:
+            raise ModelError(f"{index} has no weight_map: it does not say which files hold the weights")
+        wrong = sorted({str(f) for f in shards.values()
+                        if not isinstance(f, str) or not f.endswith(".safetensors") or Path(f).name != f
+                        or not (folder / f).is_file()})
+        if wrong:
+            raise ModelError(
+                f"{index} maps weights to {', '.join(wrong[:3])}: every shard must be a .safetensors file in "
+                f"{folder} (pickled .bin shards can run code when loaded, and are never read)"
+            )
     return folder
 
 
@@ -268,6 +282,18 @@ class HFTextClassifier(nn.Module):
         return logits
 
 
+def _load_error(folder: Path, exc: BaseException) -> ModelError:
+    """What went wrong loading a Hugging Face folder, and what to do: a damaged file, or a broken install."""
+    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, ImportError) or "Failed to import" in first or "operator torchvision" in first:
+        return ModelError(
+            f"transformers cannot import its model classes ({first}): the Python environment is broken, most "
+            f"often a torchvision built for another torch (this is torch {torch.__version__}); install the "
+            "torchvision that matches torch, or uninstall torchvision"
+        )
+    return ModelError(f"cannot load the Hugging Face model in {folder}: {first}")
+
+
 def load_hf(path: str | Path, num_labels: int | None = None, max_tokens: int = MAX_TOKENS) -> HFTextClassifier:
     """The sequence classifier and fast tokenizer in the local folder ``path``, wrapped.
 
@@ -281,21 +307,20 @@ def load_hf(path: str | Path, num_labels: int | None = None, max_tokens: int = M
         model = load_hf("models/minilm", num_labels=2)
         logits = model(pad_inputs(encode_ids(model.tokenizer, ["WIN cash now"]), model.dim))
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     folder = check_folder(path)
     extra: dict[str, Any] = {"output_loading_info": True}
     if num_labels is not None:
         extra.update(num_labels=num_labels, ignore_mismatched_sizes=True)
     try:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
         with _quiet():
             model, info = AutoModelForSequenceClassification.from_pretrained(str(folder), **{**_SAFE_LOAD, **extra})
         tokenizer = AutoTokenizer.from_pretrained(
             str(folder), use_fast=True, trust_remote_code=False, local_files_only=True
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load the Hugging Face model in {folder}: {first}") from None
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError, SafetensorError) as exc:
+        raise _load_error(folder, exc) from None
     missing = sorted(info.get("missing_keys", []) or [])
     if num_labels is None and missing:
         raise ModelError(
@@ -313,19 +338,18 @@ def load_hf(path: str | Path, num_labels: int | None = None, max_tokens: int = M
 
 def tokenizer_and_dim(path: str | Path, max_tokens: int = MAX_TOKENS) -> tuple[Tokenizer, int]:
     """The domain tokenizer and embedding size of the model in ``path`` without reading its weights."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
     folder = check_folder(path)
     try:
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
         config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False, local_files_only=True)
         with torch.device("meta"):
             skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
         tokenizer = AutoTokenizer.from_pretrained(
             str(folder), use_fast=True, trust_remote_code=False, local_files_only=True
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot load the Hugging Face model in {folder}: {first}") from None
+    except (OSError, ValueError, KeyError, TypeError, ImportError, RuntimeError) as exc:
+        raise _load_error(folder, exc) from None
     if not getattr(tokenizer, "is_fast", False):
         raise ModelError(f"{folder} has no fast tokenizer (tokenizer.json): save one with tokenizer.save_pretrained")
     wrapped = HFTextClassifier(skeleton, tokenizer, max_tokens)

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from robustkit import _random
-from robustkit.attacks.base import Attack, Best, Problem
+from robustkit.attacks.base import Attack, Best, Problem, integer_at_least
 from robustkit.errors import ConfigError
 from robustkit.losses import LossFn
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
@@ -178,8 +178,7 @@ class APGD(Attack):
             raise ConfigError(
                 f"{type(self).__name__} needs a continuous space (e.g. rk.LinfBall), got {type(space).__name__}"
             )
-        if int(steps) < 1 or int(restarts) < 1:
-            raise ConfigError(f"steps and restarts must be >= 1, got steps={steps!r}, restarts={restarts!r}")
+        steps, restarts = integer_at_least("steps", steps), integer_at_least("restarts", restarts)
         if not 0.0 < float(rho) <= 1.0:
             raise ConfigError(f"rho must lie in (0, 1], got {rho!r}: the default 0.75 is the paper's")
         self.steps = int(steps)

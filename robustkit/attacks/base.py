@@ -12,6 +12,7 @@ by its id, so the adversarial examples do not depend on the chunking.
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +26,46 @@ from robustkit.losses import LossFn, get_loss
 from robustkit.models import frozen_eval, logits_of, model_device, out_of_memory, release_memory
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
-__all__ = ["Attack", "AttackResult", "Best", "Problem"]
+__all__ = ["Attack", "AttackResult", "Best", "Problem", "as_labels", "integer_at_least", "seed_value"]
+
+#: seeds are integers from 0 to 2**63 - 1 (what torch's generators take)
+MAX_SEED = 2**63 - 1
+
+
+def integer_at_least(name: str, value: Any, low: int = 1) -> int:
+    """``value`` as an integer >= ``low`` (a count of steps, restarts, queries ...): 2.5 or True is refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
+
+
+def seed_value(seed: Any) -> int:
+    """``seed`` checked: an integer from 0 to 2**63 - 1."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
+        raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+    return int(seed)
+
+
+def as_labels(y: Any, device: torch.device | str | None = None) -> torch.Tensor:
+    """Labels as a 1-D int64 tensor of class indices >= 0 (an (N, 1) column is flattened); anything else, such as
+    texts, fractions, one-hot rows or negative values, is a :class:`DataError`."""
+    try:
+        t = torch.as_tensor(y, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"labels must be class indices (a 1-D integer tensor), got {type(y).__name__}") from None
+    if t.dim() == 2 and t.shape[1] == 1:
+        t = t[:, 0]
+    if t.dim() != 1:
+        raise DataError(f"labels must be a 1-D tensor of class indices, got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not bool((t == t.round()).all()):
+            raise DataError("labels must be class indices 0..C-1, got fractional values (one-hot or soft labels?)")
+    elif t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        raise DataError(f"labels must be integer class indices, got dtype {t.dtype}")
+    t = t.long()
+    if len(t) and int(t.min()) < 0:
+        raise DataError("labels must be class indices >= 0")
+    return t
 
 
 @dataclass
@@ -94,14 +134,28 @@ class Problem:
         return len(self.y)
 
     def logits(self, x: Any) -> torch.Tensor:
-        """Logits of a batch, validated against the labels on first use."""
-        out = logits_of(self.model(x))
+        """Logits of a batch, validated against the inputs and labels on first use."""
+        if self.n_classes is not None:
+            out = logits_of(self.model(x))
+            self.forward_passes += len(out)
+            return out
+        try:
+            out = logits_of(self.model(x))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            if out_of_memory(exc):
+                raise
+            first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+            form = f" (shape {tuple(x.shape)}, dtype {x.dtype})" if isinstance(x, torch.Tensor) else ""
+            raise DataError(f"the model does not take these inputs{form}: {first}; check their shape and dtype "
+                            "against the model") from None
         self.forward_passes += len(out)
-        if self.n_classes is None:
-            self._validate(out)
+        self._validate(out, len(x))
         return out
 
-    def _validate(self, logits: torch.Tensor) -> None:
+    def _validate(self, logits: torch.Tensor, n: int) -> None:
+        if len(logits) != n:
+            raise ModelError(f"the model returned {len(logits)} rows of logits for a batch of {n} inputs: it must "
+                             "return one row per input")
         n_classes = logits.shape[1]
         if len(self.y) and int(self.y.max()) >= n_classes:
             raise DataError(
@@ -222,15 +276,13 @@ class Attack(ABC):
     ) -> None:
         if not isinstance(space, PerturbationSpace):
             raise ConfigError(f"space must be a robustkit PerturbationSpace (e.g. rk.LinfBall), got {space!r}")
-        if int(eot) < 1:
-            raise ConfigError(f"eot must be >= 1, got {eot!r}")
+        self.seed = seed_value(seed)
+        self.eot = integer_at_least("eot", eot)
         self.space = space
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
         self.loss_fn = get_loss(loss, targeted)
         self.targeted = targeted
-        self.seed = int(seed)
         self.early_stop = early_stop
-        self.eot = int(eot)
 
     def config(self) -> dict[str, Any]:
         """The settings that define this attack, for reports and ``metrics.json``."""
@@ -271,13 +323,9 @@ class Attack(ABC):
                 (for example the clean logits of the TRADES KL loss).
         """
         device = model_device(model)
-        y_t = torch.as_tensor(y, device=device).long()
-        if y_t.dim() != 1:
-            raise DataError(f"labels must be a 1-D tensor of class indices, got shape {tuple(y_t.shape)}")
+        y_t = as_labels(y, device)
         n = len(y_t)
         x = self._prepare_inputs(x, n, device)
-        if n and int(y_t.min()) < 0:
-            raise DataError("labels must be class indices >= 0")
         mask_t = self._prepare_mask(mask, n, device)
         target_t = self._prepare_target(target, y_t, device)
         ids_t = torch.arange(n, device=device) if ids is None else torch.as_tensor(ids, device=device).long()
@@ -366,6 +414,8 @@ class Attack(ABC):
         m = torch.as_tensor(mask, device=device)
         if m.shape != (n,):
             raise DataError(f"mask must hold one bool per example ({n}), got shape {tuple(m.shape)}")
+        if m.dtype != torch.bool and not bool(((m == 0) | (m == 1)).all()):
+            raise DataError("mask must hold True/False (or 1/0) per example, got other values")
         return m.bool()
 
     def _prepare_target(self, target: Any, y: torch.Tensor, device: torch.device) -> torch.Tensor | None:

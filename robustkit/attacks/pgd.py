@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from robustkit import _random
-from robustkit.attacks.base import Attack, Best, Problem
+from robustkit.attacks.base import Attack, Best, Problem, integer_at_least
 from robustkit.errors import ConfigError
 from robustkit.losses import LossFn
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
@@ -73,8 +73,7 @@ class PGD(Attack):
         self.init_scale = float(init_scale)
         if not isinstance(space, ContinuousSpace):
             raise ConfigError(f"{type(self).__name__} needs a continuous space, got {type(space).__name__}")
-        if int(steps) < 1 or int(restarts) < 1:
-            raise ConfigError(f"steps and restarts must be >= 1, got steps={steps!r}, restarts={restarts!r}")
+        steps, restarts = integer_at_least("steps", steps), integer_at_least("restarts", restarts)
         if restarts > 1 and not random_start:
             raise ConfigError("restarts > 1 need random_start=True: without it every restart repeats the same run")
         if step_size is not None and not float(step_size) > 0:

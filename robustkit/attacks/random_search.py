@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from robustkit import _random
-from robustkit.attacks.base import Attack, Best, Problem
+from robustkit.attacks.base import Attack, Best, Problem, integer_at_least
 from robustkit.errors import ConfigError
 from robustkit.losses import LossFn
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
@@ -77,8 +77,7 @@ class RandomSearch(Attack):
             raise ConfigError(
                 f"{type(self).__name__} needs a continuous space (e.g. rk.LinfBall), got {type(space).__name__}"
             )
-        if int(queries) < 1:
-            raise ConfigError(f"queries must be >= 1, got {queries!r}")
+        queries = integer_at_least("queries", queries)
         if not 0.0 < float(p_init) <= 1.0:
             raise ConfigError(f"p_init must lie in (0, 1], got {p_init!r}: e.g. p_init=0.1 redraws 10% per query")
         self.queries = int(queries)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from robustkit.attacks.base import Attack, Best, Problem
+from robustkit.attacks.base import Attack, Best, Problem, integer_at_least
 from robustkit.errors import ConfigError, DataError
 from robustkit.losses import LossFn
 from robustkit.spaces import DiscreteSpace, Edit, PerturbationSpace
@@ -75,10 +75,9 @@ class DiscreteSearch(Attack):
                 f"{type(self).__name__} needs a DiscreteSpace (edits of objects), "
                 f"got {type(space).__name__}: use rk.PGD for continuous spaces"
             )
-        if int(candidates_per_step) < 1:
-            raise ConfigError(f"candidates_per_step must be >= 1, got {candidates_per_step!r}")
-        if max_steps is not None and int(max_steps) < 1:
-            raise ConfigError(f"max_steps must be >= 1 or None (no round limit), got {max_steps!r}")
+        candidates_per_step = integer_at_least("candidates_per_step", candidates_per_step)
+        if max_steps is not None:
+            max_steps = integer_at_least("max_steps (None: no round limit)", max_steps)
         self.candidates_per_step = int(candidates_per_step)
         self.max_steps = None if max_steps is None else int(max_steps)
 

@@ -14,7 +14,6 @@ Example:
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustkit import _random, distributed
-from robustkit.attacks.base import Attack, AttackResult
+from robustkit.attacks.base import Attack, AttackResult, as_labels, seed_value
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
@@ -115,8 +114,7 @@ def evaluate(
         raise ConfigError(f"space must be a robustkit PerturbationSpace (e.g. rk.LinfBall), got {space!r}")
     budgets, main = _budgets(eps, space)
     autocast_dtype(torch.device("cpu"), amp)  # checks the value before any work
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise ConfigError(f"seed must be an integer, got {seed!r}")
+    seed = seed_value(seed)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
     if isinstance(checks, ck.CheckSettings):
@@ -289,7 +287,7 @@ class _Source:
         if isinstance(data, tuple):
             if len(data) < 2:
                 raise DataError("data=(x, y) needs inputs and labels")
-            x, y = data[0], _labels(data[1])
+            x, y = data[0], as_labels(data[1])
             n = _length(x)
             if n != len(y):
                 raise DataError(f"got {n} inputs but {len(y)} labels: pass one label per input")
@@ -321,7 +319,7 @@ class _Source:
             return
         for batch in self.loader:
             x, y = _split(batch)
-            y = _labels(y)
+            y = as_labels(y)
             if _length(x) != len(y):
                 raise DataError(f"a batch has {_length(x)} inputs but {len(y)} labels: pass one label per input")
             if len(y):
@@ -338,26 +336,6 @@ def _loader_length(loader: Any) -> int | None:
         except TypeError:
             return None
     return None
-
-
-def _labels(y: Any) -> torch.Tensor:
-    try:
-        t = torch.as_tensor(y)
-    except (TypeError, ValueError, RuntimeError):
-        raise DataError(f"labels must be class indices (a 1-D integer tensor), got {type(y).__name__}") from None
-    if t.dim() == 2 and t.shape[1] == 1:
-        t = t[:, 0]
-    if t.dim() != 1:
-        raise DataError(f"labels must be a 1-D tensor of class indices, got shape {tuple(t.shape)}")
-    if t.is_floating_point():
-        if not bool((t == t.round()).all()):
-            raise DataError("labels must be class indices 0..C-1, got fractional values (one-hot or soft labels?)")
-    elif t.dtype not in (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
-        raise DataError(f"labels must be integer class indices, got dtype {t.dtype}")
-    t = t.long()
-    if len(t) and int(t.min()) < 0:
-        raise DataError("labels must be class indices >= 0")
-    return t
 
 
 def _check_label_range(y: torch.Tensor, n_classes: int) -> None:

@@ -12,13 +12,16 @@ name whole (or absent), and at most hidden ``.NAME.*`` leftovers, which the next
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +29,78 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, DiskFullError
 
-__all__ = ["atomic_write_dir", "atomic_write_text", "latest_checkpoint", "load_checkpoint", "remove_dir",
-           "save_checkpoint"]
+__all__ = ["atomic_write_dir", "atomic_write_text", "follow_umask", "latest_checkpoint", "load_checkpoint",
+           "remove_dir", "save_checkpoint"]
+
+
+#: errors that mean "the disk is full": no space, or the user's quota spent
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException, where: Path) -> bool:
+    """Whether ``exc``, raised while writing under ``where``, is a full disk. torch's own writer reports one only
+    as a RuntimeError ("unexpected pos"), so a RuntimeError counts when the disk has (almost) no room left."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL
+    if not isinstance(exc, RuntimeError):
+        return False
+    try:
+        return shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        return False
+
+
+@contextmanager
+def _space_checked(path: Path) -> Iterator[None]:
+    """Turn a full disk while writing ``path`` into a :class:`DiskFullError` that says so and names it."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        if not _disk_full(exc, path.parent):
+            raise
+        raise DiskFullError(
+            errno.ENOSPC, f"no space left on device while writing {path}: everything written before it is whole; "
+            "free space on that disk, then continue the run (harden --resume; in Python, resume=True)"
+        ) from None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(path: Path) -> None:
+    """Give ``path`` (and, for a folder, everything in it) the modes a plain ``open`` and ``mkdir`` would: 0666 and
+    0777 less the umask. Temporary files and folders are created 0600 and 0700, which would keep a shared
+    machine's other users from reading a run."""
+    mask = _umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            for name in dirs:
+                os.chmod(os.path.join(root, name), dir_mode)
+            for name in files:
+                os.chmod(os.path.join(root, name), file_mode)
+    os.chmod(path, dir_mode if path.is_dir() else file_mode)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _space_checked(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+            follow_umask(Path(tmp))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _discard(path: Path) -> None:
@@ -73,15 +130,17 @@ def atomic_write_dir(path: str | os.PathLike[str], write: Callable[[Path], objec
     path.parent.mkdir(parents=True, exist_ok=True)
     for leftover in path.parent.glob(f".{glob.escape(path.name)}.*"):
         _discard(leftover)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write(tmp)
-        if path.exists():
-            remove_dir(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with _space_checked(path):
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            write(tmp)
+            follow_umask(tmp)
+            if path.exists():
+                remove_dir(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return path
 
 
@@ -126,7 +185,14 @@ def latest_checkpoint(directory: str | os.PathLike[str]) -> Path:
     pointer = path / "latest"
     if not pointer.is_file():
         raise ConfigError(f"no checkpoint found in {path}: expected a 'latest' file written by a previous fit")
-    found = path / pointer.read_text(encoding="utf-8").strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"checkpoint pointer {pointer} is unreadable ({exc}): remove it and start again") from None
+    if not re.fullmatch(r"epoch-\d{4,}", name):  # never a path: a checkpoint is read from inside the run only
+        raise ConfigError(f"checkpoint pointer {pointer} names {name[:80]!r}, not a checkpoint of this folder "
+                          "(epoch-NNNN): it was damaged or tampered with; remove it and start again")
+    found = path / name
     if not (found / "state.json").is_file():
         raise ConfigError(f"checkpoint {found} is incomplete: remove it and resume from an earlier run")
     return found

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from robustkit import _random, distributed
 from robustkit.attacks import PGD, Attack
+from robustkit.attacks.base import seed_value
 from robustkit.errors import ConfigError, DataError
 from robustkit.models import AMP_CHOICES, autocast, autocast_dtype, frozen_eval, logits_of, model_device, out_of_memory
 from robustkit.spaces import ContinuousSpace
@@ -144,8 +145,7 @@ class AdversarialTrainer:
             raise ConfigError(f"eps_warmup must be a number of epochs >= 0, got {eps_warmup!r}")
         if amp not in AMP_CHOICES:
             raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {amp!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ConfigError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
+        seed = seed_value(seed)
         try:
             self.device = torch.device(device) if device is not None else model_device(model)
         except (RuntimeError, TypeError) as exc:
@@ -206,6 +206,7 @@ class AdversarialTrainer:
         self.total_epochs = total_epochs
         self._check_distributed(train_loader, val_loader)
         probe = self._probe(train_loader)
+        _check_batch_norm(self.model, train_loader, probe[0])
         self._input_form = _input_form(probe[0])
         val_loader = _val_batches(val_loader)
         if val_loader is not None:
@@ -315,9 +316,14 @@ class AdversarialTrainer:
             counts = distributed.all_sum(counts)
             weights = counts.sum() / (self._n_classes * counts.clamp_min(1))
         else:
-            weights = torch.as_tensor(cw, dtype=torch.float32)
-            if weights.shape != (self._n_classes,) or bool((weights < 0).any()):
-                raise ConfigError(f"class_weights needs {self._n_classes} non-negative weights, got {cw!r}")
+            try:
+                weights = torch.as_tensor(cw, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"class_weights must be a list of numbers or 'balanced', got {cw!r}") from None
+            if (weights.shape != (self._n_classes,) or not bool(torch.isfinite(weights).all())
+                    or bool((weights < 0).any()) or not bool((weights > 0).any())):
+                raise ConfigError(f"class_weights needs {self._n_classes} finite non-negative weights, not all 0 "
+                                  f"(all 0 would train nothing), got {cw!r}")
         self.class_weights = weights.to(self.device)
 
     # ----------------------------------------------------------------- one epoch
@@ -521,6 +527,7 @@ class AdversarialTrainer:
                 f"the checkpoint was written by method {state.get('method')!r}, not {self.method.name!r}: "
                 "resume with the same method"
             )
+        _check_fits(self.model, model_state, self.optimizer, trainer_state.get("optimizer"), directory)
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(trainer_state["optimizer"])
         if self.scheduler is not None and trainer_state.get("scheduler") is not None:
@@ -542,3 +549,46 @@ class AdversarialTrainer:
         self._best_state = extra.get("best")
         self._guard_state = extra.get("guard_best")
         log.info("resumed from %s after epoch %d (step %d)", directory, self.epoch, self.global_step)
+
+
+def _check_batch_norm(model: nn.Module, loader: Iterable[Any], x: torch.Tensor) -> None:
+    """Refuse a loader whose last batch holds one example if the model cannot train on one (batch normalisation
+    over a single value per channel), before the earlier batches change the model."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    size, dataset = getattr(loader, "batch_size", None), getattr(loader, "dataset", None)
+    if (not norms or not isinstance(size, int) or getattr(loader, "drop_last", False)
+            or not hasattr(dataset, "__len__") or len(dataset) % size != 1):  # type: ignore[arg-type]
+        return
+    buffers = [(b, b.clone()) for m in norms for b in m.buffers()]  # a train-mode pass updates running stats
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.train()(x[:1])
+    except (ValueError, RuntimeError) as exc:
+        raise DataError(
+            f"the last training batch holds 1 of the {len(dataset)} examples ({exc}): pass "  # type: ignore[arg-type]
+            "drop_last=True to the DataLoader or choose another batch size") from None
+    finally:
+        model.train(was_training)
+        for buffer, saved in buffers:
+            buffer.copy_(saved)
+
+
+def _check_fits(
+    model: nn.Module, model_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, saved: Any,
+    directory: str | os.PathLike[str],
+) -> None:
+    """Refuse, before anything is changed, a checkpoint written for another architecture or optimizer."""
+    current = model.state_dict()
+    wrong = sorted(set(current) ^ set(model_state)) or [
+        k for k in current if tuple(current[k].shape) != tuple(model_state[k].shape)]
+    if wrong:
+        raise ConfigError(f"the checkpoint in {directory} holds the weights of another model (first difference: "
+                          f"{wrong[0]!r}): resume with the architecture that wrote it")
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    mine = optimizer.state_dict()["param_groups"]
+    if (not isinstance(groups, list) or len(groups) != len(mine)
+            or any(set(g) != set(m) or len(g.get("params", [])) != len(m["params"])
+                   for g, m in zip(groups, mine, strict=True))):
+        raise ConfigError(f"the checkpoint in {directory} was written with another optimizer (or other parameter "
+                          f"groups) than {type(optimizer).__name__}: resume with the optimizer that wrote it")
