@@ -304,8 +304,8 @@ def _values(schema: Schema, df: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def _frame(schema: Schema, values: np.ndarray, like: pd.DataFrame) -> pd.DataFrame:
-    """The inverse of :func:`_values`, in ``like``'s dtypes (integers stay integers)."""
+def _frame(schema: Schema, values: np.ndarray) -> pd.DataFrame:
+    """The inverse of :func:`_values` (integer columns as int64)."""
     out: dict[str, Any] = {}
     for k, c in enumerate(schema.columns):
         if c.numeric:
@@ -394,7 +394,7 @@ def tree_attack(estimator: Any, schema: Schema, original: pd.DataFrame, threshol
         new_cost = cost[state] + move_cost[move]
         new_used = used[state].copy()
         new_used[np.arange(len(state)), move_col[move]] = True
-        p = fraud_scores(estimator, schema, _frame(schema, new, original), columns)
+        p = fraud_scores(estimator, schema, _frame(schema, new), columns)
         np.add.at(queries, new_owner, 1)
         # per original row: the cheapest evasion of this round, else the lowest score so far
         evades = p < threshold
@@ -417,7 +417,7 @@ def tree_attack(estimator: Any, schema: Schema, original: pd.DataFrame, threshol
             kept[order[rank < width_]] = True
         order = np.flatnonzero(kept)
         owner, values, cost, used = new_owner[order], new[order], new_cost[order], new_used[order]
-    rows = _frame(schema, best_values, original)
+    rows = _frame(schema, best_values)
     rows.index = original.index
     valid = schema.validate(rows, original).to_numpy()
     if not valid.all():  # not expected: the search checks every rule; never hand back an invalid row
