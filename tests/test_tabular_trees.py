@@ -148,3 +148,4 @@ def test_the_tree_attack_evades_gradient_boosting_on_card_data_with_valid_rows()
     assert summary["recall_attacked_strongest"] < summary["recall_clean"] - 0.1
     assert schema.validate(found.rows, frauds).all()
     assert list(found.rows.columns) == schema.names and found.rows["hour"].dtype == frauds["hour"].dtype
+

@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.base import clone
 
 from domains.tabular.attacks import WorstCase, describe_changes
 from domains.tabular.schema import Schema
 from robustkit.errors import ConfigError, DataError, ModelError
+from robustkit.evaluation.binary import threshold_at_fpr
 
 __all__ = ["candidate_moves", "harden_trees", "probe_thresholds", "split_thresholds", "tree_attack", "typed_frame"]
 
@@ -435,52 +437,62 @@ def tree_attack(estimator: Any, schema: Schema, original: pd.DataFrame, threshol
 
 
 # ----------------------------------------------------------------------------- hardening
-def harden_trees(estimator: Any, schema: Schema, X: pd.DataFrame, y: np.ndarray, *, threshold: Callable[[Any], float],
-                 rounds: int = 3, weight: float = 1.0, beam_width: int = 4, max_fraud: int | None = 2000,
-                 seed: int = 0) -> tuple[Any, pd.DataFrame]:
-    """Adversarial data augmentation in rounds: fit, attack the training fraud rows with :func:`tree_attack`
-    at the operating threshold, add the valid evasions labelled fraud with ``weight``, refit.
+def harden_trees(estimator: Any, schema: Schema, X: pd.DataFrame, y: Any, *, target_fpr: float = 0.01,
+                 rounds: int = 2, weight: float = 1.0, folds: int = 2, beam_width: int = 4, seed: int = 0
+                 ) -> tuple[Any, pd.DataFrame]:
+    """Adversarial data augmentation in rounds: attack the training fraud rows with :func:`tree_attack`,
+    add the valid evasions labelled fraud (sample weight ``weight``), refit; the last fit uses every row.
+
+    The rows of each of ``folds`` folds are attacked on a model fitted without them (and with the
+    evasions so far), at the threshold giving ``target_fpr`` on that fold's legitimate rows: trees fit
+    their own training rows so closely that attacking them finds few of the evasions unseen rows allow.
 
     Args:
         estimator: an unfitted classifier with ``fit(X, y, sample_weight=...)`` and ``predict_proba``
-            (cloned, never changed).
+            over :func:`typed_frame` rows (cloned, never changed).
         schema: the threat model.
         X, y: training rows (the schema's columns) and labels (1 = fraud).
-        threshold: the operating threshold of a fitted model (e.g. at a target FPR on held-out rows).
-        rounds: attack-and-refit rounds after the first fit.
+        target_fpr: the operating false-positive rate the attack aims below.
+        rounds: attack-and-refit rounds.
         weight: sample weight of each added evasion (the original rows weigh 1).
+        folds: folds of the cross-fitted attack (>= 2).
         beam_width: of the attack while training.
-        max_fraud: attack at most this many training fraud rows per round (a seeded sample).
 
     Returns:
-        the final fitted model and a table per round: ``round``, ``threshold``, ``attacked``,
-        ``evaded`` (fraud rows the round's attack evaded) and ``added`` (evasions in the training set).
+        the final fitted model and a table per round and fold: ``round``, ``fold``, ``threshold``,
+        ``attacked`` (fraud rows), ``evaded`` and ``added`` (evasions in the training set before it).
     """
     if not isinstance(rounds, int) or rounds < 0:
         raise ConfigError(f"rounds must be an integer >= 0, got {rounds!r}")
+    if not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds must be an integer >= 2, got {folds!r}")
     if not (isinstance(weight, int | float) and math.isfinite(weight) and weight > 0):
         raise ConfigError(f"weight must be a number > 0, got {weight!r}")
-    y = np.asarray(y)
-    frauds = X[y == 1][schema.names]
-    rng = np.random.default_rng(seed)
+    labels = np.asarray(y).astype(np.int64)
+    rows = X[schema.names].reset_index(drop=True)
+    fold = np.random.default_rng(seed).permutation(len(rows)) % folds
     extra: list[pd.DataFrame] = []
+
+    def fit(keep: np.ndarray) -> Any:
+        added = pd.concat(extra, ignore_index=True) if extra else rows.iloc[:0]
+        data = pd.concat([rows[keep], added], ignore_index=True)
+        target = np.concatenate([labels[keep], np.ones(len(added), dtype=np.int64)])
+        w = np.concatenate([np.ones(int(keep.sum())), np.full(len(added), float(weight))])
+        return clone(estimator).fit(typed_frame(schema, data), target, sample_weight=w)
+
     log = []
-    model = None
-    for r in range(rounds + 1):
-        rows = pd.concat([X[schema.names], *extra], ignore_index=True)
-        labels = np.concatenate([y, np.ones(sum(map(len, extra)), dtype=y.dtype)])
-        w = np.concatenate([np.ones(len(y)), np.full(len(labels) - len(y), float(weight))])
-        model = clone(estimator).fit(typed_frame(schema, rows), labels, sample_weight=w)
-        t = float(threshold(model))
-        if r == rounds:
-            log.append({"round": r, "threshold": t, "attacked": 0, "evaded": 0, "added": len(labels) - len(y)})
-            break
-        target = frauds
-        if max_fraud is not None and len(frauds) > max_fraud:
-            target = frauds.iloc[np.sort(rng.choice(len(frauds), max_fraud, replace=False))]
-        found = tree_attack(model, schema, target, t, beam_width=beam_width)
-        evaded = found.table["fooled"].to_numpy()
-        extra.append(found.rows[evaded])
-        log.append({"round": r, "threshold": t, "attacked": len(target), "evaded": int(evaded.sum()),
-                    "added": len(labels) - len(y)})
-    return model, pd.DataFrame(log)
+    for r in range(rounds):
+        found_rows = []
+        for k in range(folds):
+            model = fit(fold != k)
+            held = fold == k
+            legit = fraud_scores(model, schema, rows[held & (labels == 0)])
+            t = threshold_at_fpr(torch.as_tensor(legit), target_fpr)
+            target = rows[held & (labels == 1)]
+            found = tree_attack(model, schema, target, t, beam_width=beam_width)
+            evaded = found.table["fooled"].to_numpy()
+            found_rows.append(found.rows[evaded])
+            log.append({"round": r, "fold": k, "threshold": t, "attacked": len(target), "evaded": int(evaded.sum()),
+                        "added": sum(map(len, extra))})
+        extra.extend(found_rows)
+    return fit(np.ones(len(rows), dtype=bool)), pd.DataFrame(log)
