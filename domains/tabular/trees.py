@@ -495,4 +495,4 @@ def harden_trees(estimator: Any, schema: Schema, X: pd.DataFrame, y: Any, *, tar
             log.append({"round": r, "fold": k, "threshold": t, "attacked": len(target), "evaded": int(evaded.sum()),
                         "added": sum(map(len, extra))})
         extra.extend(found_rows)
-    return fit(np.ones(len(rows), dtype=bool)), pd.DataFrame(log)
+    return fit(np.ones(len(rows), dtype=bool)), pd.DataFrame(log, columns=["round", "fold", "threshold", "attacked", "evaded", "added"])
