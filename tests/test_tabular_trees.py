@@ -149,3 +149,21 @@ def test_the_tree_attack_evades_gradient_boosting_on_card_data_with_valid_rows()
     assert schema.validate(found.rows, frauds).all()
     assert list(found.rows.columns) == schema.names and found.rows["hour"].dtype == frauds["hour"].dtype
 
+
+
+def test_the_estimator_takes_any_classifier_and_attacks_it_with_the_tree_attack() -> None:
+    from domains.tabular.estimator import RobustTabularClassifier
+
+    df = generate(2000, seed=0, fraud_rate=0.1)
+    X, y = df.drop(columns="is_fraud"), df["is_fraud"]
+    clf = RobustTabularClassifier(card_schema(), estimator=HistGradientBoostingClassifier(max_iter=30),
+                                  rounds=1, target_fpr=0.05).fit(X, y)
+    assert len(clf.history_) == 2 and 0 < clf.threshold_ < 1
+    p = clf.predict_proba(X.head(50))
+    assert np.allclose(p[:, 1], clf.estimator_.predict_proba(typed_frame(card_schema(), X.head(50)))[:, 1])
+    frauds = X[y == 1]
+    rows, info = clf.attack(frauds)
+    assert card_schema().validate(rows, frauds).all()
+    assert (clf.predict_proba(rows)[:, 1] >= clf.threshold_).tolist() == info["flagged_attacked"].tolist()
+    out = clf.evaluate(X, y)
+    assert out["recall_attacked"] == pytest.approx((info["flagged_clean"] & info["flagged_attacked"]).mean())

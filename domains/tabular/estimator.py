@@ -9,6 +9,12 @@ only fraud rows, with class weights for the imbalance, and decides at the thresh
 ``target_fpr`` false positives on an internal validation split. It clones, nests in a ``Pipeline``
 and works with ``GridSearchCV`` like any scikit-learn classifier.
 
+With ``estimator`` (any classifier with ``fit(X, y, sample_weight=...)`` and ``predict_proba``, such as
+scikit-learn's ``HistGradientBoostingClassifier``, XGBoost or LightGBM) it trains that model instead,
+on :func:`~domains.tabular.trees.typed_frame` rows, hardened by adversarial data augmentation
+(:func:`~domains.tabular.trees.harden_trees`; ``method="standard"``: no rounds), and attacks it with
+:func:`~domains.tabular.trees.tree_attack`.
+
 Labels: two classes; the larger label in sort order (``classes_[1]``: 1, True, "fraud" over
 "legit") is fraud, the class an attacker wants to leave.
 """
@@ -31,10 +37,12 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from domains.tabular.attacks import worst_case
+from domains.tabular.blackbox import SklearnModel
 from domains.tabular.model import TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.space import SchemaSpace, encode, repair
+from domains.tabular.trees import TypedEstimator, harden_trees, tree_attack
 from robustkit.attacks import PGD
 from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation.binary import binary_labels, threshold_at_fpr
@@ -74,6 +82,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             fitted on the training split, a fitted one is used as it is; either is bridged into torch.
         random_state: seed of the split, the weights, the data order and the attacks (None: random).
         validation_fraction: share of the rows held out for the threshold and the best-epoch choice.
+        estimator: an unfitted classifier with ``predict_proba`` to train instead of the MLP (cloned).
+        rounds: attack-and-refit rounds of :func:`~domains.tabular.trees.harden_trees` (``estimator`` only).
 
     Example:
         >>> from domains.tabular.synthetic import card_schema, generate
@@ -100,6 +110,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         preprocessor: Any = None,
         random_state: int | None = 0,
         validation_fraction: float = 0.2,
+        estimator: Any = None,
+        rounds: int = 2,
     ) -> None:
         self.schema = schema
         self.method = method
@@ -113,6 +125,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.preprocessor = preprocessor
         self.random_state = random_state
         self.validation_fraction = validation_fraction
+        self.estimator = estimator
+        self.rounds = rounds
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -154,6 +168,12 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"class_weight must be 'balanced', two weights or None, got {cw!r}")
         if cw is not None and not isinstance(cw, str) and len(cw) != 2:
             raise ConfigError(f"class_weight needs one weight per class (2), got {cw!r}")
+        if self.estimator is not None and not (hasattr(self.estimator, "fit") and hasattr(self.estimator,
+                                                                                          "predict_proba")):
+            raise ConfigError(f"estimator must be a classifier with fit and predict_proba (e.g. "
+                              f"HistGradientBoostingClassifier()), got {type(self.estimator).__name__}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int | np.integer) or self.rounds < 0:
+            raise ConfigError(f"rounds must be an integer >= 0, got {self.rounds!r}")
         if self.preprocessor is not None and not isinstance(self.preprocessor, ColumnTransformer):
             raise ConfigError(f"preprocessor must be a scikit-learn ColumnTransformer or None, got "
                               f"{type(self.preprocessor).__name__}")
@@ -186,6 +206,11 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         train, val = features.iloc[np.sort(i_train)], features.iloc[np.sort(i_val)]
         y_train, y_val = torch.as_tensor(labels[np.sort(i_train)]), torch.as_tensor(labels[np.sort(i_val)])
         x_train, x_val = encode(schema, train), encode(schema, val)
+        self.classes_ = classes
+        self.n_features_in_ = X.shape[1]
+        self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        if self.estimator is not None:
+            return self._fit_estimator(train, y_train.numpy(), x_val, y_val, seed)
 
         torch.manual_seed(seed)
         self.preprocessor_ = None
@@ -216,13 +241,25 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                     epochs=int(self.epochs),
                     val_loader=DataLoader(TensorDataset(x_val, y_val), batch_size=max(256, int(self.batch_size))))
         model.eval()
-        self.classes_ = classes
+        self.estimator_ = None
         self.model_ = model
         self.history_ = trainer.history_frame()
         self.budget_ = float(space.budget)
         self.threshold_ = threshold_at_fpr(self._scores(x_val)[y_val == 0], float(self.target_fpr))
-        self.n_features_in_ = X.shape[1]
-        self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        return self
+
+    def _fit_estimator(self, train: pd.DataFrame, y_train: np.ndarray, x_val: torch.Tensor, y_val: torch.Tensor,
+                       seed: int) -> RobustTabularClassifier:
+        """The ``estimator`` path of :meth:`fit`: adversarial data augmentation in rounds."""
+        schema: Schema = self.schema
+        self.budget_ = schema.budget if self.budget is None else float(self.budget)
+        rounds = 0 if methods_mod.get(self.method).name == "standard" else int(self.rounds)
+        fitted, self.history_ = harden_trees(self.estimator, schema.with_budget(self.budget_), train, y_train,
+                                             target_fpr=float(self.target_fpr), rounds=rounds, seed=seed)
+        self.estimator_ = fitted
+        self.preprocessor_ = None
+        self.model_ = SklearnModel(TypedEstimator(fitted, schema), schema).eval()
+        self.threshold_ = threshold_at_fpr(self._scores(x_val)[y_val == 0], float(self.target_fpr))
         return self
 
     # ----------------------------------------------------------------- prediction
@@ -252,7 +289,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
     # ----------------------------------------------------------------- attacks
     def attack(self, X: pd.DataFrame, budget: float | None = None, steps: int = 50,
                restarts: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Rows of ``X`` moved by PGD towards "not fraud" at the operating threshold, within the schema.
+        """Rows of ``X`` moved by PGD towards "not fraud" at the operating threshold, within the schema
+        (with an ``estimator``: by :func:`~domains.tabular.trees.tree_attack`; ``steps`` and ``restarts`` unused).
 
         Returns the adversarial rows (each passes ``schema.validate`` against its original) and per
         row ``cost``, ``changed``, ``repair_failed`` and ``flagged_clean`` / ``flagged_attacked``.
@@ -262,6 +300,12 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         schema: Schema = self.schema
         schema = schema.with_budget(self.budget_ if budget is None else float(budget))
         x = encode(schema, original)
+        if self.estimator_ is not None:  # trees: no gradient; the search over their split thresholds
+            found = tree_attack(self.estimator_, schema, original, self.threshold_)
+            info = found.table[["cost", "changed", "repair_failed"]].copy()
+            info["flagged_clean"] = found.table["detected_clean"].to_numpy()
+            info["flagged_attacked"] = found.table["p_fraud_adversarial"].to_numpy() >= self.threshold_
+            return found.rows, info
         decided = ThresholdModel(self.model_, self.threshold_)
         seed = 0 if self.random_state is None else int(self.random_state)
         result = PGD(SchemaSpace(schema), steps=steps, restarts=restarts, seed=seed)(
@@ -282,6 +326,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                 suite ``robustkit harden tabular`` reports: PGD with restarts over two relaxations,
                 APGD and a search over category changes. ``"pgd"`` runs :meth:`attack` alone, PGD-``steps``:
                 quick, but it overstates robustness, all the more for a model trained against PGD.
+                With an ``estimator``, both run :func:`~domains.tabular.trees.tree_attack`.
             steps: PGD steps of ``attack="pgd"``.
         """
         check_is_fitted(self, "model_")
@@ -292,7 +337,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         if len(positive) != len(features):
             raise DataError(f"X has {len(features)} rows but y has {len(positive)} labels")
         fraud = features[positive]
-        if attack == "pgd":
+        if attack == "pgd" or self.estimator_ is not None:  # trees: the tree attack is the strongest
             _, info = self.attack(fraud, budget=budget, steps=steps)
             clean, attacked = info["flagged_clean"].to_numpy(), info["flagged_attacked"].to_numpy()
         else:

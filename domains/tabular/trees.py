@@ -52,7 +52,8 @@ from domains.tabular.schema import Schema
 from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.evaluation.binary import threshold_at_fpr
 
-__all__ = ["candidate_moves", "harden_trees", "probe_thresholds", "split_thresholds", "tree_attack", "typed_frame"]
+__all__ = ["TypedEstimator", "candidate_moves", "harden_trees", "probe_thresholds", "split_thresholds", "tree_attack",
+           "typed_frame"]
 
 #: rows per ``predict_proba`` call (bounds the memory of one scoring batch)
 CHUNK = 200_000
@@ -86,6 +87,27 @@ def fraud_scores(estimator: Any, schema: Schema, rows: pd.DataFrame, columns: Se
             raise ModelError(f"predict_proba must return two columns (not fraud, fraud), got shape {proba.shape}")
         parts.append(proba[:, 1])
     return np.concatenate(parts) if parts else np.zeros(0)
+
+
+class TypedEstimator:
+    """A fitted model over :func:`typed_frame` rows that takes rows as the user holds them (categories as
+    strings): what :class:`~domains.tabular.blackbox.SklearnModel` passes. :func:`split_thresholds` reads
+    the trees of ``estimator_``.
+
+    Example:
+        >>> from sklearn.ensemble import HistGradientBoostingClassifier
+        >>> from domains.tabular.synthetic import card_schema, generate
+        >>> schema, df = card_schema(), generate(500, seed=0)
+        >>> trees = HistGradientBoostingClassifier(max_iter=5).fit(typed_frame(schema, df), df["is_fraud"])
+        >>> TypedEstimator(trees, schema).predict_proba(df[schema.names].head(2)).shape
+        (2, 2)
+    """
+
+    def __init__(self, estimator: Any, schema: Schema) -> None:
+        self.estimator_, self.schema = estimator, schema
+
+    def predict_proba(self, rows: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.estimator_.predict_proba(typed_frame(self.schema, rows)))
 
 
 # ----------------------------------------------------------------------------- reading thresholds
@@ -495,4 +517,5 @@ def harden_trees(estimator: Any, schema: Schema, X: pd.DataFrame, y: Any, *, tar
             log.append({"round": r, "fold": k, "threshold": t, "attacked": len(target), "evaded": int(evaded.sum()),
                         "added": sum(map(len, extra))})
         extra.extend(found_rows)
-    return fit(np.ones(len(rows), dtype=bool)), pd.DataFrame(log, columns=["round", "fold", "threshold", "attacked", "evaded", "added"])
+    columns = ["round", "fold", "threshold", "attacked", "evaded", "added"]
+    return fit(np.ones(len(rows), dtype=bool)), pd.DataFrame(log, columns=columns)
