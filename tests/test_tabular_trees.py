@@ -167,3 +167,28 @@ def test_the_estimator_takes_any_classifier_and_attacks_it_with_the_tree_attack(
     assert (clf.predict_proba(rows)[:, 1] >= clf.threshold_).tolist() == info["flagged_attacked"].tolist()
     out = clf.evaluate(X, y)
     assert out["recall_attacked"] == pytest.approx((info["flagged_clean"] & info["flagged_attacked"]).mean())
+
+
+def _library_model(name: str, schema: Schema, df: pd.DataFrame) -> Any:
+    if name == "xgboost":
+        xgb = pytest.importorskip("xgboost")
+        model = xgb.XGBClassifier(n_estimators=6, max_depth=2, enable_categorical=True, tree_method="hist")
+    else:
+        lgb = pytest.importorskip("lightgbm")
+        model = lgb.LGBMClassifier(n_estimators=6, num_leaves=4, min_child_samples=5, verbose=-1)
+    y = ((df["a"] - 5).abs() > 2.5).astype(int) ^ (df["n"] > 12).astype(int)
+    return model.fit(typed_frame(schema, df), y)
+
+
+@pytest.mark.parametrize("library", ["xgboost", "lightgbm"])
+def test_thresholds_read_from_xgboost_and_lightgbm_dumps_are_those_probing_finds(library: str) -> None:
+    schema, df, _ = _small_problem(0)
+    model = _library_model(library, schema, df)
+    read = split_thresholds(model, schema)
+    probed = probe_thresholds(model, schema, df.iloc[:50], grid=200)
+    assert read is not None and len(read["a"])
+    for name in ("a", "n"):
+        for t in probed[name]:
+            assert np.abs(read[name] - t).min() < (1e-4 if name == "a" else 0.51)
+    found = tree_attack(model, schema, df.iloc[:30], threshold=0.5)
+    assert schema.validate(found.rows, df.iloc[:30]).all()
