@@ -7,9 +7,10 @@ validation rows, and judged on every test fraud row by :func:`domains.tabular.bl
 (the tree attack, transfer from a distilled surrogate, random search; every row passes ``schema.validate``).
 With ``--harden ROUNDS`` the same model hardened by :func:`domains.tabular.trees.harden_trees` is judged too.
 
-Run from the repository root (prints one JSON line per run, writes ``bench/results/tree_attack.json``):
+Run from the repository root (prints one JSON line per run, writes ``bench/results/tree_attack_MODEL.json``):
 
-    python bench/tree_attack.py --seeds 0 1 2 --fpr 0.01 0.05
+    python bench/tree_attack.py --seeds 0 1 2 --fpr 0.01 0.05 --harden 1
+    python bench/tree_attack.py --seeds 0 --model xgboost --harden 1     # needs the trees extra
 """
 
 from __future__ import annotations
@@ -43,12 +44,28 @@ class Typed:
         return self.model.predict_proba(typed_frame(self.schema, rows))
 
 
+def make(kind: str, seed: int) -> Any:
+    """An unfitted tree ensemble of the kind asked for (XGBoost and LightGBM imported only then)."""
+    if kind == "xgboost":
+        import xgboost
+
+        return xgboost.XGBClassifier(n_estimators=200, enable_categorical=True, tree_method="hist", random_state=seed)
+    if kind == "lightgbm":
+        import lightgbm
+
+        return lightgbm.LGBMClassifier(n_estimators=200, random_state=seed, verbose=-1)
+    return HistGradientBoostingClassifier(max_iter=200, random_state=seed)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--fpr", nargs="+", type=float, default=[0.01, 0.05])
     parser.add_argument("--harden", type=int, default=0, help="rounds of harden_trees (0: standard only)")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--model", choices=["hgb", "xgboost", "lightgbm"], default="hgb",
+                        help="the trees: scikit-learn's HistGradientBoosting (200 iterations), XGBoost or LightGBM "
+                             "(200 trees, their defaults otherwise; the trees extra)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = []
@@ -57,8 +74,10 @@ def main() -> None:
         schema = data.raw["schema"]
         frames = data.raw["frames"]
         train, val, test = frames["train"], frames["val"], frames["test"]
-        estimator = HistGradientBoostingClassifier(max_iter=200, random_state=seed)
-        kinds = {"standard HGB": 0, **({f"hardened HGB ({args.harden} rounds)": args.harden} if args.harden else {})}
+        estimator = make(args.model, seed)
+        name = {"hgb": "HGB", "xgboost": "XGBoost", "lightgbm": "LightGBM"}[args.model]
+        kinds = {f"standard {name}": 0, **({f"hardened {name} ({args.harden} rounds)": args.harden} if args.harden
+                                          else {})}
         for kind, rounds in kinds.items():
             started = time.perf_counter()
             model, _ = harden_trees(estimator, schema, train, train[schema.target], target_fpr=min(args.fpr),
@@ -77,7 +96,7 @@ def main() -> None:
                 runs.append(run)
                 print(json.dumps(run), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "tree_attack.json").write_text(json.dumps(runs, indent=1))
+    (RESULTS / f"tree_attack_{args.model}.json").write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":

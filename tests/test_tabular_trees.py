@@ -154,9 +154,9 @@ def test_the_tree_attack_evades_gradient_boosting_on_card_data_with_valid_rows()
 def test_the_estimator_takes_any_classifier_and_attacks_it_with_the_tree_attack() -> None:
     from domains.tabular.estimator import RobustTabularClassifier
 
-    df = generate(2000, seed=0, fraud_rate=0.1)
+    df = generate(1200, seed=0, fraud_rate=0.1)
     X, y = df.drop(columns="is_fraud"), df["is_fraud"]
-    clf = RobustTabularClassifier(card_schema(), estimator=HistGradientBoostingClassifier(max_iter=30),
+    clf = RobustTabularClassifier(card_schema(), estimator=HistGradientBoostingClassifier(max_iter=15),
                                   rounds=1, target_fpr=0.05).fit(X, y)
     assert len(clf.history_) == 2 and 0 < clf.threshold_ < 1
     p = clf.predict_proba(X.head(50))
