@@ -1,13 +1,14 @@
 """Gradient-boosted trees under the schema: the tree attack against transfer and random search, and hardening.
 
-For each seed: the synthetic card transactions (10,000 rows, split 60/20/20 stratified by
-``TabularDomain``), a scikit-learn ``HistGradientBoostingClassifier`` (200 iterations, native categorical
-columns) fitted on the training split, decided at the threshold giving ``--fpr`` false positives on
-validation rows, and judged on every test fraud row by :func:`domains.tabular.blackbox.evaluate_blackbox`
-(the tree attack, transfer from a distilled surrogate, random search; every row passes ``schema.validate``).
+For each seed: the synthetic card transactions (10,000 rows) or the vehicle insurance claims (``--data
+vehicle``, loaded as ``bench/tabular_robustness.py`` does), split 60/20/20 stratified; a scikit-learn
+``HistGradientBoostingClassifier`` (200 iterations, native categorical columns) fitted on the training
+split, decided at the threshold giving ``--fpr`` false positives on validation rows, and judged on every
+test fraud row by :func:`domains.tabular.blackbox.evaluate_blackbox` (the tree attack, transfer from a
+distilled surrogate, random search; every row passes ``schema.validate``).
 With ``--harden ROUNDS`` the same model hardened by :func:`domains.tabular.trees.harden_trees` is judged too.
 
-Run from the repository root (prints one JSON line per run, writes ``bench/results/tree_attack_MODEL.json``):
+Run from the repository root (one JSON line per run; writes ``bench/results/tree_attack_DATA_MODEL.json``):
 
     python bench/tree_attack.py --seeds 0 1 2 --fpr 0.01 0.05 --harden 1
     python bench/tree_attack.py --seeds 0 --model xgboost --harden 1     # needs the trees extra
@@ -24,8 +25,8 @@ from typing import Any
 import torch
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
+from tabular_robustness import load  # the same data and splits (this folder is on the path of a script)
 
-from domains.tabular import TabularDomain
 from domains.tabular.blackbox import SklearnModel, evaluate_blackbox
 from domains.tabular.trees import fraud_scores, harden_trees, typed_frame
 from robustkit.evaluation.binary import threshold_at_fpr
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--fpr", nargs="+", type=float, default=[0.01, 0.05])
     parser.add_argument("--harden", type=int, default=0, help="rounds of harden_trees (0: standard only)")
     parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--data", choices=["synthetic", "vehicle"], default="synthetic",
+                        help="synthetic card transactions or vehicle insurance claims (as tabular_robustness.py)")
     parser.add_argument("--model", choices=["hgb", "xgboost", "lightgbm"], default="hgb",
                         help="the trees: scikit-learn's HistGradientBoosting (200 iterations), XGBoost or LightGBM "
                              "(200 trees, their defaults otherwise; the trees extra)")
@@ -70,7 +73,7 @@ def main() -> None:
     torch.set_num_threads(1)
     runs = []
     for seed in args.seeds:
-        data = TabularDomain().load_data("synthetic", seed, {})
+        data = load(args.data, seed)
         schema = data.raw["schema"]
         frames = data.raw["frames"]
         train, val, test = frames["train"], frames["val"], frames["test"]
@@ -90,13 +93,14 @@ def main() -> None:
                 out = evaluate_blackbox(SklearnModel(Typed(model, schema), schema), train, test, schema,
                                         threshold=threshold, queries=args.queries, seed=seed)
                 evaded = out["table"]["fooled"]
-                run = {"seed": seed, "model": kind, "fpr": fpr, "roc_auc": roc_auc_score(test[schema.target], p_test),
-                       "fit_seconds": fit_seconds, "recall": out["recall"], "seconds": out["seconds"],
+                run = {"data": args.data, "seed": seed, "model": kind, "fpr": fpr,
+                       "roc_auc": roc_auc_score(test[schema.target], p_test), "fit_seconds": fit_seconds,
+                       "recall": out["recall"], "seconds": out["seconds"],
                        "n_fraud": out["n_fraud"], "evaded_by": out["table"]["attack"][evaded].value_counts().to_dict()}
                 runs.append(run)
                 print(json.dumps(run), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"tree_attack_{args.model}.json").write_text(json.dumps(runs, indent=1))
+    (RESULTS / f"tree_attack_{args.data}_{args.model}.json").write_text(json.dumps(runs, indent=1))
 
 
 if __name__ == "__main__":
