@@ -24,7 +24,10 @@ def boosted() -> tuple[SklearnModel, object, object, float]:
     clf.fit(features.astype({"merchant_category": "category", "country": "category"}), train["is_fraud"])
 
     class Categorical:
-        """scikit-learn's native categorical support wants the pandas category dtype."""
+        """scikit-learn's native categorical support wants the pandas category dtype; the tree attack reads
+        the thresholds of ``estimator_``."""
+
+        estimator_ = clf
 
         def predict_proba(self, rows: object) -> np.ndarray:
             return clf.predict_proba(rows.astype({"merchant_category": "category", "country": "category"}))
@@ -40,8 +43,17 @@ def test_a_tree_model_has_no_gradient_but_transfer_and_search_both_evade_it(boos
     assert recall["clean"] > 0.5  # the trees catch most fraud when nobody adapts
     assert recall["transfer (upper bound)"] < recall["clean"] - 0.05
     assert recall["search"] < recall["clean"] - 0.05
-    assert recall["worst"] <= min(recall["transfer (upper bound)"], recall["search"])
-    assert out["valid_share"] == {"transfer (upper bound)": 1.0, "search": 1.0}  # every returned row is valid
+    assert recall["trees"] < recall["clean"] - 0.05
+    assert recall["worst"] <= min(recall["transfer (upper bound)"], recall["search"], recall["trees"])
+    assert out["valid_share"] == {"trees": 1.0, "transfer (upper bound)": 1.0, "search": 1.0}
+    frauds = test[test["is_fraud"] == 1]
+    rows, table = out["rows"], out["table"]  # the rows kept, in the user's columns, each valid
+    assert list(rows.columns) == card_schema().names and rows.index.equals(frauds.index)
+    assert card_schema().validate(rows, frauds).all()
+    assert table["fooled"].mean() == pytest.approx(recall["clean"] - recall["worst"])
+    with torch.no_grad():  # each row claimed as evading is one the model lets through
+        p = model(encode(card_schema(), rows[table["fooled"].to_numpy()])).softmax(1)[:, 1]
+    assert (p < threshold).all()
 
 
 def test_the_surrogate_copies_the_model_s_decisions(boosted: tuple) -> None:

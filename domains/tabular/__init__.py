@@ -44,6 +44,7 @@ from domains.tabular.schema import Column, Relation, Schema
 from domains.tabular.sklearn_bridge import ColumnTransformerModule, bridge
 from domains.tabular.space import SchemaSpace, decode, encode, layout, repair
 from domains.tabular.synthetic import DEFAULT_BUDGET, card_schema, generate
+from domains.tabular.trees import harden_trees, split_thresholds, tree_attack, typed_frame
 from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
 from robustkit.domain import Assessment, Examples
 from robustkit.evaluation.binary import threshold_at_fpr
@@ -52,8 +53,8 @@ from robustkit.training.methods import Method
 
 __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema",
            "SchemaEncoder", "SchemaSpace", "SearchTraining", "SklearnModel", "SparseSchemaSpace", "TabularDomain",
-           "TabularMLP", "bridge", "decode", "distill_surrogate", "encode", "evaluate_blackbox", "repair",
-           "worst_case"]
+           "TabularMLP", "bridge", "decode", "distill_surrogate", "encode", "evaluate_blackbox", "harden_trees",
+           "repair", "split_thresholds", "tree_attack", "typed_frame", "worst_case"]
 
 OPTIONS = ("schema", "target", "positive_label", "split", "time_columns", "target_fpr", "hidden", "segment", "n_rows",
            "fraud_rate")

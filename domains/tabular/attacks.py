@@ -62,7 +62,7 @@ from robustkit.spaces import DiscreteSpace, Edit
 from robustkit.training.methods import Batch, Method
 
 __all__ = ["Anchored", "CategoricalSpace", "Row", "SearchTraining", "SparseSchemaSpace", "WorstCase", "changes",
-           "fraud_probability", "repair_rows", "strongest_attacks", "worst_case"]
+           "describe_changes", "fraud_probability", "repair_rows", "strongest_attacks", "worst_case"]
 
 #: a row of the categorical search: the value of each numeric column, the category index of each categorical one
 Row = tuple[float, ...]
@@ -515,6 +515,16 @@ def _number(value: Any) -> str:
     return f"{value:.10g}" if isinstance(value, float | np.floating) else str(value)
 
 
+def describe_changes(schema: Schema, adv: pd.DataFrame, original: pd.DataFrame) -> list[str]:
+    """Per row of ``original``, its changed cells as ``column: original -> adversarial (cost)``, joined by ``; ``."""
+    cells = changes(schema, adv, original)
+    described = [f"{c}: {_number(o)} -> {_number(a)} ({v:.4g})"
+                 for c, o, a, v in zip(cells["column"], cells["original"], cells["adversarial"], cells["cost"],
+                                       strict=True)]
+    joined = pd.Series(described, dtype=object).groupby(cells["row"].to_numpy()).agg("; ".join)
+    return [joined.get(i, "") for i in original.index]
+
+
 def worst_case(model: nn.Module, schema: Schema, x: torch.Tensor, original: pd.DataFrame, *,
                attacks: Mapping[str, Attack] | None = None, budget: float | None = None, seed: int = 0,
                refine: bool = True) -> WorstCase:
@@ -574,15 +584,10 @@ def worst_case(model: nn.Module, schema: Schema, x: torch.Tensor, original: pd.D
         taken = best.offer("refine", rows, fooled, p, cost, failed & detected)
         refined = int((taken & fooled).sum())
     rows = best.rows.astype({c.name: original[c.name].dtype for c in schema.columns})
-    cells = changes(schema, rows, original)
-    described = [f"{c}: {_number(o)} -> {_number(a)} ({v:.4g})"
-                 for c, o, a, v in zip(cells["column"], cells["original"], cells["adversarial"], cells["cost"],
-                                       strict=True)]
-    joined = pd.Series(described, dtype=object).groupby(cells["row"].to_numpy()).agg("; ".join)
     table = pd.DataFrame({
         "detected_clean": detected, "p_fraud_clean": p_clean, "p_fraud_adversarial": best.p, "fooled": best.fooled,
         "valid": schema.validate(rows, original).to_numpy(), "repair_failed": best.failed, "attack": best.attack,
-        "cost": schema.cost(rows, original).to_numpy(), "changed": [joined.get(i, "") for i in original.index],
+        "cost": schema.cost(rows, original).to_numpy(), "changed": describe_changes(schema, rows, original),
     }, index=original.index)
     return WorstCase(rows, table, fooled_by, failed_by, refined)
 

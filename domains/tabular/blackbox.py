@@ -1,15 +1,18 @@
 """Robustness of models without gradients (gradient-boosted trees, scikit-learn pipelines) under a schema.
 
-Two attacks, both under the schema's threat model and judged at the operating threshold:
+Three attacks, all under the schema's threat model and judged at the operating threshold:
 
+- **trees** (for a :class:`SklearnModel`): :func:`~domains.tabular.trees.tree_attack`, a beam search
+  over the values just past the model's own split thresholds (read from the trees, or probed);
 - **transfer**: PGD with restarts on a differentiable surrogate (a :class:`TabularMLP` distilled from
   the model's own decisions on the training rows), the resulting rows scored once by the model.
   Its robust recall is an **upper bound**: a better attack may find more.
 - **search**: a query-budgeted gradient-free random search on the model itself
   (:class:`robustkit.RandomSearch`), each query a ``predict_proba`` call on real rows.
 
-The worst case keeps a fraud row only if it survives both. Adversarial rows are repaired and
-checked with ``schema.validate`` like every other tabular attack.
+The worst case keeps a fraud row only if it survives every attack. Adversarial rows are repaired and
+checked with ``schema.validate`` like every other tabular attack; per fraud row the cheapest evasion
+found (or the row with the lowest score) is returned in the user's columns.
 
 Example:
     >>> from sklearn.linear_model import LogisticRegression
@@ -21,21 +24,27 @@ Example:
     >>> out = evaluate_blackbox(clf, df.iloc[:600], df.iloc[600:], schema, threshold=0.5, queries=20,
     ...                         pgd_steps=5, restarts=1, surrogate_epochs=1)
     >>> sorted(out["recall"])
-    ['clean', 'search', 'transfer (upper bound)', 'worst']
+    ['clean', 'search', 'transfer (upper bound)', 'trees', 'worst']
+    >>> bool(schema.validate(out["rows"], df.loc[out["rows"].index]).all())
+    True
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from domains.tabular.attacks import _Best, describe_changes, fraud_probability
 from domains.tabular.model import TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.space import SchemaSpace, decode, encode, repair
+from domains.tabular.trees import tree_attack
 from robustkit import PGD, AdversarialTrainer, ModelError, RandomSearch, ThresholdModel, Transfer
 
 __all__ = ["SklearnModel", "distill_surrogate", "evaluate_blackbox"]
@@ -106,8 +115,8 @@ def distill_surrogate(model: nn.Module, train: pd.DataFrame, schema: Schema, thr
 def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame, schema: Schema, *,
                       threshold: float, budget: float | None = None, queries: int = 300, pgd_steps: int = 50,
                       restarts: int = 3, surrogate: nn.Module | None = None, surrogate_epochs: int = 10,
-                      seed: int = 0) -> dict[str, Any]:
-    """Fraud recall of ``model`` at ``threshold`` on ``test``, clean and under transfer and search attacks.
+                      trees: bool = True, beam_width: int = 8, seed: int = 0) -> dict[str, Any]:
+    """Fraud recall of ``model`` at ``threshold`` on ``test``, clean and under the tree, transfer and search attacks.
 
     A fraud row counts as evaded only if its repaired row (the one returned to the user, valid under
     the schema) is scored below the threshold.
@@ -118,10 +127,15 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
         test: rows with the target column; only fraud rows are attacked.
         schema: the threat model (``budget`` overrides its cost budget).
         threshold: the operating threshold on ``P(fraud)``.
+        trees: run :func:`~domains.tabular.trees.tree_attack` (``beam_width``) on a :class:`SklearnModel`.
 
     Returns:
-        ``{"recall": {"clean", "transfer (upper bound)", "search", "worst"}, "valid_share": {attack: share},
-        "repair_failed_share": {attack: share}, "n_fraud": int, "queries": int}``.
+        ``{"recall": {"clean", "trees", "transfer (upper bound)", "search", "worst"}, "valid_share": {attack: share},
+        "repair_failed_share": {attack: share}, "seconds": {attack: wall-clock seconds}, "n_fraud": int,
+        "queries": int, "rows": DataFrame, "table": DataFrame}``: ``rows`` holds per test fraud row (its
+        index) the adversarial row kept, in the schema's columns (the cheapest evasion, else the lowest
+        score), ``table`` its ``detected_clean``, ``fooled``, ``attack``, ``p_fraud_adversarial``, ``cost``
+        and ``changed``.
     """
     if schema.target is None or schema.target not in test.columns:
         raise ModelError("the test rows need the schema's target column to know which rows are fraud")
@@ -130,28 +144,54 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
     decided = ThresholdModel(model, threshold)
     if surrogate is None:
         surrogate = distill_surrogate(model, train, schema, threshold, epochs=surrogate_epochs, seed=seed)
-    frauds = test[test[schema.target].to_numpy() == 1]
+    frauds = test[test[schema.target].to_numpy() == 1][schema.names]
     x = encode(schema, frauds)
     y = torch.ones(len(x), dtype=torch.long)
     with torch.no_grad():
         caught = decided(x).argmax(1) == 1
-    attacks = {
-        "transfer (upper bound)": Transfer(PGD(space, steps=pgd_steps, restarts=restarts, early_stop=False, seed=seed),
-                                           ThresholdModel(surrogate, threshold)),
-        "search": RandomSearch(space, queries=queries, seed=seed),
-    }
+    p_clean = fraud_probability(decided, x).numpy()
+    best = _Best(frauds, p_clean, caught.numpy())
+    attacks: dict[str, Any] = {}
+    if trees and isinstance(model, SklearnModel):
+        def run_trees() -> tuple[pd.DataFrame, np.ndarray]:
+            found = tree_attack(model.estimator, schema, frauds, threshold, columns=model.columns,
+                                beam_width=beam_width)
+            return found.rows, found.table["repair_failed"].to_numpy()
+
+        attacks["trees"] = run_trees
+    for label, attack in (("transfer (upper bound)",
+                           Transfer(PGD(space, steps=pgd_steps, restarts=restarts, early_stop=False, seed=seed),
+                                    ThresholdModel(surrogate, threshold))),
+                          ("search", RandomSearch(space, queries=queries, seed=seed))):
+        def run(attack: Any = attack) -> tuple[pd.DataFrame, np.ndarray]:
+            rows, info = repair(schema, attack(decided, x, y).x_adv, x, frauds)
+            return rows, info["repair_failed"].to_numpy()
+
+        attacks[label] = run
     recall = {"clean": float(caught.float().mean())}
-    valid, failed = {}, {}
+    valid, failed, seconds = {}, {}, {}
     survived = caught.clone()
-    for label, attack in attacks.items():
-        result = attack(decided, x, y)
-        rows, info = repair(schema, result.x_adv, x, frauds)
+    for label, attack_rows in attacks.items():
+        started = time.perf_counter()
+        rows, repair_failed = attack_rows()
+        seconds[label] = time.perf_counter() - started
+        ok = schema.validate(rows, frauds).to_numpy()
+        if not ok.all():  # never judge (or return) an invalid row
+            rows.loc[~ok, :] = frauds.loc[~ok, schema.names].to_numpy()
+        x_rows = encode(schema, rows)
         with torch.no_grad():
-            still = decided(encode(schema, rows)).argmax(1) == 1
+            still = decided(x_rows).argmax(1) == 1
         recall[label] = float((caught & still).float().mean())
         survived &= still
-        valid[label] = float(schema.validate(rows, frauds).mean())
-        failed[label] = float(info["repair_failed"].mean())
+        valid[label] = float(ok.mean())
+        failed[label] = float(repair_failed.mean())
+        fooled = (caught & ~still).numpy()
+        best.offer(label, rows, fooled, fraud_probability(decided, x_rows).numpy(),
+                   schema.cost(rows, frauds).to_numpy(), ~ok)
     recall["worst"] = float(survived.float().mean())
-    return {"recall": recall, "valid_share": valid, "repair_failed_share": failed, "n_fraud": len(frauds),
-            "queries": queries}
+    adversarial = best.rows.astype({c.name: frauds[c.name].dtype for c in schema.columns})
+    table = pd.DataFrame({"detected_clean": best.detected, "fooled": best.fooled, "attack": best.attack,
+                          "p_fraud_adversarial": best.p, "cost": schema.cost(adversarial, frauds).to_numpy(),
+                          "changed": describe_changes(schema, adversarial, frauds)}, index=frauds.index)
+    return {"recall": recall, "valid_share": valid, "repair_failed_share": failed, "seconds": seconds,
+            "n_fraud": len(frauds), "queries": queries, "rows": adversarial, "table": table}

@@ -9,6 +9,12 @@ only fraud rows, with class weights for the imbalance, and decides at the thresh
 ``target_fpr`` false positives on an internal validation split. It clones, nests in a ``Pipeline``
 and works with ``GridSearchCV`` like any scikit-learn classifier.
 
+With ``estimator`` (any classifier with ``fit(X, y, sample_weight=...)`` and ``predict_proba``, such as
+scikit-learn's ``HistGradientBoostingClassifier``, XGBoost or LightGBM) it trains that model instead,
+on :func:`~domains.tabular.trees.typed_frame` rows, hardened by adversarial data augmentation
+(:func:`~domains.tabular.trees.harden_trees`; ``method="standard"``: no rounds), and attacks it with
+:func:`~domains.tabular.trees.tree_attack`.
+
 Labels: two classes. ``pos_label`` names fraud, the class an attacker wants to leave; without it,
 1 (of 0/1 or -1/1), True, or "fraud" is, and any other pair of labels is refused rather than guessed.
 ``classes_`` is sorted as in scikit-learn; ``pos_label_`` is the fraud class, and ``predict_proba``'s
@@ -33,14 +39,16 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from domains.tabular.attacks import worst_case
+from domains.tabular.blackbox import SklearnModel
 from domains.tabular.model import TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.space import SchemaSpace, encode, repair
+from domains.tabular.trees import TypedEstimator, harden_trees, tree_attack
 from robustkit.attacks import PGD
 from robustkit.domain import DatasetInfo, DomainData
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
+from robustkit.evaluation.binary import binary_labels, decide, known_positive, threshold_at_fpr, two_columns
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import EpochLog, check_verbose
@@ -77,6 +85,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             accuracy, seconds, time left) on standard error.
         validation_fraction: share of the rows held out for the threshold and the best-epoch choice.
         pos_label: the label of fraud (default: 1, True or "fraud"; other labels need it).
+        estimator: an unfitted classifier with ``predict_proba`` to train instead of the MLP (cloned).
+        rounds: attack-and-refit rounds of :func:`~domains.tabular.trees.harden_trees` (``estimator`` only).
 
     Example:
         >>> from domains.tabular.synthetic import card_schema, generate
@@ -108,6 +118,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.2,
         pos_label: Any = None,
         verbose: bool | int = False,
+        estimator: Any = None,
+        rounds: int = 2,
     ) -> None:
         self.schema = schema
         self.method = method
@@ -123,6 +135,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.pos_label = pos_label
         self.verbose = verbose
+        self.estimator = estimator
+        self.rounds = rounds
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -165,6 +179,12 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigError(f"class_weight must be 'balanced', two weights or None, got {cw!r}")
         if cw is not None and not isinstance(cw, str) and len(cw) != 2:
             raise ConfigError(f"class_weight needs one weight per class (2), got {cw!r}")
+        if self.estimator is not None and not (hasattr(self.estimator, "fit") and hasattr(self.estimator,
+                                                                                          "predict_proba")):
+            raise ConfigError(f"estimator must be a classifier with fit and predict_proba (e.g. "
+                              f"HistGradientBoostingClassifier()), got {type(self.estimator).__name__}")
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int | np.integer) or self.rounds < 0:
+            raise ConfigError(f"rounds must be an integer >= 0, got {self.rounds!r}")
         if self.preprocessor is not None and not isinstance(self.preprocessor, ColumnTransformer):
             raise ConfigError(f"preprocessor must be a scikit-learn ColumnTransformer or None, got "
                               f"{type(self.preprocessor).__name__}")
@@ -197,6 +217,12 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         train, val = features.iloc[np.sort(i_train)], features.iloc[np.sort(i_val)]
         y_train, y_val = torch.as_tensor(labels[np.sort(i_train)]), torch.as_tensor(labels[np.sort(i_val)])
         x_train, x_val = encode(schema, train), encode(schema, val)
+        self.classes_ = classes
+        self.pos_label_ = positive
+        self.n_features_in_ = X.shape[1]
+        self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        if self.estimator is not None:
+            return self._fit_estimator(train, y_train.numpy(), x_val, y_val, seed)
 
         torch.manual_seed(seed)
         self.preprocessor_ = None
@@ -227,14 +253,25 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             lr=float(self.lr), seed=seed, class_weights=class_weights, progress=bool(self.verbose),
             callbacks=(EpochLog(type(self).__name__),) if self.verbose else ()))
         assert fitted.threshold is not None
-        self.classes_ = classes
-        self.pos_label_ = positive
+        self.estimator_ = None
         self.model_ = model
         self.history_ = pd.DataFrame(fitted.history)
         self.budget_ = budget
         self.threshold_ = fitted.threshold
-        self.n_features_in_ = X.shape[1]
-        self.feature_names_in_ = np.asarray([str(c) for c in X.columns], dtype=object)
+        return self
+
+    def _fit_estimator(self, train: pd.DataFrame, y_train: np.ndarray, x_val: torch.Tensor, y_val: torch.Tensor,
+                       seed: int) -> RobustTabularClassifier:
+        """The ``estimator`` path of :meth:`fit`: adversarial data augmentation in rounds."""
+        schema: Schema = self.schema
+        self.budget_ = schema.budget if self.budget is None else float(self.budget)
+        rounds = 0 if methods_mod.get(self.method).name == "standard" else int(self.rounds)
+        fitted, self.history_ = harden_trees(self.estimator, schema.with_budget(self.budget_), train, y_train,
+                                             target_fpr=float(self.target_fpr), rounds=rounds, seed=seed)
+        self.estimator_ = fitted
+        self.preprocessor_ = None
+        self.model_ = SklearnModel(TypedEstimator(fitted, schema), schema).eval()
+        self.threshold_ = threshold_at_fpr(self._scores(x_val)[y_val == 0], float(self.target_fpr))
         return self
 
     # ----------------------------------------------------------------- prediction
@@ -265,7 +302,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
     # ----------------------------------------------------------------- attacks
     def attack(self, X: pd.DataFrame, budget: float | None = None, steps: int = 50,
                restarts: int = 1) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Rows of ``X`` moved by PGD towards "not fraud" at the operating threshold, within the schema.
+        """Rows of ``X`` moved by PGD towards "not fraud" at the operating threshold, within the schema
+        (with an ``estimator``: by :func:`~domains.tabular.trees.tree_attack`; ``steps`` and ``restarts`` unused).
 
         Returns the adversarial rows (each passes ``schema.validate`` against its original) and per
         row ``cost``, ``changed``, ``repair_failed`` and ``flagged_clean`` / ``flagged_attacked``.
@@ -275,6 +313,12 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         schema: Schema = self.schema
         schema = schema.with_budget(self.budget_ if budget is None else float(budget))
         x = encode(schema, original)
+        if self.estimator_ is not None:  # trees: no gradient; the search over their split thresholds
+            found = tree_attack(self.estimator_, schema, original, self.threshold_)
+            info = found.table[["cost", "changed", "repair_failed"]].copy()
+            info["flagged_clean"] = found.table["detected_clean"].to_numpy()
+            info["flagged_attacked"] = found.table["p_fraud_adversarial"].to_numpy() >= self.threshold_
+            return found.rows, info
         decided = ThresholdModel(self.model_, self.threshold_)
         seed = 0 if self.random_state is None else int(self.random_state)
         result = PGD(SchemaSpace(schema), steps=steps, restarts=restarts, seed=seed)(
@@ -295,6 +339,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                 suite ``robustkit harden tabular`` reports: PGD with restarts over two relaxations,
                 APGD and a search over category changes. ``"pgd"`` runs :meth:`attack` alone, PGD-``steps``:
                 quick, but it overstates robustness, all the more for a model trained against PGD.
+                With an ``estimator``, both run :func:`~domains.tabular.trees.tree_attack`.
             steps: PGD steps of ``attack="pgd"``.
         """
         check_is_fitted(self, "model_")
@@ -303,7 +348,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         features = self._features(X)
         positive = known_positive(y, len(features), self.classes_, self.pos_label_, "rows")
         fraud = features[positive]
-        if attack == "pgd":
+        if attack == "pgd" or self.estimator_ is not None:  # trees: the tree attack is the strongest
             _, info = self.attack(fraud, budget=budget, steps=steps)
             clean, attacked = info["flagged_clean"].to_numpy(), info["flagged_attacked"].to_numpy()
         else:
