@@ -51,12 +51,12 @@ from robustkit.evaluation import RobustnessReport, evaluate
 from robustkit.evaluation.binary import binary_metrics
 from robustkit.evaluation.checks import TRIVIAL
 from robustkit.evaluation.presets import PRESETS
+from robustkit.files import atomic_write_dir, atomic_write_text, remove_dir
 from robustkit.models import frozen_eval, logits_of
 from robustkit.reporting import write_reports
 from robustkit.runlock import LOCK_NAME, RunLock, check_free
 from robustkit.spaces import DiscreteSpace
 from robustkit.training import callbacks
-from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text, remove_dir
 from robustkit.training.fit import TrainSettings, fit_model
 from robustkit.training.methods import NAMES as METHOD_NAMES
 

@@ -26,7 +26,7 @@ from typing import Any
 from robustkit.config import RunConfig
 from robustkit.domain import available_domains
 from robustkit.errors import ConfigError
-from robustkit.training.checkpoint import atomic_write_text
+from robustkit.files import atomic_write_text
 
 __all__ = ["DEFAULT_DOMAINS", "format_table", "run", "summary_rows", "write_index"]
 

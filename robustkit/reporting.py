@@ -20,7 +20,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from robustkit.evaluation import RobustnessReport
 from robustkit.evaluation.report import figure_text, heading
-from robustkit.training.checkpoint import atomic_write_text
+from robustkit.files import atomic_write_text
 
 __all__ = ["breakdown_figure", "budget_figure", "history_figure", "write_reports"]
 

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 from robustkit import pipeline
 from robustkit.config import RunConfig
 from robustkit.errors import ConfigError
-from robustkit.training.checkpoint import atomic_write_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from robustkit.files import atomic_write_dir
+from robustkit.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from tests.toy_domain import SmallToyDomain
 
 
@@ -41,7 +42,7 @@ def test_a_folder_write_killed_midway_leaves_the_old_folder_whole(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from robustkit.training.checkpoint import atomic_write_dir
+        from robustkit.files import atomic_write_dir
 
         def write(folder):
             (folder / "a.txt").write_text("ha")

@@ -22,8 +22,9 @@ import torch
 from robustkit import pipeline
 from robustkit.cli import main
 from robustkit.errors import ConfigError, DiskFullError
+from robustkit.files import atomic_write_dir, atomic_write_text
 from robustkit.runlock import LOCK_NAME, RunLock, holder
-from robustkit.training.checkpoint import atomic_write_dir, atomic_write_text, load_checkpoint
+from robustkit.training.checkpoint import load_checkpoint
 
 TINY = ["toy", "--epochs", "1", "--batch-size", "300", "--preset", "quick", "--eps", "0.25", "--threads", "1",
         "--quiet"]

@@ -24,13 +24,13 @@ import html
 import io
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from robustkit.errors import DataError
 from robustkit.evaluation.checks import Check, verdict
+from robustkit.files import atomic_write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -382,7 +382,7 @@ class RobustnessReport:
         }
         data = json.loads(json.dumps(data, allow_nan=False, default=_jsonable))
         if path is not None:
-            _write_atomic(Path(path), json.dumps(data, indent=2) + "\n")
+            atomic_write_text(Path(path), json.dumps(data, indent=2) + "\n")
         return data
 
     @classmethod
@@ -487,7 +487,7 @@ class RobustnessReport:
             f"<style>{_CSS}</style></head><body>\n{self._html_body()}\n</body></html>\n"
         )
         if path is not None:
-            _write_atomic(Path(path), page)
+            atomic_write_text(Path(path), page)
         return page
 
     def _repr_html_(self) -> str:
@@ -515,14 +515,3 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:  # "x": a fresh file, permissions from the umask
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
