@@ -18,6 +18,7 @@ from robustkit.attacks import (
     DiscreteSearch,
     Ensemble,
     RandomSearch,
+    Square,
     Transfer,
 )
 from robustkit.domain import DatasetInfo, Domain, DomainData, available_domains, get_domain, register_domain
@@ -53,6 +54,7 @@ __all__ = [
     "PerturbationSpace",
     "RandomSearch",
     "RobustkitError",
+    "Square",
     "RobustnessReport",
     "ThresholdModel",
     "Transfer",

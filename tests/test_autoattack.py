@@ -68,3 +68,78 @@ def test_top_k_mode_is_untargeted_from_outside():
         attack(torch.nn.Linear(2, 4), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), target=torch.ones(1))
     with pytest.raises(rk.ConfigError, match="number of target classes"):
         rk.APGD(rk.LinfBall(eps=0.1), targeted=0)
+
+
+# ----------------------------------------------------------------------------- Square
+
+
+def _constant_model(n_classes: int = 3) -> torch.nn.Module:
+    """Predicts class 0 whatever the input: examples labelled 0 can never be broken."""
+    linear = torch.nn.Linear(2 * 8 * 8, n_classes)
+    with torch.no_grad():
+        linear.weight.zero_()
+        linear.bias.copy_(torch.arange(n_classes, 0, -1).float())
+    return torch.nn.Sequential(torch.nn.Flatten(), linear)
+
+
+@pytest.mark.parametrize("space", [rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), rk.L2Ball(eps=1.0, bounds=(0.0, 1.0))])
+def test_square_counts_its_queries_exactly(space):
+    x = torch.rand(5, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 0, 1, 0, 2])  # three unbreakable, two already misclassified at the start
+    result = rk.Square(space, queries=37)(_constant_model(), x, y)
+    assert result.success.tolist() == [False, False, True, False, True]
+    # 38 queries per unbreakable example, 1 per broken one, plus the re-check of the 2 successes
+    assert result.forward_passes == 3 * 38 + 2 + 2
+    assert result.backward_passes == 0
+    assert bool(space.contains(result.x_adv, x).all())
+
+
+def test_square_window_schedule():
+    attack = rk.Square(rk.LinfBall(eps=0.3), queries=5000, p_init=0.8)
+    assert [attack.side(i, 28, 28) for i in (0, 10, 11, 51, 201, 501, 1001, 2001, 4001)] == [
+        25, 25, 18, 13, 9, 6, 4, 3, 2]
+    l2 = rk.Square(rk.L2Ball(eps=1.0), queries=5000, p_init=0.8)
+    assert [l2.side(i, 28, 28) for i in (0, 11, 2001, 4001)] == [25, 19, 3, 3]  # odd, at least 3
+
+
+def _linear_image_model() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 3))
+    x = torch.rand(24, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    return model, x, model(x).argmax(1).detach()
+
+
+def _linf_breakable(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
+    """Exactly which examples some point of the Linf ball (in [0, 1]) misclassifies, for a linear model."""
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    xf, out = x.flatten(1), torch.zeros(len(x), dtype=torch.bool)
+    for j in range(w.shape[0]):
+        d, c = w[j] - w[y], b[j] - b[y]
+        corner = torch.where(d > 0, (xf + eps).clamp(max=1.0), (xf - eps).clamp(min=0.0))
+        out |= (y != j) & ((corner * d).sum(1) + c > 0)
+    return out
+
+
+def test_linf_square_breaks_exactly_the_breakable_examples_of_a_linear_model():
+    model, x, y = _linear_image_model()
+    space = rk.LinfBall(eps=0.3, bounds=(0.0, 1.0))
+    result = rk.Square(space, queries=1000)(model, x, y)
+    assert bool(space.contains(result.x_adv, x).all())
+    assert torch.equal(result.success, _linf_breakable(model, x, y, 0.3))
+    assert 0 < int((~result.success).sum())
+    assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)
+
+
+def test_l2_square_stays_on_the_sphere_and_breaks_a_linear_model():
+    model, x, y = _linear_image_model()
+    w = model[1].weight.detach()
+    logits = model(x).detach()
+    # the L2 distance to the nearest other class's hyperplane, ignoring the box: a lower bound
+    gaps = (logits.gather(1, y[:, None]) - logits) / (w[y][:, None, :] - w[None]).norm(dim=2).clamp_min(1e-12)
+    nearest = gaps.masked_fill(torch.nn.functional.one_hot(y, 3).bool(), float("inf")).amin(1)
+    space = rk.L2Ball(eps=3.0, bounds=(0.0, 1.0))
+    result = rk.Square(space, queries=300)(model, x, y)
+    assert bool(space.contains(result.x_adv, x).all())
+    assert not bool(result.success[nearest > 3.0].any())
+    assert result.success[nearest < 2.0].float().mean() > 0.9
+    assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)

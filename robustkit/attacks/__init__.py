@@ -6,6 +6,7 @@ from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
 from robustkit.attacks.search import DiscreteSearch
+from robustkit.attacks.square import Square
 from robustkit.attacks.transfer import Transfer
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "DiscreteSearch",
     "Ensemble",
     "RandomSearch",
+    "Square",
     "Transfer",
     "apgd_checkpoints",
 ]
