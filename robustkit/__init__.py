@@ -11,6 +11,7 @@ Example:
 from robustkit import datasets, losses
 from robustkit.attacks import (
     APGD,
+    FAB,
     FGSM,
     PGD,
     Attack,
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APGD",
+    "FAB",
     "FGSM",
     "PGD",
     "AdversarialTrainer",

@@ -143,3 +143,71 @@ def test_l2_square_stays_on_the_sphere_and_breaks_a_linear_model():
     assert not bool(result.success[nearest > 3.0].any())
     assert result.success[nearest < 2.0].float().mean() > 0.9
     assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)
+
+
+# ----------------------------------------------------------------------------- FAB
+
+
+def _two_class_linear(dim: int = 6, seed: int = 0) -> tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]:
+    """5 classes where only classes 0 (true) and 1 compete; the others sit far below."""
+    g = torch.Generator().manual_seed(seed)
+    model = torch.nn.Linear(dim, 5).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(5, dim, generator=g, dtype=torch.float64))
+        model.weight[2:] = 0.0
+        model.bias.copy_(torch.tensor([2.0, 0.0, -100.0, -100.0, -100.0]))
+    x = 0.2 * torch.randn(10, dim, generator=g, dtype=torch.float64)
+    assert bool((model(x).argmax(1) == 0).all())
+    return model, x, torch.zeros(10, dtype=torch.long)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("targeted", [True, 3])
+def test_fab_finds_the_exact_minimal_distance_to_a_linear_boundary(norm, targeted):
+    model, x, y = _two_class_linear()
+    w = (model.weight[1] - model.weight[0]).detach()
+    gap = (model(x)[:, 0] - model(x)[:, 1]).detach()
+    exact = gap / (w.abs().sum() if norm == "linf" else w.norm())
+    space = (rk.LinfBall if norm == "linf" else rk.L2Ball)(eps=10.0)
+    target = torch.ones(10, dtype=torch.long) if targeted is True else None
+    fab = rk.FAB(space, steps=20, targeted=targeted, early_stop=False, search_steps=30)
+    result = fab(model, x, y, target=target)
+    assert bool(result.success.all())
+    torch.testing.assert_close(result.info["norms"], exact, atol=1e-3, rtol=0)
+    assert bool((result.info["norms"] >= exact - 1e-9).all())
+    # without the final bisection (AutoAttack's FAB) it stops within the overshoot of eta = 1.05
+    plain = rk.FAB(space, steps=20, targeted=targeted, early_stop=False)(model, x, y, target=target)
+    assert bool((plain.info["norms"] <= 1.05 * exact + 1e-9).all())
+
+
+def test_fab_success_means_within_the_budget():
+    model, x, y = _two_class_linear()
+    w = (model.weight[1] - model.weight[0]).detach()
+    exact = (model(x)[:, 0] - model(x)[:, 1]).detach() / w.abs().sum()
+    eps = float(exact.median())
+    space = rk.LinfBall(eps=eps)
+    result = rk.FAB(space, steps=30, targeted=4)(model, x, y)
+    assert bool(space.contains(result.x_adv, x).all())
+    assert torch.equal(result.success, exact < 0.99 * eps) or torch.equal(result.success, exact <= eps)
+    assert bool((model(result.x_adv).argmax(1) != 0)[result.success].all())
+
+
+def test_hyperplane_projection_respects_the_box():
+    g = torch.Generator().manual_seed(3)
+    p = torch.rand(50, 7, generator=g, dtype=torch.float64)
+    w = torch.randn(50, 7, generator=g, dtype=torch.float64)
+    c = (w * torch.rand(50, 7, generator=g, dtype=torch.float64)).sum(1)  # a plane through a box point
+    low, high = torch.zeros_like(p), torch.ones_like(p)
+    for norm in ("linf", "l2"):
+        z = rk.attacks.fab.project_onto_hyperplane(p, w, c, low, high, norm)
+        torch.testing.assert_close((w * z).sum(1), c)
+        assert bool(((z >= 0) & (z <= 1)).all())
+        # no random box point on the plane is nearer (moving along the plane from z)
+        size = (z - p).abs().amax(1) if norm == "linf" else (z - p).norm(dim=1)
+        for _ in range(20):
+            v = torch.randn(50, 7, generator=g, dtype=torch.float64)
+            v -= (v * w).sum(1, keepdim=True) / (w * w).sum(1, keepdim=True) * w
+            other = z + 0.05 * v
+            inside = ((other >= 0) & (other <= 1)).all(1)
+            other_size = (other - p).abs().amax(1) if norm == "linf" else (other - p).norm(dim=1)
+            assert bool((other_size[inside] >= size[inside] - 1e-9).all())

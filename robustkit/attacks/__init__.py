@@ -3,6 +3,7 @@
 from robustkit.attacks.apgd import APGD, apgd_checkpoints
 from robustkit.attacks.base import Attack, AttackResult
 from robustkit.attacks.ensemble import Ensemble
+from robustkit.attacks.fab import FAB
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
 from robustkit.attacks.search import DiscreteSearch
@@ -11,6 +12,7 @@ from robustkit.attacks.transfer import Transfer
 
 __all__ = [
     "APGD",
+    "FAB",
     "FGSM",
     "PGD",
     "Attack",
