@@ -126,7 +126,7 @@ def test_linf_square_breaks_exactly_the_breakable_examples_of_a_linear_model():
     result = rk.Square(space, queries=1000)(model, x, y)
     assert bool(space.contains(result.x_adv, x).all())
     assert torch.equal(result.success, _linf_breakable(model, x, y, 0.3))
-    assert 0 < int((~result.success).sum())
+    assert int((~result.success).sum()) > 0
     assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)
 
 

@@ -146,7 +146,7 @@ class FAB(Attack):
         return {"steps": self.steps, "restarts": self.restarts, "alpha_max": self.alpha_max, "eta": self.eta,
                 "beta": self.beta, "search_steps": self.search_steps, **super().config()}
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | Sequence[int], **kwargs: Any
     ) -> AttackResult:
         """:meth:`Attack.__call__`, adding ``info["norms"]``: per example the norm of its adversarial
