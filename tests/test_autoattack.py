@@ -211,3 +211,69 @@ def test_hyperplane_projection_respects_the_box():
             inside = ((other >= 0) & (other <= 1)).all(1)
             other_size = (other - p).abs().amax(1) if norm == "linf" else (other - p).norm(dim=1)
             assert bool((other_size[inside] >= size[inside] - 1e-9).all())
+
+
+# ----------------------------------------------------------------------------- presets
+
+
+def test_autoattack_preset_has_the_references_attacks_settings_and_order():
+    from robustkit.evaluation.presets import PRESETS
+
+    preset = PRESETS["autoattack"]
+    assert PRESETS["aa-standard"] is preset and preset.cascade
+    space = rk.LinfBall(eps=0.3, bounds=(0.0, 1.0))
+    specs = preset.attacks_for(n_classes=10)
+    built = [spec.build(space, seed=0) for spec in specs]
+    assert [s.label for s in specs] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert [type(a) for a in built] == [rk.APGD, rk.APGD, rk.FAB, rk.Square]
+    ce, apgd_t, fab_t, square = built
+    assert (ce.steps, ce.restarts, ce.loss_name, ce.top_k, ce.rho, ce.eot) == (100, 1, "ce", 0, 0.75, 1)
+    assert (apgd_t.steps, apgd_t.restarts, apgd_t.loss_name, apgd_t.top_k) == (100, 1, "dlr", 9)
+    assert (fab_t.steps, fab_t.restarts, fab_t.top_k, fab_t.search_steps) == (100, 1, 9, 0)
+    assert (fab_t.alpha_max, fab_t.eta, fab_t.beta) == (0.1, 1.05, 0.9)
+    assert (square.queries, square.p_init, square.rescale_schedule, square.loss_name) == (5000, 0.8, False, "margin")
+    with pytest.raises(rk.ConfigError, match="4\\+ classes"):
+        preset.attacks_for(n_classes=3)
+    rand = PRESETS["aa-rand"].attacks_for(n_classes=10)
+    assert [(s.label, s.options["eot"], s.options["steps"]) for s in rand] == [
+        ("apgd-ce", 20, 100), ("apgd-dlr", 20, 100)]
+    assert PRESETS["aa-rand"].cascade
+
+
+def _image_task() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 8 * 8, 5))
+    x = torch.rand(16, 2, 8, 8, generator=torch.Generator().manual_seed(2))
+    y = model(x).argmax(1).detach()
+    y[:2] = (y[:2] + 1) % 5  # two examples misclassified when clean
+    return model, x, y
+
+
+def test_autoattack_preset_runs_with_the_references_row_names():
+    model, x, y = _image_task()
+    report = rk.evaluate(model, (x, y), rk.LinfBall(eps=0.3, bounds=(0.0, 1.0)), attacks="aa-standard", checks=False)
+    rows = report.per_eps[0]["attacks"]
+    assert list(rows) == ["apgd-ce", "apgd-t", "fab-t", "square", "worst"]
+    # APGD-CE breaks every example at this budget: the later attacks see none and spend nothing
+    assert [rows[k]["robust_accuracy"] for k in rows] == [0.0] * 5
+    assert [rows[k]["forward_passes"] for k in ("apgd-t", "fab-t", "square")] == [0, 0, 0]
+
+
+def test_a_cascade_runs_each_attack_on_the_survivors_and_reports_cumulative_rows(monkeypatch):
+    from robustkit.evaluation import presets
+
+    weak, strong = presets._random_search(100), presets._pgd(10)
+    cheap = presets.Preset("cheap", (weak, strong, presets.ATTACKS["fgsm"]), "search, PGD, FGSM", cascade=True)
+    monkeypatch.setitem(presets.PRESETS, "cheap", cheap)
+    model, x, y = _image_task()
+    space = rk.LinfBall(eps=0.02, bounds=(0.0, 1.0))
+    rows = rk.evaluate(model, (x, y), space, attacks="cheap", checks=False).per_eps[0]["attacks"]
+    alone = rk.evaluate(model, (x, y), space, attacks=["random-search", "pgd"], checks=False).per_eps[0]["attacks"]
+    first, second = rows["random-search"]["robust_accuracy"], rows["pgd"]["robust_accuracy"]
+    assert second < first < 14 / 16  # the search breaks some, PGD more
+    # the PGD row is the robust accuracy after the search and PGD
+    assert second <= alone["pgd"]["robust_accuracy"]
+    assert rows["fgsm"]["robust_accuracy"] == rows["worst"]["robust_accuracy"] <= second
+    # PGD ran only on the search's survivors: at most 11 forward passes each, plus the re-check of its successes
+    survivors = round(first * 16)
+    assert rows["pgd"]["forward_passes"] <= 12 * survivors < alone["pgd"]["forward_passes"]
