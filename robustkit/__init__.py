@@ -21,6 +21,8 @@ from robustkit.attacks import (
     RandomSearch,
     Square,
     Transfer,
+    attack,
+    attack_result,
 )
 from robustkit.domain import DatasetInfo, Domain, DomainData, available_domains, get_domain, register_domain
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
@@ -61,6 +63,8 @@ __all__ = [
     "ThresholdModel",
     "Transfer",
     "__version__",
+    "attack",
+    "attack_result",
     "available_domains",
     "datasets",
     "evaluate",

@@ -277,3 +277,19 @@ def test_a_cascade_runs_each_attack_on_the_survivors_and_reports_cumulative_rows
     # PGD ran only on the search's survivors: at most 11 forward passes each, plus the re-check of its successes
     survivors = round(first * 16)
     assert rows["pgd"]["forward_passes"] <= 12 * survivors < alone["pgd"]["forward_passes"]
+
+
+# ----------------------------------------------------------------------------- rk.attack
+
+
+def test_one_line_attack_returns_the_tensor_of_the_full_result():
+    model, x, y = _image_task()
+    x_adv = rk.attack(model, x, y, eps=0.05, norm="Linf", steps=10)
+    result = rk.attack_result(model, x, y, eps=0.05, norm="Linf", steps=10)
+    assert torch.equal(x_adv, result.x_adv)
+    assert bool(rk.LinfBall(eps=0.05, bounds=(0.0, 1.0)).contains(x_adv, x).all())
+    assert torch.equal(result.success, model(x_adv).argmax(1) != y)
+    with pytest.raises(rk.ConfigError, match="norm"):
+        rk.attack(model, x, y, eps=0.1, norm="L7")
+    with pytest.raises(rk.ConfigError, match="method"):
+        rk.attack(model, x, y, eps=0.1, method="cw")

@@ -4,6 +4,7 @@ from robustkit.attacks.apgd import APGD, apgd_checkpoints
 from robustkit.attacks.base import Attack, AttackResult
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.fab import FAB
+from robustkit.attacks.functional import attack, attack_result
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
 from robustkit.attacks.search import DiscreteSearch
@@ -23,4 +24,6 @@ __all__ = [
     "Square",
     "Transfer",
     "apgd_checkpoints",
+    "attack",
+    "attack_result",
 ]
