@@ -5,6 +5,8 @@ The closed-form checks use linear models, whose optimal and minimal perturbation
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 import torch
 
@@ -293,3 +295,39 @@ def test_one_line_attack_returns_the_tensor_of_the_full_result():
         rk.attack(model, x, y, eps=0.1, norm="L7")
     with pytest.raises(rk.ConfigError, match="method"):
         rk.attack(model, x, y, eps=0.1, method="cw")
+
+
+# ----------------------------------------------------------------------------- FMN and curves
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fmn_finds_the_exact_minimal_distance_to_a_linear_boundary(norm):
+    model, x, y = _two_class_linear()
+    w = (model.weight[1] - model.weight[0]).detach()
+    gap = (model(x)[:, 0] - model(x)[:, 1]).detach()
+    exact = gap / (w.abs().sum() if norm == "linf" else w.norm())
+    space = (rk.LinfBall if norm == "linf" else rk.L2Ball)(eps=10.0)
+    result = rk.FMN(space, steps=50, early_stop=False)(model, x, y)
+    assert bool(result.success.all())
+    torch.testing.assert_close(result.info["norms"], exact, atol=1e-3, rtol=0)
+    assert bool((result.info["norms"] >= exact - 1e-9).all())
+    assert bool((model(result.x_adv).argmax(1) != 0).all())
+
+
+@pytest.mark.parametrize("method", ["fmn", "fab"])
+def test_one_run_gives_the_whole_curve_of_a_linear_model(method):
+    from robustkit.evaluation.curves import robustness_curve
+
+    model, x, y = _two_class_linear()
+    y = y.clone()
+    y[0] = 1  # misclassified when clean: robust at no budget, norm 0
+    w = (model.weight[1] - model.weight[0]).detach()
+    exact = ((model(x)[:, 0] - model(x)[:, 1]) / w.norm()).detach()
+    ranked = sorted(float(e) for e in exact[1:])
+    budgets = [0.0, *((a + b) / 2 for a, b in pairwise(ranked)), ranked[-1] + 0.1]
+    curve = robustness_curve(model, x, y, rk.L2Ball(eps=1.0), budgets, method=method, steps=30)
+    assert curve.clean_accuracy == 0.9
+    # between two examples' distances, exactly one more example is broken
+    assert curve.robust_accuracy == pytest.approx([0.9 - k / 10 for k in range(10)])
+    assert curve.median_norm == pytest.approx(float(exact[1:].median()), abs=1e-3)
+    assert float(curve.norms[0]) == 0.0

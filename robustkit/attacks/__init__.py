@@ -4,6 +4,7 @@ from robustkit.attacks.apgd import APGD, apgd_checkpoints
 from robustkit.attacks.base import Attack, AttackResult
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.fab import FAB
+from robustkit.attacks.fmn import FMN
 from robustkit.attacks.functional import attack, attack_result
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
@@ -15,6 +16,7 @@ __all__ = [
     "APGD",
     "FAB",
     "FGSM",
+    "FMN",
     "PGD",
     "Attack",
     "AttackResult",
