@@ -331,3 +331,16 @@ def test_one_run_gives_the_whole_curve_of_a_linear_model(method):
     assert curve.robust_accuracy == pytest.approx([0.9 - k / 10 for k in range(10)])
     assert curve.median_norm == pytest.approx(float(exact[1:].median()), abs=1e-3)
     assert float(curve.norms[0]) == 0.0
+
+
+def test_fast_checks_run_the_same_checks_on_smaller_samples():
+    model, x, y = _image_task()
+    space = rk.LinfBall(eps=0.01, bounds=(0.0, 1.0))
+    ck = rk.evaluation.checks
+    fast = rk.evaluate(model, (x, y), space, attacks="quick", checks="fast")
+    assert [c.name for c in fast.checks] == [ck.LOGITS, ck.DETERMINISTIC, ck.GRADIENTS, ck.FGSM_WEAKER,
+                                             ck.RANDOM_SEARCH, ck.COVERING, ck.MONOTONE]
+    search = {c.name: c.detail for c in fast.checks}[ck.RANDOM_SEARCH]
+    assert "300-query" in search
+    with pytest.raises(rk.ConfigError, match="'fast'"):
+        rk.evaluate(model, (x, y), space, attacks="quick", checks="slow")

@@ -63,7 +63,7 @@ def evaluate(
     eps: float | Sequence[float] | None = None,
     attacks: str | AttackLike | Sequence[str | AttackLike] = "standard",
     mask: MaskLike = None,
-    checks: bool | ck.CheckSettings = True,
+    checks: bool | str | ck.CheckSettings = True,
     batch_size: int = 256,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -92,7 +92,8 @@ def evaluate(
             ``attack.with_space(space.with_budget(e))``; instances keep their own seed.
         mask: which examples may be attacked: None (all), a bool tensor aligned with the data order,
             or a callable ``(x, y) -> bool tensor`` per batch.
-        checks: run the gradient-masking checks (True), skip them (False), or settings for them.
+        checks: run the gradient-masking checks (True), skip them (False), run them on smaller samples
+            ("fast", :data:`robustkit.evaluation.checks.FAST`), or settings for them.
         batch_size: examples per batch when ``data`` is a tuple.
         seed: seed of the attacks built from names and of the checks; an example's random streams are
             keyed by its position in the data, so results do not depend on ``batch_size``.
@@ -125,8 +126,10 @@ def evaluate(
         settings: ck.CheckSettings | None = checks
     elif isinstance(checks, bool):
         settings = ck.CheckSettings() if checks else None
+    elif checks == "fast":
+        settings = ck.FAST
     else:
-        raise ConfigError(f"checks must be True, False or a CheckSettings, got {checks!r}")
+        raise ConfigError(f"checks must be True, False, 'fast' or a CheckSettings, got {checks!r}")
     chosen = _parse_attacks(attacks, space)
     if distributed.sampler_of(data) is not None:
         raise ConfigError(
