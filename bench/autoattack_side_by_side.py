@@ -1,7 +1,7 @@
 """AutoAttack side by side: robustkit's ``autoattack`` preset against the reference ``pyautoattack``.
 
-Same model, same MNIST test images (the first ``--n``), Linf eps 0.3, standard version. The models are the
-small CNN of ``attack_overhead.py`` trained by the quick recipes below (cached in ``bench/results/``).
+Same model, same MNIST test images (the first ``--n``), Linf eps 0.3, standard version. The models are trained
+by the quick recipes below (cached in ``bench/results/``).
 robustkit runs ``rk.evaluate(..., attacks="autoattack", checks=False)`` in this process; the reference runs
 in a separate process of its own virtual environment (``--reference-python``; it needs only torch and
 pyautoattack, installed with torch pinned: ``pip install -c constraints.txt pyautoattack``), on the model
@@ -31,15 +31,53 @@ import torch
 
 EPS = 0.3
 ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
-#: Quick recipes for a contended machine: one epoch on the first 20,000 training images (standard), and
-#: one epoch of PGD-3 training on them with the budget ramped over half of it (hardened).
-TRAIN_IMAGES = 20000
-RECIPES = {
-    "aa-standard": {"method": "standard", "epochs": 1, "lr": 1e-3, "batch": 128, "seed": 0,
-                    "train_images": TRAIN_IMAGES},
-    "aa-hardened": {"method": "pgd", "pgd_steps": 3, "eps": EPS, "eps_warmup": 0.5, "epochs": 1, "lr": 1e-3,
-                    "batch": 128, "seed": 0, "train_images": TRAIN_IMAGES},
+#: Quick recipes for a contended machine, on the first 20,000 training images: the small CNN of
+#: ``attack_overhead.py`` or a 784-256-256-10 MLP, one epoch of standard training, or PGD training
+#: (budget ramped over the first half) for the hardened ones.
+RECIPES: dict[str, dict[str, Any]] = {
+    "cnn-standard": {"arch": "cnn", "method": "standard", "epochs": 1},
+    "mlp-standard": {"arch": "mlp", "method": "standard", "epochs": 1},
+    "mlp-hardened": {"arch": "mlp", "method": "pgd", "pgd_steps": 5, "epochs": 3},
 }
+TRAIN_IMAGES = 20000
+
+
+def build(arch: str) -> torch.nn.Module:
+    from attack_overhead import small_cnn
+
+    if arch == "cnn":
+        return small_cnn()
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                               torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def train(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
+    """The model of recipe ``name``, trained (Adam, lr 1e-3, batch 128, seed 0) or loaded from the cache."""
+    from attack_overhead import RESULTS
+    from safetensors.torch import load_file, save_file
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import robustkit as rk
+
+    recipe = RECIPES[name]
+    torch.manual_seed(0)
+    model = build(recipe["arch"])
+    path = RESULTS / f"aa_{name}.safetensors"
+    if path.exists():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    space = rk.LinfBall(eps=EPS, bounds=(0.0, 1.0))
+    method: Any = "standard" if recipe["method"] == "standard" else rk.methods.PGDTraining(steps=recipe["pgd_steps"])
+    trainer = rk.AdversarialTrainer(model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), 1e-3),
+                                    eps_warmup=recipe["epochs"] / 2, seed=0, progress=False)
+    loader = DataLoader(TensorDataset(x[:TRAIN_IMAGES], y[:TRAIN_IMAGES]), batch_size=128, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    started = time.perf_counter()
+    trainer.fit(loader, epochs=recipe["epochs"])
+    print(f"[{name}] trained in {time.perf_counter() - started:.0f} s", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.eval()
 
 
 def reference_worker(folder: Path, threads: int, batch: int) -> None:
@@ -101,12 +139,12 @@ def newly_broken(clean: float, after: dict[str, float], n: int) -> dict[str, int
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="first N MNIST test images")
-    parser.add_argument("--models", nargs="+", default=list(RECIPES),
-                        help="recipes of this script or of attack_overhead.py (standard, hardened)")
+    parser.add_argument("--models", nargs="+", default=["mlp-standard", "mlp-hardened"], choices=list(RECIPES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--reference-python", default=sys.executable,
                         help="python of the environment with pyautoattack")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/autoattack_side_by_side.json)")
     parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_worker is not None:
@@ -114,10 +152,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from attack_overhead import RECIPES as SHARED
-    from attack_overhead import RESULTS, load_mnist, train
-
-    import robustkit as rk
+    from attack_overhead import RESULTS, load_mnist
 
     torch.set_num_threads(args.threads)
     root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets")) / "mnist"
@@ -125,11 +160,10 @@ def main() -> None:
     x, y = x_test[: args.n].contiguous(), y_test[: args.n].contiguous()
     results: dict[str, Any] = {"n": args.n, "eps": EPS, "threads": args.threads, "torch": torch.__version__,
                                "load_before": os.getloadavg()}
-    SHARED.update(RECIPES)
     for name in args.models:
-        images = SHARED[name].get("train_images", len(x_train))
-        model, _ = train(name, x_train[:images], y_train[:images], rk.LinfBall(eps=EPS, bounds=(0.0, 1.0)))
-        model.eval()
+        model = train(name, x_train, y_train)
+        with torch.no_grad():
+            clean_10k = float((torch.cat([model(b).argmax(1) for b in x_test.split(1000)]) == y_test).float().mean())
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             torch.save(model, folder / "model.pt")
@@ -139,7 +173,7 @@ def main() -> None:
                             str(args.threads), "--batch", str(args.batch)], check=True, env=env)
             ref = json.loads((folder / "reference.json").read_text())
         ours = run_robustkit(model, x, y, args.batch)
-        row = {"robustkit": ours, "reference": {k: v for k, v in ref.items() if k != "log"},
+        row = {"clean_10k": clean_10k, "robustkit": ours, "reference": {k: v for k, v in ref.items() if k != "log"},
                "reference_log": ref["log"], "load_after": os.getloadavg()}
         for side in ("robustkit", "reference"):
             row[side]["newly_broken"] = newly_broken(row[side]["clean"], row[side]["after"], args.n)
@@ -150,8 +184,8 @@ def main() -> None:
               f"reference {rr:.3f} ({ref['seconds']:.0f} s) | newly broken robustkit "
               f"{row['robustkit']['newly_broken']} reference {row['reference']['newly_broken']} | "
               f"{row['disagree']} images differ; reference's points valid: {ref['valid']}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "autoattack_side_by_side.json"
+    path = args.out or RESULTS / "autoattack_side_by_side.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
     print(f"written {path}")
 
