@@ -126,6 +126,24 @@ def run_robustkit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batc
             "robust": report.outcomes["robust"].tolist()}
 
 
+def curve_against_apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, Any]:
+    """Robust accuracy at several budgets from one FMN run, beside APGD-CE + APGD-DLR run at each budget."""
+    import robustkit as rk
+    from robustkit.evaluation import robustness_curve
+
+    budgets = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    space = rk.LinfBall(eps=EPS, bounds=(0.0, 1.0))
+    started = time.perf_counter()
+    curve = robustness_curve(model, x, y, space, budgets, steps=steps)
+    fmn_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    report = rk.evaluate(model, (x, y), space, eps=budgets, attacks=["apgd-ce", "apgd-dlr"], checks=False)
+    apgd_seconds = time.perf_counter() - started
+    apgd = [p["attacks"]["worst"]["robust_accuracy"] for p in report.per_eps]
+    return {"eps": budgets, "fmn": curve.robust_accuracy, "apgd": apgd, "median_norm": curve.median_norm,
+            "fmn_steps": steps, "fmn_seconds": fmn_seconds, "apgd_seconds": apgd_seconds}
+
+
 def newly_broken(clean: float, after: dict[str, float], n: int) -> dict[str, int]:
     """Examples each attack broke that the ones before it did not (from robust accuracies after each)."""
     out, before = {}, clean
@@ -144,6 +162,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--reference-python", default=sys.executable,
                         help="python of the environment with pyautoattack")
+    parser.add_argument("--curve-steps", type=int, default=0,
+                        help="also compare one FMN run of this many steps with per-budget APGD (0: skip)")
+    parser.add_argument("--skip-reference", action="store_true", help="only the curve (with --curve-steps)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/autoattack_side_by_side.json)")
     parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -164,6 +185,12 @@ def main() -> None:
         model = train(name, x_train, y_train)
         with torch.no_grad():
             clean_10k = float((torch.cat([model(b).argmax(1) for b in x_test.split(1000)]) == y_test).float().mean())
+        if args.curve_steps:
+            curve = curve_against_apgd(model, x, y, args.curve_steps)
+            results.setdefault("curves", {})[name] = curve
+            print(f"[{name}] FMN-{args.curve_steps} curve {curve}", flush=True)
+        if args.skip_reference:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             torch.save(model, folder / "model.pt")
