@@ -80,7 +80,7 @@ def train(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
     return model.eval()
 
 
-def reference_worker(folder: Path, threads: int, batch: int) -> None:
+def reference_worker(folder: Path, threads: int, batch: int, eps: float) -> None:
     """Run the reference AutoAttack on the saved model and images; write ``reference.json``."""
     from pyautoattack import AutoAttack
 
@@ -98,7 +98,7 @@ def reference_worker(folder: Path, threads: int, batch: int) -> None:
     log.setLevel(logging.DEBUG)
     log.addHandler(Keep())
     started = time.perf_counter()
-    x_adv, _ = AutoAttack(model, norm="Linf", eps=EPS, version="standard", seed=0).run_standard_evaluation(
+    x_adv, _ = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0).run_standard_evaluation(
         x, y, batch_size=batch)
     seconds = time.perf_counter() - started
     with torch.no_grad():
@@ -107,17 +107,17 @@ def reference_worker(folder: Path, threads: int, batch: int) -> None:
              for m in (re.search(r"robust accuracy after (\S+): ([\d.]+)%", line) for line in lines) if m}
     clean = next(float(m.group(1)) / 100 for m in (re.search(r"initial accuracy: ([\d.]+)%", line) for line in lines)
                  if m)
-    valid = bool(((x_adv - x).abs().amax() <= EPS + 1e-6) & (x_adv.min() >= 0) & (x_adv.max() <= 1))
+    valid = bool(((x_adv - x).abs().amax() <= eps + 1e-6) & (x_adv.min() >= 0) & (x_adv.max() <= 1))
     out = {"seconds": seconds, "clean": clean, "after": after, "robust": robust.tolist(), "valid": valid,
            "log": lines}
     (folder / "reference.json").write_text(json.dumps(out))
 
 
-def run_robustkit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> dict[str, Any]:
+def run_robustkit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, eps: float) -> dict[str, Any]:
     import robustkit as rk
 
     started = time.perf_counter()
-    report = rk.evaluate(model, (x, y), rk.LinfBall(eps=EPS, bounds=(0.0, 1.0)), attacks="autoattack",
+    report = rk.evaluate(model, (x, y), rk.LinfBall(eps=eps, bounds=(0.0, 1.0)), attacks="autoattack",
                          checks=False, batch_size=batch)
     seconds = time.perf_counter() - started
     rows = report.per_eps[0]["attacks"]
@@ -158,6 +158,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="first N MNIST test images")
     parser.add_argument("--models", nargs="+", default=["mlp-standard", "mlp-hardened"], choices=list(RECIPES))
+    parser.add_argument("--eps", type=float, default=EPS, help="Linf budget of the comparison (training uses 0.3)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--reference-python", default=sys.executable,
@@ -169,7 +170,7 @@ def main() -> None:
     parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_worker is not None:
-        reference_worker(args.reference_worker, args.threads, args.batch)
+        reference_worker(args.reference_worker, args.threads, args.batch, args.eps)
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -179,7 +180,7 @@ def main() -> None:
     root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets")) / "mnist"
     x_train, y_train, x_test, y_test = load_mnist(root)
     x, y = x_test[: args.n].contiguous(), y_test[: args.n].contiguous()
-    results: dict[str, Any] = {"n": args.n, "eps": EPS, "threads": args.threads, "torch": torch.__version__,
+    results: dict[str, Any] = {"n": args.n, "eps": args.eps, "threads": args.threads, "torch": torch.__version__,
                                "load_before": os.getloadavg()}
     for name in args.models:
         model = train(name, x_train, y_train)
@@ -197,9 +198,9 @@ def main() -> None:
             torch.save({"x": x, "y": y}, folder / "data.pt")
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             subprocess.run([args.reference_python, __file__, "--reference-worker", str(folder), "--threads",
-                            str(args.threads), "--batch", str(args.batch)], check=True, env=env)
+                            str(args.threads), "--batch", str(args.batch), "--eps", str(args.eps)], check=True, env=env)
             ref = json.loads((folder / "reference.json").read_text())
-        ours = run_robustkit(model, x, y, args.batch)
+        ours = run_robustkit(model, x, y, args.batch, args.eps)
         row = {"clean_10k": clean_10k, "robustkit": ours, "reference": {k: v for k, v in ref.items() if k != "log"},
                "reference_log": ref["log"], "load_after": os.getloadavg()}
         for side in ("robustkit", "reference"):
