@@ -344,3 +344,10 @@ def test_fast_checks_run_the_same_checks_on_smaller_samples():
     assert "300-query" in search
     with pytest.raises(rk.ConfigError, match="'fast'"):
         rk.evaluate(model, (x, y), space, attacks="quick", checks="slow")
+
+
+def test_a_top_k_attack_transfers_from_a_surrogate():
+    model, x, y = _image_task()
+    attack = rk.Transfer(rk.APGD(rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), loss="dlr", targeted=3, steps=5), model)
+    result = attack(model, x, y)
+    assert torch.equal(result.success, model(result.x_adv).argmax(1) != y)
