@@ -156,16 +156,28 @@ class Square(Attack):
         best = Best(start, x.device)
         logits, loss = problem.evaluate(start, everyone)
         best.update(everyone, start, loss, problem.success(logits, everyone))
-        active = everyone
+        # the active examples' current points live in local tensors, written back when the set shrinks:
+        # a query then costs no gather or scatter of the whole batch
+        active = everyone[~best.success] if self.early_stop else everyone
+        x0, cur, cur_loss = x[active], best.x[active], best.loss[active]
+        cur_success, ids = best.success[active], problem.ids[active]
         for it in range(self.queries):
-            if self.early_stop:
-                active = active[~best.success[active]]
-                if len(active) == 0:
-                    break
-            x0 = x[active]
-            proposal = self._propose(x0, best.x[active], problem.ids[active], it)
+            if len(active) == 0:
+                break
+            proposal = self._propose(x0, cur, ids, it)
             logits, loss = problem.evaluate(proposal, active)
-            best.update(active, proposal, loss, problem.success(logits, active))
+            success = problem.success(logits, active)
+            better = torch.where(success == cur_success, loss > cur_loss, success)
+            cur = torch.where(better.view(-1, *[1] * (x.dim() - 1)), proposal, cur)
+            cur_loss = torch.where(better, loss.to(cur_loss.dtype), cur_loss)
+            cur_success = cur_success | success
+            if self.early_stop and bool(success.any()):
+                best.update(active, cur, cur_loss, cur_success)
+                keep = ~cur_success
+                active, x0, cur, cur_loss, cur_success, ids = (
+                    t[keep] for t in (active, x0, cur, cur_loss, cur_success, ids))
+        if len(active):
+            best.update(active, cur, cur_loss, cur_success)
         return best
 
     # ----------------------------------------------------------------- proposals
@@ -195,12 +207,12 @@ class Square(Attack):
         norm = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (x.dim() - 1))
         return self.cspace.project(x + delta / norm * self.cspace.eps, x)
 
-    def _window(self, ids: torch.Tensor, seed: int, s: int, h: int, w: int, device: torch.device) -> torch.Tensor:
-        """Top-left corners (N, 2) of one random s x s window per example."""
-        corner = _random.uniform(seed, ids, (2,), torch.float32)
-        top = (corner[:, 0] * (h - s + 1)).long().clamp_max(h - s)
-        left = (corner[:, 1] * (w - s + 1)).long().clamp_max(w - s)
-        return torch.stack([top, left], dim=1).to(device)
+    @staticmethod
+    def _window(draws: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+        """Top-left corners (N, 2) of one s x s window per example, from two uniform draws each (N, 2)."""
+        top = (draws[:, 0] * (h - s + 1)).long().clamp_max(h - s)
+        left = (draws[:, 1] * (w - s + 1)).long().clamp_max(w - s)
+        return torch.stack([top, left], dim=1)
 
     @staticmethod
     def _inside(corner: torch.Tensor, s: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,22 +227,22 @@ class Square(Attack):
         s = self.side(it, h, w)
         n, channels = len(x0), tuple(x0.shape[1:-2])
         lead = [1] * len(channels)  # the window spans every channel
-        signs = _random.uniform(_random.derive(self.seed, it + 1, 1), ids, channels, x0.dtype) < 0.5
-        signs = torch.where(signs, -1.0, 1.0).to(x0.dtype).view(n, *channels, 1, 1)
-        first, rows, cols = self._inside(self._window(ids, _random.derive(self.seed, it + 1, 0), s, h, w, x0.device),
-                                         s, h, w)
+        # one draw per query: two window corners, a transpose coin, then one sign per channel
+        draws = _random.uniform(_random.derive(self.seed, it + 1), ids, (5 + math.prod(channels),), torch.float32)
+        draws = draws.to(x0.device)
+        signs = torch.where(draws[:, 5:] < 0.5, -1.0, 1.0).to(x0.dtype).view(n, *channels, 1, 1)
+        first, rows, cols = self._inside(self._window(draws[:, 0:2], s, h, w), s, h, w)
         win = first.view(n, *lead, h, w)
         if isinstance(self.space, LinfBall):
             return self.cspace.project(torch.where(win, x0 + self.cspace.eps * signs, current), x0)
-        second, _, _ = self._inside(self._window(ids, _random.derive(self.seed, it + 1, 2), s, h, w, x0.device),
-                                    s, h, w)
+        second, _, _ = self._inside(self._window(draws[:, 2:4], s, h, w), s, h, w)
         win2 = second.view(n, *lead, h, w)
         delta = current - x0
         dims = (-2, -1)
         norm_first = (delta * win).pow(2).sum(dim=dims, keepdim=True).sqrt()
         norm_both = (delta * (win | win2)).pow(2).sum(dim=dims, keepdim=True).sqrt()
         norm_all = delta.flatten(1).norm(dim=1).view(-1, *[1] * (x0.dim() - 1))
-        flips = _random.uniform(_random.derive(self.seed, it + 1, 3), ids, (1,), torch.float32)[:, 0] < 0.5
+        flips = draws[:, 4] < 0.5
         bump = _bump(s).to(x0)
         at = (rows[:, :, None], cols[:, None, :])
         pattern = torch.where(flips[:, None, None], bump.T[at], bump[at]).view(n, *lead, h, w)
