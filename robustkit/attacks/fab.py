@@ -201,8 +201,11 @@ class FAB(Attack):
             w = space._apply_mask(grad).flatten(1)
             flat = x.flatten(1)
             c = (w * flat).sum(dim=1) - gap
-            d1 = project_onto_hyperplane(flat, w, c, low, high, kind) - flat
-            d2 = project_onto_hyperplane(flat0, w, c, low, high, kind) - flat0
+            # the current point and the clean input onto the same plane, in one call
+            points = torch.cat([flat, flat0])
+            moves = project_onto_hyperplane(points, w.repeat(2, 1), c.repeat(2), low.repeat(2, 1), high.repeat(2, 1),
+                                            kind) - points
+            d1, d2 = moves[: len(flat)], moves[len(flat) :]
             a1 = space.norm(d1).clamp_min(1e-8)
             a2 = space.norm(d2).clamp_min(1e-8)
             alpha = (a1 / (a1 + a2)).clamp(0.0, self.alpha_max)[:, None]
