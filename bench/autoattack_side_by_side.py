@@ -37,7 +37,7 @@ ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
 RECIPES: dict[str, dict[str, Any]] = {
     "cnn-standard": {"arch": "cnn", "method": "standard", "epochs": 1},
     "mlp-standard": {"arch": "mlp", "method": "standard", "epochs": 1},
-    "mlp-hardened": {"arch": "mlp", "method": "pgd", "pgd_steps": 5, "epochs": 3},
+    "mlp-hardened": {"arch": "mlp", "method": "pgd", "pgd_steps": 3, "epochs": 1},
 }
 TRAIN_IMAGES = 20000
 
