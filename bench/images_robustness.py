@@ -157,7 +157,8 @@ def main() -> None:
         rb = r["robust"]
         print(f"| {r['method']} | {r['epochs']} | {r['train_minutes']:.1f} | {r['clean_10k']:.4f} | {r['clean']:.3f} | "
               f"{rb.get('pgd', float('nan')):.3f} | {rb.get('apgd-ce', float('nan')):.3f} | "
-              f"{rb.get('apgd-dlr', float('nan')):.3f} | {rb.get('square', float('nan')):.3f} | {rb['worst']:.3f} | "
+              f"{rb.get('apgd-dlr', float('nan')):.3f} | {rb.get('random-search', float('nan')):.3f} | "
+              f"{rb['worst']:.3f} | "
               f"{r['verdict']} |")
     print(f"\nwritten {path}")
 

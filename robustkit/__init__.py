@@ -11,14 +11,19 @@ Example:
 from robustkit import datasets, losses
 from robustkit.attacks import (
     APGD,
+    FAB,
     FGSM,
+    FMN,
     PGD,
     Attack,
     AttackResult,
     DiscreteSearch,
     Ensemble,
     RandomSearch,
+    Square,
     Transfer,
+    attack,
+    attack_result,
 )
 from robustkit.domain import DatasetInfo, Domain, DomainData, available_domains, get_domain, register_domain
 from robustkit.errors import ConfigError, DataError, DiskFullError, ModelError, RobustkitError
@@ -31,7 +36,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "APGD",
+    "FAB",
     "FGSM",
+    "FMN",
     "PGD",
     "AdversarialTrainer",
     "Attack",
@@ -55,9 +62,12 @@ __all__ = [
     "RandomSearch",
     "RobustkitError",
     "RobustnessReport",
+    "Square",
     "ThresholdModel",
     "Transfer",
     "__version__",
+    "attack",
+    "attack_result",
     "available_domains",
     "callbacks",
     "datasets",

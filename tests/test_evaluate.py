@@ -169,7 +169,7 @@ def test_standard_preset_uses_margin_for_binary_models():
     report = evaluate(sign_model(), (x, y), space(0.1), checks=False)
     assert list(report.robust_accuracy) == ["pgd", "apgd-ce", "apgd-margin", "worst"]
     assert report.attacks["apgd-margin"]["loss"] == "margin" and report.attacks["pgd"]["steps"] == 20
-    assert [s.label for s in PRESETS["thorough"].attacks_for(10)] == ["pgd", "apgd-ce", "apgd-dlr", "square"]
+    assert [s.label for s in PRESETS["thorough"].attacks_for(10)] == ["pgd", "apgd-ce", "apgd-dlr", "random-search"]
     assert "forward" in describe_presets() and PRESETS["quick"].backward_passes == 10
 
 

@@ -138,7 +138,9 @@ class APGD(Attack):
         restarts: runs from fresh random starts, each only on the examples still robust.
         rho: share of loss-increasing steps in a period below which the step size is halved.
         record: keep a trace of per-iteration losses and step sizes in the result's ``info["trace"]``.
-        targeted, seed, early_stop, eot: see :class:`~robustkit.attacks.base.Attack`.
+        targeted, seed, early_stop, eot: see :class:`~robustkit.attacks.base.Attack`;
+            ``loss="dlr", targeted=9`` is AutoAttack's APGD-T (the targeted DLR loss towards each
+            example's 9 most likely other classes in turn).
 
     The trace is a list with one dict per restart, holding ``ids`` (the examples of that run) and
     tensors of shape ``(steps + 1, len(ids))``: ``loss`` (the loss of iterate t as computed),
@@ -166,7 +168,7 @@ class APGD(Attack):
         steps: int = 100,
         loss: str | LossFn = "ce",
         restarts: int = 1,
-        targeted: bool = False,
+        targeted: bool | int = False,
         seed: int = 0,
         early_stop: bool = True,
         eot: int = 1,

@@ -114,8 +114,10 @@ class Problem:
         loss_fn: LossFn,
         eot: int = 1,
         reference: torch.Tensor | None = None,
+        hit_target: bool = True,
     ) -> None:
         self.model = model
+        self.hit_target = hit_target
         self.reference = reference
         self.x = x
         self.y = y
@@ -176,9 +178,12 @@ class Problem:
         return held[1]
 
     def success(self, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Decision rule: misclassified (untargeted) or the target predicted (targeted)."""
+        """Decision rule: misclassified (untargeted) or the target predicted (targeted).
+
+        With ``hit_target=False`` the target only steers the loss and any misclassification succeeds.
+        """
         pred = logits.argmax(dim=1)
-        if self.target is not None:
+        if self.target is not None and self.hit_target:
             return pred == self.target[idx]
         return pred != self._labels(idx)
 
@@ -254,7 +259,11 @@ class Attack(ABC):
     Args:
         space: the perturbation space (threat model).
         loss: name of the loss to maximise ("ce", "margin", "dlr") or a callable.
-        targeted: if True, ``target=`` classes must be passed and success means predicting them.
+        targeted: if True, ``target=`` classes must be passed and success means predicting them. An
+            integer k (not a bool) asks for the top-k targeted mode of AutoAttack's APGD-T and FAB-T:
+            each example is attacked with the targeted loss towards its most likely other class on
+            the clean input, then the next, up to k classes, each run only on the examples still
+            robust; success means any misclassification, so the attack is untargeted from outside.
         seed: seed of the per-example random streams (random starts, restarts).
         early_stop: stop spending work on examples that already succeeded.
         eot: gradient samples averaged per step (expectation over transformation, for random models).
@@ -269,7 +278,7 @@ class Attack(ABC):
         space: PerturbationSpace,
         *,
         loss: str | LossFn = "ce",
-        targeted: bool = False,
+        targeted: bool | int = False,
         seed: int = 0,
         early_stop: bool = True,
         eot: int = 1,
@@ -280,13 +289,20 @@ class Attack(ABC):
         self.eot = integer_at_least("eot", eot)
         self.space = space
         self.loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
-        self.loss_fn = get_loss(loss, targeted)
-        self.targeted = targeted
+        if isinstance(targeted, bool):
+            self.top_k = 0
+        elif isinstance(targeted, numbers.Integral) and targeted >= 1:
+            self.top_k = int(targeted)
+        else:
+            raise ConfigError(f"targeted must be True, False or a number of target classes >= 1, got {targeted!r}")
+        self.loss_fn = get_loss(loss, bool(targeted))
+        #: True when ``target=`` must be passed (the top-k mode is untargeted from outside)
+        self.targeted = targeted is True
         self.early_stop = early_stop
 
     def config(self) -> dict[str, Any]:
         """The settings that define this attack, for reports and ``metrics.json``."""
-        return {"loss": self.loss_name, "targeted": self.targeted, "eot": self.eot}
+        return {"loss": self.loss_name, "targeted": self.top_k or self.targeted, "eot": self.eot}
 
     def with_space(self, space: PerturbationSpace) -> Attack:
         """A copy of this attack over another space (another budget)."""
@@ -346,7 +362,7 @@ class Attack(ABC):
                 problem = Problem(model, self._take(x, part), y_t[part], None if target_t is None else target_t[part],
                                   ids_t[part], self.loss_fn, self.eot, None if ref is None else ref[part])
                 try:  # slicing is cheap next to an attack: memory runs out in the passes
-                    best = self._run(problem)
+                    best = self._solve(problem)
                     self._confirm(problem, best)
                 except (RuntimeError, MemoryError) as exc:
                     if not out_of_memory(exc):
@@ -366,6 +382,33 @@ class Attack(ABC):
                 start += len(part)
         info = infos[0] if len(infos) == 1 else {"chunks": infos, "chunk_size": chunk}
         return AttackResult(x_adv, success, loss, mask_t, forward, backward, info)
+
+    def _solve(self, problem: Problem) -> Best:
+        """:meth:`_run`, or in the top-k targeted mode one targeted run per target class on the survivors."""
+        if not self.top_k:
+            return self._run(problem)
+        with torch.no_grad():
+            clean = problem.logits(problem.x)
+        # the other classes, most likely first, ranked once on the clean inputs
+        ranked = clean.scatter(1, problem.y[:, None], float("-inf")).argsort(dim=1, descending=True)
+        best = Best(problem.x, clean.device)
+        # the outer problem scores each returned point with the target it was found for
+        problem.target, problem.hit_target = ranked[:, 0].clone(), False
+        for k in range(min(self.top_k, clean.shape[1] - 1)):
+            todo = (~best.success).nonzero().squeeze(1)
+            if len(todo) == 0:
+                break
+            ref = None if problem.reference is None else problem.reference[todo]
+            sub = Problem(problem.model, self._take(problem.x, todo), problem.y[todo], ranked[todo, k],
+                          problem.ids[todo], problem.loss_fn, problem.eot, ref, hit_target=False)
+            found = self._run(sub)
+            problem.forward_passes += sub.forward_passes
+            problem.backward_passes += sub.backward_passes
+            problem.info.setdefault("per_target", []).append(sub.info)
+            took = found.success | (found.loss > best.loss[todo])
+            problem.target[todo[took]] = ranked[todo[took], k]
+            best.update(todo, found.x, found.loss, found.success)
+        return best
 
     # ----------------------------------------------------------------- hooks for subclasses
     @abstractmethod

@@ -62,7 +62,7 @@ class PGD(Attack):
         random_start: bool = True,
         init_scale: float = 1.0,
         loss: str | LossFn = "ce",
-        targeted: bool = False,
+        targeted: bool | int = False,
         seed: int = 0,
         early_stop: bool = True,
         eot: int = 1,
@@ -157,7 +157,7 @@ class FGSM(PGD):
         step_size: float | None = None,
         random_start: bool = False,
         loss: str | LossFn = "ce",
-        targeted: bool = False,
+        targeted: bool | int = False,
         seed: int = 0,
         eot: int = 1,
     ) -> None:

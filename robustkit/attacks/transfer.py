@@ -51,8 +51,9 @@ class Transfer(Attack):
         if not isinstance(surrogate, nn.Module):
             kind = type(surrogate).__name__
             raise ConfigError(f"the surrogate must be a torch.nn.Module returning logits, got {kind}")
-        super().__init__(attack.space, loss=attack.loss_fn, targeted=attack.targeted, seed=attack.seed,
-                         early_stop=attack.early_stop)
+        # a top-k targeted attack is untargeted from outside: its points are scored with the margin
+        super().__init__(attack.space, loss="margin" if attack.top_k else attack.loss_fn, targeted=attack.targeted,
+                         seed=attack.seed, early_stop=attack.early_stop)
         self.loss_name = attack.loss_name
         self.attack = attack
         self.surrogate = surrogate

@@ -10,6 +10,8 @@ Example:
     ['pgd', 'apgd-ce', 'apgd-dlr']
     >>> [spec.label for spec in PRESETS["standard"].attacks_for(n_classes=2)]
     ['pgd', 'apgd-ce', 'apgd-margin']
+    >>> [spec.label for spec in PRESETS["autoattack"].attacks_for(n_classes=10)]
+    ['apgd-ce', 'apgd-t', 'fab-t', 'square']
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 
 from robustkit.attacks.apgd import APGD
 from robustkit.attacks.base import Attack
+from robustkit.attacks.fab import FAB
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
 from robustkit.attacks.search import DiscreteSearch
+from robustkit.attacks.square import Square
 from robustkit.errors import ConfigError
 from robustkit.spaces import PerturbationSpace
 
@@ -34,8 +38,9 @@ class AttackSpec:
     """One attack by name: a report label, the attack kind and its settings.
 
     Args:
-        label: the name it has in reports ("pgd", "apgd-ce", "square", ...).
-        kind: "fgsm", "pgd", "apgd", "square" (gradient-free random search) or "search" (discrete spaces).
+        label: the name it has in reports ("pgd", "apgd-ce", "apgd-t", "fab-t", "square", ...).
+        kind: "fgsm", "pgd", "apgd", "fab", "square" (Square Attack), "random-search" (a gradient-free
+            search over any continuous input) or "search" (discrete spaces).
         options: keyword arguments of the attack class.
         forward: forward passes per example it costs at most (for one budget).
         backward: backward passes per example it costs at most.
@@ -53,7 +58,9 @@ class AttackSpec:
             "fgsm": FGSM,
             "pgd": PGD,
             "apgd": APGD,
-            "square": RandomSearch,
+            "fab": FAB,
+            "square": Square,
+            "random-search": RandomSearch,
             "search": DiscreteSearch,
         }
         if self.kind not in classes:
@@ -65,12 +72,20 @@ def _pgd(steps: int, restarts: int = 1) -> AttackSpec:
     return AttackSpec("pgd", "pgd", {"steps": steps, "restarts": restarts}, (steps + 1) * restarts, steps * restarts)
 
 
-def _apgd(loss: str, steps: int) -> AttackSpec:
-    return AttackSpec(f"apgd-{loss}", "apgd", {"steps": steps, "loss": loss}, steps + 1, steps)
+def _apgd(loss: str, steps: int, eot: int = 1) -> AttackSpec:
+    return AttackSpec(f"apgd-{loss}", "apgd", {"steps": steps, "loss": loss, "eot": eot}, (steps + 1) * eot,
+                      steps * eot)
 
 
-def _square(queries: int) -> AttackSpec:
-    return AttackSpec("square", "square", {"queries": queries}, queries + 1, 0)
+def _random_search(queries: int) -> AttackSpec:
+    return AttackSpec("random-search", "random-search", {"queries": queries}, queries + 1, 0)
+
+
+#: AutoAttack's standard attacks with the reference's settings (Croce and Hein 2020): the targeted
+#: ones try each example's 9 most likely other classes; one clean pass per targeted attack ranks them.
+_APGD_T = AttackSpec("apgd-t", "apgd", {"steps": 100, "loss": "dlr", "targeted": 9}, 1 + 9 * 101, 9 * 100)
+_FAB_T = AttackSpec("fab-t", "fab", {"steps": 100, "targeted": 9}, 1 + 9 * 201, 9 * 100)
+_SQUARE = AttackSpec("square", "square", {"queries": 5000, "p_init": 0.8}, 5001, 0)
 
 
 def _search(candidates: int) -> AttackSpec:
@@ -84,7 +99,10 @@ ATTACKS: dict[str, AttackSpec] = {
     "apgd-ce": _apgd("ce", 50),
     "apgd-dlr": _apgd("dlr", 50),
     "apgd-margin": _apgd("margin", 50),
-    "square": _square(1000),
+    "apgd-t": _APGD_T,
+    "fab-t": _FAB_T,
+    "square": _SQUARE,
+    "random-search": _random_search(1000),
     "search": AttackSpec("search", "search", {"candidates_per_step": 8}),
 }
 
@@ -96,18 +114,29 @@ CONTINUOUS_ONLY = frozenset(name for name, spec in ATTACKS.items() if spec.kind 
 class Preset:
     """A named attack suite. DLR attacks become margin attacks on binary models (DLR needs 3 classes).
 
-    ``discrete`` is the suite used over a discrete space (the gradient-guided search).
+    ``discrete`` is the suite used over a discrete space (the gradient-guided search). With
+    ``cascade`` each attack runs only on the examples no earlier attack broke (AutoAttack's
+    per-example early exit), and the report's row of an attack gives the robust accuracy after it
+    and every attack before it, as the reference's log does.
     """
 
     name: str
     attacks: tuple[AttackSpec, ...]
     description: str
     discrete: tuple[AttackSpec, ...] = ()
+    cascade: bool = False
+    min_classes: int = 2
 
     def attacks_for(self, n_classes: int, discrete: bool = False) -> list[AttackSpec]:
         """The suite for a model with ``n_classes`` outputs (over a discrete space if ``discrete``)."""
         if discrete:
+            if not self.discrete:
+                raise ConfigError(f"preset {self.name!r} attacks continuous inputs only: use 'standard' over a "
+                                  "discrete space")
             return list(self.discrete)
+        if n_classes < self.min_classes:
+            raise ConfigError(f"preset {self.name!r} needs {self.min_classes}+ classes (its targeted DLR loss), the "
+                              f"model has {n_classes}: use 'standard' or 'thorough'")
         if n_classes >= 3:
             return list(self.attacks)
         return [_apgd("margin", int(s.options["steps"])) if s.label == "apgd-dlr" else s for s in self.attacks]
@@ -141,11 +170,29 @@ PRESETS: dict[str, Preset] = {
     ),
     "thorough": Preset(
         "thorough",
-        (_pgd(50, restarts=5), _apgd("ce", 100), _apgd("dlr", 100), _square(1000)),
-        "PGD-50 x 5 restarts, APGD-CE-100, APGD-DLR-100 (margin if binary), Square-like random search 1000 queries",
+        (_pgd(50, restarts=5), _apgd("ce", 100), _apgd("dlr", 100), _random_search(1000)),
+        "PGD-50 x 5 restarts, APGD-CE-100, APGD-DLR-100 (margin if binary), random search 1000 queries",
         (_search(32),),
     ),
+    "autoattack": Preset(
+        "autoattack",
+        (_apgd("ce", 100), _APGD_T, _FAB_T, _SQUARE),
+        "AutoAttack standard: APGD-CE-100, APGD-T-100 (9 targets), FAB-T-100 (9 targets), Square 5000 queries, "
+        "each on the examples still robust",
+        cascade=True,
+        min_classes=4,
+    ),
+    "aa-rand": Preset(
+        "aa-rand",
+        (_apgd("ce", 100, eot=20), _apgd("dlr", 100, eot=20)),
+        "AutoAttack rand (randomised defences): APGD-CE-100 and APGD-DLR-100 with 20 EOT samples per step, "
+        "each on the examples still robust",
+        cascade=True,
+        min_classes=3,
+    ),
 }
+#: AutoAttack's own name for its standard version.
+PRESETS["aa-standard"] = PRESETS["autoattack"]
 
 #: What the gradient-masking checks add, once per evaluation (not per budget).
 CHECKS_COST = (
@@ -161,8 +208,9 @@ def describe_presets() -> str:
         >>> print(describe_presets().splitlines()[0])
         quick: PGD-10; at most 11 forward and 10 backward passes per example and budget
     """
-    lines = [f"{p.name}: {p.cost}" for p in PRESETS.values()]
-    discrete = ", ".join(f"{p.name} {p.discrete[0].options['candidates_per_step']}" for p in PRESETS.values())
+    lines = [f"{name}: {p.cost}" if name == p.name else f"{name}: the same as {p.name}" for name, p in PRESETS.items()]
+    discrete = ", ".join(f"{p.name} {p.discrete[0].options['candidates_per_step']}" for p in PRESETS.values()
+                         if p.discrete)
     search = (
         f"over discrete spaces each preset is the gradient-guided search with candidates per edit: {discrete}; "
         "per edit 1 backward and 1 + candidates forward passes per example"

@@ -28,6 +28,7 @@ from robustkit.attacks.base import Attack, AttackResult, as_labels, seed_value
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
+from robustkit.attacks.square import Square
 from robustkit.attacks.transfer import Transfer
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import checks as ck
@@ -61,7 +62,7 @@ def evaluate(
     eps: float | Sequence[float] | None = None,
     attacks: str | AttackLike | Sequence[str | AttackLike] = "standard",
     mask: MaskLike = None,
-    checks: bool | ck.CheckSettings = True,
+    checks: bool | str | ck.CheckSettings = True,
     batch_size: int = 256,
     seed: int = 0,
     device: torch.device | str | None = None,
@@ -83,13 +84,15 @@ def evaluate(
         space: the perturbation space (threat model); its budget is rescaled to each eps.
         eps: budgets to evaluate (default ``[space.budget]``); the main budget is ``space.budget``
             if listed, else the largest.
-        attacks: a preset ("quick", "standard", "thorough"; see :mod:`robustkit.evaluation.presets`),
-            a name ("fgsm", "pgd", "apgd-ce", "apgd-dlr", "apgd-margin", "square", "search"), an
+        attacks: a preset ("quick", "standard", "thorough", "autoattack" alias "aa-standard", "aa-rand";
+            see :mod:`robustkit.evaluation.presets`), a name ("fgsm", "pgd", "apgd-ce", "apgd-dlr",
+            "apgd-margin", "apgd-t", "fab-t", "square", "random-search", "search"), an
             attack instance, or a list of names and instances. Each is rebuilt per budget with
             ``attack.with_space(space.with_budget(e))``; instances keep their own seed.
         mask: which examples may be attacked: None (all), a bool tensor aligned with the data order,
             or a callable ``(x, y) -> bool tensor`` per batch.
-        checks: run the gradient-masking checks (True), skip them (False), or settings for them.
+        checks: run the gradient-masking checks (True), skip them (False), run them on smaller samples
+            ("fast", :data:`robustkit.evaluation.checks.FAST`), or settings for them.
         batch_size: examples per batch when ``data`` is a tuple.
         seed: seed of the attacks built from names and of the checks; an example's random streams are
             keyed by its position in the data, so results do not depend on ``batch_size``.
@@ -121,8 +124,10 @@ def evaluate(
         settings: ck.CheckSettings | None = checks
     elif isinstance(checks, bool):
         settings = ck.CheckSettings() if checks else None
+    elif checks == "fast":
+        settings = ck.FAST
     else:
-        raise ConfigError(f"checks must be True, False or a CheckSettings, got {checks!r}")
+        raise ConfigError(f"checks must be True, False, 'fast' or a CheckSettings, got {checks!r}")
     chosen = _parse_attacks(attacks, space)
     if distributed.sampler_of(data) is not None:
         raise ConfigError(
@@ -242,7 +247,7 @@ def _kind(attack: AttackLike) -> str:
     """The attack's kind for the checks: fgsm, free (no gradient of the model) or gradient (multi-step)."""
     if isinstance(attack, FGSM):
         return "fgsm"
-    if isinstance(attack, RandomSearch | Transfer):
+    if isinstance(attack, RandomSearch | Square | Transfer):
         return "free"
     if isinstance(attack, Ensemble) and all(_kind(a) == "free" for a in attack.attacks):
         return "free"
@@ -440,6 +445,7 @@ class _Run:
         self.sigmoid = False
         self.random_model = False
         self.suite: dict[float, list[tuple[str, AttackLike, str]]] = {}
+        self.cascade = False  # each attack only on the survivors of the ones before it
         self.tally: dict[float, dict[str, _Tally]] = {}
         self.worst = dict.fromkeys(budgets, 0)
         self.outcomes: dict[str, list[torch.Tensor]] = {
@@ -510,6 +516,7 @@ class _Run:
         if choice.preset is not None:
             specs = PRESETS[choice.preset].attacks_for(self.n_classes, discrete=not self.continuous)
             items = [(s.label, s) for s in specs]
+            self.cascade = PRESETS[choice.preset].cascade
         else:
             items = choice.items
         base: list[tuple[str, AttackLike]] = []
@@ -581,14 +588,17 @@ class _Run:
             by_gradient = broken.clone()
             by_free = broken.clone()
             for label, attack, kind in self.suite[e]:
-                if not bool(targets.any()):
+                todo = targets & ~broken if self.cascade else targets
+                if not bool(todo.any()):
+                    if self.cascade:  # its row counts what the attacks before it broke
+                        self.tally[e][label].broken += int(broken.sum())
                     continue
                 started = time.perf_counter()
-                result = attack(self.model, x, y, mask=targets, ids=ids)
-                success = result.success.to(self.device) & targets
+                result = attack(self.model, x, y, mask=todo, ids=ids)
+                success = result.success.to(self.device) & todo
                 self._sync()
-                self.tally[e][label].add(result, success, time.perf_counter() - started)
                 broken |= success
+                self.tally[e][label].add(result, broken if self.cascade else success, time.perf_counter() - started)
                 if kind == "free":
                     by_free |= success
                 else:

@@ -1,0 +1,222 @@
+"""AutoAttack side by side: robustkit's ``autoattack`` preset against the reference ``pyautoattack``.
+
+Same model, same MNIST test images (the first ``--n``), Linf eps 0.3, standard version. The models are trained
+by the quick recipes below (cached in ``bench/results/``).
+robustkit runs ``rk.evaluate(..., attacks="autoattack", checks=False)`` in this process; the reference runs
+in a separate process of its own virtual environment (``--reference-python``; it needs only torch and
+pyautoattack, installed with torch pinned: ``pip install -c constraints.txt pyautoattack``), on the model
+and images this script saves for it. Both get ``--threads`` CPU threads, one after the other. Reported per
+library: robust accuracy, the robust accuracy after each attack and the examples each attack newly broke
+(parsed from the reference's log), wall time, and the images on which the two disagree. Every adversarial
+example the reference returns is checked for the budget and the pixel range.
+
+    python bench/autoattack_side_by_side.py --n 200 --reference-python /path/to/venv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+EPS = 0.3
+ORDER = ("apgd-ce", "apgd-t", "fab-t", "square")
+#: Quick recipes for a contended machine, on the first 20,000 training images: the small CNN of
+#: ``attack_overhead.py`` or a 784-256-256-10 MLP, one epoch of standard training, or PGD training
+#: (budget ramped over the first half) for the hardened ones.
+RECIPES: dict[str, dict[str, Any]] = {
+    "cnn-standard": {"arch": "cnn", "method": "standard", "epochs": 1},
+    "mlp-standard": {"arch": "mlp", "method": "standard", "epochs": 1},
+    "mlp-hardened": {"arch": "mlp", "method": "pgd", "pgd_steps": 3, "epochs": 1},
+}
+TRAIN_IMAGES = 20000
+
+
+def build(arch: str) -> torch.nn.Module:
+    from attack_overhead import small_cnn
+
+    if arch == "cnn":
+        return small_cnn()
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 256), torch.nn.ReLU(),
+                               torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
+
+
+def train(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
+    """The model of recipe ``name``, trained (Adam, lr 1e-3, batch 128, seed 0) or loaded from the cache."""
+    from attack_overhead import RESULTS
+    from safetensors.torch import load_file, save_file
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import robustkit as rk
+
+    recipe = RECIPES[name]
+    torch.manual_seed(0)
+    model = build(recipe["arch"])
+    path = RESULTS / f"aa_{name}.safetensors"
+    if path.exists():
+        model.load_state_dict(load_file(str(path)))
+        return model.eval()
+    space = rk.LinfBall(eps=EPS, bounds=(0.0, 1.0))
+    method: Any = "standard" if recipe["method"] == "standard" else rk.methods.PGDTraining(steps=recipe["pgd_steps"])
+    trainer = rk.AdversarialTrainer(model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), 1e-3),
+                                    eps_warmup=recipe["epochs"] / 2, seed=0, progress=False)
+    loader = DataLoader(TensorDataset(x[:TRAIN_IMAGES], y[:TRAIN_IMAGES]), batch_size=128, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))
+    started = time.perf_counter()
+    trainer.fit(loader, epochs=recipe["epochs"])
+    print(f"[{name}] trained in {time.perf_counter() - started:.0f} s", flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return model.eval()
+
+
+def reference_worker(folder: Path, threads: int, batch: int, eps: float) -> None:
+    """Run the reference AutoAttack on the saved model and images; write ``reference.json``."""
+    from pyautoattack import AutoAttack
+
+    torch.set_num_threads(threads)
+    model = torch.load(folder / "model.pt", weights_only=False).eval()
+    data = torch.load(folder / "data.pt")
+    x, y = data["x"], data["y"]
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    log = logging.getLogger("auto-attack")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Keep())
+    started = time.perf_counter()
+    x_adv, _ = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0).run_standard_evaluation(
+        x, y, batch_size=batch)
+    seconds = time.perf_counter() - started
+    with torch.no_grad():
+        robust = model(x_adv).argmax(1) == y
+    after = {m.group(1).lower(): float(m.group(2)) / 100
+             for m in (re.search(r"robust accuracy after (\S+): ([\d.]+)%", line) for line in lines) if m}
+    clean = next(float(m.group(1)) / 100 for m in (re.search(r"initial accuracy: ([\d.]+)%", line) for line in lines)
+                 if m)
+    valid = bool(((x_adv - x).abs().amax() <= eps + 1e-6) & (x_adv.min() >= 0) & (x_adv.max() <= 1))
+    out = {"seconds": seconds, "clean": clean, "after": after, "robust": robust.tolist(), "valid": valid,
+           "log": lines}
+    (folder / "reference.json").write_text(json.dumps(out))
+
+
+def run_robustkit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, eps: float) -> dict[str, Any]:
+    import robustkit as rk
+
+    started = time.perf_counter()
+    report = rk.evaluate(model, (x, y), rk.LinfBall(eps=eps, bounds=(0.0, 1.0)), attacks="autoattack",
+                         checks=False, batch_size=batch)
+    seconds = time.perf_counter() - started
+    rows = report.per_eps[0]["attacks"]
+    return {"seconds": seconds, "clean": report.clean_accuracy,
+            "after": {k: rows[k]["robust_accuracy"] for k in ORDER if k in rows},
+            "robust": report.outcomes["robust"].tolist()}
+
+
+def curve_against_apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> dict[str, Any]:
+    """Robust accuracy at several budgets from one FMN run, beside APGD-CE + APGD-DLR run at each budget."""
+    import robustkit as rk
+    from robustkit.evaluation import robustness_curve
+
+    budgets = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3]
+    space = rk.LinfBall(eps=EPS, bounds=(0.0, 1.0))
+    started = time.perf_counter()
+    curve = robustness_curve(model, x, y, space, budgets, steps=steps)
+    fmn_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    report = rk.evaluate(model, (x, y), space, eps=budgets, attacks=["apgd-ce", "apgd-dlr"], checks=False)
+    apgd_seconds = time.perf_counter() - started
+    apgd = [p["attacks"]["worst"]["robust_accuracy"] for p in report.per_eps]
+    return {"eps": budgets, "fmn": curve.robust_accuracy, "apgd": apgd, "median_norm": curve.median_norm,
+            "fmn_steps": steps, "fmn_seconds": fmn_seconds, "apgd_seconds": apgd_seconds}
+
+
+def newly_broken(clean: float, after: dict[str, float], n: int) -> dict[str, int]:
+    """Examples each attack broke that the ones before it did not (from robust accuracies after each)."""
+    out, before = {}, clean
+    for name in ORDER:
+        now = after.get(name, before)
+        out[name] = round((before - now) * n)
+        before = now
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=200, help="first N MNIST test images")
+    parser.add_argument("--models", nargs="+", default=["mlp-standard", "mlp-hardened"], choices=list(RECIPES))
+    parser.add_argument("--eps", type=float, default=EPS, help="Linf budget of the comparison (training uses 0.3)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=250)
+    parser.add_argument("--reference-python", default=sys.executable,
+                        help="python of the environment with pyautoattack")
+    parser.add_argument("--curve-steps", type=int, default=0,
+                        help="also compare one FMN run of this many steps with per-budget APGD (0: skip)")
+    parser.add_argument("--skip-reference", action="store_true", help="only the curve (with --curve-steps)")
+    parser.add_argument("--out", type=Path, help="results JSON (default bench/results/autoattack_side_by_side.json)")
+    parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.reference_worker is not None:
+        reference_worker(args.reference_worker, args.threads, args.batch, args.eps)
+        return
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from attack_overhead import RESULTS, load_mnist
+
+    torch.set_num_threads(args.threads)
+    root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets")) / "mnist"
+    x_train, y_train, x_test, y_test = load_mnist(root)
+    x, y = x_test[: args.n].contiguous(), y_test[: args.n].contiguous()
+    results: dict[str, Any] = {"n": args.n, "eps": args.eps, "threads": args.threads, "torch": torch.__version__,
+                               "load_before": os.getloadavg()}
+    for name in args.models:
+        model = train(name, x_train, y_train)
+        with torch.no_grad():
+            clean_10k = float((torch.cat([model(b).argmax(1) for b in x_test.split(1000)]) == y_test).float().mean())
+        if args.curve_steps:
+            curve = curve_against_apgd(model, x, y, args.curve_steps)
+            results.setdefault("curves", {})[name] = curve
+            print(f"[{name}] FMN-{args.curve_steps} curve {curve}", flush=True)
+        if args.skip_reference:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            torch.save(model, folder / "model.pt")
+            torch.save({"x": x, "y": y}, folder / "data.pt")
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            subprocess.run([args.reference_python, __file__, "--reference-worker", str(folder), "--threads",
+                            str(args.threads), "--batch", str(args.batch), "--eps", str(args.eps)], check=True, env=env)
+            ref = json.loads((folder / "reference.json").read_text())
+        ours = run_robustkit(model, x, y, args.batch, args.eps)
+        row = {"clean_10k": clean_10k, "robustkit": ours, "reference": {k: v for k, v in ref.items() if k != "log"},
+               "reference_log": ref["log"], "load_after": os.getloadavg()}
+        for side in ("robustkit", "reference"):
+            row[side]["newly_broken"] = newly_broken(row[side]["clean"], row[side]["after"], args.n)
+        row["disagree"] = sum(a != b for a, b in zip(ours["robust"], ref["robust"], strict=True))
+        results[name] = row
+        ra, rr = ours["after"]["square"], ref["after"].get("square", min(ref["after"].values()))
+        print(f"[{name}] clean {ours['clean']:.3f} | robust: robustkit {ra:.3f} ({ours['seconds']:.0f} s), "
+              f"reference {rr:.3f} ({ref['seconds']:.0f} s) | newly broken robustkit "
+              f"{row['robustkit']['newly_broken']} reference {row['reference']['newly_broken']} | "
+              f"{row['disagree']} images differ; reference's points valid: {ref['valid']}", flush=True)
+    path = args.out or RESULTS / "autoattack_side_by_side.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    print(f"written {path}")
+
+
+if __name__ == "__main__":
+    main()
