@@ -90,12 +90,6 @@ class AttackResult:
     backward_passes: int = 0
     info: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def success_rate(self) -> float:
-        """Share of attacked examples on which the attack succeeded."""
-        n = int(self.attacked.sum())
-        return float(self.success[self.attacked].sum()) / n if n else 0.0
-
 
 class Problem:
     """The attackable examples of one call and the model's view of them, with pass counting.
@@ -270,8 +264,6 @@ class Attack(ABC):
     """
 
     name = "attack"
-    #: True for attacks that run the model in train mode (none of the shipped ones).
-    train_mode = False
 
     def __init__(
         self,
@@ -356,7 +348,7 @@ class Attack(ABC):
         ref = None if reference is None else torch.as_tensor(reference, device=device)
         x_adv, forward, backward, infos = self._copy(x), 0, 0, []
         chunk, start = len(idx), 0
-        with frozen_eval(model, train=self.train_mode):
+        with frozen_eval(model):
             while start < len(idx):  # one chunk unless memory runs out: then halve it and go on
                 part = idx[start : start + chunk]
                 problem = Problem(model, self._take(x, part), y_t[part], None if target_t is None else target_t[part],
