@@ -17,6 +17,7 @@ from robustkit.attacks import (
     AttackResult,
     DiscreteSearch,
     Ensemble,
+    QuerySearch,
     RandomSearch,
     Transfer,
 )
@@ -51,6 +52,7 @@ __all__ = [
     "LinfBall",
     "ModelError",
     "PerturbationSpace",
+    "QuerySearch",
     "RandomSearch",
     "RobustkitError",
     "RobustnessReport",

@@ -5,7 +5,7 @@ from robustkit.attacks.base import Attack, AttackResult
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
-from robustkit.attacks.search import DiscreteSearch
+from robustkit.attacks.search import DiscreteSearch, QuerySearch
 from robustkit.attacks.transfer import Transfer
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "AttackResult",
     "DiscreteSearch",
     "Ensemble",
+    "QuerySearch",
     "RandomSearch",
     "Transfer",
     "apgd_checkpoints",
