@@ -27,9 +27,10 @@ from sklearn.utils.validation import check_is_fitted
 from domains.text import TextDomain
 from domains.text.data import TextSource
 from domains.text.obfuscation import TRICKS, ObfuscationSpace, edit_cost
-from robustkit.attacks import DiscreteSearch
+from robustkit.attacks import DiscreteSearch, Ensemble
 from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation.binary import binary_labels
+from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import AdversarialTrainer
 from robustkit.training import methods as methods_mod
@@ -228,6 +229,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
                candidates_per_step: int = 8) -> tuple[list[str], pd.DataFrame]:
         """Each text obfuscated towards ham at the operating threshold, within ``budget`` edited words.
 
+        The attack is the ``standard`` evaluation preset's over the obfuscation space: the gradient-guided
+        search (``candidates_per_step``, with restarts) and then, on what it left, the black-box query search.
         Returns the texts (unchanged where the search found nothing) and per text ``words_edited``,
         ``flagged_clean`` and ``flagged_attacked`` (a fresh prediction on the returned text).
         """
@@ -235,7 +238,10 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         texts = self._texts(X)
         space = self._space(budget)
         decided = self.decided_
-        search = DiscreteSearch(space, candidates_per_step=candidates_per_step, seed=int(self.random_state or 0))
+        seed = int(self.random_state or 0)
+        first, *rest = PRESETS["standard"].attacks_for(2, discrete=True)
+        search = Ensemble([DiscreteSearch(space, **{**first.options, "candidates_per_step": candidates_per_step},
+                                          seed=seed), *(spec.build(space, seed) for spec in rest)])
         with frozen_eval(decided):
             result = search(decided, texts, torch.ones(len(texts), dtype=torch.long))
         adversarial = [str(t) for t in result.x_adv]

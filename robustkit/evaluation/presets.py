@@ -22,7 +22,7 @@ from robustkit.attacks.apgd import APGD
 from robustkit.attacks.base import Attack
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
-from robustkit.attacks.search import DiscreteSearch
+from robustkit.attacks.search import DiscreteSearch, QuerySearch
 from robustkit.errors import ConfigError
 from robustkit.spaces import PerturbationSpace
 
@@ -35,7 +35,8 @@ class AttackSpec:
 
     Args:
         label: the name it has in reports ("pgd", "apgd-ce", "square", ...).
-        kind: "fgsm", "pgd", "apgd", "square" (gradient-free random search) or "search" (discrete spaces).
+        kind: "fgsm", "pgd", "apgd", "square" (gradient-free random search), or over discrete spaces
+            "search" (gradient-guided) or "query" (black-box, ranking positions by queries).
         options: keyword arguments of the attack class.
         forward: forward passes per example it costs at most (for one budget).
         backward: backward passes per example it costs at most.
@@ -55,6 +56,7 @@ class AttackSpec:
             "apgd": APGD,
             "square": RandomSearch,
             "search": DiscreteSearch,
+            "query": QuerySearch,
         }
         if self.kind not in classes:
             raise ConfigError(f"unknown attack kind {self.kind!r}: use one of {sorted(classes)}")
@@ -73,8 +75,14 @@ def _square(queries: int) -> AttackSpec:
     return AttackSpec("square", "square", {"queries": queries}, queries + 1, 0)
 
 
-def _search(candidates: int) -> AttackSpec:
-    return AttackSpec("search", "search", {"candidates_per_step": candidates})
+def _search(candidates: int, restarts: int = 1) -> AttackSpec:
+    options = {"candidates_per_step": candidates, "restarts": restarts, "random_share": 0.25 if restarts > 1 else 0.0}
+    return AttackSpec("search", "search", options)
+
+
+def _query(positions: int, queries: int, restarts: int = 1) -> AttackSpec:
+    return AttackSpec("query-search", "query",
+                      {"positions_per_step": positions, "queries_per_position": queries, "restarts": restarts})
 
 
 #: Single attacks by name, as ``attacks=["pgd", "apgd-ce"]`` takes them.
@@ -86,17 +94,20 @@ ATTACKS: dict[str, AttackSpec] = {
     "apgd-margin": _apgd("margin", 50),
     "square": _square(1000),
     "search": AttackSpec("search", "search", {"candidates_per_step": 8}),
+    "query-search": _query(4, 32),
 }
 
-#: Names of :data:`ATTACKS` that need a continuous space (all but "search").
-CONTINUOUS_ONLY = frozenset(name for name, spec in ATTACKS.items() if spec.kind != "search")
+#: Names of :data:`ATTACKS` that need a continuous space (all but the discrete searches).
+CONTINUOUS_ONLY = frozenset(name for name, spec in ATTACKS.items() if spec.kind not in ("search", "query"))
 
 
 @dataclass(frozen=True)
 class Preset:
     """A named attack suite. DLR attacks become margin attacks on binary models (DLR needs 3 classes).
 
-    ``discrete`` is the suite used over a discrete space (the gradient-guided search).
+    ``discrete`` is the suite used over a discrete space: the gradient-guided search (with restarts
+    over other samples of the space's candidates and random-greedy moves) and a black-box query search,
+    each reported, and the worst case per example over both.
     """
 
     name: str
@@ -132,18 +143,18 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "quick": Preset("quick", (_pgd(10),), "PGD-10", (_search(4),)),
+    "quick": Preset("quick", (_pgd(10),), "PGD-10", (_search(4), _query(2, 16))),
     "standard": Preset(
         "standard",
         (_pgd(20), _apgd("ce", 50), _apgd("dlr", 50)),
         "PGD-20, APGD-CE-50, APGD-DLR-50 (margin if binary)",
-        (_search(8),),
+        (_search(8, restarts=3), _query(4, 32)),
     ),
     "thorough": Preset(
         "thorough",
         (_pgd(50, restarts=5), _apgd("ce", 100), _apgd("dlr", 100), _square(1000)),
         "PGD-50 x 5 restarts, APGD-CE-100, APGD-DLR-100 (margin if binary), Square-like random search 1000 queries",
-        (_search(32),),
+        (_search(32, restarts=5), _query(8, 64, restarts=2)),
     ),
 }
 
@@ -162,9 +173,15 @@ def describe_presets() -> str:
         quick: PGD-10; at most 11 forward and 10 backward passes per example and budget
     """
     lines = [f"{p.name}: {p.cost}" for p in PRESETS.values()]
-    discrete = ", ".join(f"{p.name} {p.discrete[0].options['candidates_per_step']}" for p in PRESETS.values())
+    discrete = "; ".join(
+        f"{p.name} {s.options['candidates_per_step']} x {s.options['restarts']} restarts, "
+        f"query {q.options['positions_per_step']} x {q.options['queries_per_position']}"
+        for p in PRESETS.values() for s, q in [p.discrete]
+    )
     search = (
-        f"over discrete spaces each preset is the gradient-guided search with candidates per edit: {discrete}; "
-        "per edit 1 backward and 1 + candidates forward passes per example"
+        "over discrete spaces each preset is the gradient-guided search (candidates per edit x restarts) and "
+        f"a black-box query search (positions x queries per position per edit), worst case per example: {discrete}; "
+        "per edit the search costs 1 backward and 1 + candidates forward passes per example and restart, the "
+        "query search about 2 per position of the text plus positions x queries forward passes"
     )
     return "\n".join([*lines, search, CHECKS_COST])
