@@ -10,9 +10,11 @@ ham; ham is never edited), and swaps the token ids of those texts for the ids of
 versions; after training the clean ids are put back. The search runs without early stopping, so a
 training text goes as far past the decision boundary as the budget allows (a filter decides at a
 threshold well below 0.5). So that the model does not learn only its own attack's slice of the threat
-model, every epoch draws a fresh sample of the space's candidates (:meth:`ObfuscationSpace.with_seed`),
-the search restarts on another sample where it fails, and a share of the edits it checks each round
-are drawn at random rather than by their gradient rank (random-greedy moves).
+model, every epoch draws a fresh sample of the space's candidates (:meth:`ObfuscationSpace.with_seed`)
+and a share of the edits the search checks each round are drawn at random rather than by their
+gradient rank (random-greedy moves); with ``restarts`` it also searches again, on another sample, the
+texts it failed on (off by default: it doubles the cost of an epoch's attack on a hardened model,
+which fails on most texts).
 
 :class:`RandomEditsTraining` is the control: the same budget and the same space, but each edit is
 drawn at random from the space's candidates instead of searched against the model.
@@ -90,7 +92,7 @@ class DiscreteAdversarialTraining(Standard, Callback):
         share: float = 1.0,
         clean_epochs: int = 1,
         candidates_per_step: int = 4,
-        restarts: int = 2,
+        restarts: int = 1,
         random_share: float = 0.25,
     ) -> None:
         if (not 0 < share <= 1 or clean_epochs < 0 or candidates_per_step < 1 or restarts < 1

@@ -479,16 +479,20 @@ class ObfuscationSpace(DiscreteSpace[str]):
         n_words = len(spans)
         own = torch.tensor(owner, dtype=torch.long)
         mine = own >= 0
-        counts = torch.zeros(n_words).index_add_(0, own[mine], torch.ones(int(mine.sum())))
-        g_word = torch.zeros(n_words, g.shape[1]).index_add_(0, own[mine], g[mine]) / counts.clamp_min(1)[:, None]
-        old = torch.zeros(n_words).index_add_(0, own[mine], current[mine])
+        # a (words x tokens) membership matrix: a 2-D index_add_ costs milliseconds on a busy CPU
+        member = torch.zeros(n_words, n)
+        member[own[mine], mine.nonzero().squeeze(1)] = 1.0
+        counts = member.sum(dim=1)
+        g_word = (member @ g) / counts.clamp_min(1)[:, None]
+        old = member @ current
         # the token right after each gap (the last token after the last word): where an insertion lands
         after = [n - 1] * (n_words + 1)
         for p in range(n - 1, -1, -1):
             if owner[p] >= 0:
                 after[owner[p]] = p
+        n_tokens, old_sum = counts.tolist(), old.tolist()  # Python numbers: the loop below runs per edit
         for k in range(n_words - 1, -1, -1):
-            if counts[k] == 0:
+            if n_tokens[k] == 0:
                 after[k] = after[k + 1]
         tokens: list[list[int]] = [[] for _ in range(n_words)]
         for p, k in enumerate(owner):
@@ -503,8 +507,8 @@ class ObfuscationSpace(DiscreteSpace[str]):
             _, kind, k, word = edit.value
             if kind == "insert":
                 row = n_words + k
-            elif counts[k] > 0:
-                row, base[j] = k, -float(old[k])
+            elif n_tokens[k] > 0:
+                row, base[j] = k, -old_sum[k]
             else:
                 continue
             new_ids = self._word_ids(word)
