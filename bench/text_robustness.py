@@ -14,9 +14,12 @@ pieces and defaults, without writing a run directory:
   ``standard`` trains plainly; ``hardened`` with the domain's default method (``discrete``: spam
   obfuscated against the current model every epoch, as training data), best epoch kept;
 - decision: the threshold giving 1% false positives on validation ham (``choose_threshold``);
-- attack: the default evaluation attack at the default budget, i.e. the ``standard`` preset over the
-  domain's ``ObfuscationSpace`` (the gradient-guided search with 8 candidates per edit, 3 edited words
-  on SMS), run on the test spam the model flags (TextAttack's "skipped" are the others).
+- attack: the default evaluation at the default budget, i.e. the ``standard`` preset over the domain's
+  ``ObfuscationSpace`` (3 edited words on SMS): the gradient-guided search (8 candidates per edit, 3
+  restarts over other samples of candidates) and the black-box query search, each run on the test spam
+  the model flags (TextAttack's "skipped" are the others), and the worst case per text; beside it, the
+  search as it was before issue 17 (:class:`OldSearchSpace`) and an independent query attack
+  (``bench/text_independent_attack.py``) whose every text passes ``ObfuscationSpace.contains``.
 
 On the test split it reports clean precision, recall, F1 and FPR for spam (all test texts), spam recall
 under attack, the share of clean recall kept, attack success rate, the share of words edited by
@@ -24,10 +27,13 @@ successful attacks, forward and backward passes per attacked text, attacked text
 training seconds; then mean ± sample std over seeds and whether the issue's goals hold:
 
 1. the attack is real: it takes at least half of a standard model's spam recall;
-2. a hardened model keeps at least 90% of its clean spam recall under attack, with clean F1 within 1
-   point of the standard model's (same model kind, mean over seeds);
+2. a hardened model keeps at least 80% of its clean spam recall under attack (90% in issue #6, against
+   the narrower search of then), with clean F1 within 1 point of the standard model's (same model
+   kind, mean over seeds);
 3. the attack runs at 10 or more texts per second on 2 CPU threads for the built-in model (with
-   ``--device cuda`` the built-in models are attacked once more on a CPU copy to measure this).
+   ``--device cuda`` the built-in models are attacked once more on a CPU copy to measure this);
+4. (issue #17) on every model the evaluation takes at least the recall the old search took, and the
+   independent attack adds at most 2 points to what the evaluation takes.
 
 A second table gives the same figures in the columns of TextAttack's attack summary (successful /
 failed / skipped attacks, original accuracy and accuracy under attack on the spam, attack success
@@ -466,6 +472,23 @@ def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "(value: standard - hardened, points)",
                         "value": mean, "holds": mean is not None and mean <= GOAL_F1_POINTS,
                         "seeds_holding": f"{sum(d <= GOAL_F1_POINTS for d in drops)}/{len(drops)}"})
+        for kind, rs in (("standard", std), ("hardened", hard)):
+            # issue 17: the evaluation takes at least what the old search took, and the independent attack at most
+            # GOAL_INDEPENDENT_POINTS more than the evaluation
+            rs = [r for r in rs if r.get("recall_attacked_old_search") is not None]
+            if not rs:
+                continue
+            gap = [r["recall_attacked_old_search"] - r["recall_attacked"] for r in rs]
+            mean, _ = stats(gap)
+            out.append({"model": model, "goal": f"{kind}: the evaluation takes >= the old search (value: recall left "
+                        "by the old search - by the evaluation)", "value": mean, "holds": min(gap) >= 0,
+                        "seeds_holding": f"{sum(g >= 0 for g in gap)}/{len(rs)}"})
+            extra = [100 * (r["recall_attacked"] - r["recall_attacked_evaluation_or_independent"]) for r in rs]
+            mean, _ = stats(extra)
+            out.append({"model": model, "goal": f"{kind}: the independent attack takes <= {GOAL_INDEPENDENT_POINTS:g} "
+                        "points more than the evaluation (value: points it adds to the evaluation's worst case)",
+                        "value": mean, "holds": mean is not None and mean <= GOAL_INDEPENDENT_POINTS,
+                        "seeds_holding": f"{sum(e <= GOAL_INDEPENDENT_POINTS for e in extra)}/{len(rs)}"})
         if model == "builtin" and (std or hard):
             # only runs timed on the goal's thread count count; None (n/a) if there is none
             rates = [r["cpu_attack_examples_per_second"] for r in std + hard if r.get("threads") == GOAL_THREADS]
@@ -504,6 +527,27 @@ def tables(runs: list[dict[str, Any]]) -> str:
                 f"{col('forward_per_attacked', 1, 1)} / {col('backward_per_attacked', 1, 1)} | "
                 f"{col('attack_examples_per_second', 1, 1)} | {col('cpu_attack_examples_per_second', 1, 1)} | "
                 f"{col('train_seconds', 1, 0)} | {', '.join(str(r.get('selected_epoch')) for r in rs)} |")
+    lines += ["\n### Spam recall left by each attack (issue 17; mean ± sample std)\n",
+              "| model | training | clean | old search | search (restarts) | query search | evaluation (worst case) | "
+              "independent | evaluation or independent | texts/s: search, query search, independent |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for model in MODELS:
+        for kind in KINDS:
+            rs = [r for r in runs if r["model"] == model and r["kind"] == kind]
+            if not rs:
+                continue
+            c = {k: fmt([r.get(k) for r in rs], s, d) for k, s, d in (
+                ("recall_clean_attacked_set", 1, 3), ("recall_attacked_old_search", 1, 3),
+                ("recall_attacked_search", 1, 3), ("recall_attacked_query-search", 1, 3), ("recall_attacked", 1, 3),
+                ("recall_attacked_independent", 1, 3), ("recall_attacked_evaluation_or_independent", 1, 3),
+                ("examples_per_second_search", 1, 1), ("examples_per_second_query-search", 1, 1),
+                ("independent_examples_per_second", 1, 1))}
+            lines.append(
+                f"| {model} | {kind} | {c['recall_clean_attacked_set']} | {c['recall_attacked_old_search']} | "
+                f"{c['recall_attacked_search']} | {c['recall_attacked_query-search']} | {c['recall_attacked']} | "
+                f"{c['recall_attacked_independent']} | {c['recall_attacked_evaluation_or_independent']} | "
+                f"{c['examples_per_second_search']}, {c['examples_per_second_query-search']}, "
+                f"{c['independent_examples_per_second']} |")
     lines += ["\n### In TextAttack's attack-summary columns (spam only; mean ± sample std)\n",
               "| model | training | successful | failed | skipped | original accuracy | accuracy under attack | "
               "attack success rate | average perturbed word % | average num. words per input | avg num queries "
@@ -524,7 +568,7 @@ def tables(runs: list[dict[str, Any]]) -> str:
                 f"{c['recall_clean_attacked_set']}% | {c['recall_attacked']}% | {c['attack_success_rate']}% | "
                 f"{c['words_edited_share']}% | {c['words_per_input']} | {c['forward_per_attacked']}; + "
                 f"{c['backward_per_attacked']} |")
-    lines += ["\n### Goals (issue #6)\n", "| model | goal | value (mean over seeds) | holds | seeds holding |",
+    lines += ["\n### Goals (issues #6 and #17)\n", "| model | goal | value (mean over seeds) | holds | seeds holding |",
               "|---|---|---|---|---|"]
     for g in goals(runs):
         value = "-" if g["value"] is None else f"{g['value']:.3f}"
