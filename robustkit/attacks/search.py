@@ -438,8 +438,8 @@ class QuerySearch(_ObjectSearch):
             for i in active:
                 for position, edits in groups[i].items():
                     probes += [(i, position, e) for e in rngs[i].sample(edits, min(self.probes, len(edits)))]
-            probe_objs = [space.apply(current[i], e) for i, _, e in probes]
-            p_loss, p_win = self._losses(problem, probe_objs, [i for i, _, _ in probes], todo)
+            objs = [space.apply(current[i], e) for i, _, e in probes]
+            p_loss, p_win = self._losses(problem, objs, [i for i, _, _ in probes], todo)
             rank: dict[int, dict[int, float]] = {i: {} for i in active}
             for (i, position, _), value, won in zip(probes, p_loss.tolist(), p_win.tolist(), strict=True):
                 score = math.inf if won else value
@@ -451,22 +451,21 @@ class QuerySearch(_ObjectSearch):
                 for position, _ in top:
                     edits = groups[i][position]
                     owners += [i] * min(self.queries_per_position, len(edits))
-                    probe_objs += [space.apply(current[i], e)
-                                   for e in rngs[i].sample(edits, min(self.queries_per_position, len(edits)))]
-            t_loss, t_win = self._losses(problem, probe_objs[len(probes):], owners[len(probes):], todo)
-            all_objs = probe_objs
+                    objs += [space.apply(current[i], e)
+                             for e in rngs[i].sample(edits, min(self.queries_per_position, len(edits)))]
+            t_loss, t_win = self._losses(problem, objs[len(probes):], owners[len(probes):], todo)
             all_loss, all_win = torch.cat([p_loss, t_loss]), torch.cat([p_win, t_win])
+            # each example's best try: a success beats a failure, then the higher loss (Python numbers: one per try)
+            keys = list(zip(all_win.tolist(), all_loss.tolist(), strict=True))
             best_of: dict[int, int] = {}
             for k, i in enumerate(owners):
-                held = best_of.get(i)
-                if held is None or (bool(all_win[k]), float(all_loss[k])) > (
-                        bool(all_win[held]), float(all_loss[held])):
+                if i not in best_of or keys[k] > keys[best_of[i]]:
                     best_of[i] = k
             moving = []
             for i, k in best_of.items():
-                won, value = bool(all_win[k]), float(all_loss[k])
+                won, value = keys[k]
                 if (won and not bool(success[i])) or (won == bool(success[i]) and value > float(loss[i])):
-                    current[i], loss[i], success[i] = all_objs[k], all_loss[k], all_win[k]
+                    current[i], loss[i], success[i] = objs[k], all_loss[k], all_win[k]
                     if not (self.early_stop and won):
                         moving.append(i)
             active = moving
