@@ -5,7 +5,8 @@ list of strings and their labels, trains a tokenizer and the built-in embeddings
 (:class:`~domains.text.model.TextCNN`) through :class:`robustkit.AdversarialTrainer` (by default with
 the domain's ``discrete`` method: spam obfuscated against the current model every epoch), and decides
 at the threshold that flags ``target_fpr`` of the validation ham. ``evaluate`` reports spam recall on
-clean texts and under the obfuscation search, the attack ``robustkit harden text`` reports.
+clean texts and under the obfuscation attacks ``robustkit harden text`` reports (the gradient-guided
+search with restarts, then the black-box query search on what it left).
 
 Labels: two classes; the larger label in sort order (``classes_[1]``: 1, True, "spam" over "ham")
 is spam, the class a spammer wants to leave.
