@@ -14,9 +14,12 @@ pieces and defaults, without writing a run directory:
   ``standard`` trains plainly; ``hardened`` with the domain's default method (``discrete``: spam
   obfuscated against the current model every epoch, as training data), best epoch kept;
 - decision: the threshold giving 1% false positives on validation ham (``choose_threshold``);
-- attack: the default evaluation attack at the default budget, i.e. the ``standard`` preset over the
-  domain's ``ObfuscationSpace`` (the gradient-guided search with 8 candidates per edit, 3 edited words
-  on SMS), run on the test spam the model flags (TextAttack's "skipped" are the others).
+- attack: the default evaluation at the default budget, i.e. the ``standard`` preset over the domain's
+  ``ObfuscationSpace`` (3 edited words on SMS): the gradient-guided search (8 candidates per edit, 3
+  restarts over other samples of candidates) and the black-box query search, each run on the test spam
+  the model flags (TextAttack's "skipped" are the others), and the worst case per text; beside it, the
+  search as it was before issue 17 (:class:`OldSearchSpace`) and an independent query attack
+  (``bench/text_independent_attack.py``) whose every text passes ``ObfuscationSpace.contains``.
 
 On the test split it reports clean precision, recall, F1 and FPR for spam (all test texts), spam recall
 under attack, the share of clean recall kept, attack success rate, the share of words edited by
@@ -24,10 +27,13 @@ successful attacks, forward and backward passes per attacked text, attacked text
 training seconds; then mean ± sample std over seeds and whether the issue's goals hold:
 
 1. the attack is real: it takes at least half of a standard model's spam recall;
-2. a hardened model keeps at least 90% of its clean spam recall under attack, with clean F1 within 1
-   point of the standard model's (same model kind, mean over seeds);
+2. a hardened model keeps at least 80% of its clean spam recall under attack (90% in issue #6, against
+   the narrower search of then), with clean F1 within 1 point of the standard model's (same model
+   kind, mean over seeds);
 3. the attack runs at 10 or more texts per second on 2 CPU threads for the built-in model (with
-   ``--device cuda`` the built-in models are attacked once more on a CPU copy to measure this).
+   ``--device cuda`` the built-in models are attacked once more on a CPU copy to measure this);
+4. (issue #17) on every model the evaluation takes at least the recall the old search took, and the
+   independent attack adds at most 2 points to what the evaluation takes.
 
 A second table gives the same figures in the columns of TextAttack's attack summary (successful /
 failed / skipped attacks, original accuracy and accuracy under attack on the spam, attack success
@@ -54,10 +60,12 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,14 +74,15 @@ from torch import nn
 
 import robustkit as rk
 from domains.text import TextCNN, TextDataset, TextDomain
-from domains.text.obfuscation import ObfuscationSpace, edit_cost, words
+from domains.text.obfuscation import HOMOGLYPHS, LEET, ZERO_WIDTH, ObfuscationSpace, edit_cost, is_payload, words
 from robustkit import distributed
 from robustkit.domain import DomainData
 from robustkit.evaluation.binary import binary_metrics
 from robustkit.evaluation.presets import PRESETS
-from robustkit.spaces import DiscreteSpace
+from robustkit.spaces import DiscreteSpace, Edit
 
 sys.path.insert(0, str(Path(__file__).parent))
+import text_independent_attack as independent  # an attack sharing no search code with robustkit
 from attack_overhead import wait_quiet  # the bench scripts share their quiet-machine wait
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,7 +99,9 @@ EVAL_BATCH = 256
 N_EXAMPLES = 5
 #: goals of the issue
 GOAL_ATTACK_TAKES = 0.5
-GOAL_KEPT = 0.9
+GOAL_KEPT = 0.8
+#: the independent attack may take at most this much more spam recall than the evaluation reports
+GOAL_INDEPENDENT_POINTS = 2.0
 GOAL_F1_POINTS = 1.0
 GOAL_RATE = 10.0
 GOAL_THREADS = 2
@@ -204,18 +215,54 @@ def predict(decided: nn.Module, space: DiscreteSpace[Any], texts: list[str], dev
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
-def default_attack(space: ObfuscationSpace, seed: int) -> rk.Ensemble:
-    """The default evaluation attack: the preset's attacks over a discrete space (as ``rk.evaluate`` runs)."""
-    specs = PRESETS[PRESET].attacks_for(2, discrete=True)
-    return rk.Ensemble([s.build(space, seed=seed) for s in specs])
+def default_attacks(space: ObfuscationSpace, seed: int) -> dict[str, rk.attacks.Attack]:
+    """The default evaluation's attacks by label: the preset's attacks over a discrete space, each run on every
+    detected spam and reported, and the worst case per text over them (as ``rk.evaluate`` runs them)."""
+    return {s.label: s.build(space, seed=seed) for s in PRESETS[PRESET].attacks_for(2, discrete=True)}
+
+
+def _old_tricks(word: str) -> set[str]:
+    """The one variant per trick the search offered before issue 17 (for the old-search comparison)."""
+    out = {"".join(HOMOGLYPHS.get(ch, ch) for ch in word)}
+    if len(word) >= 2:
+        out.add(word[0] + ZERO_WIDTH + word[1:])
+    if word.isalpha() and 2 <= len(word) <= 12:
+        out.add(".".join(word))
+    if not is_payload(word):
+        out.add("".join(LEET.get(ch, ch) for ch in word))
+        if len(word) >= 4:
+            m = len(word) // 2
+            out.add(word[: m - 1] + word[m] + word[m - 1] + word[m + 1 :])
+            out.add(word[:m] + word[m + 1 :])
+    return out - {word}
+
+
+class OldSearchSpace(ObfuscationSpace):
+    """The obfuscation space with the candidates its search offered before issue 17: one variant per trick
+    (separators only ".", the swap and deletion at the middle of the word, every letter homoglyphed or none,
+    a zero-width character after the first letter) and ham words only at the two ends of the text."""
+
+    def candidates(self, x: str, original: str) -> list[Edit]:
+        edits = super().candidates(x, original)
+        spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", x)]
+        free = sorted({e.value[2] for e in edits if e.value[1] != "insert"})
+        out = [Edit(k, (x[:spans[k][0]] + new + x[spans[k][1]:], "old", k, new))
+               for k in free for new in sorted(_old_tricks(spans[k][2]))]
+        ends = {0, len(spans)} if len(spans) > 1 else {len(spans)}
+        out += [e for e in edits if e.value[1] == "insert" and e.value[2] in ends]
+        return [e for e in out if bool(self.contains([e.value[0]], [original])[0])]
+
+    def scores(self, x: str, grad: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
+        # the old tricks' kind is "old": score them as the space scores a homoglyph on that word
+        return super().scores(x, grad, [e if e.value[1] == "insert" else Edit(e.position, (*e.value[:1], "homoglyph",
+                                                                                         *e.value[2:])) for e in edits])
 
 
 def run_attack(
-    decided: nn.Module, space: ObfuscationSpace, texts: list[str], flagged: torch.Tensor, seed: int,
+    decided: nn.Module, attack: rk.attacks.Attack, texts: list[str], flagged: torch.Tensor, seed: int,
     device: torch.device, max_wait: float,
 ) -> dict[str, Any]:
-    """The default attack on the flagged spam among ``texts`` (all spam), in batches, timed."""
-    attack = default_attack(space, seed)
+    """One attack on the flagged spam among ``texts`` (all spam), in batches, timed."""
     x_adv: list[str] = list(texts)
     success = torch.zeros(len(texts), dtype=torch.bool)
     forward = backward = 0
@@ -240,6 +287,25 @@ def run_attack(
             "config": attack.config()}
 
 
+def run_evaluation(
+    decided: nn.Module, space: ObfuscationSpace, texts: list[str], flagged: torch.Tensor, seed: int,
+    device: torch.device, max_wait: float,
+) -> dict[str, Any]:
+    """Every attack of the default evaluation on the flagged spam, and the worst case per text over them."""
+    runs = {label: run_attack(decided, a, texts, flagged, seed, device, max_wait)
+            for label, a in default_attacks(space, seed).items()}
+    success = torch.zeros(len(texts), dtype=torch.bool)
+    x_adv = list(texts)
+    for r in runs.values():  # the first attack that broke a text gives its adversarial version
+        for i in (r["success"] & ~success).nonzero().squeeze(1).tolist():
+            x_adv[i] = r["x_adv"][i]
+        success |= r["success"]
+    return {"x_adv": x_adv, "success": success, "per_attack": runs,
+            **{k: sum(r[k] for r in runs.values()) for k in ("forward", "backward", "seconds", "waited")},
+            "cpu_share": statistics.fmean(r["cpu_share"] for r in runs.values()),
+            "config": {label: r["config"] for label, r in runs.items()}}
+
+
 def evaluate(
     domain: TextDomain, data: DomainData, trained: dict[str, Any], seed: int, budget: float, args: argparse.Namespace,
     device: torch.device,
@@ -255,13 +321,29 @@ def evaluate(
     spam = [i for i, y in enumerate(test.labels) if y == 1][: args.limit_test]
     texts = [test.texts[i] for i in spam]
     flagged = pred[spam] == 1
-    attacked = run_attack(decided, space, texts, flagged, seed, device, args.max_wait)
+    attacked = run_evaluation(decided, space, texts, flagged, seed, device, args.max_wait)
     success = attacked["success"]
     # ham (all) and the attacked spam: recall under attack and attack success rate as the pipeline counts them
     ham = [i for i, y in enumerate(test.labels) if y == 0]
-    robust = torch.cat([pred[ham] == 0, flagged & ~success])
-    subset = binary_metrics({"label": torch.cat([labels[ham], labels[spam]]),
-                             "clean_correct": torch.cat([pred[ham] == 0, flagged]), "robust": robust})
+
+    def recall_left(broken: torch.Tensor) -> dict[str, Any]:
+        return binary_metrics({"label": torch.cat([labels[ham], labels[spam]]),
+                               "clean_correct": torch.cat([pred[ham] == 0, flagged]),
+                               "robust": torch.cat([pred[ham] == 0, flagged & ~broken])})
+
+    subset = recall_left(success)
+    # the search before issue 17 (its narrow candidates) and the independent query attack, on the same texts
+    old_space = OldSearchSpace(space.tokenizer, space.dim, budget, embedding=space.embedding,
+                               normaliser=space.normaliser, max_share=space.max_share)
+    old = run_attack(decided, rk.DiscreteSearch(old_space, candidates_per_step=8, seed=seed), texts, flagged, seed,
+                     device, 0.0)
+    detected = [t for t, f in zip(texts, flagged.tolist(), strict=True) if f]
+    started = time.perf_counter()
+    ind_adv, ind_won, ind_queries = independent.attack(decided, space, detected, seed=seed)
+    ind_seconds = time.perf_counter() - started
+    assert bool(space.contains(ind_adv, detected).all())  # it stays inside the threat model
+    ind_success = torch.zeros(len(texts), dtype=torch.bool)
+    ind_success[flagged.nonzero().squeeze(1)] = torch.tensor(ind_won, dtype=torch.bool)
     n_attacked, n_success = int(flagged.sum()), int(success.sum())
     won = success.tolist()
     adv = [a for a, w in zip(attacked["x_adv"], won, strict=True) if w]
@@ -294,6 +376,20 @@ def evaluate(
         "attack_cpu_share": attacked["cpu_share"],
         "attack_waited_seconds": attacked["waited"],
         "attack": attacked["config"],
+        **{f"recall_attacked_{label}": recall_left(r["success"])["recall_attacked"]
+           for label, r in attacked["per_attack"].items()},
+        **{f"examples_per_second_{label}": n_attacked / r["seconds"] if n_attacked else None
+           for label, r in attacked["per_attack"].items()},
+        **{f"forward_per_attacked_{label}": r["forward"] / n_attacked if n_attacked else None
+           for label, r in attacked["per_attack"].items()},
+        "recall_attacked_old_search": recall_left(old["success"])["recall_attacked"],
+        "old_search_examples_per_second": n_attacked / old["seconds"] if n_attacked else None,
+        "recall_attacked_independent": recall_left(ind_success)["recall_attacked"],
+        "recall_attacked_evaluation_or_independent": recall_left(success | ind_success)["recall_attacked"],
+        "independent_queries_per_attacked": ind_queries / n_attacked if n_attacked else None,
+        "independent_examples_per_second": n_attacked / ind_seconds if n_attacked else None,
+        "independent_examples": [{"original": o, "adversarial": a}
+                                 for o, a, w in zip(detected, ind_adv, ind_won, strict=True) if w][:N_EXAMPLES],
         "examples": [{"original": o, "adversarial": a} for o, a in list(zip(orig, adv, strict=True))[:N_EXAMPLES]],
     }
     if device.type != "cpu" and isinstance(trained["model"], TextCNN):
@@ -312,7 +408,7 @@ def cpu_timing(
     decided = domain.decided(copy.deepcopy(trained["model"]).cpu().eval(), trained["threshold"])
     space = domain.eval_space(budget, data)
     assert isinstance(space, ObfuscationSpace)
-    attacked = run_attack(decided, space, texts, flagged, seed, cpu, args.max_wait)
+    attacked = run_evaluation(decided, space, texts, flagged, seed, cpu, args.max_wait)
     n = int(flagged.sum())
     return {"cpu_attack_seconds": attacked["seconds"], "cpu_attack_waited_seconds": attacked["waited"],
             "cpu_attack_examples_per_second": n / attacked["seconds"] if n else None,
@@ -376,6 +472,23 @@ def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "(value: standard - hardened, points)",
                         "value": mean, "holds": mean is not None and mean <= GOAL_F1_POINTS,
                         "seeds_holding": f"{sum(d <= GOAL_F1_POINTS for d in drops)}/{len(drops)}"})
+        for kind, rs in (("standard", std), ("hardened", hard)):
+            # issue 17: the evaluation takes at least what the old search took, and the independent attack at most
+            # GOAL_INDEPENDENT_POINTS more than the evaluation
+            rs = [r for r in rs if r.get("recall_attacked_old_search") is not None]
+            if not rs:
+                continue
+            gap = [r["recall_attacked_old_search"] - r["recall_attacked"] for r in rs]
+            mean, _ = stats(gap)
+            out.append({"model": model, "goal": f"{kind}: the evaluation takes >= the old search (value: recall left "
+                        "by the old search - by the evaluation)", "value": mean, "holds": min(gap) >= 0,
+                        "seeds_holding": f"{sum(g >= 0 for g in gap)}/{len(rs)}"})
+            extra = [100 * (r["recall_attacked"] - r["recall_attacked_evaluation_or_independent"]) for r in rs]
+            mean, _ = stats(extra)
+            out.append({"model": model, "goal": f"{kind}: the independent attack takes <= {GOAL_INDEPENDENT_POINTS:g} "
+                        "points more than the evaluation (value: points it adds to the evaluation's worst case)",
+                        "value": mean, "holds": mean is not None and mean <= GOAL_INDEPENDENT_POINTS,
+                        "seeds_holding": f"{sum(e <= GOAL_INDEPENDENT_POINTS for e in extra)}/{len(rs)}"})
         if model == "builtin" and (std or hard):
             # only runs timed on the goal's thread count count; None (n/a) if there is none
             rates = [r["cpu_attack_examples_per_second"] for r in std + hard if r.get("threads") == GOAL_THREADS]
@@ -414,6 +527,27 @@ def tables(runs: list[dict[str, Any]]) -> str:
                 f"{col('forward_per_attacked', 1, 1)} / {col('backward_per_attacked', 1, 1)} | "
                 f"{col('attack_examples_per_second', 1, 1)} | {col('cpu_attack_examples_per_second', 1, 1)} | "
                 f"{col('train_seconds', 1, 0)} | {', '.join(str(r.get('selected_epoch')) for r in rs)} |")
+    lines += ["\n### Spam recall left by each attack (issue 17; mean ± sample std)\n",
+              "| model | training | clean | old search | search (restarts) | query search | evaluation (worst case) | "
+              "independent | evaluation or independent | texts/s: search, query search, independent |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for model in MODELS:
+        for kind in KINDS:
+            rs = [r for r in runs if r["model"] == model and r["kind"] == kind]
+            if not rs:
+                continue
+            c = {k: fmt([r.get(k) for r in rs], s, d) for k, s, d in (
+                ("recall_clean_attacked_set", 1, 3), ("recall_attacked_old_search", 1, 3),
+                ("recall_attacked_search", 1, 3), ("recall_attacked_query-search", 1, 3), ("recall_attacked", 1, 3),
+                ("recall_attacked_independent", 1, 3), ("recall_attacked_evaluation_or_independent", 1, 3),
+                ("examples_per_second_search", 1, 1), ("examples_per_second_query-search", 1, 1),
+                ("independent_examples_per_second", 1, 1))}
+            lines.append(
+                f"| {model} | {kind} | {c['recall_clean_attacked_set']} | {c['recall_attacked_old_search']} | "
+                f"{c['recall_attacked_search']} | {c['recall_attacked_query-search']} | {c['recall_attacked']} | "
+                f"{c['recall_attacked_independent']} | {c['recall_attacked_evaluation_or_independent']} | "
+                f"{c['examples_per_second_search']}, {c['examples_per_second_query-search']}, "
+                f"{c['independent_examples_per_second']} |")
     lines += ["\n### In TextAttack's attack-summary columns (spam only; mean ± sample std)\n",
               "| model | training | successful | failed | skipped | original accuracy | accuracy under attack | "
               "attack success rate | average perturbed word % | average num. words per input | avg num queries "
@@ -434,7 +568,7 @@ def tables(runs: list[dict[str, Any]]) -> str:
                 f"{c['recall_clean_attacked_set']}% | {c['recall_attacked']}% | {c['attack_success_rate']}% | "
                 f"{c['words_edited_share']}% | {c['words_per_input']} | {c['forward_per_attacked']}; + "
                 f"{c['backward_per_attacked']} |")
-    lines += ["\n### Goals (issue #6)\n", "| model | goal | value (mean over seeds) | holds | seeds holding |",
+    lines += ["\n### Goals (issues #6 and #17)\n", "| model | goal | value (mean over seeds) | holds | seeds holding |",
               "|---|---|---|---|---|"]
     for g in goals(runs):
         value = "-" if g["value"] is None else f"{g['value']:.3f}"

@@ -8,7 +8,7 @@ Run directory (contract)::
 
     RUN/metrics.json   written last: its presence means the run is complete
     RUN/report.html  RUN/report.md  RUN/config.yaml  RUN/history.csv
-    RUN/checkpoints/<model>/   RUN/models/<model>/   RUN/examples/
+    RUN/checkpoints/<model>/   RUN/models/<model>/   RUN/examples/   RUN/examples/standard/ (harden)
     RUN/tensorboard/<model>/   (``report_to: tensorboard``)
 
 A model's checkpoint is removed once the model is saved under ``models/`` (``keep_checkpoints``
@@ -321,9 +321,11 @@ def _predict(model: nn.Module, space: Any, x: Any, device: torch.device) -> torc
 
 def _write_examples(
     domain: Domain, decided: nn.Module, data: DomainData, config: RunConfig, out: Path, limit: int | None,
-    evidence: Any = None,
+    evidence: Any = None, folder: str = "examples",
 ) -> dict[str, Any]:
-    """Attack the first ``limit`` test examples (all if None) with the preset's attacks; write them."""
+    """Attack the first ``limit`` test examples (all if None) with the preset's attacks; write them to
+    ``out / folder``. Only examples the model gets right are attacked: ``success`` means an attack turned
+    a right prediction wrong (an example already wrong is written unchanged, never as a success)."""
     assert config.budget is not None and config.batch_size is not None
     space = domain.eval_space(config.budget, data, decided)
     attack = _strongest(domain, data, config, data.info.n_classes, decided)
@@ -336,12 +338,14 @@ def _write_examples(
             x, y = batch[0], batch[1]
             if limit is not None:
                 x, y = x[: limit - taken], y[: limit - taken]
-            result = attack(decided, x, y, mask=mask_fn(x, y), ids=torch.arange(taken, taken + len(y)))
+            clean = _predict(decided, space, x, device)
+            right = (clean == torch.as_tensor(y).cpu()).to(mask_fn(x, y).device)
+            result = attack(decided, x, y, mask=mask_fn(x, y) & right, ids=torch.arange(taken, taken + len(y)))
             x_adv = result.x_adv.cpu() if isinstance(result.x_adv, torch.Tensor) else result.x_adv
             parts["x"].append(x)
             parts["x_adv"].append(x_adv)
             parts["y"].append(torch.as_tensor(y).cpu())
-            parts["pred_clean"].append(_predict(decided, space, x, device))
+            parts["pred_clean"].append(clean)
             parts["pred_adv"].append(_predict(decided, space, x_adv, device))
             parts["success"].append(result.success.cpu())
             taken += len(y)
@@ -351,7 +355,7 @@ def _write_examples(
         k: torch.cat(v) if isinstance(v[0], torch.Tensor) else [e for part in v for e in part] for k, v in parts.items()
     }
     examples = Examples(**joined, evidence=evidence)
-    atomic_write_dir(out / "examples", lambda folder: domain.write_examples(folder, examples, data))
+    atomic_write_dir(out / folder, lambda path: domain.write_examples(path, examples, data))
     return {"n": taken, "successes": int(examples.success.sum())}
 
 
@@ -580,8 +584,11 @@ def _harden(
     metrics["method"] = config.method
 
     def write() -> None:
-        hardened = evaluated["hardened"]
+        # the hardened model's examples, then (inside their folder) those that beat the standard model
+        hardened, standard = evaluated["hardened"], evaluated["standard"]
         _write_examples(domain, hardened.decided, data, config, out, N_EXAMPLES, hardened.evidence)
+        _write_examples(domain, standard.decided, data, config, out, N_EXAMPLES, standard.evidence,
+                        "examples/standard")
         _finish(out, metrics, reports, history, config, argv, domain)
         if tracker is not None:
             for name, entry in entries.items():

@@ -401,6 +401,11 @@ class DiscreteSpace(PerturbationSpace, Generic[T]):
         clone._budget = _check_budget(budget, "budget")
         return clone
 
+    def with_seed(self, seed: int) -> DiscreteSpace[T]:
+        """This space offering the candidates of random stream ``seed``: a space that samples its
+        candidates (rather than listing them all) returns a copy drawing another sample; others, itself."""
+        return self
+
     @abstractmethod
     def encode(self, xs: Sequence[T], device: torch.device | str = "cpu") -> torch.Tensor:
         """The model's input for a batch of objects, as a float tensor gradients can flow into."""

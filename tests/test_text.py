@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from collections import Counter
@@ -262,6 +263,16 @@ def test_harden_end_to_end(tmp_path: Path) -> None:
             assert key in dm
         assert (out / "models" / name / "tokenizer.json").is_file()
     assert (out / "examples" / "examples.csv").is_file() and (out / "examples" / "examples.html").is_file()
+    # examples for both models; a success is a spam detected on clean input that the attack turned into ham
+    for folder in (out / "examples", out / "examples" / "standard"):
+        with (folder / "examples.csv").open(encoding="utf-8", newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and any(r["original"] != r["adversarial"] for r in rows)
+        for r in rows:
+            won = r["success"] == "True"
+            assert won == (r["label"] == r["pred_clean"] == "spam" and r["pred_adversarial"] == "ham")
+            assert not won or int(float(r["words_edited"])) >= 1
+            assert r["pred_clean"] == r["label"] or r["original"] == r["adversarial"]  # only right ones attacked
     evaluated = tmp_path / "eval"
     assert (
         main(

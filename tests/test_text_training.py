@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import string
 from collections import Counter
 from dataclasses import dataclass
@@ -94,7 +95,10 @@ def test_normalise_option_reaches_every_text_the_model_reads(tmp_path: Path) -> 
     spam = next(t for t, y in zip(train.texts, train.labels, strict=True) if y == 1)
     space = domain.eval_space(3, data)
     assert isinstance(space, ObfuscationSpace) and space.normaliser is not None
-    tricked = [space.apply(spam, e) for e in space.candidates(spam, spam) if e.value[1] in ("homoglyph", "separators")]
+    # homoglyphs, and separators between every letter (the normaliser leaves partial separators alone)
+    full = re.compile(r"(\w[.*_-])+\w")
+    tricked = [space.apply(spam, e) for e in space.candidates(spam, spam)
+               if e.value[1] == "homoglyph" or (e.value[1] == "separators" and full.fullmatch(e.value[3]))]
     assert tricked and bool(space.contains(tricked, [spam] * len(tricked)).all())
     assert torch.equal(space.encode(tricked), space.encode([spam] * len(tricked)))
     # the model's spec records it, so evaluating a saved model normalises too

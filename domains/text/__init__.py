@@ -349,7 +349,9 @@ class TextDomain(Domain):
         detected = ((report.outcomes["label"] == 1) & report.outcomes["clean_correct"]).nonzero().squeeze(1)
         settings: dict[str, Any] = next((c for c in report.attacks.values() if "candidates_per_step" in c), {})
         search = DiscreteSearch(space, candidates_per_step=int(settings.get("candidates_per_step", 8)),
-                                max_steps=settings.get("max_steps"), seed=int(settings.get("seed", 0)))
+                                max_steps=settings.get("max_steps"), restarts=int(settings.get("restarts", 1)),
+                                random_share=float(settings.get("random_share", 0.0)),
+                                seed=int(settings.get("seed", 0)))
         texts = [test.texts[int(i)] for i in detected]
         adv: list[str] = []
         orig: list[str] = []

@@ -9,7 +9,12 @@ also a trainer callback. Before every epoch (after ``clean_epochs`` clean ones) 
 ham; ham is never edited), and swaps the token ids of those texts for the ids of their adversarial
 versions; after training the clean ids are put back. The search runs without early stopping, so a
 training text goes as far past the decision boundary as the budget allows (a filter decides at a
-threshold well below 0.5).
+threshold well below 0.5). So that the model does not learn only its own attack's slice of the threat
+model, every epoch draws a fresh sample of the space's candidates (:meth:`ObfuscationSpace.with_seed`)
+and a share of the edits the search checks each round are drawn at random rather than by their
+gradient rank (random-greedy moves); with ``restarts`` it also searches again, on another sample, the
+texts it failed on (off by default: it doubles the cost of an epoch's attack on a hardened model,
+which fails on most texts).
 
 :class:`RandomEditsTraining` is the control: the same budget and the same space, but each edit is
 drawn at random from the space's candidates instead of searched against the model.
@@ -32,7 +37,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import logging
 import random
 from typing import Any, Protocol
@@ -41,6 +45,7 @@ import torch
 from torch import nn
 
 from robustkit import DiscreteSearch
+from robustkit._random import derive
 from robustkit.errors import ConfigError
 from robustkit.models import frozen_eval, logits_of, model_device
 from robustkit.training.callbacks import Callback
@@ -71,6 +76,8 @@ class DiscreteAdversarialTraining(Standard, Callback):
         share: share of the training spam given an adversarial version each epoch (drawn anew every epoch).
         clean_epochs: epochs trained on clean data first (attacking an untrained model teaches little).
         candidates_per_step: candidates per edit the search checks exactly.
+        restarts: searches per text, each on another sample of candidates where the ones before failed.
+        random_share: share of the candidates checked each round drawn at random, not by gradient rank.
     """
 
     name = "discrete"
@@ -85,12 +92,17 @@ class DiscreteAdversarialTraining(Standard, Callback):
         share: float = 1.0,
         clean_epochs: int = 1,
         candidates_per_step: int = 4,
+        restarts: int = 1,
+        random_share: float = 0.25,
     ) -> None:
-        if not 0 < share <= 1 or clean_epochs < 0 or candidates_per_step < 1:
-            raise ConfigError("discrete training needs 0 < share <= 1, clean_epochs >= 0 and candidates_per_step >= 1")
+        if (not 0 < share <= 1 or clean_epochs < 0 or candidates_per_step < 1 or restarts < 1
+                or not 0 <= random_share <= 1):
+            raise ConfigError("discrete training needs 0 < share <= 1, clean_epochs >= 0, candidates_per_step >= 1, "
+                              "restarts >= 1 and 0 <= random_share <= 1")
         self.dataset, self.space = dataset, space
         self.share, self.clean_epochs = float(share), int(clean_epochs)
         self.candidates_per_step = int(candidates_per_step)
+        self.restarts, self.random_share = int(restarts), float(random_share)
         self._clean_ids = [list(i) for i in dataset.ids]
         self._spam = [i for i, y in enumerate(dataset.labels) if int(y) == 1]
         self._success: float | None = None
@@ -101,11 +113,12 @@ class DiscreteAdversarialTraining(Standard, Callback):
     # ----------------------------------------------------------------- generation
     def _generate(self, model: nn.Module, texts: list[str], seed: int) -> tuple[list[str], torch.Tensor]:
         """Adversarial versions of ``texts`` (spam) and whether each crosses the model's argmax."""
-        space = copy.copy(self.space)
+        space = self.space.with_seed(seed)
         table = getattr(getattr(model, "embedding", None), "weight", None)
         space.embedding = table if isinstance(table, torch.Tensor) else None
         y = torch.ones(len(texts), dtype=torch.long, device=model_device(model))
-        search = DiscreteSearch(space, candidates_per_step=self.candidates_per_step, early_stop=False)
+        search = DiscreteSearch(space, candidates_per_step=self.candidates_per_step, early_stop=False,
+                                restarts=self.restarts, random_share=self.random_share, seed=seed)
         with frozen_eval(model):
             result = search(model, texts, y)
         return list(result.x_adv), result.success.cpu()
@@ -117,7 +130,7 @@ class DiscreteAdversarialTraining(Standard, Callback):
         if not chosen:
             return
         self.sources = [self.dataset.texts[i] for i in chosen]
-        self.generated, success = self._generate(model, self.sources, seed + epoch)
+        self.generated, success = self._generate(model, self.sources, derive(seed, epoch))
         ids = encode_ids(self.space.tokenizer, [self.space.model_text(t) for t in self.generated])
         for i, new in zip(chosen, ids, strict=True):
             self.dataset.ids[i] = new
@@ -149,6 +162,8 @@ class DiscreteAdversarialTraining(Standard, Callback):
             "share": self.share,
             "clean_epochs": self.clean_epochs,
             "candidates_per_step": self.candidates_per_step,
+            "restarts": self.restarts,
+            "random_share": self.random_share,
             "tricks": sorted(self.space.tricks),
         }
 
@@ -160,14 +175,15 @@ class RandomEditsTraining(DiscreteAdversarialTraining):
 
     def _generate(self, model: nn.Module, texts: list[str], seed: int) -> tuple[list[str], torch.Tensor]:
         out = []
+        space = self.space.with_seed(seed)
         for i, text in enumerate(texts):
             rng = random.Random(f"{seed}:{i}")
             current = text
-            for _ in range(int(self.space.budget)):
-                edits = self.space.candidates(current, text)
+            for _ in range(int(space.budget)):
+                edits = space.candidates(current, text)
                 if not edits:
                     break
-                current = self.space.apply(current, rng.choice(edits))
+                current = space.apply(current, rng.choice(edits))
             out.append(current)
         with frozen_eval(model), torch.no_grad():
             logits = model(self.space.encode(out, model_device(model)))

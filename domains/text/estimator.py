@@ -5,7 +5,8 @@ list of strings and their labels, trains a tokenizer and the built-in embeddings
 (:class:`~domains.text.model.TextCNN`) through :class:`robustkit.AdversarialTrainer` (by default with
 the domain's ``discrete`` method: spam obfuscated against the current model every epoch), and decides
 at the threshold that flags ``target_fpr`` of the validation ham. ``evaluate`` reports spam recall on
-clean texts and under the obfuscation search, the attack ``robustkit harden text`` reports.
+clean texts and under the obfuscation attacks ``robustkit harden text`` reports (the gradient-guided
+search with restarts, then the black-box query search on what it left).
 
 Labels: two classes; ``pos_label`` names spam (default: 1, True or "spam"; any other pair of labels is
 refused rather than guessed). ``classes_`` is sorted as in scikit-learn, ``pos_label_`` is spam, the
@@ -29,9 +30,10 @@ from sklearn.utils.validation import check_is_fitted
 from domains.text import TextDomain
 from domains.text.data import TextSource
 from domains.text.obfuscation import TRICKS, ObfuscationSpace, edit_cost
-from robustkit.attacks import DiscreteSearch
+from robustkit.attacks import DiscreteSearch, Ensemble
 from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
+from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import EpochLog, check_verbose
@@ -223,6 +225,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
                candidates_per_step: int = 8) -> tuple[list[str], pd.DataFrame]:
         """Each text obfuscated towards ham at the operating threshold, within ``budget`` edited words.
 
+        The attack is the ``standard`` evaluation preset's over the obfuscation space: the gradient-guided
+        search (``candidates_per_step``, with restarts) and then, on what it left, the black-box query search.
         Returns the texts (unchanged where the search found nothing) and per text ``words_edited``,
         ``flagged_clean`` and ``flagged_attacked`` (a fresh prediction on the returned text).
         """
@@ -230,7 +234,10 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         texts = self._texts(X)
         space = self._space(budget)
         decided = self.decided_
-        search = DiscreteSearch(space, candidates_per_step=candidates_per_step, seed=int(self.random_state or 0))
+        seed = int(self.random_state or 0)
+        first, *rest = PRESETS["standard"].attacks_for(2, discrete=True)
+        search = Ensemble([DiscreteSearch(space, **{**first.options, "candidates_per_step": candidates_per_step},
+                                          seed=seed), *(spec.build(space, seed) for spec in rest)])
         with frozen_eval(decided):
             result = search(decided, texts, torch.ones(len(texts), dtype=torch.long))
         adversarial = [str(t) for t in result.x_adv]

@@ -5,7 +5,20 @@ a zero-width character, separators between its letters ("f.r.e.e"), a swap or a 
 its characters; or a ham-like word may be inserted between words. The budget is the number of edited
 or inserted words. The payload (URLs, phone numbers and short codes, amounts and prices, and
 call-to-action words) is never deleted or replaced: only invisible characters and homoglyphs may touch
-it (separators too for call-to-action words), so a person still reads the same offer.
+it (separators too for call-to-action words), so a person still reads the same offer. Two choices
+of that rule: a homoglyph inside a URL's host is another domain, which the spammer would have to own,
+so it is refused unless ``url_host_homoglyphs=True`` (invisible characters stay allowed there: the
+text reads the same); invisible characters inside phone numbers and short codes are allowed, since
+the reader still sees and dials the same digits (only a phone's tap-to-call link may break, which costs
+the spammer some replies, not the message).
+
+Every word of the original may take any one trick, and :meth:`ObfuscationSpace.candidates` can reach
+all of them: it offers every swap, deletion and separator character, and samples subsets of letters
+for homoglyphs, leetspeak, separators and invisible characters (single positions included, which
+change a subword tokenizer's split of the word), a fresh sample for every ``seed``
+(:meth:`ObfuscationSpace.with_seed`); ham words may be inserted in every gap. Which words are still
+the original's own is read from an alignment of the two texts, never from the words' spelling, so an
+inserted ham word equal to a word of the original is never edited as if it were the original's.
 
 :func:`edit_cost` recovers the number of edits from the two strings alone (an alignment of their
 words), so :meth:`ObfuscationSpace.contains` checks any text, not only the search's own output.
@@ -17,7 +30,9 @@ to Latin ones; Unicode Technical Standard #39 (confusables) has the full list.
 from __future__ import annotations
 
 import bisect
+import copy
 import math
+import random
 import re
 from collections.abc import Callable, Collection, Sequence
 from functools import lru_cache
@@ -123,11 +138,32 @@ def fold(word: str, *, leet: bool = True, separators: bool = True) -> str:
     return out.lower()
 
 
-def _substitution_ok(orig: str, new: str) -> bool:
+def _host_span(word: str) -> tuple[int, int] | None:
+    """Where a URL word's host lies in the word with its invisible characters removed (None: no URL)."""
+    text = _strip_invisible(word)
+    found = _URL.search(text)
+    if found is None:
+        return None
+    scheme = text.find("://")
+    start = scheme + 3 if scheme >= 0 else found.start()
+    end = next((i for i in range(start, len(text)) if text[i] in "/?#"), len(text))
+    while end > start and text[end - 1] in ".,!?;:)'\"":
+        end -= 1
+    return start, end
+
+
+def _substitution_ok(orig: str, new: str, url_host_homoglyphs: bool = False) -> bool:
     """Whether ``new`` is one allowed trick applied to the word ``orig``."""
     kind = payload_kind(orig)
     if kind is not None:  # payload: only invisible characters, homoglyphs (and separators for CTA words)
-        return fold(new, leet=False, separators=kind == "cta") == fold(orig, leet=False, separators=kind == "cta")
+        if fold(new, leet=False, separators=kind == "cta") != fold(orig, leet=False, separators=kind == "cta"):
+            return False
+        span = None if kind != "url" or url_host_homoglyphs else _host_span(orig)
+        if span is None:
+            return True
+        # the same characters at the host's place (both texts have it there: fold keeps lengths)
+        a, b = _strip_invisible(orig), _strip_invisible(new)
+        return a[span[0] : span[1]].lower() == b[span[0] : span[1]].lower()
     if fold(new) == fold(orig):
         return True
     if len(orig) >= 4 and len(new) == len(orig):
@@ -147,31 +183,55 @@ def _insertable(word: str) -> bool:
     return word.lower() in HAM_WORDS
 
 
-def edit_cost(original: str, adversarial: str) -> float:
+_FREE, _SUB, _INS = 0, 1, 2
+
+
+@lru_cache(maxsize=8192)
+def _alignment(original: str, adversarial: str, url_host_homoglyphs: bool = False) -> tuple[float, tuple[bool, ...]]:
+    """Fewest edits turning ``original`` into ``adversarial`` and, per adversarial word, whether it is
+    an original word left as it was in one alignment with that fewest number (unchanged words preferred)."""
+    o, a = words(original), words(adversarial)
+    inf = math.inf
+    cost = [[inf] * (len(a) + 1) for _ in range(len(o) + 1)]
+    move = [[_INS] * (len(a) + 1) for _ in range(len(o) + 1)]
+    cost[0][0] = 0.0
+    for i in range(len(o) + 1):
+        for j in range(1, len(a) + 1):
+            best, how = (cost[i][j - 1] + 1, _INS) if _insertable(a[j - 1]) else (inf, _INS)
+            if i and cost[i - 1][j - 1] < inf:
+                if o[i - 1] == a[j - 1]:
+                    if cost[i - 1][j - 1] <= best:
+                        best, how = cost[i - 1][j - 1], _FREE
+                elif cost[i - 1][j - 1] + 1 < best and _substitution_ok(o[i - 1], a[j - 1], url_host_homoglyphs):
+                    best, how = cost[i - 1][j - 1] + 1, _SUB
+            cost[i][j], move[i][j] = best, how
+    total = cost[len(o)][len(a)]
+    free = [False] * len(a)
+    i, j = len(o), len(a)
+    while total < inf and j > 0:
+        how = move[i][j]
+        free[j - 1] = how == _FREE
+        i, j = (i, j - 1) if how == _INS else (i - 1, j - 1)
+    return total, tuple(free)
+
+
+def edit_cost(original: str, adversarial: str, *, url_host_homoglyphs: bool = False) -> float:
     """Fewest word edits (tricks and insertions) turning ``original`` into ``adversarial``; inf if none.
 
     Words of the original are never deleted; an adversarial word is either an original word, one
     allowed trick on it, or an inserted ham word.
+
+    Example:
+        >>> edit_cost("if u love rihanna subscribe me", "if u love rihanna subscribe me love")
+        1.0
+        >>> edit_cost("if u love rihanna subscribe me", "if u love rihanna s.u.b.s.c.r.i.b.e me l.o.v.e")
+        inf
+        >>> edit_cost("visit www.paypal.com now", "visit www.p\u0430yp\u0430l.com now")  # another domain
+        inf
     """
     if original == adversarial:
         return 0.0
-    o, a = words(original), words(adversarial)
-    inf = math.inf
-    prev = [0.0] + [inf] * len(a)
-    for j in range(1, len(a) + 1):
-        prev[j] = prev[j - 1] + 1 if _insertable(a[j - 1]) else inf
-    for i in range(1, len(o) + 1):
-        cur = [inf] * (len(a) + 1)
-        for j in range(1, len(a) + 1):
-            best = cur[j - 1] + 1 if _insertable(a[j - 1]) else inf
-            if prev[j - 1] < inf:
-                if o[i - 1] == a[j - 1]:
-                    best = min(best, prev[j - 1])
-                elif _substitution_ok(o[i - 1], a[j - 1]):
-                    best = min(best, prev[j - 1] + 1)
-            cur[j] = best
-        prev = cur
-    return prev[len(a)]
+    return _alignment(original, adversarial, url_host_homoglyphs)[0]
 
 
 @lru_cache(maxsize=65536)
@@ -180,28 +240,62 @@ def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return table[index.to(table.device)].float().cpu()
 
 
-def _tricks(word: str) -> tuple[tuple[str, str], ...]:
-    """(kind, new word) for every trick allowed on ``word``."""
+def _subsets(rng: random.Random, positions: Sequence[int], count: int) -> list[tuple[int, ...]]:
+    """All positions, ``count`` single positions and ``count`` random subsets of them (distinct, ordered)."""
+    if not positions:
+        return []
+    out = {tuple(positions)}
+    out.update((p,) for p in rng.sample(list(positions), min(count, len(positions))))
+    for _ in range(count):
+        out.add(tuple(sorted(rng.sample(list(positions), rng.randint(1, len(positions))))))
+    return sorted(out)
+
+
+@lru_cache(maxsize=65536)
+def _tricks(
+    word: str, seed: int = 0, samples: int = 3, url_host_homoglyphs: bool = False
+) -> tuple[tuple[str, str], ...]:
+    """(kind, new word) for the tricks offered on ``word``: every swap, deletion and separator character,
+    and ``samples`` random subsets (and single positions) of letters for the other tricks, drawn from ``seed``."""
     kind = payload_kind(word)
+    rng = random.Random(f"{seed}:{word}")
     out: list[tuple[str, str]] = []
-    glyphed = "".join(HOMOGLYPHS.get(ch, ch) for ch in word)
-    if glyphed != word:
-        out.append(("homoglyph", glyphed))
-    if len(word) >= 2:
-        out.append(("zero-width", word[0] + ZERO_WIDTH + word[1:]))
-    letters = word.isalpha() and 2 <= len(word) <= 12
-    if letters and kind in (None, "cta"):
-        out.append(("separators", ".".join(word)))
+
+    def replaced(table: dict[str, str], at: tuple[int, ...]) -> str:
+        chars = list(word)
+        for p in at:
+            chars[p] = table[chars[p]]
+        return "".join(chars)
+
+    glyphs = [p for p, ch in enumerate(word) if ch in HOMOGLYPHS]
+    out += [("homoglyph", replaced(HOMOGLYPHS, at)) for at in _subsets(rng, glyphs, samples)]
+    invisible = sorted(_INVISIBLE)
+    for at in _subsets(rng, list(range(len(word) + 1)), samples):
+        if len(at) <= len(word) // 2 + 1:  # many invisible characters in a row add nothing a few do not
+            chars = list(word)
+            for p in reversed(at):
+                chars.insert(p, rng.choice(invisible))
+            out.append(("zero-width", "".join(chars)))
+    if kind in (None, "cta"):
+        gaps = [p for p in range(1, len(word)) if word[p - 1].isalnum() and word[p].isalnum()]
+        chosen = [tuple(gaps)] * len(SEPARATORS) + _subsets(rng, gaps, samples) if gaps else []
+        for n, at in enumerate(chosen):
+            sep = SEPARATORS[n] if n < len(SEPARATORS) else rng.choice(SEPARATORS)
+            out.append(("separators", "".join(sep + ch if p in at else ch for p, ch in enumerate(word))))
     if kind is None:
-        leet = "".join(LEET.get(ch, ch) for ch in word)
-        if leet != word:
-            out.append(("leet", leet))
+        leet = [p for p, ch in enumerate(word) if ch in LEET]
+        out += [("leet", replaced(LEET, at)) for at in _subsets(rng, leet, samples)]
         if len(word) >= 4:
-            m = len(word) // 2
-            if word[m - 1] != word[m]:
-                out.append(("swap", word[: m - 1] + word[m] + word[m - 1] + word[m + 1 :]))
-            out.append(("delete", word[:m] + word[m + 1 :]))
-    return tuple((k, w) for k, w in out if _substitution_ok(word, w))
+            out += [("swap", word[:p] + word[p + 1] + word[p] + word[p + 2 :])
+                    for p in range(len(word) - 1) if word[p] != word[p + 1]]
+            out += [("delete", word[:p] + word[p + 1 :]) for p in range(len(word))]
+    seen: set[str] = {word}
+    kept = []
+    for k, w in out:
+        if w not in seen and _substitution_ok(word, w, url_host_homoglyphs):
+            seen.add(w)
+            kept.append((k, w))
+    return tuple(kept)
 
 
 class ObfuscationSpace(DiscreteSpace[str]):
@@ -216,7 +310,10 @@ class ObfuscationSpace(DiscreteSpace[str]):
     word they touch (gradient word importance, as A2T's greedy search), tricks in a fixed order.
 
     ``tricks`` limits the search to a subset of :data:`TRICKS` (an adaptive attacker avoiding what a
-    defence undoes); ``contains`` still accepts every trick. ``normaliser`` (e.g.
+    defence undoes); ``contains`` still accepts every trick. ``samples`` is how many random subsets of
+    letters (and single letters) each sampled trick offers per word, drawn anew for every ``seed``
+    (:meth:`with_seed`: a search's restarts see other variants). ``url_host_homoglyphs`` lets homoglyphs
+    into a URL's host (off: that is another domain, which the spammer would have to own). ``normaliser`` (e.g.
     :func:`domains.text.normalise.normalise_aligned`) is applied to every text before the model reads
     it, so attacks are judged on what a deployed filter with that normaliser sees.
     """
@@ -233,8 +330,18 @@ class ObfuscationSpace(DiscreteSpace[str]):
         tricks: Collection[str] | None = None,
         normaliser: Normaliser | None = None,
         max_share: float | None = None,
+        *,
+        samples: int = 3,
+        seed: int = 0,
+        url_host_homoglyphs: bool = False,
     ):
         super().__init__(budget)
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+            raise ConfigError(f"samples must be an integer >= 0 (random variants per trick and word), got {samples!r}")
+        #: random subsets of letters offered per sampled trick and word, and the seed they are drawn from
+        self.samples, self.seed = samples, int(seed)
+        #: whether homoglyphs may go into a URL's host (another domain: off by default)
+        self.url_host_homoglyphs = bool(url_host_homoglyphs)
         if max_share is not None and (isinstance(max_share, bool) or not isinstance(max_share, int | float)
                                       or not 0 < max_share <= 1):
             raise ConfigError(f"max_share must lie in (0, 1] (a share of the original's words), got {max_share!r}")
@@ -274,25 +381,48 @@ class ObfuscationSpace(DiscreteSpace[str]):
             return self.budget
         return min(self.budget, max(1.0, float(math.floor(self.max_share * len(words(original)) + 1e-9))))
 
+    def with_seed(self, seed: int) -> ObfuscationSpace:
+        """A copy offering another random sample of variants (same threat model)."""
+        clone = copy.copy(self)
+        clone.seed = int(seed)
+        return clone
+
     def candidates(self, x: str, original: str) -> list[Edit]:
-        if edit_cost(original, x) + 1 > self.limit(original):
+        """Tricks on the words of ``x`` that are still the original's own, and ham words in every gap.
+
+        An edit's value is ``(text, trick, word or gap index, new word)``; its position is the word's
+        index, or the number of words plus the gap's index for an insertion.
+
+        Example:
+            >>> from tokenizers import Tokenizer
+            >>> from tokenizers.models import WordPiece
+            >>> space = ObfuscationSpace(Tokenizer(WordPiece(unk_token="[UNK]")), 8, 2)
+            >>> original = "if u love rihanna subscribe me"
+            >>> once = original + " love"  # the search inserted "love": the original holds one too
+            >>> edits = space.candidates(once, original)
+            >>> sorted({e.value[2] for e in edits if e.value[1] != "insert"})  # the inserted word (6) is not offered
+            [0, 1, 2, 3, 4, 5]
+            >>> bool(space.contains([space.apply(once, e) for e in edits], [original] * len(edits)).all())
+            True
+        """
+        cost, free = _alignment(original, x, self.url_host_homoglyphs)
+        if cost + 1 > self.limit(original):
             return []
-        orig_words = set(words(original))
         spans = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(x)]
         edits: list[Edit] = []
         for k, (start, end, word) in enumerate(spans):
-            if word not in orig_words:  # already edited (or inserted)
+            if not free[k]:  # already edited, or inserted
                 continue
-            for kind, new in _tricks(word):
+            for kind, new in _tricks(word, self.seed, self.samples, self.url_host_homoglyphs):
                 if kind in self.tricks:
-                    edits.append(Edit(k, (x[:start] + new + x[end:], kind, k)))
+                    edits.append(Edit(k, (x[:start] + new + x[end:], kind, k, new)))
         if "insert" not in self.tricks:
             return edits
-        spots = [0, len(spans)] if len(spans) > 1 else [len(spans)]
-        for pos in spots:
+        for gap in range(len(spans) + 1):
+            cut = spans[gap][0] if gap < len(spans) else len(x)
             for w in self.insert_words:
-                text = (w + " " + x) if pos == 0 else (x + " " + w)
-                edits.append(Edit(pos, (text, "insert", pos)))
+                text = x + " " + w if gap == len(spans) else x[:cut] + w + " " + x[cut:]
+                edits.append(Edit(len(spans) + gap, (text, "insert", gap, w)))
         return edits
 
     def apply(self, x: str, edit: Edit) -> str:
@@ -303,7 +433,9 @@ class ObfuscationSpace(DiscreteSpace[str]):
 
         With ``embedding`` (the model's table): a trick replacing a word's tokens by new ones scores
         ``sum <g_word, E[new]> - sum_p <g_p, E[old_p]>`` with ``g_word`` the mean gradient over the word's
-        tokens; an insertion scores ``sum <g_edge, E[new]>`` at the text's first or last token. Without
+        tokens (``sum_p <g_p, E[new_p] - E[old_p]>`` when the new word has as many tokens: a variant the
+        model reads as the same tokens scores 0); an insertion scores ``sum <g_gap, E[new]>`` with
+        ``g_gap`` the gradient at the first token after the gap (the last token for the end). Without
         it, the gradient norm on the word's tokens (gradient word importance), tricks in a fixed order.
         """
         if not edits:
@@ -337,7 +469,7 @@ class ObfuscationSpace(DiscreteSpace[str]):
             return torch.tensor(
                 [
                     0.5 * mean if kind == "insert" else float(per_word[k]) * _KIND_WEIGHT[kind]
-                    for _, kind, k in (e.value for e in edits)
+                    for _, kind, k, _ in (e.value for e in edits)
                 ],
                 device=grad.device,
             )
@@ -347,31 +479,60 @@ class ObfuscationSpace(DiscreteSpace[str]):
         n_words = len(spans)
         own = torch.tensor(owner, dtype=torch.long)
         mine = own >= 0
-        counts = torch.zeros(n_words).index_add_(0, own[mine], torch.ones(int(mine.sum())))
-        g_word = torch.zeros(n_words, g.shape[1]).index_add_(0, own[mine], g[mine]) / counts.clamp_min(1)[:, None]
-        old = torch.zeros(n_words).index_add_(0, own[mine], current[mine])
+        # a (words x tokens) membership matrix: a 2-D index_add_ costs milliseconds on a busy CPU
+        member = torch.zeros(n_words, n)
+        member[own[mine], mine.nonzero().squeeze(1)] = 1.0
+        counts = member.sum(dim=1)
+        g_word = (member @ g) / counts.clamp_min(1)[:, None]
+        old = member @ current
+        # the token right after each gap (the last token after the last word): where an insertion lands
+        after = [n - 1] * (n_words + 1)
+        for p in range(n - 1, -1, -1):
+            if owner[p] >= 0:
+                after[owner[p]] = p
+        n_tokens, old_sum = counts.tolist(), old.tolist()  # Python numbers: the loop below runs per edit
+        for k in range(n_words - 1, -1, -1):
+            if n_tokens[k] == 0:
+                after[k] = after[k + 1]
+        tokens: list[list[int]] = [[] for _ in range(n_words)]
+        for p, k in enumerate(owner):
+            if k >= 0:
+                tokens[k].append(p)
+        self._prefetch([e.value[3] for e in edits])
         rows: list[int] = []
         cols: list[int] = []
         segment: list[int] = []
         base = [0.0] * len(edits)
         for j, edit in enumerate(edits):
-            text, kind, k = edit.value
+            _, kind, k, word = edit.value
             if kind == "insert":
-                row, word = (n_words, text.split(" ", 1)[0]) if k == 0 else (n_words + 1, text.rsplit(" ", 1)[1])
-            elif counts[k] > 0:
-                start, end = spans[k]
-                row, word, base[j] = k, text[start : len(text) - (len(x) - end)], -float(old[k])
+                row = n_words + k
+            elif n_tokens[k] > 0:
+                row, base[j] = k, -old_sum[k]
             else:
                 continue
             new_ids = self._word_ids(word)
-            rows += [row] * len(new_ids)
+            if kind != "insert" and len(new_ids) == len(tokens[k]):  # token for token: each its own gradient
+                rows += [2 * n_words + 1 + q for q in tokens[k]]
+            else:
+                rows += [row] * len(new_ids)
             cols += new_ids
             segment += [j] * len(new_ids)
-        vectors = torch.cat([g_word, g[:1], g[n - 1 : n]])
+        vectors = torch.cat([g_word, g[torch.tensor(after, dtype=torch.long)], g])
         used, where = torch.unique(torch.tensor(cols, dtype=torch.long).clamp(0, len(table) - 1), return_inverse=True)
         dots = (vectors @ _rows(table, used).T)[torch.tensor(rows, dtype=torch.long), where]
         out = torch.tensor(base).index_add_(0, torch.tensor(segment, dtype=torch.long), dots)
         return out.to(grad.device)
+
+    def _prefetch(self, new_words: list[str]) -> None:
+        """Tokenize the words not cached yet in one batch (a search offers hundreds of variants a text)."""
+        missing = list(dict.fromkeys(w for w in new_words if w not in self._ids_cache))
+        if not missing:
+            return
+        if len(self._ids_cache) + len(missing) > 100_000:
+            self._ids_cache.clear()
+        for w, enc in zip(missing, self.tokenizer.encode_batch([self.model_text(w) for w in missing]), strict=True):
+            self._ids_cache[w] = enc.ids or [0]
 
     def _word_ids(self, word: str) -> list[int]:
         """Token ids of one word as the model reads it (cached: the search asks for the same words often)."""
@@ -386,11 +547,13 @@ class ObfuscationSpace(DiscreteSpace[str]):
         if len(x_adv) != len(x):
             return torch.zeros(len(x), dtype=torch.bool)
         ok = [
-            isinstance(a, str) and isinstance(o, str) and bool(o.strip()) and edit_cost(o, a) <= self.limit(o)
+            isinstance(a, str) and isinstance(o, str) and bool(o.strip())
+            and edit_cost(o, a, url_host_homoglyphs=self.url_host_homoglyphs) <= self.limit(o)
             for a, o in zip(x_adv, x, strict=True)
         ]
         return torch.tensor(ok, dtype=torch.bool)
 
     def edited_share(self, x_adv: Sequence[str], x: Sequence[str]) -> list[float]:
         """Share of words edited (edits over the original's word count) per pair."""
-        return [edit_cost(o, a) / max(1, len(words(o))) for a, o in zip(x_adv, x, strict=True)]
+        return [edit_cost(o, a, url_host_homoglyphs=self.url_host_homoglyphs) / max(1, len(words(o)))
+                for a, o in zip(x_adv, x, strict=True)]

@@ -8,7 +8,7 @@ from robustkit.attacks.fmn import FMN
 from robustkit.attacks.functional import attack, attack_result
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
-from robustkit.attacks.search import DiscreteSearch
+from robustkit.attacks.search import DiscreteSearch, QuerySearch
 from robustkit.attacks.square import Square
 from robustkit.attacks.transfer import Transfer
 
@@ -22,6 +22,7 @@ __all__ = [
     "AttackResult",
     "DiscreteSearch",
     "Ensemble",
+    "QuerySearch",
     "RandomSearch",
     "Square",
     "Transfer",

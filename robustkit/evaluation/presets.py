@@ -25,7 +25,7 @@ from robustkit.attacks.base import Attack
 from robustkit.attacks.fab import FAB
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
-from robustkit.attacks.search import DiscreteSearch
+from robustkit.attacks.search import DiscreteSearch, QuerySearch
 from robustkit.attacks.square import Square
 from robustkit.errors import ConfigError
 from robustkit.spaces import PerturbationSpace
@@ -40,7 +40,8 @@ class AttackSpec:
     Args:
         label: the name it has in reports ("pgd", "apgd-ce", "apgd-t", "fab-t", "square", ...).
         kind: "fgsm", "pgd", "apgd", "fab", "square" (Square Attack), "random-search" (a gradient-free
-            search over any continuous input) or "search" (discrete spaces).
+            search over any continuous input), or over discrete spaces "search" (gradient-guided) or
+            "query" (black-box, ranking positions by queries).
         options: keyword arguments of the attack class.
         forward: forward passes per example it costs at most (for one budget).
         backward: backward passes per example it costs at most.
@@ -62,6 +63,7 @@ class AttackSpec:
             "square": Square,
             "random-search": RandomSearch,
             "search": DiscreteSearch,
+            "query": QuerySearch,
         }
         if self.kind not in classes:
             raise ConfigError(f"unknown attack kind {self.kind!r}: use one of {sorted(classes)}")
@@ -88,8 +90,14 @@ _FAB_T = AttackSpec("fab-t", "fab", {"steps": 100, "targeted": 9}, 1 + 9 * 201, 
 _SQUARE = AttackSpec("square", "square", {"queries": 5000, "p_init": 0.8}, 5001, 0)
 
 
-def _search(candidates: int) -> AttackSpec:
-    return AttackSpec("search", "search", {"candidates_per_step": candidates})
+def _search(candidates: int, restarts: int = 1) -> AttackSpec:
+    options = {"candidates_per_step": candidates, "restarts": restarts, "random_share": 0.25 if restarts > 1 else 0.0}
+    return AttackSpec("search", "search", options)
+
+
+def _query(positions: int, queries: int, restarts: int = 1) -> AttackSpec:
+    return AttackSpec("query-search", "query",
+                      {"positions_per_step": positions, "queries_per_position": queries, "restarts": restarts})
 
 
 #: Single attacks by name, as ``attacks=["pgd", "apgd-ce"]`` takes them.
@@ -104,20 +112,22 @@ ATTACKS: dict[str, AttackSpec] = {
     "square": _SQUARE,
     "random-search": _random_search(1000),
     "search": AttackSpec("search", "search", {"candidates_per_step": 8}),
+    "query-search": _query(4, 32),
 }
 
-#: Names of :data:`ATTACKS` that need a continuous space (all but "search").
-CONTINUOUS_ONLY = frozenset(name for name, spec in ATTACKS.items() if spec.kind != "search")
+#: Names of :data:`ATTACKS` that need a continuous space (all but the discrete searches).
+CONTINUOUS_ONLY = frozenset(name for name, spec in ATTACKS.items() if spec.kind not in ("search", "query"))
 
 
 @dataclass(frozen=True)
 class Preset:
     """A named attack suite. DLR attacks become margin attacks on binary models (DLR needs 3 classes).
 
-    ``discrete`` is the suite used over a discrete space (the gradient-guided search). With
-    ``cascade`` each attack runs only on the examples no earlier attack broke (AutoAttack's
-    per-example early exit), and the report's row of an attack gives the robust accuracy after it
-    and every attack before it, as the reference's log does.
+    ``discrete`` is the suite used over a discrete space: the gradient-guided search (with restarts
+    over other samples of the space's candidates and random-greedy moves) and a black-box query search,
+    each reported, and the worst case per example over both. With ``cascade`` each attack runs only on
+    the examples no earlier attack broke (AutoAttack's per-example early exit), and the report's row of
+    an attack gives the robust accuracy after it and every attack before it, as the reference's log does.
     """
 
     name: str
@@ -161,18 +171,18 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "quick": Preset("quick", (_pgd(10),), "PGD-10", (_search(4),)),
+    "quick": Preset("quick", (_pgd(10),), "PGD-10", (_search(4), _query(2, 16))),
     "standard": Preset(
         "standard",
         (_pgd(20), _apgd("ce", 50), _apgd("dlr", 50)),
         "PGD-20, APGD-CE-50, APGD-DLR-50 (margin if binary)",
-        (_search(8),),
+        (_search(8, restarts=3), _query(4, 32)),
     ),
     "thorough": Preset(
         "thorough",
         (_pgd(50, restarts=5), _apgd("ce", 100), _apgd("dlr", 100), _random_search(1000)),
         "PGD-50 x 5 restarts, APGD-CE-100, APGD-DLR-100 (margin if binary), random search 1000 queries",
-        (_search(32),),
+        (_search(32, restarts=5), _query(8, 64, restarts=2)),
     ),
     "autoattack": Preset(
         "autoattack",
@@ -209,10 +219,15 @@ def describe_presets() -> str:
         quick: PGD-10; at most 11 forward and 10 backward passes per example and budget
     """
     lines = [f"{name}: {p.cost}" if name == p.name else f"{name}: the same as {p.name}" for name, p in PRESETS.items()]
-    discrete = ", ".join(f"{p.name} {p.discrete[0].options['candidates_per_step']}" for p in PRESETS.values()
-                         if p.discrete)
+    discrete = "; ".join(
+        f"{p.name} {s.options['candidates_per_step']} x {s.options['restarts']} restarts, "
+        f"query {q.options['positions_per_step']} x {q.options['queries_per_position']}"
+        for p in PRESETS.values() if len(p.discrete) == 2 for s, q in [p.discrete]
+    )
     search = (
-        f"over discrete spaces each preset is the gradient-guided search with candidates per edit: {discrete}; "
-        "per edit 1 backward and 1 + candidates forward passes per example"
+        "over discrete spaces each preset is the gradient-guided search (candidates per edit x restarts) and "
+        f"a black-box query search (positions x queries per position per edit), worst case per example: {discrete}; "
+        "per edit the search costs 1 backward and 1 + candidates forward passes per example and restart, the "
+        "query search about 2 per position of the text plus positions x queries forward passes"
     )
     return "\n".join([*lines, search, CHECKS_COST])

@@ -28,6 +28,7 @@ from robustkit.attacks.base import Attack, AttackResult, as_labels, seed_value
 from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
+from robustkit.attacks.search import QuerySearch
 from robustkit.attacks.square import Square
 from robustkit.attacks.transfer import Transfer
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
@@ -86,7 +87,7 @@ def evaluate(
             if listed, else the largest.
         attacks: a preset ("quick", "standard", "thorough", "autoattack" alias "aa-standard", "aa-rand";
             see :mod:`robustkit.evaluation.presets`), a name ("fgsm", "pgd", "apgd-ce", "apgd-dlr",
-            "apgd-margin", "apgd-t", "fab-t", "square", "random-search", "search"), an
+            "apgd-margin", "apgd-t", "fab-t", "square", "random-search", "search", "query-search"), an
             attack instance, or a list of names and instances. Each is rebuilt per budget with
             ``attack.with_space(space.with_budget(e))``; instances keep their own seed.
         mask: which examples may be attacked: None (all), a bool tensor aligned with the data order,
@@ -247,7 +248,7 @@ def _kind(attack: AttackLike) -> str:
     """The attack's kind for the checks: fgsm, free (no gradient of the model) or gradient (multi-step)."""
     if isinstance(attack, FGSM):
         return "fgsm"
-    if isinstance(attack, RandomSearch | Square | Transfer):
+    if isinstance(attack, RandomSearch | Square | Transfer | QuerySearch):
         return "free"
     if isinstance(attack, Ensemble) and all(_kind(a) == "free" for a in attack.attacks):
         return "free"

@@ -1,0 +1,134 @@
+"""The obfuscation space reaches its whole threat model, and every attack's output stays inside it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import Tokenizer
+
+import robustkit as rk
+from domains.text import TextCNN, TextDataset
+from domains.text.adversarial import DiscreteAdversarialTraining
+from domains.text.model import train_tokenizer
+from domains.text.obfuscation import (
+    HAM_WORDS,
+    HOMOGLYPHS,
+    LEET,
+    SEPARATORS,
+    ObfuscationSpace,
+    _tricks,
+    edit_cost,
+    fold,
+    words,
+)
+
+CRASH = "if u love rihanna subscribe me"
+CORPUS = [CRASH, "win a free prize call 08001234567 now", "see you at home tonight love", "txt WIN to 81618 £100",
+          "visit www.prizes.com to claim", "ok lol thanks :) :) see u later!!!", "free free free entry 2day 🎉🎉"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Tokenizer:
+    return train_tokenizer(CORPUS * 3, vocab_size=200)
+
+
+def model_for(tokenizer: Tokenizer, seed: int = 0) -> TextCNN:
+    torch.manual_seed(seed)
+    model = TextCNN(tokenizer.get_vocab_size(), 8, 8, 3, 2)
+    model.tokenizer = tokenizer  # type: ignore[assignment]
+    return model.eval()
+
+
+def space_for(model: TextCNN, tokenizer: Tokenizer, budget: float = 3) -> ObfuscationSpace:
+    return ObfuscationSpace(tokenizer, 8, budget, embedding=model.embedding.weight)
+
+
+def test_an_inserted_ham_word_equal_to_an_original_word_is_never_edited(tokenizer: Tokenizer) -> None:
+    # the crash of issue 17: "love" inserted at the end was then edited as the original's own "love"
+    space = space_for(model_for(tokenizer), tokenizer)
+    once = CRASH + " love"
+    edits = space.candidates(once, CRASH)
+    touched = {e.value[2] for e in edits if e.value[1] != "insert"}
+    assert 6 not in touched and touched == set(range(6))
+    twice = [space.apply(once, e) for e in edits]
+    assert bool(space.contains(twice, [CRASH] * len(twice)).all())
+    assert edit_cost(CRASH, CRASH + " l.o.v.e") == float("inf")
+    # and the search and training both finish on it, for any model and seed
+    for seed in range(4):
+        model = model_for(tokenizer, seed)
+        for attack in (rk.DiscreteSearch(space, candidates_per_step=16, early_stop=False, restarts=2, random_share=0.5,
+                                          seed=seed), rk.QuerySearch(space, early_stop=False, seed=seed)):
+            result = attack(model, [CRASH], [1])
+            assert bool(space.contains(result.x_adv, [CRASH]).all())
+
+
+def test_every_allowed_variant_of_a_word_is_reachable() -> None:
+    word = "prizes"
+    offered = {w for seed in range(40) for _, w in _tricks(word, seed)}
+    assert {word[:p] + word[p + 1] + word[p] + word[p + 2:] for p in range(len(word) - 1)} <= offered  # every swap
+    assert {word[:p] + word[p + 1:] for p in range(len(word))} <= offered  # every deletion
+    assert {sep.join(word) for sep in SEPARATORS} <= offered  # every separator
+    singles = {word[:p] + s + word[p:] for p in range(1, len(word)) for s in SEPARATORS}
+    assert len(singles & offered) > len(singles) // 2  # separators at single positions (other token splits)
+    glyphs = [p for p, ch in enumerate(word) if ch in HOMOGLYPHS]
+    assert {word[:p] + HOMOGLYPHS[word[p]] + word[p + 1:] for p in glyphs} <= offered  # one homoglyph anywhere
+    leet = [p for p, ch in enumerate(word) if ch in LEET]
+    assert {word[:p] + LEET[word[p]] + word[p + 1:] for p in leet} <= offered
+    invisible = {w for w in offered if fold(w, leet=False, separators=False) == word and len(w) == len(word) + 1}
+    assert {w.index(next(c for c in w if c not in word)) for w in invisible} == set(range(len(word) + 1))
+
+
+def test_ham_words_go_into_every_gap(tokenizer: Tokenizer) -> None:
+    space = space_for(model_for(tokenizer), tokenizer)
+    text = "win a free prize"
+    inserted = {space.apply(text, e) for e in space.candidates(text, text) if e.value[1] == "insert"}
+    gaps = {" ".join([*words(text)[:g], w, *words(text)[g:]]) for g in range(5) for w in HAM_WORDS}
+    assert inserted == gaps
+
+
+def test_url_host_homoglyphs_are_an_option() -> None:
+    url, other = "www.paypal.com/login", "www.p\u0430yp\u0430l.com/login"
+    assert edit_cost(url, other) == float("inf")
+    assert edit_cost(url, other, url_host_homoglyphs=True) == 1
+    assert edit_cost(url, "www.paypal.com/l\u043egin") == 1  # the path is not the domain
+    assert edit_cost(url, "www.pay\u200bpal.com/login") == 1  # invisible: reads (and types) the same
+    assert edit_cost("call 08001234567", "call 0800\u200b1234567") == 1  # the same digits to dial
+    assert edit_cost("call 08001234567", "call 08001234576") == float("inf")
+
+
+# ----------------------------------------------------------------------------- properties
+PIECES = st.sampled_from([
+    "free", "win", "prize", "love", "love", "home", "ok", "call", "txt", "claim", "now", "u", "!!!", "...", "?!",
+    "🎉", "😂👍", "www.win.com", "http://x.co.uk/a?b=1", "08001234567", "81618", "£1000", "2day", "a", "I", "",
+    *HAM_WORDS,
+])
+TEXTS = st.lists(st.lists(PIECES, min_size=1, max_size=5).map("".join), min_size=1, max_size=9).map(" ".join).filter(
+    lambda t: bool(t.strip())
+)
+
+
+@settings(max_examples=15, deadline=None)
+@given(corpus=st.lists(TEXTS, min_size=1, max_size=4), seed=st.integers(0, 3), budget=st.integers(1, 3))
+def test_search_training_and_contains_agree(tokenizer: Tokenizer, corpus: list[str], seed: int, budget: int) -> None:
+    model = model_for(tokenizer, seed)
+    space = space_for(model, tokenizer, budget).with_seed(seed)
+    # every candidate is inside the space, at one more edit
+    for text in corpus:
+        for edit in space.candidates(text, text)[::7]:
+            assert edit_cost(text, space.apply(text, edit)) == 1
+    y = [1] * len(corpus)
+    for attack in (rk.DiscreteSearch(space, candidates_per_step=8, restarts=2, random_share=0.5, early_stop=False,
+                                      seed=seed),
+                   rk.QuerySearch(space, positions_per_step=2, queries_per_position=8, early_stop=False, seed=seed)):
+        result = attack(model, corpus, y)
+        assert bool(space.contains(result.x_adv, corpus).all())
+        assert all(edit_cost(o, a) <= budget for o, a in zip(corpus, result.x_adv, strict=True))
+    # discrete training generates from the same texts without crashing, inside the space
+    data = TextDataset(corpus, y, tokenizer, 8)
+    method = DiscreteAdversarialTraining(data, space, clean_epochs=0)
+    trainer = rk.AdversarialTrainer(model, rk.LinfBall(eps=0.0), method=method, progress=False, seed=seed,
+                                    optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
+    trainer.fit(torch.utils.data.DataLoader(data, batch_size=8, collate_fn=data.collate), epochs=1)
+    assert method.sources == corpus and bool(space.contains(method.generated, method.sources).all())
