@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.model_selection import train_test_split
@@ -139,7 +140,11 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.rounds = rounds
 
     def __sklearn_tags__(self) -> Any:
+        # X is a DataFrame in the schema's columns (numbers, categories as strings), never a bare array:
+        # scikit-learn's checks feed bare arrays, so it runs none of its data checks (see
+        # tests/test_sklearn_checks.py for the checks run instead)
         tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
         tags.input_tags.string = True
         tags.input_tags.categorical = True
         tags.classifier_tags.multi_class = False
@@ -192,11 +197,16 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
     def _features(self, X: Any) -> pd.DataFrame:
         """``X`` checked against the schema: a DataFrame with exactly its feature columns."""
         schema: Schema = self.schema
+        if sparse.issparse(X):
+            raise DataError("Sparse data was passed for X, but a DataFrame in the schema's columns is required: "
+                            "convert it with pd.DataFrame.sparse.from_spmatrix(X, columns=[...]).sparse.to_dense()")
         if not isinstance(X, pd.DataFrame):
             raise DataError(f"X must be a pandas DataFrame with the schema's columns ({', '.join(schema.names)}), "
                             f"got {type(X).__name__}")
         if schema.target is not None and schema.target in X.columns:
             raise DataError(f"X holds the target column {schema.target!r}: drop it from X and pass it as y")
+        if len(X) == 0:
+            raise DataError(f"Found X with 0 rows (shape={X.shape}) while a minimum of 1 is required")
         Schema(schema.columns, schema.budget).check_frame(X, what="X")
         return X[schema.names]
 

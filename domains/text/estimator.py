@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -107,6 +108,16 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.pos_label = pos_label
         self.verbose = verbose
 
+    def __sklearn_tags__(self) -> Any:
+        # X is a list (or 1-D array) of texts, never a 2-D array of numbers: scikit-learn's checks feed
+        # 2-D arrays, so it runs none of its data checks (see tests/test_sklearn_checks.py for those run instead)
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.classifier_tags.multi_class = False
+        return tags
+
     # ----------------------------------------------------------------- checks
     def _options(self) -> dict[str, Any]:
         """The text domain's options for these parameters."""
@@ -148,9 +159,14 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
     @staticmethod
     def _texts(X: Any) -> list[str]:
         """``X`` as a list of non-empty strings."""
+        if sparse.issparse(X):
+            raise DataError("Sparse data was passed for X, but texts are required: pass the raw strings (a list, "
+                            "array or Series), not their vectorised counts")
         if isinstance(X, str) or not isinstance(X, Sequence | np.ndarray | pd.Series):
             raise DataError(f"X must be a list (or array or Series) of texts, got {type(X).__name__}")
         texts = list(X)
+        if not texts:
+            raise DataError("Found X with 0 texts while a minimum of 1 is required")
         wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if wrong:
             raise DataError(f"X holds {len(wrong)} values that are not strings (first at position {wrong[0]}: "

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.utils.multiclass import check_classification_targets
 
 from robustkit.errors import DataError
 
@@ -99,19 +100,32 @@ def binary_labels(y: Any, n: int, names: tuple[str, str] = ("negative", "positiv
         >>> binary_labels(["legit", "fraud", "legit", "fraud"], 4).flags.tolist()
         [0, 1, 0, 1]
     """
+    if y is None:
+        raise DataError(f"this classifier requires y to be passed, but the target y is None: pass one label per "
+                        f"{what.rstrip('s')}")
     arr = np.asarray(y)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr.ravel()
     if arr.ndim != 1:
-        raise DataError(f"y must be one label per input (1-D), got shape {arr.shape}")
+        raise DataError(f"y must be one label per input (1-D), got shape {arr.shape}: a multi-output target is not "
+                        "supported; fit one classifier per output")
     if len(arr) != n:
         raise DataError(f"X has {n} {what} but y has {len(arr)} labels")
+    if n < 4:
+        raise DataError(f"Found {n} {what} while a minimum of 4 is required: each class needs at least 2 {what} "
+                        "for the validation split")
     if pd.isna(arr).any():
         raise DataError(f"y has {int(pd.isna(arr).sum())} missing labels: fill or drop those {what}")
     try:
+        check_classification_targets(arr)  # scikit-learn's own words for a regression target
         classes = np.unique(arr)
     except TypeError:
         raise DataError("y mixes label types (e.g. numbers and strings): use one type") from None
+    except ValueError as exc:
+        raise DataError(f"{exc} Pass two classes of labels, e.g. 0/1 or {names[0]!r}/{names[1]!r}") from None
+    if len(classes) == 1:
+        raise DataError(f"y contains only one class ({_plain(classes[0])!r}): a binary classifier needs samples of "
+                        f"both classes ({names[0]} and {names[1]})")
     if len(classes) != 2:
         shown = ", ".join(repr(c) for c in classes.tolist()[:5])
         raise DataError(f"y must be binary (two classes: {names[0]} and {names[1]}), got {len(classes)} "
