@@ -26,7 +26,7 @@ from domains.tabular.estimator import RobustTabularClassifier
 from domains.tabular.synthetic import card_schema, generate
 from domains.text import RobustSpamClassifier
 from domains.text.data import demo_corpus
-from robustkit import DataError
+from robustkit import ConfigError, DataError
 
 
 def tabular() -> RobustTabularClassifier:
@@ -61,6 +61,14 @@ COVERED = {
     "check_estimators_unfitted": "test_unfitted_estimators_refuse_to_predict",
     "check_n_features_in_after_fitting": "test_feature_names_and_counts",
     "check_positive_only_tag_during_fit": "not applicable: positive_only is False, no input is refused for sign",
+    "check_sample_weights_pandas_series": "test_sample_weight_is_checked",
+    "check_sample_weights_not_an_array": "test_sample_weight_is_checked",
+    "check_sample_weights_list": "test_sample_weight_is_checked",
+    "check_sample_weights_shape": "test_sample_weight_is_checked",
+    "check_sample_weights_not_overwritten": "test_sample_weight_is_checked",
+    "check_sample_weight_equivalence_on_dense_data": "test_sample_weight_is_checked (uniform weights change "
+                                                     "nothing; weight 0 as dropped: test_training.py)",
+    "check_all_zero_sample_weights_error": "test_sample_weight_is_checked",
     "check_complex_data": "not applicable: complex numbers are neither schema values nor texts",
     "check_dtype_object": "test_bad_inputs_are_refused_in_scikit_learn_words (strings are the real input)",
     "check_estimators_empty_data_messages": "test_bad_inputs_are_refused_in_scikit_learn_words",
@@ -102,7 +110,8 @@ COVERED = {
     "check_estimators_data_not_an_array": "not applicable: the inputs are not arrays to begin with",
     "check_inplace_ensure_writeable": "not applicable: no array input",
     "check_array_api_input": "not applicable: array_api_support is False (torch inside, NumPy or lists outside)",
-    "check_classifiers_one_label_sample_weights": "test_bad_labels_are_refused_in_scikit_learn_words",
+    "check_classifiers_one_label_sample_weights": "test_sample_weight_is_checked (weights do not hide a class: "
+                                                  "a class of weight 0 still counts as one)",
     "check_parameters_default_constructible": "test_data_free_scikit_learn_checks for the text estimator; the "
                                               "tabular one needs its schema (the threat model) and has no default",
 }
@@ -276,3 +285,31 @@ def test_a_column_of_labels_is_one_label_per_example(kind: str, fitted: dict[str
     X, y = DATA[kind]
     column = MAKE[kind]().fit(X, y.reshape(-1, 1))
     assert np.array_equal(column.predict_proba(X), fitted[kind].predict_proba(X))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sample_weight_is_checked(kind: str, fitted: dict[str, BaseEstimator]) -> None:
+    X, y = DATA[kind]
+    n = len(y)
+    for bad, match in [(np.ones(n - 1), "expected"), (np.ones((n, 2)), "expected"), (-np.ones(n), "negative"),
+                       (np.full(n, np.nan), "non-finite"), (np.zeros(n), "at least one non-zero"),
+                       (["a"] * n, "numbers")]:
+        est = MAKE[kind]()
+        with pytest.raises(DataError, match=match):
+            est.fit(X, y, sample_weight=bad)
+        assert not hasattr(est, "model_")
+    weights = np.full(n, 3.0)
+    uniform = MAKE[kind]().fit(X, y, sample_weight=weights)
+    assert (weights == 3.0).all()  # not overwritten
+    assert np.allclose(uniform.predict_proba(X), fitted[kind].predict_proba(X), atol=1e-5)  # only the ratio counts
+    series = MAKE[kind]().fit(X, y, sample_weight=pd.Series(np.where(y == 1, 0.0, 1.0).tolist()))
+    assert series.classes_.tolist() == [0, 1]  # a class of weight 0 is still a class
+    assert not np.allclose(series.predict_proba(X), fitted[kind].predict_proba(X), atol=1e-3)
+
+
+def test_trees_refuse_sample_weight() -> None:
+    from sklearn.tree import DecisionTreeClassifier
+
+    est = tabular().set_params(estimator=DecisionTreeClassifier(max_depth=2))
+    with pytest.raises(ConfigError, match="sample_weight"):
+        est.fit(TAB_X, TAB_Y, sample_weight=np.ones(len(TAB_Y)))

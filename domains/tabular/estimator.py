@@ -49,7 +49,14 @@ from domains.tabular.trees import TypedEstimator, harden_trees, tree_attack
 from robustkit.attacks import PGD
 from robustkit.domain import DatasetInfo, DomainData
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels, decide, known_positive, threshold_at_fpr, two_columns
+from robustkit.evaluation.binary import (
+    binary_labels,
+    decide,
+    known_positive,
+    sample_weights,
+    threshold_at_fpr,
+    two_columns,
+)
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import EpochLog, check_verbose
@@ -211,11 +218,20 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         return X[schema.names]
 
     # ----------------------------------------------------------------- training
-    def fit(self, X: pd.DataFrame, y: Any) -> RobustTabularClassifier:
-        """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training."""
+    def fit(self, X: pd.DataFrame, y: Any, sample_weight: Any = None) -> RobustTabularClassifier:
+        """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training.
+
+        ``sample_weight`` (one weight >= 0 per row) weights each training row's loss, on top of
+        ``class_weight``; a row of weight 0 trains as if left out. Validation rows (the threshold) are
+        not weighted. Not supported with ``estimator``.
+        """
         self._check_params()
         features = self._features(X)
         labels, classes, positive = binary_labels(y, len(features), ("legit", "fraud"), pos_label=self.pos_label)
+        weights = sample_weights(sample_weight, len(features))
+        if weights is not None and self.estimator is not None:
+            raise ConfigError("sample_weight is not supported with estimator= (its augmentation rounds weight rows "
+                              "themselves): leave it out or train the MLP")
         seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
         try:
             i_train, i_val = train_test_split(np.arange(len(labels)), test_size=self.validation_fraction,
@@ -252,7 +268,9 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         class_weights = self.class_weight if self.class_weight is None or isinstance(self.class_weight, str) \
             else [float(w) for w in self.class_weight]
         budget = schema.budget if self.budget is None else float(self.budget)
-        data = DomainData(TensorDataset(x_train, y_train), TensorDataset(x_val, y_val), TensorDataset(x_val, y_val),
+        train_set = TensorDataset(x_train, y_train) if weights is None else TensorDataset(
+            x_train, y_train, torch.as_tensor(weights[np.sort(i_train)], dtype=torch.float32))
+        data = DomainData(train_set, TensorDataset(x_val, y_val), TensorDataset(x_val, y_val),
                           DatasetInfo("fit", split=f"{len(train)}/{len(val)}", n_classes=2),
                           {"schema": schema, "target_fpr": float(self.target_fpr)})
         from domains.tabular import TabularDomain  # the package imports this module first

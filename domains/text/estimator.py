@@ -32,7 +32,7 @@ from domains.text.data import TextSource
 from domains.text.obfuscation import TRICKS, ObfuscationSpace, edit_cost
 from robustkit.attacks import DiscreteSearch
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
+from robustkit.evaluation.binary import binary_labels, decide, known_positive, sample_weights, two_columns
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import EpochLog, check_verbose
@@ -177,12 +177,17 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         return texts
 
     # ----------------------------------------------------------------- training
-    def fit(self, X: Sequence[str], y: Any) -> RobustSpamClassifier:
-        """Train on texts ``X`` and binary labels ``y``; every check runs before training."""
+    def fit(self, X: Sequence[str], y: Any, sample_weight: Any = None) -> RobustSpamClassifier:
+        """Train on texts ``X`` and binary labels ``y``; every check runs before training.
+
+        ``sample_weight`` (one weight >= 0 per text) weights each training text's loss; a text of
+        weight 0 trains as if left out. Validation texts (the threshold) are not weighted.
+        """
         self._check_params()
         texts = self._texts(X)
         labels, classes, positive = binary_labels(y, len(texts), ("ham", "spam"), what="texts",
                                                   pos_label=self.pos_label)
+        weights = sample_weights(sample_weight, len(texts), "texts")
         n_ham = int((labels == 0).sum())
         if round(n_ham * (1 - float(self.validation_fraction))) >= n_ham:  # as the stratified split rounds
             raise DataError(f"validation_fraction={self.validation_fraction} of {n_ham} ham texts holds none out: "
@@ -192,7 +197,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         source = TextSource(texts, labels.tolist(), "fit", sha, ["passed to RobustSpamClassifier.fit"])
         domain = TextDomain()
         options = self._options()
-        data = domain.data_from(source, seed, options, fractions=(1 - float(self.validation_fraction), 1.0))
+        data = domain.data_from(source, seed, options, fractions=(1 - float(self.validation_fraction), 1.0),
+                              sample_weight=None if weights is None else weights.tolist())
         torch.manual_seed(seed)
         spec = domain.model_spec(data, options)
         model = domain.build_model(spec)

@@ -20,8 +20,8 @@ from sklearn.utils.multiclass import check_classification_targets
 from robustkit.errors import DataError
 
 __all__ = [
-    "BinaryLabels", "binary_labels", "binary_metrics", "decide", "known_positive", "positive_label", "threshold_at_fpr",
-    "two_columns",
+    "BinaryLabels", "binary_labels", "binary_metrics", "decide", "known_positive", "positive_label", "sample_weights",
+    "threshold_at_fpr", "two_columns",
 ]
 
 
@@ -138,6 +138,30 @@ def binary_labels(y: Any, n: int, names: tuple[str, str] = ("negative", "positiv
         raise DataError(f"y has {counts[1]} {what} of class {_plain(positive_class)!r} ({names[1]}) and {counts[0]} "
                         f"of {_plain(negative_class)!r}: each class needs at least 2 {what} for the validation split")
     return BinaryLabels(positive.astype(np.int64), classes, _plain(positive_class))
+
+
+def sample_weights(sample_weight: Any, n: int, what: str = "rows") -> np.ndarray | None:
+    """scikit-learn's ``sample_weight`` for ``n`` inputs, checked: None, or ``n`` finite weights >= 0, not all 0.
+
+    Example:
+        >>> sample_weights([1, 0, 2], 3).tolist()
+        [1.0, 0.0, 2.0]
+    """
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"sample_weight must be numbers, one per {what.rstrip('s')}") from None
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise DataError(f"sample_weight.shape == {w.shape}, expected ({n},): one weight per {what.rstrip('s')}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise DataError("sample_weight holds negative or non-finite values: pass finite weights >= 0")
+    if not (w > 0).any():
+        raise DataError("Sample weights must contain at least one non-zero number.")
+    return w
 
 
 def _positive_column(classes: np.ndarray, pos_label: Any) -> int:
