@@ -10,6 +10,7 @@ behaviour on the estimator's real input.
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 from typing import Any
 
 import joblib
@@ -18,7 +19,10 @@ import pandas as pd
 import pytest
 from scipy import sparse
 from sklearn.base import BaseEstimator, clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.exceptions import NotFittedError
+from sklearn.frozen import FrozenEstimator
+from sklearn.model_selection import FixedThresholdClassifier
 from sklearn.utils import estimator_checks as ec
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
@@ -313,3 +317,44 @@ def test_trees_refuse_sample_weight() -> None:
     est = tabular().set_params(estimator=DecisionTreeClassifier(max_depth=2))
     with pytest.raises(ConfigError, match="sample_weight"):
         est.fit(TAB_X, TAB_Y, sample_weight=np.ones(len(TAB_Y)))
+
+
+HELD_OUT = {"tabular": (lambda f: (f.drop(columns="is_fraud"), f["is_fraud"].to_numpy()))(generate(200, seed=1,
+                                                                                                  fraud_rate=0.25)),
+            "text": (lambda t: (t[0], np.asarray(t[1])))(demo_corpus(100, seed=2))}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_calibration_and_fixed_threshold_wrap_the_estimators(kind: str, fitted: dict[str, BaseEstimator]) -> None:
+    """What the guides show: calibrated probabilities on held-out data, and a decision at a chosen threshold."""
+    model = fitted[kind]
+    X, y = HELD_OUT[kind]
+    calibrated = CalibratedClassifierCV(FrozenEstimator(model), method="isotonic").fit(X, y)
+    raw, cal = model.predict_proba(X)[:, 1], calibrated.predict_proba(X)[:, 1]
+    assert cal.shape == raw.shape and calibrated.classes_.tolist() == model.classes_.tolist()
+    order = np.argsort(raw, kind="stable")
+    assert (np.diff(cal[order]) >= -1e-9).all()  # rises with P(positive): the columns were read the right way
+    assert abs(cal.mean() - y.mean()) < 0.02  # calibrated on these rows: the base rate on average
+    at_threshold = FixedThresholdClassifier(FrozenEstimator(model), threshold=model.threshold_,
+                                            pos_label=model.pos_label_, response_method="predict_proba").fit(X, y)
+    assert np.array_equal(at_threshold.predict(X), model.predict(X))
+    laxer = FixedThresholdClassifier(FrozenEstimator(model), threshold=model.threshold_ / 2,
+                                     pos_label=model.pos_label_, response_method="predict_proba").fit(X, y)
+    assert (laxer.predict(X) == model.pos_label_).sum() >= (model.predict(X) == model.pos_label_).sum()
+
+
+@pytest.mark.parametrize(("guide", "kind", "names"), [
+    ("tabular.md", "tabular", {"clf": "model", "X": "X", "X_held_out": "X", "y_held_out": "y"}),
+    ("text.md", "text", {"hardened": "model", "X_test": "X", "X_cal": "X", "y_cal": "y"}),
+])
+def test_the_guides_calibration_example_runs_as_written(guide: str, kind: str, names: dict[str, str],
+                                                        fitted: dict[str, BaseEstimator]) -> None:
+    text = (Path(__file__).parents[1] / "docs" / "guides" / guide).read_text(encoding="utf-8")
+    (block,) = [b.split("```", 1)[0] for b in text.split("```python\n")[1:] if "CalibratedClassifierCV" in b]
+    X, y = HELD_OUT[kind]
+    values = {"model": fitted[kind], "X": X, "y": y}
+    scope: dict[str, Any] = {name: values[source] for name, source in names.items()}
+    exec(block, scope)
+    assert scope["calibrated"].predict_proba(X).shape == (len(y), 2)
+    positive = fitted[kind].pos_label_
+    assert (scope["laxer"].predict(X) == positive).sum() >= (fitted[kind].predict(X) == positive).sum()
