@@ -248,3 +248,30 @@ def test_a_budget_warm_up_from_zero_trains(method: str) -> None:
     epochs = 8 if method == "free" else 2  # free replays each batch 4 times and divides the epochs by 4
     history = trainer.fit(DataLoader(TensorDataset(x, y), batch_size=16), epochs)
     assert list(history["epoch"]) == [1, 2] and history["eps"].iloc[-1] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("method", ["standard", "pgd"])
+def test_zero_weight_drops_examples(method: str) -> None:
+    """sample_weight: weight 0 on a class trains exactly as without its examples; uniform weights change nothing."""
+    x, y = robust_nonrobust(240, seed=3)
+    order = torch.argsort((y == 2).long(), stable=True)  # class 2 last: the kept examples keep their ids
+    x, y = x[order], y[order]
+    kept = y != 2
+
+    def fit(*tensors: torch.Tensor) -> torch.nn.Module:
+        model = make_model()
+        rk.AdversarialTrainer(model, SPACE, method=method, progress=False, seed=1).fit(
+            DataLoader(TensorDataset(*tensors), batch_size=len(x)), epochs=3)
+        return model
+
+    dropped = fit(x[kept], y[kept])
+    zero = fit(x, y, kept.float())
+    for a, b in zip(dropped.parameters(), zero.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    unweighted, uniform = fit(x, y), fit(x, y, torch.full((len(x),), 3.0))
+    for a, b in zip(unweighted.parameters(), uniform.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert not all(torch.allclose(a, b, atol=1e-3) for a, b in zip(dropped.parameters(), unweighted.parameters(),
+                                                                     strict=True))
+    with pytest.raises(rk.DataError, match="one weight per example"):
+        fit(x, y, torch.ones(len(x), 2))

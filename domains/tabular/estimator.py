@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.model_selection import train_test_split
@@ -48,7 +49,14 @@ from domains.tabular.trees import TypedEstimator, harden_trees, tree_attack
 from robustkit.attacks import PGD
 from robustkit.domain import DatasetInfo, DomainData
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels, decide, known_positive, threshold_at_fpr, two_columns
+from robustkit.evaluation.binary import (
+    binary_labels,
+    decide,
+    known_positive,
+    sample_weights,
+    threshold_at_fpr,
+    two_columns,
+)
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import EpochLog, check_verbose
@@ -139,7 +147,11 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.rounds = rounds
 
     def __sklearn_tags__(self) -> Any:
+        # X is a DataFrame in the schema's columns (numbers, categories as strings), never a bare array:
+        # scikit-learn's checks feed bare arrays, so it runs none of its data checks (see
+        # tests/test_sklearn_checks.py for the checks run instead)
         tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
         tags.input_tags.string = True
         tags.input_tags.categorical = True
         tags.classifier_tags.multi_class = False
@@ -192,20 +204,34 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
     def _features(self, X: Any) -> pd.DataFrame:
         """``X`` checked against the schema: a DataFrame with exactly its feature columns."""
         schema: Schema = self.schema
+        if sparse.issparse(X):
+            raise DataError("Sparse data was passed for X, but a DataFrame in the schema's columns is required: "
+                            "convert it with pd.DataFrame.sparse.from_spmatrix(X, columns=[...]).sparse.to_dense()")
         if not isinstance(X, pd.DataFrame):
             raise DataError(f"X must be a pandas DataFrame with the schema's columns ({', '.join(schema.names)}), "
                             f"got {type(X).__name__}")
         if schema.target is not None and schema.target in X.columns:
             raise DataError(f"X holds the target column {schema.target!r}: drop it from X and pass it as y")
+        if len(X) == 0:
+            raise DataError(f"Found X with 0 rows (shape={X.shape}) while a minimum of 1 is required")
         Schema(schema.columns, schema.budget).check_frame(X, what="X")
         return X[schema.names]
 
     # ----------------------------------------------------------------- training
-    def fit(self, X: pd.DataFrame, y: Any) -> RobustTabularClassifier:
-        """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training."""
+    def fit(self, X: pd.DataFrame, y: Any, sample_weight: Any = None) -> RobustTabularClassifier:
+        """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training.
+
+        ``sample_weight`` (one weight >= 0 per row) weights each training row's loss, on top of
+        ``class_weight``; a row of weight 0 trains as if left out. Validation rows (the threshold) are
+        not weighted. Not supported with ``estimator``.
+        """
         self._check_params()
         features = self._features(X)
         labels, classes, positive = binary_labels(y, len(features), ("legit", "fraud"), pos_label=self.pos_label)
+        weights = sample_weights(sample_weight, len(features))
+        if weights is not None and self.estimator is not None:
+            raise ConfigError("sample_weight is not supported with estimator= (its augmentation rounds weight rows "
+                              "themselves): leave it out or train the MLP")
         seed = int(np.random.default_rng().integers(2**31)) if self.random_state is None else int(self.random_state)
         try:
             i_train, i_val = train_test_split(np.arange(len(labels)), test_size=self.validation_fraction,
@@ -242,7 +268,9 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         class_weights = self.class_weight if self.class_weight is None or isinstance(self.class_weight, str) \
             else [float(w) for w in self.class_weight]
         budget = schema.budget if self.budget is None else float(self.budget)
-        data = DomainData(TensorDataset(x_train, y_train), TensorDataset(x_val, y_val), TensorDataset(x_val, y_val),
+        train_set = TensorDataset(x_train, y_train) if weights is None else TensorDataset(
+            x_train, y_train, torch.as_tensor(weights[np.sort(i_train)], dtype=torch.float32))
+        data = DomainData(train_set, TensorDataset(x_val, y_val), TensorDataset(x_val, y_val),
                           DatasetInfo("fit", split=f"{len(train)}/{len(val)}", n_classes=2),
                           {"schema": schema, "target_fpr": float(self.target_fpr)})
         from domains.tabular import TabularDomain  # the package imports this module first

@@ -83,7 +83,8 @@ TOKENIZER_KEY = "tokenizer"
 
 
 class TextDataset(Dataset[Any]):
-    """Texts and labels of one split. ``as_text``: items are (string, label), else (token ids, label)."""
+    """Texts and labels of one split. ``as_text``: items are (string, label), else (token ids, label);
+    with ``weights`` (per-example loss weights, scikit-learn's ``sample_weight``) each item ends with its weight."""
 
     def __init__(
         self,
@@ -93,8 +94,10 @@ class TextDataset(Dataset[Any]):
         dim: int,
         as_text: bool = False,
         normaliser: Callable[[str], str] | None = None,
+        weights: Sequence[float] | None = None,
     ) -> None:
         self.texts, self.labels = list(texts), list(labels)
+        self.weights = None if weights is None else list(weights)
         self.tokenizer, self.dim, self.as_text = tokenizer, dim, as_text
         seen = self.texts if normaliser is None else [normaliser(t) for t in self.texts]  # what the model reads
         self.ids = encode_ids(tokenizer, seen)
@@ -103,13 +106,15 @@ class TextDataset(Dataset[Any]):
     def __len__(self) -> int:
         return len(self.texts)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        return (self.texts[i] if self.as_text else self.ids[i]), self.labels[i]
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        item = (self.texts[i] if self.as_text else self.ids[i]), self.labels[i]
+        return item if self.weights is None else (*item, self.weights[i])
 
-    def collate(self, items: list[tuple[Any, int]]) -> tuple[Any, torch.Tensor]:
+    def collate(self, items: list[tuple[Any, ...]]) -> tuple[Any, ...]:
         """Strings stay strings; token ids are padded to the batch's longest text (dynamic padding)."""
         xs, ys = [i[0] for i in items], torch.tensor([i[1] for i in items], dtype=torch.long)
-        return (list(xs) if self.as_text else pad_inputs(xs, self.dim)), ys
+        batch = (list(xs) if self.as_text else pad_inputs(xs, self.dim)), ys
+        return batch if self.weights is None else (*batch, torch.tensor([i[2] for i in items], dtype=torch.float32))
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return pad_inputs(self.ids, self.dim), torch.tensor(self.labels, dtype=torch.long)
@@ -199,10 +204,12 @@ class TextDomain(Domain):
                 raise ConfigError(f"options.{key} must be a column name, got {options[key]!r}")
 
     def data_from(
-        self, source: TextSource, seed: int, options: dict[str, Any], fractions: tuple[float, float] = (0.6, 0.2)
+        self, source: TextSource, seed: int, options: dict[str, Any], fractions: tuple[float, float] = (0.6, 0.2),
+        sample_weight: Sequence[float] | None = None,
     ) -> DomainData:
         """Split ``source`` (stratified by ``fractions`` for train and validation, the rest for test),
-        train the tokenizer on the training texts (or take a Hugging Face model's) and build the datasets.
+        train the tokenizer on the training texts (or take a Hugging Face model's) and build the datasets;
+        ``sample_weight`` (one per text) weights the training texts' loss.
 
         ``raw`` holds the tokenizer, the embedding size and the options: everything later calls need
         about the data (the domain itself keeps nothing)."""
@@ -218,11 +225,12 @@ class TextDomain(Domain):
             vocab = _option(options, "vocab_size", source.vocab_size, int)
             tokenizer = train_tokenizer([read(texts[i]) for i in tr], vocab_size=vocab)
 
-        def part(idx: list[int], as_text: bool = False) -> TextDataset:
+        def part(idx: list[int], as_text: bool = False, weighted: bool = False) -> TextDataset:
             texts_, labels_ = [texts[i] for i in idx], [labels[i] for i in idx]
-            return TextDataset(texts_, labels_, tokenizer, dim, as_text, normaliser=read)
+            weights = [float(sample_weight[i]) for i in idx] if weighted and sample_weight is not None else None
+            return TextDataset(texts_, labels_, tokenizer, dim, as_text, normaliser=read, weights=weights)
 
-        train, val, test = part(tr), part(va), part(te, as_text=True)
+        train, val, test = part(tr, weighted=True), part(va), part(te, as_text=True)
         limit = (tokenizer.truncation or {}).get("max_length", MAX_TOKENS)
         truncated = truncation_note(train.truncated + val.truncated + test.truncated, limit)
         notes += [truncated] if truncated else []

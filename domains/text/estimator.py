@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -32,7 +33,7 @@ from domains.text.data import TextSource
 from domains.text.obfuscation import TRICKS, ObfuscationSpace, edit_cost
 from robustkit.attacks import DiscreteSearch, Ensemble
 from robustkit.errors import ConfigError, DataError
-from robustkit.evaluation.binary import binary_labels, decide, known_positive, two_columns
+from robustkit.evaluation.binary import binary_labels, decide, known_positive, sample_weights, two_columns
 from robustkit.evaluation.presets import PRESETS
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
@@ -109,6 +110,16 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.pos_label = pos_label
         self.verbose = verbose
 
+    def __sklearn_tags__(self) -> Any:
+        # X is a list (or 1-D array) of texts, never a 2-D array of numbers: scikit-learn's checks feed
+        # 2-D arrays, so it runs none of its data checks (see tests/test_sklearn_checks.py for those run instead)
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.classifier_tags.multi_class = False
+        return tags
+
     # ----------------------------------------------------------------- checks
     def _options(self) -> dict[str, Any]:
         """The text domain's options for these parameters."""
@@ -150,9 +161,14 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
     @staticmethod
     def _texts(X: Any) -> list[str]:
         """``X`` as a list of non-empty strings."""
+        if sparse.issparse(X):
+            raise DataError("Sparse data was passed for X, but texts are required: pass the raw strings (a list, "
+                            "array or Series), not their vectorised counts")
         if isinstance(X, str) or not isinstance(X, Sequence | np.ndarray | pd.Series):
             raise DataError(f"X must be a list (or array or Series) of texts, got {type(X).__name__}")
         texts = list(X)
+        if not texts:
+            raise DataError("Found X with 0 texts while a minimum of 1 is required")
         wrong = [i for i, t in enumerate(texts) if not isinstance(t, str)]
         if wrong:
             raise DataError(f"X holds {len(wrong)} values that are not strings (first at position {wrong[0]}: "
@@ -163,12 +179,17 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         return texts
 
     # ----------------------------------------------------------------- training
-    def fit(self, X: Sequence[str], y: Any) -> RobustSpamClassifier:
-        """Train on texts ``X`` and binary labels ``y``; every check runs before training."""
+    def fit(self, X: Sequence[str], y: Any, sample_weight: Any = None) -> RobustSpamClassifier:
+        """Train on texts ``X`` and binary labels ``y``; every check runs before training.
+
+        ``sample_weight`` (one weight >= 0 per text) weights each training text's loss; a text of
+        weight 0 trains as if left out. Validation texts (the threshold) are not weighted.
+        """
         self._check_params()
         texts = self._texts(X)
         labels, classes, positive = binary_labels(y, len(texts), ("ham", "spam"), what="texts",
                                                   pos_label=self.pos_label)
+        weights = sample_weights(sample_weight, len(texts), "texts")
         n_ham = int((labels == 0).sum())
         if round(n_ham * (1 - float(self.validation_fraction))) >= n_ham:  # as the stratified split rounds
             raise DataError(f"validation_fraction={self.validation_fraction} of {n_ham} ham texts holds none out: "
@@ -178,7 +199,8 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         source = TextSource(texts, labels.tolist(), "fit", sha, ["passed to RobustSpamClassifier.fit"])
         domain = TextDomain()
         options = self._options()
-        data = domain.data_from(source, seed, options, fractions=(1 - float(self.validation_fraction), 1.0))
+        data = domain.data_from(source, seed, options, fractions=(1 - float(self.validation_fraction), 1.0),
+                              sample_weight=None if weights is None else weights.tolist())
         torch.manual_seed(seed)
         spec = domain.model_spec(data, options)
         model = domain.build_model(spec)

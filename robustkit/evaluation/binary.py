@@ -15,12 +15,13 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.utils.multiclass import check_classification_targets
 
 from robustkit.errors import DataError
 
 __all__ = [
-    "BinaryLabels", "binary_labels", "binary_metrics", "decide", "known_positive", "positive_label", "threshold_at_fpr",
-    "two_columns",
+    "BinaryLabels", "binary_labels", "binary_metrics", "decide", "known_positive", "positive_label", "sample_weights",
+    "threshold_at_fpr", "two_columns",
 ]
 
 
@@ -99,19 +100,32 @@ def binary_labels(y: Any, n: int, names: tuple[str, str] = ("negative", "positiv
         >>> binary_labels(["legit", "fraud", "legit", "fraud"], 4).flags.tolist()
         [0, 1, 0, 1]
     """
+    if y is None:
+        raise DataError(f"this classifier requires y to be passed, but the target y is None: pass one label per "
+                        f"{what.rstrip('s')}")
     arr = np.asarray(y)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr.ravel()
     if arr.ndim != 1:
-        raise DataError(f"y must be one label per input (1-D), got shape {arr.shape}")
+        raise DataError(f"y must be one label per input (1-D), got shape {arr.shape}: a multi-output target is not "
+                        "supported; fit one classifier per output")
     if len(arr) != n:
         raise DataError(f"X has {n} {what} but y has {len(arr)} labels")
+    if n < 4:
+        raise DataError(f"Found {n} {what} while a minimum of 4 is required: each class needs at least 2 {what} "
+                        "for the validation split")
     if pd.isna(arr).any():
         raise DataError(f"y has {int(pd.isna(arr).sum())} missing labels: fill or drop those {what}")
     try:
+        check_classification_targets(arr)  # scikit-learn's own words for a regression target
         classes = np.unique(arr)
     except TypeError:
         raise DataError("y mixes label types (e.g. numbers and strings): use one type") from None
+    except ValueError as exc:
+        raise DataError(f"{exc} Pass two classes of labels, e.g. 0/1 or {names[0]!r}/{names[1]!r}") from None
+    if len(classes) == 1:
+        raise DataError(f"y contains only one class ({_plain(classes[0])!r}): a binary classifier needs samples of "
+                        f"both classes ({names[0]} and {names[1]})")
     if len(classes) != 2:
         shown = ", ".join(repr(c) for c in classes.tolist()[:5])
         raise DataError(f"y must be binary (two classes: {names[0]} and {names[1]}), got {len(classes)} "
@@ -124,6 +138,30 @@ def binary_labels(y: Any, n: int, names: tuple[str, str] = ("negative", "positiv
         raise DataError(f"y has {counts[1]} {what} of class {_plain(positive_class)!r} ({names[1]}) and {counts[0]} "
                         f"of {_plain(negative_class)!r}: each class needs at least 2 {what} for the validation split")
     return BinaryLabels(positive.astype(np.int64), classes, _plain(positive_class))
+
+
+def sample_weights(sample_weight: Any, n: int, what: str = "rows") -> np.ndarray | None:
+    """scikit-learn's ``sample_weight`` for ``n`` inputs, checked: None, or ``n`` finite weights >= 0, not all 0.
+
+    Example:
+        >>> sample_weights([1, 0, 2], 3).tolist()
+        [1.0, 0.0, 2.0]
+    """
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"sample_weight must be numbers, one per {what.rstrip('s')}") from None
+    if w.ndim == 0:
+        w = np.full(n, float(w))
+    if w.shape != (n,):
+        raise DataError(f"sample_weight.shape == {w.shape}, expected ({n},): one weight per {what.rstrip('s')}")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise DataError("sample_weight holds negative or non-finite values: pass finite weights >= 0")
+    if not (w > 0).any():
+        raise DataError("Sample weights must contain at least one non-zero number.")
+    return w
 
 
 def _positive_column(classes: np.ndarray, pos_label: Any) -> int:

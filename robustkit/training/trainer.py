@@ -78,6 +78,21 @@ def _unpack(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     raise DataError("each batch must be (inputs, labels) or a dict with 'x' and 'y'")
 
 
+def _sample_weight(batch: Any, n: int) -> torch.Tensor | None:
+    """The per-example loss weights a batch carries: a third element ``(x, y, w)`` or a dict's ``"weight"``."""
+    if isinstance(batch, dict):
+        w = batch.get("weight")
+    else:
+        w = batch[2] if isinstance(batch, Sequence) and len(batch) >= 3 else None
+    if w is None:
+        return None
+    w = torch.as_tensor(w, dtype=torch.float32)
+    if w.shape != (n,):
+        raise DataError(f"a batch of {n} examples carries sample weights of shape {tuple(w.shape)}: pass one weight "
+                        "per example")
+    return w
+
+
 class AdversarialTrainer:
     """Train ``model`` to resist perturbations from ``space`` with a training ``method``.
 
@@ -194,7 +209,10 @@ class AdversarialTrainer:
     ) -> pd.DataFrame:
         """Train for ``epochs`` epochs (divided by the method's replays) and return the history.
 
-        ``val_loader`` (a DataLoader, or a tuple ``(x, y)`` as :func:`robustkit.evaluate` takes) adds
+        Training batches may carry per-example loss weights as a third element ``(x, y, w)`` (or a dict's
+        ``"weight"``), scikit-learn's ``sample_weight``: the loss is their weighted mean, so an example of
+        weight 0 trains like one left out. ``val_loader`` (a DataLoader, or a tuple ``(x, y)`` as
+        :func:`robustkit.evaluate` takes) adds
         clean and robust validation accuracy per epoch and picks the best epoch.
 
         With ``resume`` (a checkpoint folder written by an earlier fit with the same settings),
@@ -374,6 +392,10 @@ class AdversarialTrainer:
             ids = torch.arange(seen, seen + len(y), device=self.device) * world + rank
             seen += len(y)
             weights = (ids < real).float() if real is not None else None  # 0 for the sampler's padding copies
+            sample_weight = _sample_weight(raw, len(y))
+            if sample_weight is not None:
+                sample_weight = sample_weight.to(self.device)
+                weights = sample_weight if weights is None else weights * sample_weight
             batch = Batch(self.model, x, y, space, attackable, ids, seed, self.class_weights, net=self._net,
                           weights=weights)
             for replay in range(self.method.replays):
