@@ -11,6 +11,7 @@ import itertools
 import json
 import math
 
+import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -348,3 +349,24 @@ def test_evaluate_with_one_attacked_class_leads_with_its_recall_and_the_false_po
     assert "recall" in report.to_markdown().splitlines()[2]
     everyone = rk.evaluate(model, (x, y), space, attacks="quick", checks=False)
     assert everyone.headline is not None and everyone.headline.measure == "accuracy"
+
+
+def test_a_report_with_a_domain_attack_renders_everywhere(tmp_path):
+    """An attack a domain ran itself counts no passes: every view shows it without failing (the quickstart's
+    tabular run failed writing report.md on the missing counts)."""
+    from robustkit.reporting import write_reports
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 2), torch.randint(0, 2, (60,))
+    model = torch.nn.Linear(2, 2)
+    report = rk.evaluate(model, (x, y), rk.LinfBall(eps=0.3, bounds=(-5.0, 5.0)), attacks="quick", mask=y == 1,
+                         checks=False)
+    merged = report.with_attack("strongest", torch.zeros(60, dtype=torch.bool))
+    assert merged.lead.attacked == 0.0 and merged.robust_accuracy["worst"] <= report.robust_accuracy["worst"]
+    assert "strongest" in merged.to_markdown() and "strongest" in merged.to_html()
+    entry = {"headline": merged.lead.to_dict(), "clean_accuracy": merged.clean_accuracy,
+             "robust_accuracy": merged.robust_accuracy, "domain_metrics": {}, "verdict": merged.verdict}
+    metrics = {"domain": "toy", "dataset": {"name": "x"}, "threat": merged.threat, "seed": 0, "verdict": merged.verdict,
+               "models": {"evaluated": entry}, "versions": {}}
+    write_reports(tmp_path, metrics, {"evaluated": merged}, pd.DataFrame(), "", "robustkit evaluate")
+    assert "strongest" in (tmp_path / "report.md").read_text()

@@ -23,6 +23,7 @@ import dataclasses
 import html
 import io
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +70,11 @@ def figure_text(name: str, value: Any) -> str:
         ('83.3%', '12.3', '0.15')
         >>> figure_text("forward_passes", 2100), figure_text("words_edited", 1.23456)
         ('2100', '1.235')
+        >>> figure_text("forward_passes", float("nan")), figure_text("forward_passes", None)  # not counted
+        ('-', '-')
     """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"  # a figure not measured (passes of an attack a domain ran itself)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if name == "eps":
