@@ -83,10 +83,11 @@ def write_index(out: Path, runs: dict[str, dict[str, Any]], seconds: dict[str, f
 <style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}</style></head>
 <body><h1>robustkit quickstart</h1>
-<p>One standard and one adversarially trained model per domain, on built-in data. "Under attack" is the
-accuracy under the worst of the evaluation attacks and the gradient-masking checks' attacks, which are
-stronger than the attack used in training. Follow a domain's link for its full report.</p>
-<p>Fraud and spam are judged by the recall of the attacked class at the operating threshold.</p>
+<p>One standard and one adversarially trained model per domain, on built-in data. Each row gives the
+domain's measure (accuracy; for fraud and spam the recall of the attacked class at the operating threshold)
+clean and under the worst of every attack that was run: the evaluation attacks, the domain's own and the
+gradient-masking checks' attacks, all stronger than the attack used in training. Follow a domain's link for
+its full report.</p>
 <table><thead><tr><th>domain</th><th>model</th><th>measure</th><th>clean</th><th>under attack</th><th>verdict</th>
 <th>run time</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
 <ul>{notes}</ul></body></html>
