@@ -93,6 +93,28 @@ class StopAfter(rk.Callback):
         trainer.stop_training = record["epoch"] >= self.epoch
 
 
+class Killed(Exception):
+    pass
+
+
+class KillAfter(rk.Callback):
+    """Dies as a killed process would: after epoch ``epoch``'s checkpoint, before the next epoch starts."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer):
+        if trainer.epoch == self.epoch:
+            raise Killed
+
+
+class Figure(rk.Callback):
+    """Adds a figure of its own to every epoch's record, as a method that generates training data does."""
+
+    def on_epoch_end(self, trainer, record):
+        record["figure"] = 10 * record["epoch"]
+
+
 def test_resume_runs_only_the_remaining_steps_and_matches_an_uninterrupted_run(data, tmp_path):
     small = {"x": data["x"][:512], "y": data["y"][:512]}
     steps_per_epoch = 4
@@ -109,7 +131,8 @@ def test_resume_runs_only_the_remaining_steps_and_matches_an_uninterrupted_run(d
         return model, trainer
 
     full, _ = run([], tmp_path / "full")
-    run([StopAfter(2)], tmp_path / "cut")
+    with pytest.raises(Killed):
+        run([KillAfter(2)], tmp_path / "cut")
     counter = StepCounter()
     resumed, trainer = run([counter], tmp_path / "cut", resume=tmp_path / "cut")
     assert counter.steps == 2 * steps_per_epoch
@@ -117,6 +140,29 @@ def test_resume_runs_only_the_remaining_steps_and_matches_an_uninterrupted_run(d
     assert [r["epoch"] for r in trainer.history] == [1, 2, 3, 4]
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_resumed_run_keeps_what_callbacks_added_to_the_record_and_where_they_stopped(data, tmp_path):
+    small = {"x": data["x"][:256], "y": data["y"][:256]}
+
+    def run(callbacks, ckpt, resume=None):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        trainer = rk.AdversarialTrainer(model, SPACE, method="fast", optimizer=opt, checkpoint_dir=ckpt,
+                                        callbacks=callbacks, progress=False, seed=3)
+        trainer.fit(loader(small), epochs=4, resume=resume)
+        return trainer
+
+    full = run([Figure(), StopAfter(3)], tmp_path / "full")
+    assert [r["figure"] for r in full.history] == [10, 20, 30]
+    with pytest.raises(Killed):
+        run([Figure(), StopAfter(3), KillAfter(2)], tmp_path / "cut")
+    resumed = run([Figure(), StopAfter(3)], tmp_path / "cut", resume=tmp_path / "cut")
+    untimed = [[{k: v for k, v in r.items() if not k.endswith("seconds")} for r in t.history] for t in (full, resumed)]
+    assert untimed[0] == untimed[1]
+    stopped = run([Figure()], tmp_path / "full", resume=tmp_path / "full")
+    assert stopped.global_step == full.global_step, "a run a callback stopped is not trained on when resumed"
+    assert [r["figure"] for r in stopped.history] == [10, 20, 30]
 
 
 def test_catastrophic_overfitting_guard_restores_the_best_weights(data):

@@ -53,7 +53,8 @@ class Callback:
         """After every optimizer step."""
 
     def on_epoch_end(self, trainer: AdversarialTrainer, record: dict[str, Any]) -> None:
-        """After every epoch, with its history record (after validation and checkpointing)."""
+        """After every epoch, with its history record (after validation, before the checkpoint: what it adds to
+        ``record`` and a ``stop_training`` it sets are saved with the epoch)."""
 
     def on_fit_end(self, trainer: AdversarialTrainer) -> None:
         """After training (and after the best weights were restored)."""

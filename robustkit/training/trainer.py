@@ -231,6 +231,7 @@ class AdversarialTrainer:
             self._probe(val_loader)
         self._setup_class_weights(train_loader)
         guard_batch = self._guard_batch(val_loader, probe) if self.method.guard else None
+        self.stop_training = False
         if resume is not None:
             self._restore(resume)
         else:
@@ -239,7 +240,6 @@ class AdversarialTrainer:
         self._net = distributed.wrap(self.model, self.device)
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        self.stop_training = False
         while self.epoch < total_epochs and not self.stop_training:
             start = time.perf_counter()
             for cb in self.callbacks:
@@ -252,10 +252,12 @@ class AdversarialTrainer:
                 record.update(self._check_guard(guard_batch))
             self._select(record)
             self.history.append(record)
-            if self.checkpoint_dir is not None:
-                self._save(total_epochs)
+            # callbacks complete the record and may stop training before the checkpoint, so that a run resumed
+            # from it has the same history and stops where the uninterrupted run stopped
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
+            if self.checkpoint_dir is not None:
+                self._save(total_epochs)
         if self.select_best and self._best_state is not None and not self._guard_fired():
             self.model.load_state_dict(self._best_state)
         for cb in self.callbacks:
@@ -532,6 +534,7 @@ class AdversarialTrainer:
             "best_score": self.best_score,
             "guard_best": self._guard_best,
             "history": self.history,
+            "stopped": self.stop_training,
         }
         extra = {}
         if self._best_state is not None:
@@ -568,6 +571,7 @@ class AdversarialTrainer:
         self.best_score = state.get("best_score")
         self._guard_best = state.get("guard_best")
         self.history = list(state.get("history", []))
+        self.stop_training = bool(state.get("stopped", False))
         self._best_state = extra.get("best")
         self._guard_state = extra.get("guard_best")
         log.info("resumed from %s after epoch %d (step %d)", directory, self.epoch, self.global_step)
