@@ -7,7 +7,6 @@ import torch
 
 import robustkit as rk
 from robustkit.attacks.base import Attack, Best, Problem
-from robustkit.attacks.ensemble import _where
 
 
 class _Spy(Attack):
@@ -136,6 +135,16 @@ def test_invalid_ensembles_raise_config_errors():
         rk.Ensemble([rk.PGD(SPACE), rk.PGD(rk.LinfBall(eps=0.1))])
 
 
-def test_merging_lists_of_objects():
-    take = torch.tensor([True, False, True])
-    assert _where(take, ["a", "b", "c"], ["x", "y", "z"]) == ["a", "y", "c"]
+def test_an_ensemble_is_an_attack_and_nests_to_the_same_result(blobs):
+    model, x, y = blobs
+    weak, strong = rk.PGD(SPACE, steps=2, step_size=0.05), rk.APGD(SPACE, steps=10, loss="dlr")
+    search = rk.RandomSearch(SPACE, queries=30)
+    flat = rk.Ensemble([weak, strong, search])(model, x, y)
+    nested_attack = rk.Ensemble([weak, rk.Ensemble([strong, search])])
+    assert isinstance(nested_attack, rk.Attack) and nested_attack.members == [weak, strong, search]
+    nested = nested_attack(model, x, y)
+    assert int(flat.success.sum()) > int(weak(model, x, y).success.sum())
+    assert torch.equal(nested.success, flat.success) and torch.equal(nested.x_adv, flat.x_adv)
+    assert (nested.forward_passes, nested.backward_passes) == (flat.forward_passes, flat.backward_passes)
+    report = rk.evaluate(model, (x, y), SPACE, attacks=[nested_attack], checks=False)
+    assert report.robust_accuracy["ensemble"] == pytest.approx(1 - float(flat.success.double().mean()))

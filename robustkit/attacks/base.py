@@ -296,6 +296,12 @@ class Attack(ABC):
         """The settings that define this attack, for reports and ``metrics.json``."""
         return {"loss": self.loss_name, "targeted": self.top_k or self.targeted, "eot": self.eot}
 
+    @property
+    def members(self) -> list[Attack]:
+        """The single attacks this one runs: itself (an :class:`~robustkit.attacks.ensemble.Ensemble`, its
+        members)."""
+        return [self]
+
     def with_space(self, space: PerturbationSpace) -> Attack:
         """A copy of this attack over another space (another budget)."""
         clone = object.__new__(type(self))

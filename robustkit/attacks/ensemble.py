@@ -19,23 +19,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
-from robustkit.attacks.base import Attack, AttackResult
+from robustkit.attacks.base import Attack, Best, Problem
 from robustkit.errors import ConfigError
 from robustkit.spaces import PerturbationSpace
 
 __all__ = ["Ensemble"]
 
 
-class Ensemble:
+class Ensemble(Attack):
     """Run attacks in order, each on the examples still robust; the first success per example wins.
 
-    Called like an :class:`~robustkit.attacks.base.Attack` and returns an
-    :class:`~robustkit.attacks.base.AttackResult`: ``x_adv`` and ``loss`` of an example come from
-    the first attack that broke it (from the first attack if none did), ``success`` is the union,
-    pass counts are summed, and ``info["attacks"]`` lists per attack its name, the examples it
-    attacked, the successes it added, its passes and its own ``info``.
+    An :class:`~robustkit.attacks.base.Attack` itself, so it goes wherever one does (``rk.evaluate``, another
+    ensemble, the chunking that splits a batch too large for memory). ``x_adv`` and ``loss`` of an example
+    come from the first attack that broke it (from the first attack if none did), ``success`` is the union,
+    pass counts are summed, and ``info["attacks"]`` lists per attack its name, the examples it attacked,
+    the successes it added and its passes.
 
     Args:
         attacks: the attacks, in the order to run them; all over the same space, all targeted or none.
@@ -63,23 +62,19 @@ class Ensemble:
                 raise ConfigError(f"Ensemble members must be robustkit attacks (e.g. rk.APGD), got {attack!r}")
         if len({attack.targeted for attack in attacks}) > 1:
             raise ConfigError("Ensemble mixes targeted and untargeted attacks: build all with the same targeted=")
-        first = attacks[0].space
+        first = attacks[0]
         for attack in attacks[1:]:
-            if type(attack.space) is not type(first) or attack.space.budget != first.budget:
+            if type(attack.space) is not type(first.space) or attack.space.budget != first.space.budget:
                 raise ConfigError(
-                    f"Ensemble members attack different spaces ({first!r} and {attack.space!r}): "
+                    f"Ensemble members attack different spaces ({first.space!r} and {attack.space!r}): "
                     "build every attack with the same space"
                 )
+        super().__init__(first.space, targeted=first.targeted, seed=first.seed)
         self.attacks = attacks
 
     @property
-    def space(self) -> PerturbationSpace:
-        """The space the member attacks share."""
-        return self.attacks[0].space
-
-    @property
-    def targeted(self) -> bool:
-        return self.attacks[0].targeted
+    def members(self) -> list[Attack]:
+        return [member for attack in self.attacks for member in attack.members]
 
     def config(self) -> dict[str, Any]:
         """The members' names and settings, in order, for reports and ``metrics.json``."""
@@ -92,50 +87,45 @@ class Ensemble:
     def __repr__(self) -> str:
         return f"{type(self).__name__}([{', '.join(repr(attack) for attack in self.attacks)}])"
 
-    def __call__(
-        self,
-        model: nn.Module,
-        x: Any,
-        y: torch.Tensor | Sequence[int],
-        *,
-        mask: torch.Tensor | None = None,
-        target: torch.Tensor | None = None,
-        ids: torch.Tensor | None = None,
-    ) -> AttackResult:
-        """Attack the examples selected by ``mask``; the arguments are those of :meth:`Attack.__call__`."""
-        result = self.attacks[0](model, x, y, mask=mask, target=target, ids=ids)
-        report = [self._report(self.attacks[0], result, result.attacked, result.success & result.attacked)]
-        for attack in self.attacks[1:]:
-            todo = result.attacked & ~result.success
-            if not bool(todo.any()):
+    # inputs are taken, copied and merged as the members take them (tensors, or lists of objects)
+    def _prepare_inputs(self, x: Any, n: int, device: torch.device) -> Any:
+        return self.attacks[0]._prepare_inputs(x, n, device)
+
+    def _take(self, x: Any, idx: torch.Tensor) -> Any:
+        return self.attacks[0]._take(x, idx)
+
+    def _copy(self, x: Any) -> Any:
+        return self.attacks[0]._copy(x)
+
+    def _merge(self, x: Any, idx: torch.Tensor, x_sub: Any) -> Any:
+        return self.attacks[0]._merge(x, idx, x_sub)
+
+    def _confirm(self, problem: Problem, best: Best) -> None:
+        """Nothing to do: each member confirmed its own successes with a fresh pass on the very points returned."""
+
+    def _run(self, problem: Problem) -> Best:
+        best = Best(problem.x, problem.y.device)
+        report = []
+        for i, attack in enumerate(self.attacks):
+            todo = (~best.success).nonzero().squeeze(1)
+            if len(todo) == 0:
                 report.append({"name": attack.name, "attacked": 0, "successes": 0, "forward_passes": 0,
                                "backward_passes": 0, "info": {}})
                 continue
-            later = attack(model, x, y, mask=todo, target=target, ids=ids)
-            new = later.success & todo
-            result.x_adv = _where(new, later.x_adv, result.x_adv)
-            result.loss = torch.where(new, later.loss.to(result.loss.dtype), result.loss)
-            result.success = result.success | new
-            result.forward_passes += later.forward_passes
-            result.backward_passes += later.backward_passes
-            report.append(self._report(attack, later, todo, new))
-        result.info = {"attacks": report}
-        return result
-
-    @staticmethod
-    def _report(attack: Attack, result: AttackResult, todo: torch.Tensor, new: torch.Tensor) -> dict[str, Any]:
-        return {
-            "name": attack.name,
-            "attacked": int(todo.sum()),
-            "successes": int(new.sum()),
-            "forward_passes": result.forward_passes,
-            "backward_passes": result.backward_passes,
-            "info": result.info,
-        }
-
-
-def _where(take: torch.Tensor, new: Any, old: Any) -> Any:
-    """``new[i]`` where ``take[i]`` else ``old[i]``, for tensors or lists of objects (discrete spaces)."""
-    if isinstance(new, torch.Tensor) and isinstance(old, torch.Tensor):
-        return torch.where(take.view(-1, *([1] * (old.dim() - 1))), new.to(old.dtype), old)
-    return [b if t else a for t, a, b in zip(take.tolist(), old, new, strict=True)]
+            sub = Problem(problem.model, self._take(problem.x, todo), problem.y[todo],
+                          None if problem.target is None else problem.target[todo], problem.ids[todo],
+                          attack.loss_fn, attack.eot, None if problem.reference is None else problem.reference[todo])
+            found = attack._solve(sub)
+            attack._confirm(sub, found)
+            problem.forward_passes += sub.forward_passes
+            problem.backward_passes += sub.backward_passes
+            # the first attack's points stand for the examples no attack breaks; later ones only where they break
+            take = torch.ones_like(found.success) if i == 0 else found.success
+            best.x = self._merge(best.x, todo[take], self._take(found.x, take.nonzero().squeeze(1)))
+            best.loss[todo[take]] = found.loss[take].to(best.loss.dtype)
+            best.success[todo] |= found.success
+            report.append({"name": attack.name, "attacked": len(todo), "successes": int(found.success.sum()),
+                           "forward_passes": sub.forward_passes, "backward_passes": sub.backward_passes,
+                           "info": sub.info})
+        problem.info["attacks"] = report
+        return best

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 
 from robustkit import _random, distributed
 from robustkit.attacks.base import Attack, AttackResult, as_labels, seed_value
-from robustkit.attacks.ensemble import Ensemble
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
 from robustkit.attacks.search import QuerySearch
@@ -47,10 +46,8 @@ from robustkit.models import (
 )
 from robustkit.spaces import ContinuousSpace, DiscreteSpace, PerturbationSpace
 
-__all__ = ["AttackLike", "evaluate"]
+__all__ = ["evaluate"]
 
-#: What ``attacks=`` takes besides names: an attack or an ensemble of attacks.
-AttackLike: TypeAlias = Attack | Ensemble
 #: What ``mask=`` takes: None (all), a bool per example in data order, or ``(x, y) -> bool tensor``.
 MaskLike: TypeAlias = torch.Tensor | Sequence[bool] | Callable[[Any, torch.Tensor], Any] | None
 
@@ -61,7 +58,7 @@ def evaluate(
     space: PerturbationSpace,
     *,
     eps: float | Sequence[float] | None = None,
-    attacks: str | AttackLike | Sequence[str | AttackLike] = "standard",
+    attacks: str | Attack | Sequence[str | Attack] = "standard",
     mask: MaskLike = None,
     checks: bool | str | ck.CheckSettings = True,
     batch_size: int = 256,
@@ -198,21 +195,21 @@ class _Choice:
     """Attacks as asked: a preset to resolve once the number of classes is known, or a list."""
 
     preset: str | None
-    items: list[tuple[str | None, AttackSpec | AttackLike]]
+    items: list[tuple[str | None, AttackSpec | Attack]]
 
 
 def _parse_attacks(attacks: Any, space: PerturbationSpace) -> _Choice:
     discrete = not isinstance(space, ContinuousSpace)
     if isinstance(attacks, str) and attacks in PRESETS:
         return _Choice(attacks, [])
-    items = [attacks] if isinstance(attacks, str | Attack | Ensemble) else attacks
+    items = [attacks] if isinstance(attacks, str | Attack) else attacks
     try:
         items = list(items)
     except TypeError:
         raise ConfigError(f"attacks must be a preset name, an attack or a list of them, got {attacks!r}") from None
     if not items:
         raise ConfigError(f"attacks is empty: pass a preset ({', '.join(PRESETS)}) or a list of attacks")
-    out: list[tuple[str | None, AttackSpec | AttackLike]] = []
+    out: list[tuple[str | None, AttackSpec | Attack]] = []
     for item in items:
         if isinstance(item, str):
             if item not in ATTACKS:
@@ -225,7 +222,7 @@ def _parse_attacks(attacks: Any, space: PerturbationSpace) -> _Choice:
                 need = "a continuous space (e.g. rk.LinfBall)" if discrete else "a DiscreteSpace"
                 raise ConfigError(f"attack {item!r} needs {need}, but space is {type(space).__name__}")
             out.append((item, ATTACKS[item]))
-        elif isinstance(item, Attack | Ensemble):
+        elif isinstance(item, Attack):
             if item.targeted:
                 raise ConfigError(
                     f"evaluate runs untargeted attacks; {item!r} is targeted: build it with targeted=False"
@@ -236,7 +233,7 @@ def _parse_attacks(attacks: Any, space: PerturbationSpace) -> _Choice:
     return _Choice(None, out)
 
 
-def _label(attack: AttackLike) -> str:
+def _label(attack: Attack) -> str:
     name = str(getattr(attack, "name", type(attack).__name__.lower()))
     loss = getattr(attack, "loss_name", "ce")
     if name == "apgd" or (isinstance(attack, PGD) and loss != "ce"):
@@ -244,21 +241,18 @@ def _label(attack: AttackLike) -> str:
     return name
 
 
-def _kind(attack: AttackLike) -> str:
+def _kind(attack: Attack) -> str:
     """The attack's kind for the checks: fgsm, free (no gradient of the model) or gradient (multi-step)."""
     if isinstance(attack, FGSM):
         return "fgsm"
-    if isinstance(attack, RandomSearch | Square | Transfer | QuerySearch):
-        return "free"
-    if isinstance(attack, Ensemble) and all(_kind(a) == "free" for a in attack.attacks):
+    if all(isinstance(member, RandomSearch | Square | Transfer | QuerySearch) for member in attack.members):
         return "free"
     return "gradient"
 
 
-def _with_eot(attack: AttackLike, eot: int) -> AttackLike:
+def _with_eot(attack: Attack, eot: int) -> Attack:
     """Average ``eot`` gradient samples per step in a (freshly cloned) gradient attack."""
-    members = attack.attacks if isinstance(attack, Ensemble) else [attack]
-    for member in members:
+    for member in attack.members:
         if _kind(member) != "free":
             member.eot = max(member.eot, eot)
     return attack
@@ -445,7 +439,7 @@ class _Run:
         self.gap = 0.0
         self.sigmoid = False
         self.random_model = False
-        self.suite: dict[float, list[tuple[str, AttackLike, str]]] = {}
+        self.suite: dict[float, list[tuple[str, Attack, str]]] = {}
         self.cascade = False  # each attack only on the survivors of the ones before it
         self.tally: dict[float, dict[str, _Tally]] = {}
         self.worst = dict.fromkeys(budgets, 0)
@@ -513,18 +507,18 @@ class _Run:
 
     def build(self, choice: _Choice) -> None:
         """Resolve names now that the classes are known; one attack per (name, budget)."""
-        items: list[tuple[str | None, AttackSpec | AttackLike]]
+        items: list[tuple[str | None, AttackSpec | Attack]]
         if choice.preset is not None:
             specs = PRESETS[choice.preset].attacks_for(self.n_classes, discrete=not self.continuous)
             items = [(s.label, s) for s in specs]
             self.cascade = PRESETS[choice.preset].cascade
         else:
             items = choice.items
-        base: list[tuple[str, AttackLike]] = []
+        base: list[tuple[str, Attack]] = []
         for name, item in items:
             attack = item.build(self.space, self.seed) if isinstance(item, AttackSpec) else item
             base.append((name or _label(attack), attack))
-            for member in attack.attacks if isinstance(attack, Ensemble) else [attack]:
+            for member in attack.members:
                 if member.loss_name == "dlr" and self.n_classes < 3:
                     raise ConfigError(
                         f"attack {name or _label(attack)!r} uses the DLR loss, which needs 3+ classes, but the model "
