@@ -4,6 +4,7 @@ The HTML page is one self-contained file: plots (robust accuracy vs budget for e
 training history, per-class or per-segment bars) and any PNG the domain wrote to ``examples/`` are
 embedded as base64 images; the domain's own view of its examples (a table of changed cells, text pairs
 with the edits highlighted) comes in as an HTML fragment (:meth:`robustkit.Domain.examples_html`).
+The page is rendered from ``robustkit/templates/run_report.html.j2`` (:mod:`robustkit.rendering`).
 """
 
 from __future__ import annotations
