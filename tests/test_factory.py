@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 import robustkit as rk
-from domains.tabular import TabularDomain
+from domains.tabular import TabularDomain, TabularOptions
 from robustkit.cli import main
 from robustkit.factory import build_from_factory
 
@@ -96,7 +96,7 @@ def test_tabular_factory_model_with_the_schema_encoder(nets: Path, tmp_path: Pat
     m = metrics(run)
     assert m["models"]["hardened"]["domain_metrics"]["threshold"] is not None
     meta = json.loads((run / "models" / "hardened" / "model.json").read_text())
-    data = TabularDomain().load_data("synthetic", 0, {"n_rows": 2000})
+    data = TabularDomain().load_data("synthetic", 0, TabularOptions(n_rows=2000))
     assert meta["spec"]["arguments"]["n_features"] == data.test[0][0].shape[0], "the width of the model's input"
     assert (run / "models" / "hardened" / "schema.yaml").is_file()
 

@@ -24,6 +24,9 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from domains.images import ImagesOptions
+from domains.tabular import TabularOptions
+from domains.text import TextOptions
 from robustkit.cli import main
 
 #: a user's module that leaves a file named ``proof`` behind when it is imported
@@ -138,7 +141,7 @@ def test_flat_images_are_read_with_a_warning(tmp_path: Path, caplog: pytest.LogC
         for i in range(10):
             Image.new("L", (6, 6), color=0).save(tmp_path / c / f"{i}.png")
     with caplog.at_level(logging.WARNING, logger="robustkit"):
-        ImagesDomain().load_data(f"folder:{tmp_path}", seed=0, options={})
+        ImagesDomain().load_data(f"folder:{tmp_path}", seed=0, options=ImagesOptions())
     assert any("one flat colour" in r.getMessage() for r in caplog.records)
 
 
@@ -148,7 +151,7 @@ def test_flat_images_are_read_with_a_warning(tmp_path: Path, caplog: pytest.LogC
     ({"target_fpr": "abc"}, r"options\.target_fpr"),
     ({"target_fpr": 5}, r"options\.target_fpr must be a number between 0 and 0\.5"),
     ({"normalize": True}, "unknown text option 'normalize'"),
-    ({"label_names": ["a"]}, r"options\.label_names applies to csv"),
+    ({"label_names": ["ok", "junk"]}, r"options\.label_names applies to csv"),
 ])
 def test_bad_text_options_are_refused_before_any_write(tmp_path: Path, options: dict, match: str) -> None:
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"options": options}))
@@ -171,8 +174,8 @@ def tabular_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tabular")
     generate(400, seed=0).to_csv(folder / "t.csv", index=False)
     domain = TabularDomain()
-    data = domain.load_data("synthetic", 0, {"n_rows": 400})
-    spec = domain.model_spec(data, {})
+    data = domain.load_data("synthetic", 0, TabularOptions(n_rows=400))
+    spec = domain.model_spec(data, TabularOptions())
     (folder / "schema.yaml").write_text(yaml.safe_dump(spec["schema"]))
     domain.save_model(domain.build_model(spec), folder / "model", spec, 0.5)
     return {"csv": folder / "t.csv", "schema": folder / "schema.yaml", "model": folder / "model"}
@@ -297,8 +300,8 @@ def text_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from domains.text import TextDomain
 
     domain = TextDomain()
-    data = domain.load_data("demo:40", 0, {})
-    spec = domain.model_spec(data, {})
+    data = domain.load_data("demo:40", 0, TextOptions())
+    spec = domain.model_spec(data, TextOptions())
     folder = tmp_path_factory.mktemp("text") / "model"
     domain.save_model(domain.build_model(spec), folder, spec, 0.5)
     return folder

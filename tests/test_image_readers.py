@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from domains.images import ImagesDomain, readers
+from domains.images import ImagesDomain, ImagesOptions, readers
 from robustkit import ConfigError, DataError
 
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -270,14 +270,14 @@ def test_digits_and_stratified_seeded_splits():
     assert tuple(data.train.x.shape) == (1797, 1, 8, 8) and float(data.train.x.max()) == 1.0
     assert torch.bincount(data.train.y).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
     domain = ImagesDomain()
-    a = domain.load_data("digits", seed=0, options={})
-    b = domain.load_data("digits", seed=0, options={})
-    c = domain.load_data("digits", seed=1, options={})
+    a = domain.load_data("digits", seed=0, options=ImagesOptions())
+    b = domain.load_data("digits", seed=0, options=ImagesOptions())
+    c = domain.load_data("digits", seed=1, options=ImagesOptions())
     assert (len(a.train), len(a.val), len(a.test)) == (1213, 135, 449)
     assert torch.equal(a.test.x, b.test.x) and not torch.equal(a.test.x, c.test.x)
     counts = torch.bincount(a.test.y, minlength=10)
     assert int(counts.min()) >= 43 and int(counts.max()) <= 46  # a quarter of each class
-    small = domain.load_data("digits", seed=0, options={"max_train": 100, "max_test": 50})
+    small = domain.load_data("digits", seed=0, options=ImagesOptions(max_train=100, max_test=50))
     assert len(small.train) == 100 and torch.bincount(small.test.y).tolist() == [5] * 10
     assert a.info.sha256 == readers.load_digits().sha256 and "stratified, seed 0" in a.info.split
 

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 import robustkit as rk
-from domains.images import ImageClassifier, ImagesDomain, build, images_dataset, load_model, save_model
+from domains.images import ImageClassifier, ImagesDomain, ImagesOptions, build, images_dataset, load_model, save_model
 from robustkit.cli import main
 
 #: a fast recipe: FGSM from a random start ("fast") instead of PGD, ten epochs, the quick attack preset
@@ -86,11 +86,11 @@ def test_evaluate_and_attack_a_saved_model(run, tmp_path):
 
 def test_l2_threat_model():
     domain = ImagesDomain()
-    data = domain.load_data("digits", seed=0, options={"norm": "l2", "max_test": 40})
+    data = domain.load_data("digits", seed=0, options=ImagesOptions(norm='l2', max_test=40))
     space = domain.space(1.0, data)
     assert isinstance(space, rk.L2Ball) and space.eps == 1.0
     torch.manual_seed(0)
-    model = domain.build_model(domain.model_spec(data, {})).eval()
+    model = domain.build_model(domain.model_spec(data, ImagesOptions())).eval()
     x, y = data.test.x, data.test.y
     result = rk.PGD(space, steps=5)(model, x, y)
     assert bool(space.contains(result.x_adv, x).all())
@@ -124,7 +124,7 @@ def test_any_module_mapping_pixels_to_logits_works():
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.fc(x.flatten(1))
 
-    data = ImagesDomain().load_data("digits", seed=0, options={"max_test": 30})
+    data = ImagesDomain().load_data("digits", seed=0, options=ImagesOptions(max_test=30))
     report = rk.evaluate(Tiny(), (data.test.x, data.test.y), rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)),
                          attacks="quick", checks=False)
     assert 0.0 <= report.robust_accuracy["worst"] <= report.clean_accuracy
@@ -179,7 +179,7 @@ def test_evaluating_a_model_on_images_it_does_not_take_is_one_line(run, tmp_path
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"norm": "l1"}, "options.norm must be 'linf' or 'l2'"),
+        ({"norm": "l1"}, "options.norm must be one of linf, l2, got 'l1'"),
         ({"nrom": "l2"}, "unknown images option 'nrom'"),
         ({"max_train": 0}, "options.max_train must be an integer >= 1"),
         ({"val_fraction": 1.5}, "options.val_fraction must be a number between 0 and 1"),
@@ -187,7 +187,7 @@ def test_evaluating_a_model_on_images_it_does_not_take_is_one_line(run, tmp_path
 )
 def test_bad_options(options, message):
     with pytest.raises(rk.ConfigError, match=message):
-        ImagesDomain().load_data("digits", seed=0, options=options)
+        ImagesDomain().parse_options(options)
 
 
 def test_bad_model_specs():
@@ -197,10 +197,10 @@ def test_bad_model_specs():
         build({"kind": "small-cnn", "channels": 0, "size": 8, "classes": 10})
     with pytest.raises(rk.ConfigError, match="one number per channel"):
         build({"kind": "small-cnn", "channels": 3, "size": 8, "classes": 10, "mean": [0.5]})
-    data = ImagesDomain().load_data("digits", seed=0, options={"max_test": 10})
+    data = ImagesDomain().load_data("digits", seed=0, options=ImagesOptions(max_test=10))
     with pytest.raises(rk.ConfigError, match=r"options\.model must be one of"):
-        ImagesDomain().model_spec(data, {"model": "vit"})
-    assert isinstance(ImagesDomain().build_model(ImagesDomain().model_spec(data, {})), ImageClassifier)
+        ImagesDomain().model_spec(data, ImagesOptions(model='vit'))
+    assert isinstance(ImagesDomain().build_model(ImagesDomain().model_spec(data, ImagesOptions())), ImageClassifier)
 
 
 def test_missing_data_folder_exits_2_and_writes_nothing(tmp_path, capsys):

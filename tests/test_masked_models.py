@@ -18,7 +18,7 @@ import pytest
 from safetensors.torch import save_file
 
 import robustkit as rk
-from domains.images import ImagesDomain
+from domains.images import ImagesDomain, ImagesOptions
 from robustkit.cli import main
 from robustkit.evaluation import checks as ck
 
@@ -72,8 +72,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "masked_nets.py").write_text(NETS)
     (folder / "small.yaml").write_text("options:\n  max_test: 120\n")
     domain = ImagesDomain()
-    data = domain.load_data("digits", 0, {"max_test": 120})
-    model = domain.build_model(domain.model_spec(data, {}))
+    data = domain.load_data("digits", 0, ImagesOptions(max_test=120))
+    model = domain.build_model(domain.model_spec(data, ImagesOptions()))
     trainer = rk.AdversarialTrainer(model, domain.space(0.15, data), "standard", progress=False)
     trainer.fit(domain.loader(data.train, 64, shuffle=True), epochs=12)
     save_file({f"1.{k}": v.contiguous() for k, v in model.state_dict().items()}, str(folder / "wrapped.safetensors"))

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 import robustkit as rk
-from domains.images import ImagesDomain
+from domains.images import ImagesDomain, ImagesOptions
 from robustkit.cli import main
 
 
@@ -49,8 +49,8 @@ def write_tripwire(path: Path, proof: Path) -> Path:
 def image_model_folder(tmp_path: Path) -> Path:
     """A valid images model folder (digits, untrained): the loaders' happy path."""
     domain = ImagesDomain()
-    data = domain.load_data("digits", seed=0, options={"max_train": 64, "max_val": 32, "max_test": 32})
-    spec = domain.model_spec(data, {})
+    data = domain.load_data("digits", seed=0, options=ImagesOptions(max_train=64, max_val=32, max_test=32))
+    spec = domain.model_spec(data, ImagesOptions())
     folder = tmp_path / "model"
     domain.save_model(domain.build_model(spec), folder, spec)
     return folder

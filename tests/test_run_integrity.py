@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from domains.toy import ToyOptions
 from robustkit import pipeline
 from robustkit.config import RunConfig
 from robustkit.errors import ConfigError
@@ -61,10 +62,10 @@ def test_a_folder_write_killed_midway_leaves_the_old_folder_whole(tmp_path):
 @pytest.fixture
 def toy() -> tuple[SmallToyDomain, object, RunConfig, torch.nn.Module]:
     domain = SmallToyDomain()
-    data = domain.load_data("toy", 0, {})
+    data = domain.load_data("toy", 0, ToyOptions())
     config = pipeline._resolve(RunConfig(domain="toy-small", preset="quick"), domain)
     torch.manual_seed(0)
-    return domain, data, config, domain.make_model(domain.model_spec(data, {})).eval()
+    return domain, data, config, domain.make_model(domain.model_spec(data, ToyOptions())).eval()
 
 
 def test_examples_are_never_half_written_under_their_final_name(toy, tmp_path, monkeypatch):
@@ -87,7 +88,7 @@ def test_examples_are_never_half_written_under_their_final_name(toy, tmp_path, m
 def test_an_evaluated_model_is_never_half_written_under_its_final_name(toy, tmp_path, monkeypatch):
     domain, data, _, model = toy
     saved = tmp_path / "model"
-    domain.save_model(model, saved, domain.model_spec(data, {}))
+    domain.save_model(model, saved, domain.model_spec(data, ToyOptions()))
     monkeypatch.setattr(SmallToyDomain, "save_model", half_written_then_killed)
     out = tmp_path / "eval"
     with pytest.raises(KeyboardInterrupt):

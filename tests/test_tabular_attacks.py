@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import robustkit as rk
-from domains.tabular import SchemaSpace, TabularDomain, decode, encode, repair
+from domains.tabular import SchemaSpace, TabularDomain, TabularOptions, decode, encode, repair
 from domains.tabular.attacks import (
     Anchored,
     CategoricalSpace,
@@ -140,7 +140,7 @@ def test_repair_failures_stay_rare_under_pgd_with_an_integer_relation():
     domain = TabularDomain()
     data = domain.from_frame(df, schema, seed=0)
     torch.manual_seed(0)
-    model = domain.build_model(domain.model_spec(data, {}))
+    model = domain.build_model(domain.model_spec(data, TabularOptions()))
     rk.AdversarialTrainer(model, domain.space(schema.budget, data), method="standard", progress=False,
                           optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), select_best=False).fit(
         domain.loader(data.train, 128, shuffle=True), epochs=3)
@@ -242,7 +242,7 @@ def test_worst_case_rows_and_the_examples_csv_cover_every_test_fraud_row(tmp_pat
     schema = card_schema()
     data = domain.from_frame(generate(1500, seed=0, fraud_rate=0.15), schema, seed=0)
     torch.manual_seed(0)
-    model = domain.build_model(domain.model_spec(data, {}))
+    model = domain.build_model(domain.model_spec(data, TabularOptions()))
     rk.AdversarialTrainer(model, domain.space(schema.budget, data), method="standard", progress=False,
                           optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), select_best=False).fit(
         domain.loader(data.train, 128, shuffle=True), epochs=3)
@@ -323,7 +323,7 @@ def test_worst_case_on_a_model_no_attack_can_move():
 
 def test_pgd_search_is_the_tabular_domains_own_method() -> None:
     domain = TabularDomain()
-    data = domain.load_data("synthetic", seed=0, options={"n_rows": 400, "fraud_rate": 0.2})
+    data = domain.load_data("synthetic", seed=0, options=TabularOptions(n_rows=400, fraud_rate=0.2))
     assert "pgd+search" in domain.methods
     assert isinstance(domain.training_method("pgd+search", data, 3.0), SearchTraining)
     with pytest.raises(rk.ConfigError, match="pgd\\+search"):

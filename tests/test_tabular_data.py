@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from domains.tabular import TabularDomain
+from domains.tabular import TabularDomain, TabularOptions
 from domains.tabular import data as tabular_data
 from domains.tabular.synthetic import card_schema, generate
 from robustkit import ConfigError, DataError
@@ -40,7 +40,8 @@ def card_files(folder: Path, n: int = 300) -> tuple[pd.DataFrame, Path, Path]:
 def load(path: Path | str, schema: Path | None, **options) -> object:
     kind = "parquet" if str(path).endswith(".parquet") else "csv"
     opts = {"schema": str(schema), **options} if schema is not None else options
-    return TabularDomain().load_data(f"{kind}:{path}", seed=0, options=opts)
+    domain = TabularDomain()
+    return domain.load_data(f"{kind}:{path}", seed=0, options=domain.parse_options(opts))
 
 
 # ----------------------------------------------------------------------------- round trips
@@ -174,9 +175,9 @@ def test_missing_files_and_schema_say_what_to_pass(tmp_path):
     with pytest.raises(ConfigError, match="--schema"):
         load(csv, None)
     with pytest.raises(ConfigError, match="json:"):
-        TabularDomain().load_data(f"json:{csv}", seed=0, options={})
+        TabularDomain().load_data(f"json:{csv}", seed=0, options=TabularOptions())
     with pytest.raises(ConfigError, match="synthetic"):
-        TabularDomain().load_data("synthetic", seed=0, options={"schema": str(schema)})
+        TabularDomain().load_data("synthetic", seed=0, options=TabularOptions(schema=str(schema)))
 
 
 @pytest.mark.parametrize(
@@ -217,7 +218,7 @@ def test_string_labels_take_fraud_by_name_or_the_positive_label_never_by_sort_or
     df.assign(is_fraud=df["is_fraud"].map({0: "legit", 1: "fraud"})).to_csv(csv, index=False)
     assert torch.equal(load(csv, schema).test.tensors[1], numeric)
     df.assign(is_fraud=df["is_fraud"].map({0: "paid", 1: "chargeback"})).to_csv(csv, index=False)
-    named = TabularDomain().load_data(f"csv:{csv}", 0, {"schema": str(schema), "positive_label": "chargeback"})
+    named = TabularDomain().load_data(f"csv:{csv}", 0, TabularOptions(schema=str(schema), positive_label='chargeback'))
     assert torch.equal(named.test.tensors[1], numeric)
 
 

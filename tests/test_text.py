@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import robustkit as rk
-from domains.text import TextCNN, TextDataset, TextDomain
+from domains.text import TextCNN, TextDataset, TextDomain, TextOptions
 from domains.text.data import demo_corpus, read_sms_collection
 from domains.text.model import TokenL2Ball
 from domains.text.obfuscation import ObfuscationSpace, edit_cost, fold, is_payload, words
@@ -25,8 +25,8 @@ Trained = tuple[TextDomain, rk.DomainData, TextCNN]
 def trained() -> Trained:
     torch.manual_seed(0)
     domain = TextDomain()
-    data = domain.load_data("demo:400", seed=0, options={})
-    model = domain.build_model(domain.model_spec(data, {}))
+    data = domain.load_data("demo:400", seed=0, options=TextOptions())
+    model = domain.build_model(domain.model_spec(data, TextOptions()))
     assert isinstance(model, TextCNN)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     trainer = rk.AdversarialTrainer(model, domain.space(3, data), method="standard", optimizer=opt)
@@ -58,7 +58,7 @@ def test_demo_corpus_is_seeded_distinct_and_has_both_classes() -> None:
 
 def test_split_is_stratified_and_padding_is_dynamic() -> None:
     domain = TextDomain()
-    data = domain.load_data("demo:200", seed=0, options={})
+    data = domain.load_data("demo:200", seed=0, options=TextOptions())
     train, val, test = splits(data)
     assert (len(train), len(val), len(test)) == (120, 40, 40)
     for part in (train, val, test):
@@ -89,7 +89,7 @@ def test_bad_input_is_a_data_error(tmp_path: Path, content: str, message: str) -
     file = tmp_path / "SMSSpamCollection"
     file.write_text(content, encoding="utf-8")
     with pytest.raises(rk.DataError, match=message):
-        TextDomain().load_data(f"sms:{file}", seed=0, options={})
+        TextDomain().load_data(f"sms:{file}", seed=0, options=TextOptions())
 
 
 def test_undecodable_file_is_a_data_error(tmp_path: Path) -> None:
@@ -106,7 +106,7 @@ def test_shared_sms_collection() -> None:
     path = Path(root) / "sms_spam_collection" / "SMSSpamCollection"
     texts, _, _ = read_sms_collection(path)
     assert len(texts) == 5574 and len(set(texts)) == 5574 - 403
-    data = TextDomain().load_data(f"sms:{path}", seed=0, options={})
+    data = TextDomain().load_data(f"sms:{path}", seed=0, options=TextOptions())
     assert sum(len(p) for p in splits(data)) == 5574 - 403
 
 
@@ -162,7 +162,7 @@ def test_attack_is_within_budget_with_payload_intact(trained: Trained) -> None:
 def test_edits_capped_by_share_of_the_text(trained: Trained) -> None:
     domain, data, model = trained
     capped = TextDomain()
-    plumbed = capped.eval_space(6, capped.load_data("demo:40", seed=0, options={"max_edited_share": 0.2}))
+    plumbed = capped.eval_space(6, capped.load_data("demo:40", seed=0, options=TextOptions(max_edited_share=0.2)))
     assert isinstance(plumbed, ObfuscationSpace) and plumbed.max_share == 0.2
     space = ObfuscationSpace(data.raw["tokenizer"], int(data.raw["dim"]), 6, max_share=0.2)
     spam = [t for t, y in zip(splits(data)[2].texts, splits(data)[2].labels, strict=True) if y == 1]
@@ -182,7 +182,7 @@ def test_edits_capped_by_share_of_the_text(trained: Trained) -> None:
     assert not bool(space.contains(["thanks " + edited], [short]).all())
     for bad in (0, 1.5, True, "0.2"):
         with pytest.raises(rk.ConfigError, match="max_edited_share"):
-            TextDomain().load_data("demo:40", seed=0, options={"max_edited_share": bad})
+            TextDomain().load_data("demo:40", seed=0, options=TextOptions(max_edited_share=bad))
     for bad_share in (0.0, "x"):
         with pytest.raises(rk.ConfigError, match="max_share"):
             ObfuscationSpace(space.tokenizer, space.dim, 3, max_share=bad_share)  # type: ignore[arg-type]
@@ -211,7 +211,7 @@ def test_gradient_scores_rank_better_than_chance(trained: Trained) -> None:
 
 def test_save_and_load_keep_logits_and_tokenizer(trained: Trained, tmp_path: Path) -> None:
     domain, data, model = trained
-    spec = domain.model_spec(data, {})
+    spec = domain.model_spec(data, TextOptions())
     domain.save_model(model, tmp_path / "m", spec, 0.4)
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"model.safetensors", "model.json", "tokenizer.json"}
     loaded, meta = TextDomain().load_model(tmp_path / "m")
@@ -303,4 +303,4 @@ def test_empty_text_is_a_data_error() -> None:
     with pytest.raises(rk.DataError, match="empty"):
         clean_texts(["fine", " \t "], "test")
     with pytest.raises(rk.ConfigError):
-        TextDomain().load_data("nope:1", seed=0, options={})
+        TextDomain().load_data("nope:1", seed=0, options=TextOptions())

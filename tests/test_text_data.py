@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 import robustkit as rk
-from domains.text import TextDomain
+from domains.text import TextDomain, TextOptions
 from domains.text.data import demo_corpus, read_source, read_table
 
 FORMATS = ["csv", "tsv", "json", "jsonl", "parquet"]
@@ -60,7 +60,7 @@ def test_every_format_reads_deduplicates_and_drops_empty_texts(
         "2 duplicate texts dropped (1 of them labelled differently: the first label kept)",
     ]
     assert "2 empty or whitespace-only texts dropped" in caplog.text and "2 duplicate texts dropped" in caplog.text
-    data = TextDomain().load_data(spec, seed=0, options={})
+    data = TextDomain().load_data(spec, seed=0, options=TextOptions())
     assert len(data.train) + len(data.val) + len(data.test) == 40
     assert data.info.name == "sms" and "2 duplicate texts dropped" in data.info.split
 
@@ -71,18 +71,18 @@ def test_column_and_label_names_are_options(tmp_path: Path) -> None:
         {"id": i, "message": r["text"], "category": names[r["label"].lower()]} for i, r in enumerate(rows()[:40])
     ]
     spec = write(tmp_path / "mail.csv", "csv", records)
-    options = {"text_column": "message", "label_column": "category", "label_names": ["Legit", "Junk"]}
+    options = TextOptions(text_column="message", label_column="category", label_names=["Legit", "Junk"])
     expected = demo_corpus(40, seed=0)
     assert (read_source(spec, 0, options).texts, read_source(spec, 0, options).labels) == expected
-    target = {"text_column": "message", "target": "category", "label_names": ["legit", "junk"]}  # --target
+    target = TextOptions(text_column="message", target="category", label_names=["legit", "junk"])  # --target
     assert read_source(spec, 0, target).labels == expected[1]
     unknown = r"row 1: unknown label 'legit' in column 'category': allowed are ham, spam, 0, 1"
     with pytest.raises(rk.DataError, match=unknown):
-        read_source(spec, 0, {"text_column": "message", "label_column": "category"})
+        read_source(spec, 0, TextOptions(text_column='message', label_column='category'))
     with pytest.raises(rk.DataError, match=r"no column 'text' \(options.text_column\); its columns: 'id', 'message'"):
-        read_source(spec, 0, {})
+        read_source(spec, 0, TextOptions())
     with pytest.raises(rk.ConfigError, match="label_names"):
-        read_source(spec, 0, {"text_column": "message", "label_column": "category", "label_names": ["a", "A"]})
+        read_source(spec, 0, TextOptions(text_column='message', label_column='category', label_names=['a', 'A']))
 
 
 def test_csv_cells_stay_text(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_bad_files_are_data_errors(tmp_path: Path, kind: str, content: bytes, me
     file = tmp_path / f"bad.{kind}"
     file.write_bytes(content)
     with pytest.raises(rk.DataError, match=message):
-        TextDomain().load_data(f"{kind}:{file}", seed=0, options={})
+        TextDomain().load_data(f"{kind}:{file}", seed=0, options=TextOptions())
 
 
 def test_bad_specs(tmp_path: Path) -> None:
@@ -117,7 +117,7 @@ def test_bad_specs(tmp_path: Path) -> None:
         read_source("xlsx:file.xlsx", 0)
     one_class = write(tmp_path / "ham.csv", "csv", [{"text": f"hi {i}", "label": "ham"} for i in range(30)])
     with pytest.raises(rk.DataError, match="only one class"):
-        TextDomain().load_data(one_class, seed=0, options={})
+        TextDomain().load_data(one_class, seed=0, options=TextOptions())
 
 
 def test_long_texts_are_truncated_and_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -126,7 +126,7 @@ def test_long_texts_are_truncated_and_counted(tmp_path: Path, caplog: pytest.Log
         r["text"] = " ".join([r["text"]] * 30)  # far past 128 tokens
     spec = write(tmp_path / "long.jsonl", "jsonl", records)
     with caplog.at_level(logging.WARNING, logger="robustkit"):
-        data = TextDomain().load_data(spec, seed=0, options={})
+        data = TextDomain().load_data(spec, seed=0, options=TextOptions())
     assert "3 texts longer than 128 tokens truncated" in data.info.split
     assert "3 texts longer than 128 tokens truncated: the model reads only their first 128 tokens" in caplog.text
 

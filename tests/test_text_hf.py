@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 import robustkit as rk
-from domains.text import TextDomain
-from domains.text.hf import HFTextClassifier, load_hf, model_source, tokenizer_and_dim
+from domains.text import TextDomain, TextOptions
+from domains.text.hf import HFTextClassifier, load_hf, tokenizer_and_dim
 from domains.text.model import TokenL2Ball, encode_ids, pad_inputs
 from domains.text.obfuscation import ObfuscationSpace
 from tests.tiny_bert import save_tiny_bert
@@ -115,7 +115,7 @@ def test_custom_code_and_bad_folders_are_refused(tiny_bert: Path, tmp_path: Path
     with pytest.raises(rk.ModelError, match=r"no model\.safetensors"):
         load_hf(copy_without_weights(tiny_bert, tmp_path / "bare"))
     with pytest.raises(rk.ConfigError, match="hf:DIR"):
-        model_source({"model": "bert-base-uncased"})
+        TextOptions(model="bert-base-uncased")
 
 
 def test_embedding_pgd_moves_only_offsets_within_budget(tiny_bert: Path) -> None:
@@ -132,7 +132,7 @@ def test_embedding_pgd_moves_only_offsets_within_budget(tiny_bert: Path) -> None
 
 
 def test_train_save_load_and_obfuscation_search(tiny_bert: Path, tmp_path: Path) -> None:
-    options = {"model": f"hf:{tiny_bert}"}
+    options = TextOptions(model=f"hf:{tiny_bert}")
     domain = TextDomain()
     data = domain.load_data("demo:60", seed=0, options=options)
     assert data.raw["dim"] == 32 and data.raw["tokenizer"].get_vocab_size() == load_hf(tiny_bert).hf.config.vocab_size

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 import robustkit as rk
+from domains.text import TextOptions
 from domains.text.data import demo_corpus
 from tests.tiny_bert import save_tiny_bert
 
@@ -165,8 +166,8 @@ def test_default_learning_rates(tiny_bert: Path) -> None:
     from domains.text import TextDomain
 
     domain = TextDomain()
-    assert domain.default_lr_for("demo", {}) == domain.default_lr == 3e-3
-    assert domain.default_lr_for("demo", {"model": f"hf:{tiny_bert}"}) == 3e-5
+    assert domain.default_lr_for("demo", TextOptions()) == domain.default_lr == 3e-3
+    assert domain.default_lr_for("demo", TextOptions(model=f'hf:{tiny_bert}')) == 3e-5
 
 
 def _guide_script() -> str:

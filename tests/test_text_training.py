@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import robustkit as rk
-from domains.text import TextDataset, TextDomain
+from domains.text import TextDataset, TextDomain, TextOptions
 from domains.text.adversarial import DiscreteAdversarialTraining, RandomEditsTraining
 from domains.text.model import encode_ids
 from domains.text.normalise import normalise, normalise_aligned
@@ -88,7 +88,7 @@ def test_normaliser_examples() -> None:
 # ----------------------------------------------------------------------------- the domain option
 def test_normalise_option_reaches_every_text_the_model_reads(tmp_path: Path) -> None:
     domain = TextDomain()
-    data = domain.load_data("demo:100", seed=0, options={"normalise": True})
+    data = domain.load_data("demo:100", seed=0, options=TextOptions(normalise=True))
     train = data.train
     assert isinstance(train, TextDataset)
     assert train.ids == encode_ids(train.tokenizer, [normalise(t) for t in train.texts])
@@ -102,38 +102,38 @@ def test_normalise_option_reaches_every_text_the_model_reads(tmp_path: Path) -> 
     assert tricked and bool(space.contains(tricked, [spam] * len(tricked)).all())
     assert torch.equal(space.encode(tricked), space.encode([spam] * len(tricked)))
     # the model's spec records it, so evaluating a saved model normalises too
-    spec = domain.model_spec(data, {"normalise": True})
+    spec = domain.model_spec(data, TextOptions(normalise=True))
     assert spec["normalise"] is True
     domain.save_model(domain.build_model(spec), tmp_path / "m", spec)
     loader = TextDomain()
     loaded, _ = loader.load_model(tmp_path / "m")
-    again = loader.load_data("demo:100", seed=0, options={})
+    again = loader.load_data("demo:100", seed=0, options=TextOptions())
     reloaded = loader.eval_space(3, again, loaded)
     assert isinstance(reloaded, ObfuscationSpace) and reloaded.normaliser is not None
     # without the option the tricks reach the model
     plain = TextDomain()
-    raw = plain.eval_space(3, plain.load_data("demo:100", seed=0, options={}))
+    raw = plain.eval_space(3, plain.load_data("demo:100", seed=0, options=TextOptions()))
     assert isinstance(raw, ObfuscationSpace) and raw.normaliser is None
     assert not torch.equal(raw.encode(tricked[:1]), raw.encode([spam]))
     with pytest.raises(rk.ConfigError, match="normalise"):
-        TextDomain().load_data("demo:40", seed=0, options={"normalise": "yes"})
+        TextDomain().load_data("demo:40", seed=0, options=TextOptions(normalise='yes'))
 
 
 def test_attack_trick_subset() -> None:
     domain = TextDomain()
-    data = domain.load_data("demo:60", seed=0, options={"attack_tricks": ADAPTIVE})
+    data = domain.load_data("demo:60", seed=0, options=TextOptions(attack_tricks=ADAPTIVE))
     space = domain.eval_space(3, data)
     assert isinstance(space, ObfuscationSpace) and space.tricks == set(ADAPTIVE)
     spam = next(t for t, y in zip(data.test.texts, data.test.labels, strict=True) if y == 1)  # type: ignore[attr-defined]
     kinds = {e.value[1] for e in space.candidates(spam, spam)}
     assert kinds and kinds <= set(ADAPTIVE)
-    full = domain.eval_space(3, domain.load_data("demo:60", 0, {}))
+    full = domain.eval_space(3, domain.load_data("demo:60", 0, TextOptions()))
     assert isinstance(full, ObfuscationSpace) and {e.value[1] for e in full.candidates(spam, spam)} == set(TRICKS)
     with pytest.raises(rk.ConfigError, match="trick"):
         ObfuscationSpace(space.tokenizer, space.dim, 3, tricks=["rot13"])
     for bad in ("leet", ["rot13"]):
         with pytest.raises(rk.ConfigError, match="attack_tricks"):
-            domain.load_data("demo:60", seed=0, options={"attack_tricks": bad})
+            domain.load_data("demo:60", seed=0, options=TextOptions(attack_tricks=bad))
 
 
 # ----------------------------------------------------------------------------- discrete adversarial training
@@ -165,7 +165,7 @@ class Trained:
 def trained() -> Trained:
     """Standard, discrete and random-edits training on the same demo split and budget."""
     domain = TextDomain()
-    data = domain.load_data(f"demo:{N}", seed=SEED, options={})
+    data = domain.load_data(f"demo:{N}", seed=SEED, options=TextOptions())
     train = data.train
     assert isinstance(train, TextDataset)
     clean = [list(i) for i in train.ids]
@@ -173,7 +173,7 @@ def trained() -> Trained:
     methods: dict[str, DiscreteAdversarialTraining] = {}
     for name in ("standard", "discrete", "random-edits"):
         torch.manual_seed(SEED)
-        model = domain.build_model(domain.model_spec(data, {}))
+        model = domain.build_model(domain.model_spec(data, TextOptions()))
         method: Any = name
         watch = HamWatch(train)
         if name != "standard":

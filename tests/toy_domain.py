@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch.utils.data import TensorDataset
 
 import robustkit as rk
-from domains.toy import ToyDomain
+from domains.toy import ToyDomain, ToyOptions
 
 
 class SmallToyDomain(ToyDomain):
@@ -22,7 +22,7 @@ class NarrowToyDomain(SmallToyDomain):
 
     name = "toy-narrow"
 
-    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> rk.DomainData:
+    def load_data(self, spec: str, seed: int, options: ToyOptions) -> rk.DomainData:
         data = super().load_data(spec, seed, options)
         narrow = [TensorDataset(part.tensors[0][:, :66], part.tensors[1]) for part in (data.train, data.val, data.test)]
         return rk.DomainData(narrow[0], narrow[1], narrow[2], data.info)

@@ -22,9 +22,9 @@ data pass the usual budgets: ``--budget 0.3`` for MNIST, ``--budget 0.031`` (8/2
 (there also ``--lr 1e-3``).
 
 Example:
-    >>> from domains.images import ImagesDomain
+    >>> from domains.images import ImagesDomain, ImagesOptions
     >>> domain = ImagesDomain()
-    >>> data = domain.load_data("digits", seed=0, options={"max_train": 200})
+    >>> data = domain.load_data("digits", seed=0, options=ImagesOptions(max_train=200))
     >>> len(data.train), len(data.val), len(data.test), data.info.n_classes
     (200, 135, 449, 10)
     >>> domain.space(0.1, data)
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -48,10 +49,12 @@ from domains.images.readers import Images, read_spec
 from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, Domain, DomainData, L2Ball, LinfBall
 from robustkit.domain import Assessment, Examples
 from robustkit.evaluation import RobustnessReport
+from robustkit.options import DomainOptions, option
 
 __all__ = [
     "ImageClassifier",
     "ImagesDomain",
+    "ImagesOptions",
     "Normalize",
     "PixelDataset",
     "PreActResNet18",
@@ -62,9 +65,6 @@ __all__ = [
     "save_model",
 ]
 
-#: Options :meth:`ImagesDomain.load_data` and :meth:`ImagesDomain.model_spec` take.
-OPTIONS = ("norm", "val_fraction", "test_fraction", "max_train", "max_val", "max_test", "size", "channels", "model",
-           "width")
 #: Examples shown in ``examples/grid.png`` (the CSV and the tensors hold all of them).
 GRID_EXAMPLES = 16
 
@@ -131,18 +131,37 @@ def images_dataset(x: torch.Tensor, y: torch.Tensor) -> PixelDataset:
     return PixelDataset(x, y.long())
 
 
-def _option_int(options: dict[str, Any], key: str, default: int | None, low: int = 1) -> int | None:
-    value = options.get(key, default)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-        raise ConfigError(f"options.{key} must be an integer >= {low}, got {value!r}")
-    return value
+def _fraction(value: float) -> bool:
+    return 0 < value < 1
 
 
-def _option_fraction(options: dict[str, Any], key: str, default: float) -> float:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
-        raise ConfigError(f"options.{key} must be a number between 0 and 1 (exclusive), got {value!r}")
-    return float(value)
+def _at_least(low: int) -> Any:
+    return lambda value: value >= low
+
+
+@dataclass(frozen=True)
+class ImagesOptions(DomainOptions):
+    """The images domain's options (see the module docstring)."""
+
+    norm: str = option("linf", "threat model: a Linf or L2 ball of radius budget in pixel space", flag="--norm",
+                       choices=("linf", "l2"))
+    val_fraction: float = option(0.1, "share of the training pool held out for validation",
+                                 check=_fraction, must="a number between 0 and 1 (exclusive)")
+    test_fraction: float = option(0.25, "share held out for testing when the data has no official test set",
+                                  check=_fraction, must="a number between 0 and 1 (exclusive)")
+    max_train: int | None = option(None, "at most this many training images (a stratified subsample)",
+                                   flag="--max-train", check=_at_least(1), must="an integer >= 1")
+    max_val: int | None = option(None, "at most this many validation images", check=_at_least(1),
+                                 must="an integer >= 1")
+    max_test: int | None = option(None, "at most this many test images", flag="--max-test", check=_at_least(1),
+                                  must="an integer >= 1")
+    size: int | None = option(None, "folder data: resize images to SIZE x SIZE", check=_at_least(4),
+                              must="an integer >= 4")
+    channels: int | None = option(None, "folder data: 1 (grey) or 3 (RGB)", choices=(None, 1, 3))
+    model: str | None = option(None, "reference model (default by channels: small-cnn grey, preact-resnet18 colour)",
+                               choices=(None, *KINDS))
+    width: int | None = option(None, "channels of SmallCNN's first layer (default 16 up to 16x16 images, else 32)",
+                               check=_at_least(1), must="an integer >= 1")
 
 
 def _stratified(y: torch.Tensor, take: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,7 +210,7 @@ def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
     return [round(float(m), 6) for m in mean], [round(max(float(s), MIN_STD), 6) for s in std]
 
 
-class ImagesDomain(Domain):
+class ImagesDomain(Domain[ImagesOptions]):
     """Image classification under Linf or L2 perturbations of pixels in [0, 1] (see the module docstring).
 
     Example:
@@ -210,26 +229,19 @@ class ImagesDomain(Domain):
 
     #: the customary Linf budgets of the literature, by data set (see the module docstring)
     budgets: ClassVar[dict[str, float]] = {"mnist": 0.3, "fashion-mnist": 0.1, "cifar10": 8 / 255}
+    Options = ImagesOptions
 
-    def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+    def default_budget_for(self, spec: str, options: ImagesOptions | None = None) -> float:
         """MNIST 0.3, Fashion-MNIST 0.1, CIFAR-10 8/255, otherwise ``default_budget`` (digits, folders)."""
         return self.budgets.get(spec.split(":", 1)[0], self.default_budget)
 
     # ----------------------------------------------------------------- data
-    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown images option {unknown[0]!r}: allowed options are {', '.join(OPTIONS)}")
-        norm = options.get("norm", "linf")
-        if norm not in ("linf", "l2"):
-            raise ConfigError(f"options.norm must be 'linf' or 'l2', got {norm!r}")
-        val_fraction = _option_fraction(options, "val_fraction", 0.1)
-        test_fraction = _option_fraction(options, "test_fraction", 0.25)
-        caps = [_option_int(options, key, None) for key in ("max_train", "max_val", "max_test")]
-        size = _option_int(options, "size", None, low=4)
-        if not spec.startswith("folder:") and ("size" in options or "channels" in options):
+    def load_data(self, spec: str, seed: int, options: ImagesOptions) -> DomainData:
+        norm, val_fraction, test_fraction = options.norm, options.val_fraction, options.test_fraction
+        caps = [options.max_train, options.max_val, options.max_test]
+        if not spec.startswith("folder:") and {"size", "channels"} & options.given:
             raise ConfigError("options.size and options.channels apply to folder data only (--data folder:DIR)")
-        source = read_spec(spec, size=size, channels=options.get("channels"))
+        source = read_spec(spec, size=options.size, channels=options.channels)
         present = source.train.y.unique()
         if len(present) < 2:
             raise DataError(f"{spec}: every image has the same label ({present.tolist()}): a classifier needs at "
@@ -261,15 +273,13 @@ class ImagesDomain(Domain):
                           info, raw)
 
     # ----------------------------------------------------------------- model
-    def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
+    def model_spec(self, data: DomainData, options: ImagesOptions) -> dict[str, Any]:
         channels, size, _ = data.raw["shape"]
-        kind = options.get("model", "small-cnn" if channels == 1 else "preact-resnet18")
-        if kind not in KINDS:
-            raise ConfigError(f"options.model must be one of {', '.join(KINDS)}, got {kind!r}")
+        kind = options.model or ("small-cnn" if channels == 1 else "preact-resnet18")
         spec = {"kind": kind, "channels": channels, "size": size, "classes": data.info.n_classes,
                 "mean": data.raw["mean"], "std": data.raw["std"]}
         if kind == "small-cnn":
-            spec["width"] = _option_int(options, "width", 16 if size <= 16 else 32)
+            spec["width"] = options.width or (16 if size <= 16 else 32)
         return spec
 
     def build_model(self, spec: dict[str, Any]) -> nn.Module:

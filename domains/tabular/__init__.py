@@ -19,13 +19,14 @@ the report's bars; default: the schema's first categorical column); for ``synthe
 ``n_rows`` (10000), ``fraud_rate`` (0.06).
 
 Example:
-    >>> data = TabularDomain().load_data("synthetic", seed=0, options={"n_rows": 1000})
+    >>> data = TabularDomain().load_data("synthetic", seed=0, options=TabularOptions(n_rows=1000))
     >>> len(data.train), len(data.val), len(data.test)
     (599, 200, 201)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +49,41 @@ from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
 from robustkit.domain import Assessment, Examples
 from robustkit.evaluation.binary import threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of, model_device
+from robustkit.options import DomainOptions, option
 from robustkit.rendering import render
 from robustkit.training.methods import Method
 
 __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema",
            "SchemaEncoder", "SchemaSpace", "SearchTraining", "SklearnModel", "SparseSchemaSpace", "TabularDomain",
-           "TabularMLP", "bridge", "decode", "distill_surrogate", "encode", "evaluate_blackbox", "harden_trees",
-           "repair", "split_thresholds", "tree_attack", "typed_frame", "worst_case"]
+           "TabularMLP", "TabularOptions", "bridge", "decode", "distill_surrogate", "encode", "evaluate_blackbox",
+           "harden_trees", "repair", "split_thresholds", "tree_attack", "typed_frame", "worst_case"]
 
-OPTIONS = ("schema", "target", "positive_label", "split", "time_columns", "target_fpr", "hidden", "segment", "n_rows",
-           "fraud_rate")
 #: options that only synthetic data takes, and those that only files take
 SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target", "positive_label")
+
+
+@dataclass(frozen=True)
+class TabularOptions(DomainOptions):
+    """The tabular domain's options (see the module docstring)."""
+
+    schema: str | None = option(None, "schema file of csv:PATH or parquet:PATH data", flag="--schema")
+    target: str | None = option(None, "label column (default: the schema's target)", flag="--target")
+    positive_label: str | int | bool | None = option(
+        None, "label of the attacked (fraud) class; default 1, True or fraud: other labels are refused until you "
+        "name it", flag="--positive-label")
+    split: str = option("stratified", "stratified, or time (needs time_columns)", flag="--split",
+                        choices=tabular_data.SPLITS)
+    time_columns: str | list[str] | None = option(None, "the column(s) that order rows in time, for split: time")
+    target_fpr: float = option(0.01, "false-positive rate the operating threshold is chosen at, on validation data",
+                               flag="--target-fpr", check=lambda v: 0 < v < 0.5, must="a number between 0 and 0.5")
+    hidden: list[int] = option([64, 64], "layer widths of the reference MLP", check=lambda v: all(h > 0 for h in v),
+                               must="a list of positive integers")
+    segment: str | None = option(None, "categorical column that splits the fraud recall figures (default: the "
+                                 "schema's first categorical column)")
+    n_rows: int = option(10000, "synthetic data: rows generated", check=lambda v: v >= 100,
+                         must="an integer >= 100")
+    fraud_rate: float = option(0.06, "synthetic data: share of fraud rows", check=lambda v: 0 < v < 0.5,
+                               must="a number between 0 and 0.5")
 
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -68,7 +92,7 @@ def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return torch.softmax(logits_of(model(x.to(model_device(model)))), dim=1)[:, 1].double().cpu()
 
 
-class TabularDomain(Domain):
+class TabularDomain(Domain[TabularOptions]):
     """Fraud detection on raw rows under a schema's cost budget (see the module docstring)."""
 
     name = "tabular"
@@ -80,38 +104,27 @@ class TabularDomain(Domain):
     default_lr = 3e-3
     #: the domain's own training method (``--method pgd+search``): see :meth:`training_method`
     methods = ("pgd+search",)
+    Options = TabularOptions
 
     # ----------------------------------------------------------------- data
-    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
+    def load_data(self, spec: str, seed: int, options: TabularOptions) -> DomainData:
         data = self._load_data(spec, seed, options)
-        data.raw["segment"] = _segment_column(data.raw["schema"], options.get("segment"))
+        data.raw["segment"] = _segment_column(data.raw["schema"], options.segment)
         return data
 
-    def _load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown tabular option {unknown[0]!r}: allowed options are {', '.join(OPTIONS)}")
-        target_fpr = options.get("target_fpr", 0.01)
-        if isinstance(target_fpr, bool) or not isinstance(target_fpr, int | float) or not 0 < target_fpr < 0.5:
-            raise ConfigError(f"options.target_fpr must be a number between 0 and 0.5, got {target_fpr!r}")
-        split = {"split": options.get("split", "stratified"), "time_columns": options.get("time_columns"),
-                 "target_fpr": float(target_fpr)}
+    def _load_data(self, spec: str, seed: int, options: TabularOptions) -> DomainData:
+        split: dict[str, Any] = {"split": options.split, "time_columns": options.time_columns,
+                                 "target_fpr": options.target_fpr}
         if spec != "synthetic":
-            wrong = [k for k in SYNTHETIC_OPTIONS if k in options]
+            wrong = [k for k in SYNTHETIC_OPTIONS if k in options.given]
             if wrong:
                 raise ConfigError(f"options.{wrong[0]} applies to --data synthetic only, not {spec!r}")
-            return tabular_data.load(spec, seed, schema=options.get("schema"), target=options.get("target"),
-                                     positive_label=options.get("positive_label"), **split)
-        wrong = [k for k in FILE_OPTIONS if k in options]
+            return tabular_data.load(spec, seed, schema=options.schema, target=options.target,
+                                     positive_label=options.positive_label, **split)
+        wrong = [k for k in FILE_OPTIONS if k in options.given]
         if wrong:
             raise ConfigError(f"options.{wrong[0]} applies to csv:PATH and parquet:PATH data, not synthetic")
-        n_rows = options.get("n_rows", 10000)
-        if isinstance(n_rows, bool) or not isinstance(n_rows, int) or n_rows < 100:
-            raise ConfigError(f"options.n_rows must be an integer >= 100, got {n_rows!r}")
-        fraud_rate = options.get("fraud_rate", 0.06)
-        if isinstance(fraud_rate, bool) or not isinstance(fraud_rate, int | float) or not 0 < fraud_rate < 0.5:
-            raise ConfigError(f"options.fraud_rate must be a number between 0 and 0.5, got {fraud_rate!r}")
-        df = generate(n_rows, seed=seed, fraud_rate=float(fraud_rate))
+        df = generate(options.n_rows, seed=seed, fraud_rate=options.fraud_rate)
         return tabular_data.frame_data(df, card_schema(), seed, name="synthetic-card-transactions", **split)
 
     def from_frame(self, df: pd.DataFrame, schema: Schema, seed: int, target_fpr: float = 0.01,
@@ -119,20 +132,17 @@ class TabularDomain(Domain):
         """Split ``df`` (stratified 60/20/20, seeded) and encode it under ``schema`` (checked first)."""
         return tabular_data.frame_data(df, schema, seed, drop=schema.drop, target_fpr=target_fpr, name=name)
 
-    def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+    def default_budget_for(self, spec: str, options: TabularOptions | None = None) -> float:
         """The schema file's own budget when ``options`` name one, else the synthetic data's."""
-        schema = (options or {}).get("schema")
-        if spec != "synthetic" and isinstance(schema, str | Path) and Path(schema).is_file():
+        schema = options.schema if options is not None else None
+        if spec != "synthetic" and schema is not None and Path(schema).is_file():
             return tabular_data.read_schema(Path(schema))[0].budget
         return self.default_budget
 
     # ----------------------------------------------------------------- model
-    def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
-        hidden = options.get("hidden", [64, 64])
-        if not isinstance(hidden, list) or not all(isinstance(h, int) and h > 0 for h in hidden):
-            raise ConfigError(f"options.hidden must be a list of positive integers, got {hidden!r}")
+    def model_spec(self, data: DomainData, options: TabularOptions) -> dict[str, Any]:
         return {"schema": data.raw["schema"].to_dict(), "mean": data.raw["mean"], "std": data.raw["std"],
-                "hidden": hidden}
+                "hidden": list(options.hidden)}
 
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
         return TabularMLP(spec)
@@ -274,11 +284,11 @@ class TabularDomain(Domain):
         Schema.from_dict(schema).dump(directory / "schema.yaml")
 
 
-def _segment_column(schema: Schema, name: Any) -> str | None:
+def _segment_column(schema: Schema, name: str | None) -> str | None:
     """The categorical column that segments the fraud figures: ``name``, or the schema's first categorical one."""
     if name is None:
         return next((c.name for c in schema.columns if c.type == "categorical"), None)
-    if not isinstance(name, str) or name not in schema.names or schema[name].type != "categorical":
+    if name not in schema.names or schema[name].type != "categorical":
         choices = ", ".join(c.name for c in schema.columns if c.type == "categorical") or "none in this schema"
         raise ConfigError(f"options.segment must be a categorical column of the schema ({choices}), got {name!r}")
     return name

@@ -610,8 +610,9 @@ class SearchTraining(Method):
         >>> import robustkit as rk
         >>> from domains.tabular import TabularDomain
         >>> domain = TabularDomain()
-        >>> data = domain.load_data("synthetic", seed=0, options={"n_rows": 400, "fraud_rate": 0.2})
-        >>> model = domain.build_model(domain.model_spec(data, {}))
+        >>> options = domain.parse_options({"n_rows": 400, "fraud_rate": 0.2})
+        >>> data = domain.load_data("synthetic", seed=0, options=options)
+        >>> model = domain.build_model(domain.model_spec(data, options))
         >>> trainer = rk.AdversarialTrainer(model, domain.space(3.0, data), method=SearchTraining(steps=2),
         ...                                 attackable=lambda x, y: y == 1, progress=False)
         >>> list(trainer.fit(domain.loader(data.train, 128, shuffle=True), epochs=1)["epoch"])

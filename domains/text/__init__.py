@@ -30,8 +30,8 @@
   control of ``discrete`` (:mod:`domains.text.adversarial`).
 
 Example:
-    >>> from domains.text import TextDomain
-    >>> data = TextDomain().load_data("demo:200", seed=0, options={})
+    >>> from domains.text import TextDomain, TextOptions
+    >>> data = TextDomain().load_data("demo:200", seed=0, options=TextOptions())
     >>> len(data.train), len(data.val), len(data.test)
     (120, 40, 40)
 """
@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,9 +62,11 @@ from .adversarial import make_method
 from .data import TextSource, read_source, stratified_split, truncation_note
 from .model import MAX_TOKENS, TextCNN, TokenL2Ball, encode_ids, pad_inputs, train_tokenizer
 from .normalise import normalise, normalise_aligned
-from .obfuscation import TRICKS, ObfuscationSpace, edit_cost, fold, words
+from .obfuscation import ObfuscationSpace, edit_cost, fold, words
+from .options import TextOptions
 
-__all__ = ["ObfuscationSpace", "RobustSpamClassifier", "TextCNN", "TextDataset", "TextDomain", "TokenL2Ball"]
+__all__ = ["ObfuscationSpace", "RobustSpamClassifier", "TextCNN", "TextDataset", "TextDomain", "TextOptions",
+           "TokenL2Ball"]
 
 
 def __getattr__(name: str) -> Any:
@@ -120,26 +121,6 @@ class TextDataset(Dataset[Any]):
         return pad_inputs(self.ids, self.dim), torch.tensor(self.labels, dtype=torch.long)
 
 
-def _option(options: dict[str, Any], key: str, default: Any, kind: type) -> Any:
-    value = options.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or not isinstance(value, kind):
-        raise ConfigError(f"options.{key} must be a positive {kind.__name__}, got {value!r}")
-    return value
-
-
-def _number_option(options: dict[str, Any], key: str, default: float, below: float | None = None) -> float:
-    """A finite number option > 0 (and < ``below``)."""
-    value = options.get(key, default)
-    if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0
-            or (below is not None and value >= below)):
-        limit = f"between 0 and {below}" if below is not None else "> 0"
-        raise ConfigError(f"options.{key} must be a number {limit}, got {value!r}")
-    return float(value)
-
-
-#: the text domain's options (see the module docstring); any other key is a mistake (e.g. ``normalize``)
-OPTIONS = ("text_column", "label_column", "label_names", "target", "dim", "vocab_size", "channels", "attack_tricks",
-           "max_edited_share", "normalise", "embedding_eps", "target_fpr", "model")
 #: options of table files (csv, tsv, json, parquet), which the demo and SMS data do not read
 FILE_OPTIONS = ("text_column", "label_column", "label_names", "target")
 #: texts of each class a file needs at least, so that the 60/20/20 split gives every part both classes
@@ -149,7 +130,7 @@ MIN_PER_CLASS = 5
 DEMO_BUDGET = 6.0
 
 
-class TextDomain(Domain):
+class TextDomain(Domain[TextOptions]):
     """Spam (class 1) versus ham; spam is attacked with obfuscations towards ham."""
 
     name = "text"
@@ -162,15 +143,15 @@ class TextDomain(Domain):
     default_lr = 3e-3
     #: the domain's own training methods (``--method discrete``): see :meth:`training_method`
     methods = tuple(TRAINING_METHODS)
+    Options = TextOptions
 
     #: class names in files and reports
     class_names: ClassVar[list[str]] = ["ham", "spam"]
 
     # ----------------------------------------------------------------- data
-    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
-        self.check_options(options)
+    def load_data(self, spec: str, seed: int, options: TextOptions) -> DomainData:
         kind = spec.partition(":")[0]
-        wrong = [k for k in FILE_OPTIONS if k in options and kind in ("demo", "sms")]
+        wrong = [k for k in FILE_OPTIONS if k in options.given and kind in ("demo", "sms")]
         if wrong:
             raise ConfigError(f"options.{wrong[0]} applies to csv, tsv, json and parquet files, not {spec!r}")
         source = read_source(spec, seed, options)
@@ -184,27 +165,14 @@ class TextDomain(Domain):
             )
         return self.data_from(source, seed, options)
 
-    def check_options(self, options: dict[str, Any]) -> None:
-        """Raise :class:`ConfigError` for a bad or unknown option, before any work."""
-        if "positive_label" in options:
+    def parse_options(self, values: Any) -> TextOptions:
+        if isinstance(values, dict) and "positive_label" in values:
             raise ConfigError("text data names both classes: set options.label_names to [HAM, SPAM] (e.g. "
                               "[ok, junk]) instead of --positive-label")
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ConfigError(f"unknown text option {unknown[0]!r}: allowed options are {', '.join(OPTIONS)}")
-        _attack_tricks(options)
-        _max_share(options)
-        _normalise_option(options)
-        for key, default in (("dim", 32), ("channels", 64), ("vocab_size", 1000)):
-            _option(options, key, default, int)
-        _number_option(options, "embedding_eps", 0.1)
-        _number_option(options, "target_fpr", 0.01, below=0.5)
-        for key in ("text_column", "label_column", "target"):
-            if key in options and (not isinstance(options[key], str) or not options[key]):
-                raise ConfigError(f"options.{key} must be a column name, got {options[key]!r}")
+        return super().parse_options(values)
 
     def data_from(
-        self, source: TextSource, seed: int, options: dict[str, Any], fractions: tuple[float, float] = (0.6, 0.2),
+        self, source: TextSource, seed: int, options: TextOptions, fractions: tuple[float, float] = (0.6, 0.2),
         sample_weight: Sequence[float] | None = None,
     ) -> DomainData:
         """Split ``source`` (stratified by ``fractions`` for train and validation, the rest for test),
@@ -213,16 +181,16 @@ class TextDomain(Domain):
 
         ``raw`` holds the tokenizer, the embedding size and the options: everything later calls need
         about the data (the domain itself keeps nothing)."""
-        dim = _option(options, "dim", 32, int)
+        dim = options.dim
         texts, labels, name, sha = source.texts, source.labels, source.name, source.sha256
         notes = list(source.notes)
         tr, va, te = stratified_split(labels, seed, fractions)
-        folder = hf.model_source(options)
-        read = normalise if _normalise_option(options) else _as_is
+        folder = options.hf_folder()
+        read = normalise if options.normalise else _as_is
         if folder is not None:  # a Hugging Face model: its own tokenizer and embedding size
             tokenizer, dim = hf.tokenizer_and_dim(folder)
         else:
-            vocab = _option(options, "vocab_size", source.vocab_size, int)
+            vocab = options.vocab_size or source.vocab_size
             tokenizer = train_tokenizer([read(texts[i]) for i in tr], vocab_size=vocab)
 
         def part(idx: list[int], as_text: bool = False, weighted: bool = False) -> TextDataset:
@@ -236,35 +204,34 @@ class TextDomain(Domain):
         notes += [truncated] if truncated else []
         split = f"{len(tr)}/{len(va)}/{len(te)} stratified with seed {seed}; {'; '.join(notes)}"
         info = DatasetInfo(name, sha, split, n_classes=2, class_names=list(self.class_names))
-        raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": _number_option(options, "target_fpr", 0.01, below=0.5),
-               "options": dict(options)}
+        raw = {"tokenizer": tokenizer, "dim": dim, "target_fpr": options.target_fpr, "options": options}
         return DomainData(train, val, test, info, raw)
 
-    def default_budget_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+    def default_budget_for(self, spec: str, options: TextOptions | None = None) -> float:
         """6 edited words on the built-in demo corpus (its spam is long and repeats its cues: at 3 words a
         standard filter keeps almost all of it), else ``default_budget`` (3: an SMS is short)."""
         return DEMO_BUDGET if spec.split(":")[0] == "demo" else self.default_budget
 
-    def default_lr_for(self, spec: str, options: dict[str, Any] | None = None) -> float:
+    def default_lr_for(self, spec: str, options: TextOptions | None = None) -> float:
         """3e-5 for fine-tuning a Hugging Face model (``model: hf:DIR``), else ``default_lr`` (the CNN's)."""
-        return HF_LR if hf.model_source(options or {}) is not None else self.default_lr
+        return HF_LR if options is not None and options.hf_folder() is not None else self.default_lr
 
     def loader(self, dataset: Dataset[Any], batch_size: int, shuffle: bool) -> DataLoader[Any]:
         collate = dataset.collate if isinstance(dataset, TextDataset) else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate)
 
     # ----------------------------------------------------------------- model
-    def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
-        source = hf.model_source(options)
+    def model_spec(self, data: DomainData, options: TextOptions) -> dict[str, Any]:
+        source = options.hf_folder()
         # a model trained on normalised text says so: evaluate and attack normalise for it too
-        extra = {"normalise": True} if _normalise_option(options) else {}
+        extra = {"normalise": True} if options.normalise else {}
         if source is not None:
             return {"kind": "hf", "path": str(source.resolve()), "dim": data.raw["dim"], "classes": 2, **extra}
         tokenizer: Tokenizer = data.raw["tokenizer"]
         return {
             "vocab_size": tokenizer.get_vocab_size(),
             "dim": data.raw["dim"],
-            "channels": _option(options, "channels", 64, int),
+            "channels": options.channels,
             "kernel": 3,
             "classes": 2,
             **extra,
@@ -300,7 +267,7 @@ class TextDomain(Domain):
 
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
-        eps = _number_option(_options_of(data), "embedding_eps", 0.1)
+        eps = _options_of(data).embedding_eps
         return TokenL2Ball(eps=eps, dim=int(data.raw["dim"]))
 
     def eval_space(self, budget: float, data: DomainData, model: nn.Module | None = None) -> PerturbationSpace:
@@ -311,12 +278,12 @@ class TextDomain(Domain):
         core = model.model if isinstance(model, ThresholdModel) else model
         tokenizer = getattr(core, "tokenizer", None)
         table = getattr(getattr(core, "embedding", None), "weight", None)
-        on = _normalise_option(options) if "normalise" in options else bool(getattr(core, "normalise", False))
+        on = options.normalise if "normalise" in options.given else bool(getattr(core, "normalise", False))
         return ObfuscationSpace(
             tokenizer if isinstance(tokenizer, Tokenizer) else data.raw["tokenizer"],
             int(getattr(core, "dim", data.raw["dim"])), budget,
-            embedding=table if isinstance(table, torch.Tensor) else None, tricks=_attack_tricks(options),
-            normaliser=normalise_aligned if on else None, max_share=_max_share(options),
+            embedding=table if isinstance(table, torch.Tensor) else None, tricks=options.attack_tricks,
+            normaliser=normalise_aligned if on else None, max_share=options.max_edited_share,
         )
 
     def training_method(self, name: str, data: DomainData, budget: float) -> Method:
@@ -454,42 +421,14 @@ class TextDomain(Domain):
         return model, meta
 
 
-def _options_of(data: DomainData) -> dict[str, Any]:
+def _options_of(data: DomainData) -> TextOptions:
     """The options the data was read with (:meth:`TextDomain.data_from` keeps them in ``raw``)."""
-    options: dict[str, Any] = data.raw.get("options", {})
-    return options
+    options = data.raw.get("options")
+    return options if isinstance(options, TextOptions) else TextOptions()
 
 
 def _as_is(text: str) -> str:
     return text
-
-
-def _attack_tricks(options: dict[str, Any]) -> list[str] | None:
-    """Option ``attack_tricks``: the obfuscation tricks attacks may use (default all), e.g. only those a
-    normaliser does not undo (``[leet, insert, swap, delete]``: an adaptive attacker)."""
-    tricks = options.get("attack_tricks")
-    if tricks is None:
-        return None
-    if isinstance(tricks, str) or not isinstance(tricks, list | tuple) or not set(tricks) <= set(TRICKS) or not tricks:
-        raise ConfigError(f"options.attack_tricks must be a list of tricks among {', '.join(TRICKS)}, got {tricks!r}")
-    return list(tricks)
-
-
-def _max_share(options: dict[str, Any]) -> float | None:
-    """Option ``max_edited_share``: the cap on edits as a share of each text's words (default none)."""
-    share = options.get("max_edited_share")
-    if share is None:
-        return None
-    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
-        raise ConfigError(f"options.max_edited_share must be a number in (0, 1], got {share!r}")
-    return float(share)
-
-
-def _normalise_option(options: dict[str, Any]) -> bool:
-    value = options.get("normalise", False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"options.normalise must be true or false, got {value!r}")
-    return value
 
 
 def _first_line(exc: BaseException) -> str:

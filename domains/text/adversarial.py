@@ -26,8 +26,9 @@ Example:
     >>> from domains.text import TextDomain
     >>> _ = torch.manual_seed(0)
     >>> domain = TextDomain()
-    >>> data = domain.load_data("demo:100", seed=0, options={})
-    >>> model = domain.build_model(domain.model_spec(data, {}))
+    >>> options = domain.parse_options({})
+    >>> data = domain.load_data("demo:100", seed=0, options=options)
+    >>> model = domain.build_model(domain.model_spec(data, options))
     >>> method = domain.training_method("discrete", data, budget=2)
     >>> trainer = rk.AdversarialTrainer(model, domain.space(2, data), method=method, progress=False)
     >>> _ = trainer.fit(domain.loader(data.train, 32, shuffle=True), epochs=2)

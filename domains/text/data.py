@@ -37,12 +37,14 @@ import logging
 import os
 import random
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from robustkit.errors import ConfigError, DataError
+
+from .options import TextOptions
 
 __all__ = [
     "LABELS",
@@ -582,13 +584,7 @@ class TextSource:
     vocab_size: int = 4000
 
 
-def _column_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    label_column = options.get("label_column", options.get("target", "label"))
-    names = options.get("label_names", ("ham", "spam"))
-    return {"text_column": options.get("text_column", "text"), "label_column": label_column, "label_names": names}
-
-
-def read_source(spec: str, seed: int, options: Mapping[str, Any] | None = None) -> TextSource:
+def read_source(spec: str, seed: int, options: TextOptions | None = None) -> TextSource:
     """The texts of a data spec: ``demo``, ``demo:N``, ``sms``, ``sms:PATH``, ``csv:PATH``, ``tsv:PATH``,
     ``json:PATH`` or ``parquet:PATH`` (table options: see the module docstring). Files are deduplicated.
 
@@ -597,7 +593,6 @@ def read_source(spec: str, seed: int, options: Mapping[str, Any] | None = None) 
         >>> len(source.texts), source.name, source.notes
         (40, 'demo', ['generated with seed 0'])
     """
-    options = options or {}
     kind, _, arg = spec.partition(":")
     if kind == "demo":
         n = 800
@@ -620,7 +615,7 @@ def read_source(spec: str, seed: int, options: Mapping[str, Any] | None = None) 
     elif kind in TABLE_FORMATS:
         if not arg.strip():
             raise ConfigError(f"--data {kind}:PATH needs the path of a {kind.upper()} file")
-        texts, labels, sha, empty = read_table(kind, arg.strip(), **_column_options(options))
+        texts, labels, sha, empty = read_table(kind, arg.strip(), **(options or TextOptions()).columns())
         name = Path(arg.strip()).stem
     else:
         formats = ", ".join(f"{k}:PATH" for k in TABLE_FORMATS)

@@ -156,7 +156,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         if isinstance(self.attack_tricks, str):
             raise ConfigError(f"attack_tricks must be a list of tricks among {', '.join(TRICKS)}, "
                               f"got the string {self.attack_tricks!r}")
-        TextDomain().check_options(self._options())
+        TextDomain().parse_options(self._options())
 
     @staticmethod
     def _texts(X: Any) -> list[str]:
@@ -198,7 +198,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         sha = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
         source = TextSource(texts, labels.tolist(), "fit", sha, ["passed to RobustSpamClassifier.fit"])
         domain = TextDomain()
-        options = self._options()
+        options = domain.parse_options(self._options())
         data = domain.data_from(source, seed, options, fractions=(1 - float(self.validation_fraction), 1.0),
                               sample_weight=None if weights is None else weights.tolist())
         torch.manual_seed(seed)

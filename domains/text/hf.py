@@ -40,7 +40,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ from robustkit.errors import ConfigError, ModelError
 
 from .model import MAX_TOKENS
 
-__all__ = ["HFTextClassifier", "check_folder", "is_hf_folder", "load_hf", "model_source", "save_hf"]
+__all__ = ["HFTextClassifier", "check_folder", "is_hf_folder", "load_hf", "save_hf"]
 
 #: weight files that are pickles (loading them can run code)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -62,23 +62,6 @@ SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
 _SAFE_LOAD: dict[str, Any] = {"use_safetensors": True, "trust_remote_code": False, "local_files_only": True}
 
 log = logging.getLogger("robustkit")
-
-
-def model_source(options: Mapping[str, Any]) -> Path | None:
-    """The folder of ``options["model"] == "hf:DIR"``; None for the built-in model (unset or ``"cnn"``).
-
-    Example:
-        >>> model_source({"model": "hf:models/minilm"})
-        PosixPath('models/minilm')
-        >>> model_source({}) is None
-        True
-    """
-    value = options.get("model")
-    if value is None or value == "cnn":
-        return None
-    if not isinstance(value, str) or not value.startswith("hf:") or not value[3:].strip():
-        raise ConfigError(f"options.model must be 'cnn' or 'hf:DIR' (a local Hugging Face model folder), got {value!r}")
-    return Path(value[3:].strip()).expanduser()
 
 
 def _read_json(path: Path) -> dict[str, Any]:

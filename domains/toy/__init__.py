@@ -4,8 +4,8 @@ It needs no data files, trains in seconds on a CPU, and shows the whole pipeline
 that leans on non-robust features and breaks under attack, and a hardened one that does not.
 
 Example:
-    >>> from domains.toy import ToyDomain
-    >>> data = ToyDomain().load_data("toy", seed=0, options={})
+    >>> from domains.toy import ToyDomain, ToyOptions
+    >>> data = ToyDomain().load_data("toy", seed=0, options=ToyOptions())
     >>> len(data.train), len(data.val), len(data.test)
     (3000, 500, 1000)
 """
@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from torch import nn
@@ -20,11 +21,20 @@ from torch.utils.data import TensorDataset
 
 from robustkit import ConfigError, ContinuousSpace, DatasetInfo, Domain, DomainData, LinfBall
 from robustkit.datasets import TOY_BOUNDS, TOY_EPS, robust_nonrobust
+from robustkit.options import DomainOptions, option
 
-__all__ = ["ToyDomain"]
+__all__ = ["ToyDomain", "ToyOptions"]
 
 
-class ToyDomain(Domain):
+@dataclass(frozen=True)
+class ToyOptions(DomainOptions):
+    """The toy domain's one option."""
+
+    hidden: int = option(64, "hidden units of the MLP", flag="--hidden", check=lambda v: v >= 1,
+                         must="an integer >= 1")
+
+
+class ToyDomain(Domain[ToyOptions]):
     """Three classes, 2 robust and 64 non-robust features, Linf threat at eps 0.25."""
 
     name = "toy"
@@ -36,11 +46,9 @@ class ToyDomain(Domain):
     default_lr = 3e-3
     #: examples in the train, validation and test splits
     sizes: ClassVar[tuple[int, int, int]] = (3000, 500, 1000)
+    Options = ToyOptions
 
-    def load_data(self, spec: str, seed: int, options: dict[str, Any]) -> DomainData:
-        unknown = sorted(set(options) - {"hidden"}, key=str)
-        if unknown:
-            raise ConfigError(f"unknown toy option {unknown[0]!r}: the toy domain takes only options.hidden")
+    def load_data(self, spec: str, seed: int, options: ToyOptions) -> DomainData:
         if spec != "toy":
             raise ConfigError(f"the toy domain generates its own data: use --data toy, not {spec!r}")
         n_train, n_val, n_test = self.sizes
@@ -50,11 +58,8 @@ class ToyDomain(Domain):
         split = f"{n_train}/{n_val}/{n_test} generated with seed {seed}"
         return DomainData(parts[0], parts[1], parts[2], DatasetInfo("robust_nonrobust", None, split, n_classes=3))
 
-    def model_spec(self, data: DomainData, options: dict[str, Any]) -> dict[str, Any]:
-        hidden = options.get("hidden", 64)
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ConfigError(f"options.hidden must be an integer >= 1, got {hidden!r}")
-        return {"inputs": int(data.train[0][0].numel()), "hidden": hidden, "classes": 3}
+    def model_spec(self, data: DomainData, options: ToyOptions) -> dict[str, Any]:
+        return {"inputs": int(data.train[0][0].numel()), "hidden": options.hidden, "classes": 3}
 
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
         return nn.Sequential(

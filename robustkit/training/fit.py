@@ -5,8 +5,9 @@ method resolution, best-epoch rule and operating threshold.
 Example:
     >>> import robustkit as rk
     >>> domain = rk.get_domain("toy")
-    >>> data = domain.load_data("toy", seed=0, options={})
-    >>> model = domain.build_model(domain.model_spec(data, {}))
+    >>> options = domain.parse_options({})
+    >>> data = domain.load_data("toy", seed=0, options=options)
+    >>> model = domain.build_model(domain.model_spec(data, options))
     >>> fitted = fit_model(domain, data, model, TrainSettings(method="pgd", budget=0.25, epochs=1, batch_size=128,
     ...                                                       lr=1e-3, seed=0))
     >>> len(fitted.history), fitted.threshold is None
