@@ -295,7 +295,8 @@ class Domain(ABC, Generic[OptionsT]):
     def examples_html(self, directory: Path) -> str:
         """The examples :meth:`write_examples` wrote to ``directory``, as an HTML fragment that ``report.html``
         embeds (a table of changed cells, text pairs with the edits marked); default "": the report shows
-        only the PNG files there."""
+        only the PNG files there. Render it from a template in the domain's package with
+        ``robustkit.rendering.render("name.html.j2", __name__, ...)``: a plain string is shown escaped, as text."""
         return ""
 
     # ----------------------------------------------------------------- persistence

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import logging
 import time
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from robustkit.config import RunConfig
 from robustkit.domain import available_domains
 from robustkit.errors import ConfigError
 from robustkit.files import atomic_write_text
+from robustkit.rendering import render
 
 __all__ = ["DEFAULT_DOMAINS", "format_table", "run", "summary_rows", "write_index"]
 
@@ -71,29 +71,12 @@ def format_table(runs: dict[str, dict[str, Any]]) -> str:
 
 def write_index(out: Path, runs: dict[str, dict[str, Any]], seconds: dict[str, float]) -> Path:
     """``OUT/index.html``: the comparison table and a link to each domain's ``report.html``."""
-    rows = []
-    for domain, metrics in runs.items():
-        for d, name, measure, clean, attacked, verdict in summary_rows(metrics):
-            rows.append(f"<tr><td><a href='{html.escape(d)}/report.html'>{html.escape(d)}</a></td>"
-                        f"<td>{html.escape(name)}</td><td>{measure}</td><td>{clean:.1%}</td><td>{attacked:.1%}</td>"
-                        f"<td>{html.escape(verdict)}</td><td>{seconds[domain]:.0f} s</td></tr>")
-    notes = "".join(f"<li>{html.escape(_domain_line(m))}</li>" for m in runs.values())
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>robustkit quickstart</title>
-<style>body{{font-family:sans-serif;margin:2em;max-width:60em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .7em;text-align:left}}</style></head>
-<body><h1>robustkit quickstart</h1>
-<p>One standard and one adversarially trained model per domain, on built-in data. Each row gives the
-domain's measure (accuracy; for fraud and spam the recall of the attacked class at the operating threshold)
-clean and under the worst of every attack that was run: the evaluation attacks, the domain's own and the
-gradient-masking checks' attacks, all stronger than the attack used in training. Follow a domain's link for
-its full report.</p>
-<table><thead><tr><th>domain</th><th>model</th><th>measure</th><th>clean</th><th>under attack</th><th>verdict</th>
-<th>run time</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
-<ul>{notes}</ul></body></html>
-"""
+    rows = [{"domain": d,
+             "cells": [name, measure, f"{clean:.1%}", f"{attacked:.1%}", verdict, f"{seconds[domain]:.0f} s"]}
+            for domain, metrics in runs.items()
+            for d, name, measure, clean, attacked, verdict in summary_rows(metrics)]
     path = out / "index.html"
-    atomic_write_text(path, page)
+    atomic_write_text(path, render("index.html.j2", rows=rows, notes=[_domain_line(m) for m in runs.values()]))
     return path
 
 

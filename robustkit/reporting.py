@@ -4,12 +4,12 @@ The HTML page is one self-contained file: plots (robust accuracy vs budget for e
 training history, per-class or per-segment bars) and any PNG the domain wrote to ``examples/`` are
 embedded as base64 images; the domain's own view of its examples (a table of changed cells, text pairs
 with the edits highlighted) comes in as an HTML fragment (:meth:`robustkit.Domain.examples_html`).
+The page is rendered from ``robustkit/templates/run_report.html.j2`` (:mod:`robustkit.rendering`).
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from pathlib import Path
 from typing import Any
@@ -21,17 +21,9 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 from robustkit.evaluation import RobustnessReport
 from robustkit.evaluation.report import figure_text, heading
 from robustkit.files import atomic_write_text
+from robustkit.rendering import render
 
 __all__ = ["breakdown_figure", "budget_figure", "history_figure", "write_reports"]
-
-_CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:64em;margin:2em auto;color:#222;padding:0 1em}"
-    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}"
-    "th{background:#f3f3f3}td.l,th.l{text-align:left}.verdict{font-size:1.3em;font-weight:bold}"
-    "li.pass b{color:#2a7a2a}li.fail b{color:#b00}li.na b{color:#777}img{max-width:100%}"
-    "pre{background:#f6f6f6;padding:.6em;overflow-x:auto}mark{background:#fd8}.zw{color:#c00;font-size:70%}"
-)
-
 
 #: font size of every chart's text, in points: the charts are drawn at 100 dpi at most 9 inches wide,
 #: so the page (at most 64em) shows them at full size and this reads like the page's own text
@@ -216,85 +208,33 @@ def _markdown_table(table: pd.DataFrame) -> list[str]:
     return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head), *("| " + " | ".join(r) + " |" for r in rows)]
 
 
-def _html_table(table: pd.DataFrame) -> str:
-    esc = html.escape
-    head, rows = _cells(table)
-    def row(tag: str, cells: list[str]) -> str:  # the first column (attack names) reads left-aligned
-        return "<tr>" + "".join(f"<{tag}{' class=l' if i == 0 else ''}>{esc(c)}</{tag}>"
-                                for i, c in enumerate(cells)) + "</tr>"
-
-    lines = ["<table class='attacks'>" + row("th", head), *(row("td", r) for r in rows)]
-    return "\n".join([*lines, "</table>"])
-
-
 def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
           examples: list[Path], config_yaml: str, command: str, examples_html: str) -> str:
-    esc = html.escape
-    parts = [
-        "<!DOCTYPE html>",
-        f'<html lang="en"><head><meta charset="utf-8"><title>robustkit {esc(metrics["domain"])} report</title>'
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>robustkit {esc(str(metrics.get('command', 'run')))}: {esc(metrics['domain'])}</h1>",
-        f'<p class="verdict" id="verdict">{esc(metrics["verdict"])}</p>',
-        "<table id='summary'><tr>" + "".join(
-            f"<th{' class=l' if c in ('model', 'measure', 'verdict') else ''}>{esc(c)}</th>" for c in SUMMARY_COLUMNS)
-        + "</tr>",
-    ]
-    for row in _summary_rows(metrics):
-        cells = "".join(f"<td{' class=l' if c in ('model', 'measure', 'verdict') else ''}>{esc(v)}</td>"
-                        for c, v in zip(SUMMARY_COLUMNS, row, strict=True))
-        parts.append(f"<tr data-model='{esc(row[0])}'>{cells}</tr>")
-    parts.append("</table>")
-    measure = _lead(next(iter(metrics["models"].values())))["measure"]
-    plot = _png(budget_figure(reports))
-    parts.append(f'<h2>{esc(measure.capitalize())} under attack vs budget</h2><img id="budget-plot" '
-                 f'alt="{esc(measure)} under attack vs budget" src="data:image/png;base64,{plot}">')
-    if not history.empty:
-        parts.append(f'<h2>Training</h2><img id="history-plot" alt="training history" '
-                     f'src="data:image/png;base64,{_png(history_figure(history))}">')
     breakdowns = _breakdowns(metrics)
-    if breakdowns:
-        parts.append(f'<h2>Per class or segment</h2><img id="breakdown-plot" alt="per-class accuracy" '
-                     f'src="data:image/png;base64,{_png(breakdown_figure(breakdowns))}">')
-    scalars = _scalars(metrics)
-    if scalars:
-        parts.append("<h2>Domain metrics</h2><table id='domain-metrics'><tr><th class=l>model</th>"
-                     "<th class=l>metric</th><th>value</th></tr>")
-        parts += [f"<tr><td class=l>{esc(a)}</td><td class=l>{esc(b)}</td><td>{esc(c)}</td></tr>"
-                  for a, b, c in scalars]
-        parts.append("</table>")
-    if examples or examples_html:
-        parts.append("<h2>Examples</h2>")
-    for path in examples:
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        parts.append(f'<img alt="{esc(path.name)}" src="data:image/png;base64,{data}">')
-    if examples_html:
-        parts.append(f"<div id='examples'>{examples_html}</div>")
+    models = []
     for name, rep in reports.items():
-        parts.append(f"<h2>{esc(name)} model: attacks and checks</h2>")
-        parts.append(_html_table(rep.table))
-        parts.append("<ul>")
-        for c in rep.checks:
-            cls = {True: "pass", False: "fail", None: "na"}[c.passed]
-            parts.append(f'<li class="{cls}"><b>{esc(c.status)}</b>: {esc(c.name)}<br>'
-                         f"<small>{esc(c.detail)}</small></li>")
-        parts.append("</ul>")
-    versions = ", ".join(f"{k} {v}" for k, v in metrics["versions"].items())
-    parts += [
-        "<h2>Reproduce</h2>",
-        f"<pre id='command'>{esc(command)}</pre>",
-        f"<pre id='config'>{esc(config_yaml)}</pre>",
-        f"<p id='versions'>Versions: {esc(versions)}</p>",
-        "</body></html>",
-    ]
-    return "\n".join(parts)
+        head, rows = _cells(rep.table)
+        models.append({"name": name, "head": head, "rows": rows, "checks": rep.checks})
+    return render(
+        "run_report.html.j2",
+        domain=metrics["domain"], command_name=str(metrics.get("command", "run")), verdict=metrics["verdict"],
+        summary_head=SUMMARY_COLUMNS, summary_rows=_summary_rows(metrics),
+        summary_left=[i for i, c in enumerate(SUMMARY_COLUMNS) if c in ("model", "measure", "verdict")],
+        measure=_lead(next(iter(metrics["models"].values())))["measure"], budget_plot=_png(budget_figure(reports)),
+        history_plot="" if history.empty else _png(history_figure(history)),
+        breakdown_plot=_png(breakdown_figure(breakdowns)) if breakdowns else "", scalars=_scalars(metrics),
+        images=[(path.name, base64.b64encode(path.read_bytes()).decode("ascii")) for path in examples],
+        examples_html=examples_html, models=models, command=command, config_yaml=config_yaml,
+        versions=", ".join(f"{k} {v}" for k, v in metrics["versions"].items()),
+    )
 
 
 def write_reports(out: Path, metrics: dict[str, Any], reports: dict[str, RobustnessReport], history: pd.DataFrame,
                   config_yaml: str, command: str, examples_html: str = "") -> None:
     """Write ``report.md`` and the self-contained ``report.html`` into the run directory ``out``.
 
-    ``examples_html``: an HTML fragment showing the examples in the domain's own form, embedded as is.
+    ``examples_html``: the domain's view of its examples, embedded as is where it is markup that
+    :func:`robustkit.rendering.render` made (a plain string is shown as text).
     """
     examples = sorted((out / "examples").glob("*.png"))
     atomic_write_text(out / "report.md", _markdown(metrics, reports, config_yaml, command))

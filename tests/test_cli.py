@@ -28,7 +28,7 @@ def test_quickstart_hardens_the_toy_model(quickstart_run, capsys):
     html = (quickstart_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2
     index = (quickstart_run.parent / "index.html").read_text()
-    assert "href='toy/report.html'" in index
+    assert 'href="toy/report.html"' in index
     assert f"{hardened['robust_accuracy']['worst']:.1%}" in index
 
 

@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from robustkit.domain import Assessment, Examples
 from robustkit.evaluation.binary import threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of, model_device
 from robustkit.options import DomainOptions, option
+from robustkit.rendering import render
 from robustkit.training.methods import Method
 
 __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema",
@@ -268,22 +268,12 @@ class TabularDomain(Domain[TabularOptions]):
             return ""
         rows, cells = pd.read_csv(rows_path, index_col="index"), pd.read_csv(cells_path, dtype={"row": int})
         changed = rows[rows.index.isin(cells["row"])].sort_values("fooled", ascending=False, kind="stable")
-        head = f"<p>{len(changed)} of {len(rows)} attacked fraud rows changed"
-        if changed.empty:
-            return head + ".</p>"
-        lines = []
-        for index, row in changed.head(10).iterrows():
-            mine = cells[cells["row"] == index]
-            first = (f"<td rowspan={len(mine)}>{index}</td><td rowspan={len(mine)} class=l>"
-                     f"{'yes' if row['fooled'] else 'no'}</td><td rowspan={len(mine)}>{float(row['cost']):.4g}</td>")
-            for k, (_, cell) in enumerate(mine.iterrows()):
-                lines.append(f"<tr>{first if k == 0 else ''}<td class=l>{html.escape(str(cell['column']))}</td>"
-                             f"<td>{_shown(cell['original'])}</td><td>{_shown(cell['adversarial'])}</td>"
-                             f"<td>{float(cell['cost']):.4g}</td></tr>")
-        return (f"{head}; the first {min(len(changed), 10)}, one line per changed cell:</p>"
-                "<table class='changes'><tr><th>row</th><th class=l>evades detection</th><th>total cost</th>"
-                "<th class=l>column</th><th>original</th><th>adversarial</th><th>cost</th></tr>"
-                + "".join(lines) + "</table>")
+        groups = [{"row": index, "fooled": "yes" if row["fooled"] else "no", "cost": f"{float(row['cost']):.4g}",
+                   "cells": [{"column": str(cell["column"]), "original": _shown(cell["original"]),
+                              "adversarial": _shown(cell["adversarial"]), "cost": f"{float(cell['cost']):.4g}"}
+                             for _, cell in cells[cells["row"] == index].iterrows()]}
+                  for index, row in changed.head(10).iterrows()]
+        return render("examples.html.j2", __name__, n_changed=len(changed), n_rows=len(rows), groups=groups)
 
     # ----------------------------------------------------------------- persistence
     def save_model(self, model: nn.Module, directory: Path, spec: dict[str, Any],
@@ -305,8 +295,8 @@ def _segment_column(schema: Schema, name: str | None) -> str | None:
 
 
 def _shown(value: Any) -> str:
-    """A cell value for the report: numbers to 6 significant digits, everything escaped."""
+    """A cell value for the report: numbers to 6 significant digits."""
     try:
         return f"{float(value):.6g}"
     except (TypeError, ValueError):
-        return html.escape(str(value))
+        return str(value)

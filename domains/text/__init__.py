@@ -39,7 +39,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import html
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -53,6 +52,7 @@ from robustkit import ConfigError, ContinuousSpace, DataError, DatasetInfo, Disc
 from robustkit.domain import Assessment, Examples
 from robustkit.evaluation.binary import threshold_at_fpr
 from robustkit.models import ThresholdModel, frozen_eval, logits_of, model_device
+from robustkit.rendering import render
 from robustkit.spaces import PerturbationSpace
 from robustkit.training.methods import Method
 
@@ -366,11 +366,7 @@ class TextDomain(Domain[TextOptions]):
             writer.writeheader()
             writer.writerows(rows)
         html_path = directory / "examples.html"
-        html_path.write_text(
-            "<!doctype html><meta charset='utf-8'><title>text examples</title><style>mark{background:#fd8}"
-            f" .zw{{color:#c00;font-size:70%}}</style>{_pairs_html(rows)}\n",
-            encoding="utf-8",
-        )
+        html_path.write_text(render("examples_page.html.j2", __name__, rows=_with_words(rows)), encoding="utf-8")
         return [csv_path, html_path]
 
     def examples_html(self, directory: Path) -> str:
@@ -381,8 +377,8 @@ class TextDomain(Domain[TextOptions]):
         with path.open(encoding="utf-8", newline="") as f:
             rows = list(csv.DictReader(f))
         edited = [r for r in rows if r["original"] != r["adversarial"]]
-        head = f"<p>{len(edited)} of {len(rows)} example texts edited by the attack"
-        return head + (f"; the first {min(len(edited), 20)}:</p>" + _pairs_html(edited[:20]) if edited else ".</p>")
+        return render("examples.html.j2", __name__, n_edited=len(edited), n_rows=len(rows),
+                      rows=_with_words(edited[:20]))
 
     # ----------------------------------------------------------------- persistence
     def save_model(
@@ -448,24 +444,13 @@ def _spam_scores(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.T
     return torch.cat(parts) if parts else torch.zeros(0)
 
 
-def _pairs_html(rows: list[dict[str, Any]]) -> str:
-    """A table of (original, adversarial) text pairs with their label and predictions, edits highlighted."""
-    body = "".join(
-        f"<tr><td class=l>{html.escape(r['label'])}</td><td class=l>{html.escape(r['pred_clean'])} &rarr; "
-        f"{html.escape(r['pred_adversarial'])}</td><td class=l>{html.escape(r['original'])}</td>"
-        f"<td class=l>{_marked(r['original'], r['adversarial'])}</td></tr>"
-        for r in rows
-    )
-    return ("<p>Edited words are highlighted; invisible characters show as <span class='zw'>[ZW]</span>.</p>"
-            "<table class='text-pairs' border=1 cellpadding=4><tr><th class=l>label</th><th class=l>prediction</th>"
-            f"<th class=l>original</th><th class=l>adversarial</th></tr>{body}</table>")
-
-
-def _marked(original: str, adversarial: str) -> str:
-    """The adversarial text as HTML, words not in the original highlighted, invisible characters shown."""
-    orig = set(words(original))
+def _with_words(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Example rows with the adversarial text's words for ``pairs.html.j2``: each word's pieces around
+    invisible characters, and its folded form where the original does not have it (an edit, marked)."""
     out = []
-    for w in adversarial.split(" "):
-        shown = html.escape(w).replace("\u200b", "<span class='zw'>[ZW]</span>")
-        out.append(shown if w in orig or not w else f"<mark title='{html.escape(fold(w))}'>{shown}</mark>")
-    return " ".join(out)
+    for r in rows:
+        original = set(words(r["original"]))
+        edits = [{"pieces": w.split("\u200b"), "folded": None if w in original or not w else fold(w)}
+                 for w in r["adversarial"].split(" ")]
+        out.append({**r, "words": edits})
+    return out

@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import copy
 import dataclasses
-import html
 import io
 import json
 import math
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from robustkit.errors import DataError
 from robustkit.evaluation.checks import Check, verdict
 from robustkit.files import atomic_write_text
+from robustkit.rendering import render
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -459,53 +459,22 @@ class RobustnessReport:
         return "\n".join(lines) + "\n"
 
     # ------------------------------------------------------------------ HTML
-    def _html_body(self) -> str:
-        esc = html.escape
-        parts = [f'<h1>Robustness report</h1><p class="verdict">{esc(self.verdict)}</p><table class="summary">']
-        parts += [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in self._summary()]
-        parts.append("</table>")
-        parts.append(
-            f'<h2>Robust accuracy vs budget</h2><img src="data:image/png;base64,{self._png_base64()}" '
-            'alt="robust accuracy vs eps">'
-        )
-        parts.append("<h2>Results</h2><table><tr>" + "".join(f"<th>{esc(heading(c))}</th>" for c in COLUMNS) + "</tr>")
-        for row in self._rows():
-            cls = ' class="worst"' if row["attack"] == WORST else ""
-            parts.append(f"<tr{cls}>" + "".join(f"<td>{esc(c)}</td>" for c in self._cells(row)) + "</tr>")
-        parts.append("</table><h2>Gradient-masking checks</h2><ul>")
-        for c in self.checks:
-            cls = {True: "pass", False: "fail", None: "na"}[c.passed]
-            parts.append(
-                f'<li class="{cls}"><b>{esc(c.status)}</b>: {esc(c.name)}<br><small>{esc(c.detail)}</small></li>'
-            )
-        if not self.checks:
-            parts.append("<li>checks were not run</li>")
-        parts.append("</ul><h2>Attacks</h2><ul>")
-        parts += [f"<li><b>{esc(k)}</b>: {esc(_settings(v))}</li>" for k, v in self.attacks.items()]
-        parts.append("</ul>")
-        return "\n".join(parts)
+    def _html(self, layout: str) -> str:
+        rows = [(self._cells(row), row["attack"] == WORST) for row in self._rows()]
+        return render("evaluation.html.j2", layout=layout, verdict=self.verdict, summary=self._summary(),
+                      plot=self._png_base64(), head=[heading(c) for c in COLUMNS], rows=rows, checks=self.checks,
+                      attacks=[(k, _settings(v)) for k, v in self.attacks.items()])
 
     def to_html(self, path: str | os.PathLike[str] | None = None) -> str:
         """One self-contained HTML page (plot embedded as a base64 PNG); with ``path``, also written there."""
-        page = (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>robustkit report</title>'
-            f"<style>{_CSS}</style></head><body>\n{self._html_body()}\n</body></html>\n"
-        )
+        page = self._html("page.html.j2")
         if path is not None:
             atomic_write_text(Path(path), page)
         return page
 
     def _repr_html_(self) -> str:
-        return f"<div><style>{_CSS}</style>{self._html_body()}</div>"
-
-
-_CSS = (
-    "body{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;color:#222}"
-    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
-    "th{background:#f3f3f3}.summary th,.summary td{text-align:left}tr.worst{font-weight:bold}"
-    ".verdict{font-size:1.3em;font-weight:bold}li.pass b{color:#2a7a2a}li.fail b{color:#b00}li.na b{color:#777}"
-    "img{max-width:100%}"
-)
+        """The same report in a notebook cell: one ``div`` whose styles apply inside it only."""
+        return self._html("fragment.html.j2")
 
 
 def _settings(config: dict[str, Any]) -> str:
