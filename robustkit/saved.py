@@ -37,8 +37,8 @@ from robustkit.factory import check_finite
 from robustkit.files import atomic_write_dir
 from robustkit.training import methods as methods_mod
 
-__all__ = ["MANIFEST", "classes_from", "classes_meta", "method_config", "method_from", "module_state",
-           "read_folder", "read_weights", "write_folder"]
+__all__ = ["MANIFEST", "check_module_given", "classes_from", "classes_meta", "method_config", "method_from",
+           "module_state", "read_folder", "read_weights", "write_folder"]
 
 #: the manifest of a saved estimator folder
 MANIFEST = "classifier.json"
@@ -154,3 +154,13 @@ def classes_from(meta: dict[str, Any]) -> tuple[np.ndarray, Any]:
     classes = np.asarray(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
     return classes, classes[int(meta["pos_label_index"])]
 
+
+
+def check_module_given(meta: dict[str, Any], module: Any, path: Path) -> None:
+    """Refuse to load an estimator trained with ``module=`` without it, or one trained without it with one:
+    a module's code is never saved, so the caller passes the same one again."""
+    if meta.get("module") and module is None:
+        raise ModelError(f"{path} was trained with your own module=: pass the same one again, "
+                         "load(path, module=...) (its code is not saved, only its weights)")
+    if not meta.get("module") and module is not None:
+        raise ConfigError(f"{path} was trained with the built-in model, not a module=: load it without module")

@@ -28,7 +28,7 @@ from torch import nn
 
 from domains.tabular.blackbox import SklearnModel
 from domains.tabular.estimator import _mlp
-from domains.tabular.model import TabularMLP
+from domains.tabular.model import SchemaEncoder, TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.trees import TypedEstimator
@@ -36,6 +36,7 @@ from robustkit.errors import ConfigError, ModelError, RobustkitError
 from robustkit.saved import (
     MANIFEST,
     check_json,
+    check_module_given,
     classes_from,
     classes_meta,
     method_config,
@@ -105,7 +106,7 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
     """Write fitted ``clf`` to the folder ``path`` (replaced whole, atomically); every check runs first."""
     schema: Schema = clf.schema
     params = {k: v for k, v in clf.get_params(deep=False).items()
-              if k not in ("schema", "method", "estimator", "preprocessor")}
+              if k not in ("schema", "method", "estimator", "preprocessor", "module")}
     params["hidden"] = [int(h) for h in params["hidden"]]
     if params["class_weight"] is not None and not isinstance(params["class_weight"], str):
         params["class_weight"] = [float(w) for w in params["class_weight"]]
@@ -137,8 +138,10 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
     else:
         state = module_state(clf.model_)
         writers.append(lambda d: save_file(state, str(d / "model.safetensors")))
-        if clf.preprocessor_ is None:
-            meta["spec"] = clf.model_.spec
+        meta["module"] = clf.module is not None
+        if clf.preprocessor_ is None:  # the encoder's standardisation; the built-in model's spec holds it
+            meta["spec"] = clf.model_.spec if not meta["module"] else {
+                "mean": clf.model_[0].mean.tolist(), "std": clf.model_[0].std.tolist()}
         else:
             blob = _skops().dumps({"param": clf.preprocessor, "fitted": clf.preprocessor_})
             writers.append(lambda d: (d / "preprocessor.skops").write_bytes(blob))
@@ -165,23 +168,25 @@ def _read_skops(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def load_classifier(cls: type, path: str | Path) -> Any:
-    """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first."""
+def load_classifier(cls: type, path: str | Path, module: Any = None) -> Any:
+    """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first;
+    ``module``: the ``module=`` it was trained with."""
     path = Path(path)
     meta = read_folder(path, FORMAT, VERSION, "RobustTabularClassifier")
+    check_module_given(meta, module, path)
     try:
-        return _build(cls, path, meta)
+        return _build(cls, path, meta, module)
     except RobustkitError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
         raise ModelError(f"{path / MANIFEST} does not describe a fitted classifier ({exc})") from None
 
 
-def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
+def _build(cls: type, path: Path, meta: dict[str, Any], module: Any) -> Any:
     schema = Schema.from_dict(meta["schema"])
     params = dict(meta["params"])
     params["hidden"] = tuple(params["hidden"])
-    clf = cls(schema, method=method_from(meta["method"], {"pgd+search": _search_training}), **params)
+    clf = cls(schema, method=method_from(meta["method"], {"pgd+search": _search_training}), module=module, **params)
     clf.classes_, clf.pos_label_ = classes_from(meta)
     clf.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
     clf.n_features_in_ = len(clf.feature_names_in_)
@@ -196,10 +201,13 @@ def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
         if (path / "preprocessor.skops").is_file():
             parts = _read_skops(path / "preprocessor.skops")
             clf.preprocessor, clf.preprocessor_ = parts["param"], parts["fitted"]
-            encoder = bridge(clf.preprocessor_, schema)
-            model: Any = nn.Sequential(encoder, _mlp(encoder.out_features, clf.hidden))
+        if clf.preprocessor_ is None and module is None:
+            model: nn.Module = TabularMLP(meta["spec"])
         else:
-            model = TabularMLP(meta["spec"])
+            encoder: Any = bridge(clf.preprocessor_, schema) if clf.preprocessor_ is not None else SchemaEncoder(
+                schema, meta["spec"]["mean"], meta["spec"]["std"])
+            model = clf._with_module(encoder) if module is not None else nn.Sequential(
+                encoder, _mlp(encoder.out_features, clf.hidden))
         model.load_state_dict(read_weights(path / "model.safetensors"), strict=True)
         clf.model_ = model.eval()
         return clf

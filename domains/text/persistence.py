@@ -25,6 +25,7 @@ from robustkit.errors import ModelError, RobustkitError
 from robustkit.saved import (
     MANIFEST,
     check_json,
+    check_module_given,
     classes_from,
     classes_meta,
     method_config,
@@ -43,7 +44,7 @@ VERSION = 1
 
 def save_classifier(clf: Any, path: str | Path) -> Path:
     """Write fitted ``clf`` to the folder ``path`` (replaced whole, atomically); every check runs first."""
-    params = {k: v for k, v in clf.get_params(deep=False).items() if k != "method"}
+    params = {k: v for k, v in clf.get_params(deep=False).items() if k not in ("method", "module")}
     if params["attack_tricks"] is not None:
         params["attack_tricks"] = list(params["attack_tricks"])
     data: DomainData = clf.data_
@@ -51,6 +52,7 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
     tokenizer: Tokenizer = data.raw["tokenizer"]
     meta: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "params": params, "method": method_config(clf.method),
+        "module": clf.module is not None,
         "spec": {k: v for k, v in spec.items() if k != TOKENIZER_KEY}, "threshold": float(clf.threshold_),
         **classes_meta(clf.classes_, clf.pos_label_), "history": clf.history_.to_dict(orient="list"),
         "data": {**data.info.to_dict(), "dim": int(data.raw["dim"]), "target_fpr": float(data.raw["target_fpr"]),
@@ -62,20 +64,22 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
                                      lambda d: tokenizer.save(str(d / "tokenizer.json"))])
 
 
-def load_classifier(cls: type, path: str | Path) -> Any:
-    """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first."""
+def load_classifier(cls: type, path: str | Path, module: Any = None) -> Any:
+    """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first;
+    ``module``: the ``module=`` it was trained with."""
     path = Path(path)
     meta = read_folder(path, FORMAT, VERSION, "RobustSpamClassifier")
+    check_module_given(meta, module, path)
     try:
-        return _build(cls, path, meta)
+        return _build(cls, path, meta, module)
     except RobustkitError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
         raise ModelError(f"{path / MANIFEST} does not describe a fitted classifier ({exc})") from None
 
 
-def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
-    clf = cls(method=method_from(meta["method"]), **meta["params"])
+def _build(cls: type, path: Path, meta: dict[str, Any], module: Any) -> Any:
+    clf = cls(method=method_from(meta["method"]), module=module, **meta["params"])
     clf._check_params()
     try:
         tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
@@ -86,7 +90,8 @@ def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
         raise ModelError(f"{path}: the tokenizer has {tokenizer.get_vocab_size()} tokens but the model "
                          f"{spec['vocab_size']}: they do not belong together")
     domain = TextDomain()
-    model = domain.build_model({**spec, TOKENIZER_KEY: tokenizer.to_str()})
+    head = None if module is None else clf._head(int(spec["dim"]))
+    model = domain.build_model({**spec, TOKENIZER_KEY: tokenizer.to_str()}, head)
     model.load_state_dict(read_weights(path / "model.safetensors"), strict=True)
     clf.threshold_ = float(meta["threshold"])
     if not (math.isfinite(clf.threshold_) and 0 <= clf.threshold_ <= 1):
