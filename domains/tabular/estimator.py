@@ -220,7 +220,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                               f"{type(self.preprocessor).__name__}")
 
     def _features(self, X: Any) -> pd.DataFrame:
-        """``X`` checked against the schema: a DataFrame with exactly its feature columns."""
+        """``X`` checked against the schema (its feature columns, and any of its ``drop`` columns, which
+        :meth:`Schema.check_frame` accepts) reduced to the feature columns."""
         schema: Schema = self.schema
         if sparse.issparse(X):
             raise DataError("Sparse data was passed for X, but a DataFrame in the schema's columns is required: "
@@ -232,12 +233,13 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"X holds the target column {schema.target!r}: drop it from X and pass it as y")
         if len(X) == 0:
             raise DataError(f"Found X with 0 rows (shape={X.shape}) while a minimum of 1 is required")
-        Schema(schema.columns, schema.budget).check_frame(X, what="X")
+        Schema(schema.columns, schema.budget, drop=schema.drop).check_frame(X, what="X")  # X holds no target
         return X[schema.names]
 
     # ----------------------------------------------------------------- training
     def fit(self, X: pd.DataFrame, y: Any, sample_weight: Any = None) -> RobustTabularClassifier:
-        """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training.
+        """Train on ``X`` (the schema's columns; its ``drop`` columns, such as identifiers, are accepted
+        and left out, here and in every other method) and ``y`` (binary); every check runs before training.
 
         ``sample_weight`` (one weight >= 0 per row) weights each training row's loss, on top of
         ``class_weight``; a row of weight 0 trains as if left out. Validation rows (the threshold) are
