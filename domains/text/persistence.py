@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
 from domains.text import TOKENIZER_KEY, TextDataset, TextDomain
+from domains.text.options import TextOptions
 from robustkit.domain import DatasetInfo, DomainData
 from robustkit.errors import ModelError, RobustkitError
 from robustkit.saved import (
@@ -48,7 +49,8 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
     if params["attack_tricks"] is not None:
         params["attack_tricks"] = list(params["attack_tricks"])
     data: DomainData = clf.data_
-    spec = clf.domain_.model_spec(data, clf._options())
+    options: TextOptions = data.raw["options"]  # as fit read them
+    spec = clf.domain_.model_spec(data, options)
     tokenizer: Tokenizer = data.raw["tokenizer"]
     meta: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "params": params, "method": method_config(clf.method),
@@ -56,7 +58,7 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
         "spec": {k: v for k, v in spec.items() if k != TOKENIZER_KEY}, "threshold": float(clf.threshold_),
         **classes_meta(clf.classes_, clf.pos_label_), "history": clf.history_.to_dict(orient="list"),
         "data": {**data.info.to_dict(), "dim": int(data.raw["dim"]), "target_fpr": float(data.raw["target_fpr"]),
-                 "options": data.raw["options"]},
+                 "options": options.to_dict()},
     }
     check_json(meta, "this classifier's parameters")
     state = module_state(clf.model_)
@@ -101,7 +103,7 @@ def _build(cls: type, path: Path, meta: dict[str, Any], module: Any) -> Any:
                        class_names=list(domain.class_names))
     empty = TextDataset([], [], tokenizer, int(saved["dim"]))
     raw = {"tokenizer": tokenizer, "dim": int(saved["dim"]), "target_fpr": float(saved["target_fpr"]),
-           "options": dict(saved["options"])}
+           "options": domain.parse_options(saved["options"])}
     clf.domain_, clf.data_, clf.model_ = domain, DomainData(empty, empty, empty, info, raw), model.eval()
     clf.classes_, clf.pos_label_ = classes_from(meta)
     clf.history_ = pd.DataFrame(meta["history"])
