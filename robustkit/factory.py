@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import os
@@ -31,9 +32,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from robustkit.errors import ConfigError
+from robustkit.errors import ConfigError, ModelError
+from robustkit.models import frozen_eval
 
-__all__ = ["build_from_factory", "check_finite", "load_factory", "load_weights"]
+__all__ = ["build_from_factory", "check_finite", "load_factory", "load_weights", "own_module"]
 
 
 def load_factory(name: str) -> Callable[..., Any]:
@@ -140,3 +142,51 @@ def build_from_factory(name: str, arguments: dict[str, Any], weights: str | Path
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def own_module(module: Any, width: int, example: tuple[torch.Tensor, ...], contract: str) -> nn.Module:
+    """An estimator's ``module=`` made ready to train, checked before any training step.
+
+    ``module`` is a ``torch.nn.Module`` (trained as a copy: the parameter stays as given) or a function
+    (a class too) that takes ``width``, the size of its input's last dimension, and returns one. The
+    module is called once on ``example`` (eval mode, no gradients) and must return finite
+    floating-point logits of shape ``(N, 2)``; every error repeats ``contract``, what it receives and returns.
+
+    Example:
+        >>> own_module(lambda width: torch.nn.Linear(width, 2), 3, (torch.zeros(4, 3),), "(N, 3) -> (N, 2)")
+        Linear(in_features=3, out_features=2, bias=True)
+        >>> own_module(torch.nn.Linear(3, 1), 3, (torch.zeros(4, 3),), "x -> y")
+        Traceback (most recent call last):
+        ...
+        robustkit.errors.ModelError: module Linear returned a tensor of shape (4, 1) for 4 inputs: it must take x -> y
+    """
+    if isinstance(module, nn.Module):
+        built, name = copy.deepcopy(module), type(module).__name__
+    elif callable(module):
+        name = getattr(module, "__qualname__", type(module).__name__)
+        try:
+            built = module(width)
+        except Exception as exc:  # the user's code failed: say where
+            raise ConfigError(f"module {name}({width}) raised {type(exc).__name__}: {_short(exc)}; it must return "
+                              f"a torch.nn.Module that takes {contract}") from None
+        if not isinstance(built, nn.Module):
+            raise ConfigError(f"module {name}({width}) returned a {type(built).__name__}, not a torch.nn.Module")
+    else:
+        raise ConfigError(f"module must be a torch.nn.Module or a function of the input width returning one, got "
+                          f"{type(module).__name__}")
+    if not any(p.requires_grad for p in built.parameters()):
+        raise ConfigError(f"module {name} has no trainable parameters: nothing would learn")
+    n = len(example[0])
+    with frozen_eval(built), torch.no_grad():
+        try:
+            out = built(*example)
+        except Exception as exc:  # the user's forward does not fit the contract
+            raise ModelError(f"module {name} failed on a batch of {n}: {type(exc).__name__}: {_short(exc)}; it must "
+                             f"take {contract}") from None
+    if not isinstance(out, torch.Tensor) or not out.is_floating_point() or tuple(out.shape) != (n, 2):
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) and out.is_floating_point() \
+            else f"a {out.dtype} tensor" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ModelError(f"module {name} returned {got} for {n} inputs: it must take {contract}")
+    if not torch.isfinite(out).all():
+        raise ModelError(f"module {name} returned NaN or infinite logits at its initial weights")
+    return built

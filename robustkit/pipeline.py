@@ -535,11 +535,13 @@ def _tracker(config: RunConfig, out: Path) -> callbacks.Tracker | None:
     return callbacks.tracker(config.report_to, out / "tensorboard", run_name=out.name, params=params)
 
 
-def _hooks(name: str, then: str, tracker: callbacks.Tracker | None) -> list[callbacks.Callback]:
-    """Callbacks of one model's training: the per-epoch line (unless quiet, rank 0 only) and the tracker."""
+def _hooks(name: str, then: str, tracker: callbacks.Tracker | None, clock: callbacks.RunClock | None = None,
+           phase: int = 0) -> list[callbacks.Callback]:
+    """Callbacks of one model's training: the per-epoch line (unless quiet, rank 0 only; with the run's
+    ``clock``, the time left in all) and the tracker."""
     hooks: list[callbacks.Callback] = []
     if log.isEnabledFor(logging.INFO) and distributed.is_main():
-        hooks.append(callbacks.EpochLog(f"{name} model", then=then))
+        hooks.append(callbacks.EpochLog(f"{name} model", then=then, clock=clock, phase=phase))
     if tracker is not None:
         hooks.append(tracker.scoped(name))
     return hooks
@@ -567,11 +569,12 @@ def _harden(
     assert config.method is not None and config.epochs is not None
     start = time.perf_counter()
     then = f"then the hardened model ({config.epochs} epoch{'s' if config.epochs > 1 else ''})"
+    clock = callbacks.RunClock(["standard", None if config.method in domain.methods else config.method], config.epochs)
     trained = {
         "standard": _train("standard", "standard", domain, data, config, out, resume, progress,
-                           _hooks("standard", then, tracker)),
+                           _hooks("standard", then, tracker, clock, 0)),
         "hardened": _train("hardened", config.method, domain, data, config, out, resume, progress,
-                           _hooks("hardened", "", tracker)),
+                           _hooks("hardened", "", tracker, clock, 1)),
     }
     evaluated: dict[str, _Evaluated] = {}
     for name, t in trained.items():

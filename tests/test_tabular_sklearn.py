@@ -260,6 +260,21 @@ def test_hardened_estimator_keeps_more_fraud_recall_under_attack():
     assert list(rows.columns) == schema.names and not info["repair_failed"].any()
 
 
+def test_the_schemas_drop_columns_are_accepted_and_left_out():
+    base = card_schema()
+    schema = Schema(base.columns, base.budget, base.target, base.relations, drop=["customer_id"])
+    X, y = xy(300, seed=5)
+    with_ids = X.assign(customer_id=np.arange(len(X)))
+    clf = small(epochs=1).set_params(schema=schema).fit(with_ids, y)
+    reference = small(epochs=1).fit(X, y)  # the same training, as the ids are left out
+    np.testing.assert_array_equal(clf.predict_proba(with_ids), reference.predict_proba(X))
+    np.testing.assert_array_equal(clf.predict_proba(with_ids.assign(customer_id=-1)), clf.predict_proba(X))
+    rows, _ = clf.attack(with_ids[y.to_numpy() == 1].head(5), steps=3)
+    assert list(rows.columns) == schema.names
+    with pytest.raises(DataError, match="'account' that the schema does not declare"):
+        clf.predict(with_ids.assign(account=1))
+
+
 def test_errors_name_the_problem_before_training():
     X, y = xy(200, seed=3, fraud_rate=0.2)
     data_cases = [

@@ -46,6 +46,26 @@ def test_epoch_line_reports_each_epoch_and_the_time_left() -> None:
     assert "left" in lines[0] and lines[-1].endswith("done)")
 
 
+@pytest.mark.parametrize(("hardened", "left"), [
+    (rk.methods.PGDTraining(steps=4), "about 2 min 26 s"),  # 20 s + 3 epochs x (2 s + 8 s x 5 passes)
+    (rk.methods.Free(replays=4), "about 54 s"),  # 20 s + 1 epoch of 4 replays x (2 s + 8 s x 4)
+    (None, "at least 50 s"),  # a domain's own method: counted at the standard model's speed
+])
+def test_the_standard_models_lines_give_the_runs_training_time_left(monkeypatch, hardened, left) -> None:
+    clock = iter([0.0, 10.0])  # the fit starts, then its first epoch ends 10 s later: 8 s training, 2 s validation
+    monkeypatch.setattr(rk.callbacks.time, "monotonic", lambda: next(clock))
+    run = rk.callbacks.RunClock(["standard", hardened], epochs=3)
+    out = io.StringIO()
+    standard = rk.callbacks.EpochLog("standard model", then="then the hardened model", stream=out, clock=run)
+    trainer = type("Trainer", (), {"total_epochs": 3, "epoch": 1})()
+    standard.on_fit_start(trainer)
+    standard.on_epoch_end(trainer, {"epoch": 1, "train_loss": 0.5, "train_seconds": 8.0, "val_seconds": 2.0})
+    assert out.getvalue() == ("standard model epoch 1/3: loss 0.5000 (10.0 s; about 20 s left, then the hardened "
+                              f"model; {left} of training left in all)\n")
+    last = rk.callbacks.EpochLog("hardened model", stream=out, clock=run, phase=1)
+    assert "in all" not in last.line({"epoch": 1, "train_loss": 0.5}, total=3, left=5.0)
+
+
 def test_missing_tracking_library_is_refused_before_anything_is_written(tmp_path, monkeypatch) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlflow" else real(name, *a))

@@ -42,7 +42,7 @@ from torch.utils.data import TensorDataset
 
 from domains.tabular.attacks import worst_case
 from domains.tabular.blackbox import SklearnModel
-from domains.tabular.model import TabularMLP
+from domains.tabular.model import SchemaEncoder, TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.space import SchemaSpace, encode, repair
@@ -58,6 +58,7 @@ from robustkit.evaluation.binary import (
     threshold_at_fpr,
     two_columns,
 )
+from robustkit.factory import own_module
 from robustkit.models import ThresholdModel, frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import EpochLog, check_verbose
@@ -95,6 +96,11 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction: share of the rows held out for the threshold and the best-epoch choice.
         pos_label: the label of fraud (default: 1, True or "fraud"; other labels need it).
         estimator: an unfitted classifier with ``predict_proba`` to train instead of the MLP (cloned).
+        module: your own ``torch.nn.Module`` to train instead of the MLP, or a function (a class too) of the
+            feature width returning one. It receives the encoded rows, a float tensor ``(N, width)``:
+            the numeric columns standardised, then each categorical column one-hot, in schema order (with
+            ``preprocessor``: its output), and returns ``(N, 2)`` logits (not fraud, fraud). An instance
+            is trained as a copy; a factory is called at each ``fit``. Checked on one batch before training.
         rounds: attack-and-refit rounds of :func:`~domains.tabular.trees.harden_trees` (``estimator`` only).
 
     Example:
@@ -109,6 +115,10 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         'chargeback'
         >>> sorted(clf.evaluate(X, y, attack="pgd", steps=5))
         ['attack', 'attack_success_rate', 'budget', 'n_fraud', 'recall_attacked', 'recall_clean']
+        >>> from torch import nn
+        >>> own = RobustTabularClassifier(card_schema(), epochs=1, module=lambda width: nn.Linear(width, 2)).fit(X, y)
+        >>> own.model_[1]
+        Linear(in_features=18, out_features=2, bias=True)
     """
 
     def __init__(
@@ -129,6 +139,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         verbose: bool | int = False,
         estimator: Any = None,
         rounds: int = 2,
+        module: Any = None,
     ) -> None:
         self.schema = schema
         self.method = method
@@ -146,6 +157,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.verbose = verbose
         self.estimator = estimator
         self.rounds = rounds
+        self.module = module
 
     def __sklearn_tags__(self) -> Any:
         # X is a DataFrame in the schema's columns (numbers, categories as strings), never a bare array:
@@ -196,6 +208,11 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                                                                                           "predict_proba")):
             raise ConfigError(f"estimator must be a classifier with fit and predict_proba (e.g. "
                               f"HistGradientBoostingClassifier()), got {type(self.estimator).__name__}")
+        if self.module is not None and not (isinstance(self.module, nn.Module) or callable(self.module)):
+            raise ConfigError(f"module must be a torch.nn.Module or a function of the feature width returning one, "
+                              f"got {type(self.module).__name__}")
+        if self.module is not None and self.estimator is not None:
+            raise ConfigError("module and estimator both replace the MLP: pass one of them")
         if isinstance(self.rounds, bool) or not isinstance(self.rounds, int | np.integer) or self.rounds < 0:
             raise ConfigError(f"rounds must be an integer >= 0, got {self.rounds!r}")
         if self.preprocessor is not None and not isinstance(self.preprocessor, ColumnTransformer):
@@ -203,7 +220,8 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
                               f"{type(self.preprocessor).__name__}")
 
     def _features(self, X: Any) -> pd.DataFrame:
-        """``X`` checked against the schema: a DataFrame with exactly its feature columns."""
+        """``X`` checked against the schema (its feature columns, and any of its ``drop`` columns, which
+        :meth:`Schema.check_frame` accepts) reduced to the feature columns."""
         schema: Schema = self.schema
         if sparse.issparse(X):
             raise DataError("Sparse data was passed for X, but a DataFrame in the schema's columns is required: "
@@ -215,12 +233,13 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
             raise DataError(f"X holds the target column {schema.target!r}: drop it from X and pass it as y")
         if len(X) == 0:
             raise DataError(f"Found X with 0 rows (shape={X.shape}) while a minimum of 1 is required")
-        Schema(schema.columns, schema.budget).check_frame(X, what="X")
+        Schema(schema.columns, schema.budget, drop=schema.drop).check_frame(X, what="X")  # X holds no target
         return X[schema.names]
 
     # ----------------------------------------------------------------- training
     def fit(self, X: pd.DataFrame, y: Any, sample_weight: Any = None) -> RobustTabularClassifier:
-        """Train on ``X`` (the schema's columns) and ``y`` (binary); every check runs before training.
+        """Train on ``X`` (the schema's columns; its ``drop`` columns, such as identifiers, are accepted
+        and left out, here and in every other method) and ``y`` (binary); every check runs before training.
 
         ``sample_weight`` (one weight >= 0 per row) weights each training row's loss, on top of
         ``class_weight``; a row of weight 0 trains as if left out. Validation rows (the threshold) are
@@ -255,16 +274,18 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.preprocessor_ = None
         if self.preprocessor is None:
             numeric = [c.name for c in schema.columns if c.numeric]
-            std = [float(train[c].std()) for c in numeric]
-            spec = {"schema": schema.to_dict(), "mean": [float(train[c].mean()) for c in numeric],
-                    "std": [s if math.isfinite(s) and s > 0 else 1.0 for s in std], "hidden": list(self.hidden)}
-            model: nn.Module = TabularMLP(spec)
+            mean = [float(train[c].mean()) for c in numeric]
+            std = [s if math.isfinite(s) and s > 0 else 1.0 for s in (float(train[c].std()) for c in numeric)]
+            spec = {"schema": schema.to_dict(), "mean": mean, "std": std, "hidden": list(self.hidden)}
+            model: nn.Module = TabularMLP(spec) if self.module is None else self._with_module(
+                SchemaEncoder(schema, mean, std))
         else:
             pre = self.preprocessor
             pre = copy.deepcopy(pre) if hasattr(pre, "transformers_") else clone(pre).fit(train)
             encoder = bridge(pre, schema)
             self.preprocessor_ = pre
-            model = nn.Sequential(encoder, _mlp(encoder.out_features, self.hidden))
+            model = nn.Sequential(encoder, _mlp(encoder.out_features, self.hidden)) if self.module is None \
+                else self._with_module(encoder)
         method = copy.deepcopy(self.method) if isinstance(self.method, methods_mod.Method) else self.method
         class_weights = self.class_weight if self.class_weight is None or isinstance(self.class_weight, str) \
             else [float(w) for w in self.class_weight]
@@ -288,6 +309,12 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         self.budget_ = budget
         self.threshold_ = fitted.threshold
         return self
+
+    def _with_module(self, encoder: Any) -> nn.Sequential:
+        """``encoder`` (its output ``out_features`` wide) followed by the user's ``module``, checked first."""
+        width = int(encoder.out_features)
+        contract = f"a float tensor (N, {width}) of encoded rows and return (N, 2) logits (not fraud, fraud)"
+        return nn.Sequential(encoder, own_module(self.module, width, (torch.zeros(2, width),), contract))
 
     def _fit_estimator(self, train: pd.DataFrame, y_train: np.ndarray, x_val: torch.Tensor, y_val: torch.Tensor,
                        seed: int) -> RobustTabularClassifier:
@@ -314,9 +341,10 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         return save_classifier(self, path)
 
     @classmethod
-    def load(cls, path: str | Path) -> RobustTabularClassifier:
+    def load(cls, path: str | Path, module: Any = None) -> RobustTabularClassifier:
         """The classifier :meth:`save` wrote to ``path``; a changed file, a pickle or a skops file naming an
         untrusted type is refused (:class:`~robustkit.errors.ModelError`) before anything is loaded.
+        A classifier trained with ``module=`` needs the same ``module`` again (its code is never saved).
 
         Example:
             >>> import tempfile
@@ -331,7 +359,7 @@ class RobustTabularClassifier(ClassifierMixin, BaseEstimator):
         """
         from domains.tabular.persistence import load_classifier
 
-        loaded: RobustTabularClassifier = load_classifier(cls, path)
+        loaded: RobustTabularClassifier = load_classifier(cls, path, module)
         return loaded
 
     # ----------------------------------------------------------------- prediction

@@ -16,7 +16,6 @@ cannot run code on load. Other scikit-learn models are refused at save time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -24,20 +23,29 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from domains.tabular.blackbox import SklearnModel
 from domains.tabular.estimator import _mlp
-from domains.tabular.model import TabularMLP
+from domains.tabular.model import SchemaEncoder, TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.trees import TypedEstimator
 from robustkit.errors import ConfigError, ModelError, RobustkitError
-from robustkit.factory import check_finite
-from robustkit.training import methods as methods_mod
-from robustkit.training.checkpoint import atomic_write_dir
+from robustkit.saved import (
+    MANIFEST,
+    check_json,
+    check_module_given,
+    classes_from,
+    classes_meta,
+    method_config,
+    method_from,
+    module_state,
+    read_folder,
+    read_weights,
+    write_folder,
+)
 
 __all__ = ["TRUSTED_TYPES", "load_classifier", "save_classifier"]
 
@@ -50,7 +58,6 @@ TRUSTED_TYPES = (
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
     "sklearn.utils.validation.check_array",
 )
-_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def _skops() -> Any:
@@ -60,10 +67,6 @@ def _skops() -> Any:
         raise ConfigError('saving a scikit-learn model (a preprocessor or a HistGradientBoosting estimator) needs '
                           'skops: pip install -e ".[skops]"') from None
     return sio
-
-
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _library(estimator: Any) -> str:
@@ -93,47 +96,28 @@ class LightGBMBooster:
         return np.stack([1 - p, p], axis=1)
 
 
-def _method(method: Any) -> Any:
-    if isinstance(method, str):
-        return method
-    config = dict(method.config())
-    if config.get("name") not in (*methods_mod.NAMES, "pgd+search"):
-        raise ModelError(f"cannot save method {type(method).__name__}: only robustkit's methods are saved")
-    return config
+def _search_training(**options: Any) -> Any:
+    from domains.tabular.attacks import SearchTraining
 
-
-def _method_from(value: Any) -> Any:
-    if isinstance(value, str):
-        return value
-    options = dict(value)
-    name = options.pop("name")
-    if name == "pgd+search":
-        from domains.tabular.attacks import SearchTraining
-
-        return SearchTraining(**options)
-    return methods_mod.get(name, **options)
+    return SearchTraining(**options)
 
 
 def save_classifier(clf: Any, path: str | Path) -> Path:
     """Write fitted ``clf`` to the folder ``path`` (replaced whole, atomically); every check runs first."""
     schema: Schema = clf.schema
     params = {k: v for k, v in clf.get_params(deep=False).items()
-              if k not in ("schema", "method", "estimator", "preprocessor")}
+              if k not in ("schema", "method", "estimator", "preprocessor", "module")}
     params["hidden"] = [int(h) for h in params["hidden"]]
     if params["class_weight"] is not None and not isinstance(params["class_weight"], str):
         params["class_weight"] = [float(w) for w in params["class_weight"]]
-    classes = np.asarray(clf.classes_)
     meta: dict[str, Any] = {
-        "format": FORMAT, "version": VERSION, "params": params, "method": _method(clf.method),
+        "format": FORMAT, "version": VERSION, "params": params,
+        "method": method_config(clf.method, extra=("pgd+search",)),
         "schema": schema.to_dict(), "threshold": float(clf.threshold_), "budget": float(clf.budget_),
-        "classes": classes.tolist(), "classes_dtype": classes.dtype.str if classes.dtype != object else "object",
-        "pos_label_index": int(np.flatnonzero(classes == clf.pos_label_)[0]),
+        **classes_meta(clf.classes_, clf.pos_label_),
         "feature_names_in": [str(c) for c in clf.feature_names_in_], "history": clf.history_.to_dict(orient="list"),
     }
-    try:
-        json.dumps(meta, allow_nan=True)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"cannot save this classifier's parameters as JSON ({exc})") from None
+    check_json(meta, "this classifier's parameters")
     writers = []
     if clf.estimator_ is not None:
         library = _library(clf.estimator_)
@@ -152,21 +136,17 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
             else:
                 writers.append(lambda d: clf.estimator_.booster_.save_model(str(d / "estimator.txt")))
     else:
-        state = {k: v.detach().cpu().contiguous() for k, v in clf.model_.state_dict().items()}
+        state = module_state(clf.model_)
         writers.append(lambda d: save_file(state, str(d / "model.safetensors")))
-        if clf.preprocessor_ is None:
-            meta["spec"] = clf.model_.spec
+        meta["module"] = clf.module is not None
+        if clf.preprocessor_ is None:  # the encoder's standardisation; the built-in model's spec holds it
+            meta["spec"] = clf.model_.spec if not meta["module"] else {
+                "mean": clf.model_[0].mean.tolist(), "std": clf.model_[0].std.tolist()}
         else:
             blob = _skops().dumps({"param": clf.preprocessor, "fitted": clf.preprocessor_})
             writers.append(lambda d: (d / "preprocessor.skops").write_bytes(blob))
 
-    def write(folder: Path) -> None:
-        for w in writers:
-            w(folder)
-        meta["files"] = {p.name: _digest(p) for p in sorted(folder.iterdir())}
-        (folder / "classifier.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-
-    return atomic_write_dir(path, write)
+    return write_folder(path, meta, writers)
 
 
 def _read_skops(path: Path) -> dict[str, Any]:
@@ -188,55 +168,31 @@ def _read_skops(path: Path) -> dict[str, Any]:
     return loaded
 
 
-def _refuse_non_folder(path: Path) -> None:
-    if path.is_file():
-        head = path.read_bytes()[:2]
-        kind = "a pickle" if head[:1] == b"\x80" or path.suffix in _PICKLE_SUFFIXES else "a file"
-        raise ModelError(f"{path} is {kind}, not a saved RobustTabularClassifier folder: refused, nothing was loaded "
-                         "(pickles can run code; save with RobustTabularClassifier.save(folder))")
-    if not (path / "classifier.json").is_file():
-        pickles = sorted(p.name for p in path.glob("*") if p.suffix in _PICKLE_SUFFIXES) if path.is_dir() else []
-        hint = f" (found {', '.join(pickles)}: pickles are refused, they can run code)" if pickles else ""
-        raise ModelError(f"{path} is not a saved RobustTabularClassifier folder: no classifier.json{hint}")
-
-
-def load_classifier(cls: type, path: str | Path) -> Any:
-    """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first."""
+def load_classifier(cls: type, path: str | Path, module: Any = None) -> Any:
+    """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first;
+    ``module``: the ``module=`` it was trained with."""
     path = Path(path)
-    _refuse_non_folder(path)
+    meta = read_folder(path, FORMAT, VERSION, "RobustTabularClassifier")
+    check_module_given(meta, module, path)
     try:
-        meta = json.loads((path / "classifier.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path / 'classifier.json'} is not readable JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ModelError(f"{path / 'classifier.json'} is not a version-{VERSION} RobustTabularClassifier file")
-    files = meta.get("files")
-    present = {p.name for p in path.iterdir() if p.name != "classifier.json"}
-    if not isinstance(files, dict) or set(files) != present:
-        raise ModelError(f"{path}: its files ({', '.join(sorted(present))}) are not those classifier.json lists")
-    for name, digest in files.items():
-        if _digest(path / name) != digest:
-            raise ModelError(f"{path / name} was changed after it was saved (SHA-256 differs): refused")
-    try:
-        return _build(cls, path, meta)
+        return _build(cls, path, meta, module)
     except RobustkitError:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        raise ModelError(f"{path / 'classifier.json'} does not describe a fitted classifier ({exc})") from None
+        raise ModelError(f"{path / MANIFEST} does not describe a fitted classifier ({exc})") from None
 
 
-def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
+def _build(cls: type, path: Path, meta: dict[str, Any], module: Any) -> Any:
     schema = Schema.from_dict(meta["schema"])
     params = dict(meta["params"])
     params["hidden"] = tuple(params["hidden"])
-    clf = cls(schema, method=_method_from(meta["method"]), **params)
-    classes = np.asarray(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
-    clf.classes_, clf.pos_label_ = classes, classes[int(meta["pos_label_index"])]
+    clf = cls(schema, method=method_from(meta["method"], {"pgd+search": _search_training}), module=module, **params)
+    clf.classes_, clf.pos_label_ = classes_from(meta)
     clf.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
     clf.n_features_in_ = len(clf.feature_names_in_)
     clf.threshold_, clf.budget_ = float(meta["threshold"]), float(meta["budget"])
     if not (math.isfinite(clf.threshold_) and 0 <= clf.threshold_ <= 1):
-        raise ModelError(f"{path / 'classifier.json'}: threshold {clf.threshold_} is not a probability")
+        raise ModelError(f"{path / MANIFEST}: threshold {clf.threshold_} is not a probability")
     clf.history_ = pd.DataFrame(meta["history"])
     clf.preprocessor_ = None
     library = meta.get("estimator")
@@ -245,16 +201,14 @@ def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
         if (path / "preprocessor.skops").is_file():
             parts = _read_skops(path / "preprocessor.skops")
             clf.preprocessor, clf.preprocessor_ = parts["param"], parts["fitted"]
-            encoder = bridge(clf.preprocessor_, schema)
-            model: Any = nn.Sequential(encoder, _mlp(encoder.out_features, clf.hidden))
+        if clf.preprocessor_ is None and module is None:
+            model: nn.Module = TabularMLP(meta["spec"])
         else:
-            model = TabularMLP(meta["spec"])
-        try:
-            state = load_file(str(path / "model.safetensors"))
-        except (SafetensorError, OSError) as exc:
-            raise ModelError(f"{path / 'model.safetensors'} is not a readable safetensors file ({exc})") from None
-        check_finite(state, path / "model.safetensors")
-        model.load_state_dict(state, strict=True)
+            encoder: Any = bridge(clf.preprocessor_, schema) if clf.preprocessor_ is not None else SchemaEncoder(
+                schema, meta["spec"]["mean"], meta["spec"]["std"])
+            model = clf._with_module(encoder) if module is not None else nn.Sequential(
+                encoder, _mlp(encoder.out_features, clf.hidden))
+        model.load_state_dict(read_weights(path / "model.safetensors"), strict=True)
         clf.model_ = model.eval()
         return clf
     if library == "skops":
@@ -272,7 +226,7 @@ def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
         clf.estimator = lightgbm.LGBMClassifier(**meta["estimator_params"])
         fitted = LightGBMBooster(lightgbm.Booster(model_file=str(path / "estimator.txt")))
     else:
-        raise ModelError(f"{path / 'classifier.json'}: unknown estimator format {library!r}")
+        raise ModelError(f"{path / MANIFEST}: unknown estimator format {library!r}")
     clf.estimator_ = fitted
     clf.model_ = SklearnModel(TypedEstimator(fitted, schema), schema).eval()
     return clf

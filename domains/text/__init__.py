@@ -60,7 +60,7 @@ from . import hf
 from .adversarial import METHODS as TRAINING_METHODS
 from .adversarial import make_method
 from .data import TextSource, read_source, stratified_split, truncation_note
-from .model import MAX_TOKENS, TextCNN, TokenL2Ball, encode_ids, pad_inputs, train_tokenizer
+from .model import MAX_TOKENS, TextCNN, TokenHead, TokenL2Ball, TokenModel, encode_ids, pad_inputs, train_tokenizer
 from .normalise import normalise, normalise_aligned
 from .obfuscation import ObfuscationSpace, edit_cost, fold, words
 from .options import TextOptions
@@ -244,19 +244,17 @@ class TextDomain(Domain[TextOptions]):
             "text takes your own model as a local Hugging Face folder (--model hf:DIR), not --model-factory"
         )
 
-    def build_model(self, spec: dict[str, Any]) -> nn.Module:
+    def build_model(self, spec: dict[str, Any], head: nn.Module | None = None) -> nn.Module:
+        """The model ``spec`` describes: the built-in :class:`TextCNN`, a Hugging Face model, or with
+        ``head`` the spec's embedding table in front of it (:class:`~domains.text.model.TokenHead`)."""
         if spec.get("kind") == "hf":  # fine-tune the pretrained model, with a 2-label head
             pretrained = hf.load_hf(str(spec.get("path", "")), num_labels=int(spec.get("classes", 2)))
             pretrained.normalise = bool(spec.get("normalise", False))
             return pretrained
         try:
-            model = TextCNN(
-                int(spec["vocab_size"]),
-                int(spec["dim"]),
-                int(spec.get("channels", 64)),
-                int(spec.get("kernel", 3)),
-                int(spec.get("classes", 2)),
-            )
+            vocab, dim = int(spec["vocab_size"]), int(spec["dim"])
+            model: TokenModel = TokenHead(vocab, dim, head) if head is not None else TextCNN(
+                vocab, dim, int(spec.get("channels", 64)), int(spec.get("kernel", 3)), int(spec.get("classes", 2)))
         except (KeyError, TypeError, ValueError) as exc:
             shown = {k: v for k, v in spec.items() if k != TOKENIZER_KEY}
             raise ConfigError(f"text model spec {shown!r} is incomplete or invalid ({exc})") from None

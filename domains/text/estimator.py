@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import torch
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
+from torch import nn
 
 from domains.text import TextDomain
 from domains.text.data import TextSource
@@ -35,6 +37,7 @@ from robustkit.attacks import DiscreteSearch, Ensemble
 from robustkit.errors import ConfigError, DataError
 from robustkit.evaluation.binary import binary_labels, decide, known_positive, sample_weights, two_columns
 from robustkit.evaluation.presets import PRESETS
+from robustkit.factory import own_module
 from robustkit.models import frozen_eval, logits_of
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import EpochLog, check_verbose
@@ -63,6 +66,12 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
             accuracy, seconds, time left) on standard error.
         validation_fraction: share of the texts held out for the threshold and the best-epoch choice.
         pos_label: the label of spam (default: 1, True or "spam"; other labels need it).
+        module: your own ``torch.nn.Module`` to train after the embedding table instead of the built-in
+            CNN, or a function (a class too) of the embedding size ``dim`` returning one. It is called as
+            ``module(embeddings, mask)``: the token embeddings ``(N, L, dim)`` (zero at padding) and a bool
+            mask ``(N, L)`` (True at tokens), and returns ``(N, 2)`` logits (ham, spam). The embedding table
+            trains with it and attacks move the embeddings as for the built-in model. An instance is
+            trained as a copy; a factory is called at each ``fit``. Checked on one batch before training.
 
     Example:
         >>> from domains.text.data import demo_corpus
@@ -93,6 +102,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         validation_fraction: float = 0.2,
         pos_label: Any = None,
         verbose: bool | int = False,
+        module: Any = None,
     ) -> None:
         self.method = method
         self.budget = budget
@@ -109,6 +119,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.validation_fraction = validation_fraction
         self.pos_label = pos_label
         self.verbose = verbose
+        self.module = module
 
     def __sklearn_tags__(self) -> Any:
         # X is a list (or 1-D array) of texts, never a 2-D array of numbers: scikit-learn's checks feed
@@ -153,6 +164,9 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
                                               or not isinstance(self.random_state, int | np.integer)):
             raise ConfigError(f"random_state must be an integer or None, got {self.random_state!r}")
         check_verbose(self.verbose)
+        if self.module is not None and not (isinstance(self.module, nn.Module) or callable(self.module)):
+            raise ConfigError(f"module must be a torch.nn.Module or a function of the embedding size returning one, "
+                              f"got {type(self.module).__name__}")
         if isinstance(self.attack_tricks, str):
             raise ConfigError(f"attack_tricks must be a list of tricks among {', '.join(TRICKS)}, "
                               f"got the string {self.attack_tricks!r}")
@@ -203,7 +217,7 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
                               sample_weight=None if weights is None else weights.tolist())
         torch.manual_seed(seed)
         spec = domain.model_spec(data, options)
-        model = domain.build_model(spec)
+        model = domain.build_model(spec, None if self.module is None else self._head(int(spec["dim"])))
         method = copy.deepcopy(self.method) if isinstance(self.method, methods_mod.Method) else self.method
         fitted = fit_model(domain, data, model, TrainSettings(
             method=method, budget=float(self.budget), epochs=int(self.epochs), batch_size=int(self.batch_size),
@@ -220,6 +234,45 @@ class RobustSpamClassifier(ClassifierMixin, BaseEstimator):
         self.threshold_ = float(threshold)
         self.decided_ = domain.decided(model, self.threshold_)
         return self
+
+    def _head(self, dim: int) -> nn.Module:
+        """The user's ``module``, checked on two texts' embeddings (one padded) before any training."""
+        mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2])
+        example = torch.randn(2, 5, dim, generator=torch.Generator().manual_seed(0)) * mask.unsqueeze(-1)
+        contract = (f"module(embeddings, mask): embeddings (N, L, {dim}) floats (zero at padding) and mask (N, L) "
+                    "bools (True at tokens), and return (N, 2) logits (ham, spam)")
+        return own_module(self.module, dim, (example, mask), contract)
+
+    # ----------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted filter to the folder ``path`` without pickles (replaced whole, atomically):
+        safetensors weights, the tokenizer's JSON and the rest in JSON (:mod:`domains.text.persistence`).
+        Returns ``path``."""
+        check_is_fitted(self, "model_")
+        from domains.text.persistence import save_classifier  # it builds this class: imported when used
+
+        return save_classifier(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, module: Any = None) -> RobustSpamClassifier:
+        """The filter :meth:`save` wrote to ``path``; a changed, missing or extra file or a pickle is refused
+        (:class:`~robustkit.errors.ModelError`) before anything is loaded. A filter trained with
+        ``module=`` needs the same ``module`` again (its code is never saved).
+
+        Example:
+            >>> import tempfile
+            >>> from domains.text.data import demo_corpus
+            >>> texts, labels = demo_corpus(120, seed=0)
+            >>> clf = RobustSpamClassifier(method="standard", epochs=1).fit(texts, labels)
+            >>> with tempfile.TemporaryDirectory() as d:
+            ...     again = RobustSpamClassifier.load(clf.save(f"{d}/filter"))
+            >>> bool((again.predict_proba(texts) == clf.predict_proba(texts)).all())
+            True
+        """
+        from domains.text.persistence import load_classifier
+
+        loaded: RobustSpamClassifier = load_classifier(cls, path, module)
+        return loaded
 
     # ----------------------------------------------------------------- prediction
     def _space(self, budget: float | None = None) -> ObfuscationSpace:

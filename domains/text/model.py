@@ -26,7 +26,7 @@ from torch import nn
 from robustkit import _random
 from robustkit.spaces import ContinuousSpace
 
-__all__ = ["PAD", "UNK", "TextCNN", "TokenL2Ball", "encode_ids", "train_tokenizer"]
+__all__ = ["PAD", "UNK", "TextCNN", "TokenHead", "TokenL2Ball", "TokenModel", "encode_ids", "train_tokenizer"]
 
 PAD, UNK = "[PAD]", "[UNK]"
 #: longest text in tokens; longer texts are truncated (and counted)
@@ -87,35 +87,58 @@ def pad_inputs(ids: Sequence[Sequence[int]], dim: int, device: torch.device | st
     return x.to(device)
 
 
-class TextCNN(nn.Module):
-    """Token embeddings, a 1-D convolution with masked max pooling, and a linear layer to 2 logits."""
+class TokenModel(nn.Module):
+    """What every model on the ``(N, L, 1 + D)`` input shares: the embedding table (HotFlip scores read
+    it), the offset added to it and the padding mask, the tokenizer and the normaliser flag."""
 
-    def __init__(self, vocab_size: int, dim: int = 32, channels: int = 64, kernel: int = 3, classes: int = 2):
+    def __init__(self, vocab_size: int, dim: int) -> None:
         super().__init__()
         self.dim = dim
         self.embedding = nn.Embedding(vocab_size, dim, padding_idx=0)
-        self.conv = nn.Conv1d(dim, channels, kernel, padding=kernel // 2)
-        self.out = nn.Linear(channels + dim, classes)
         #: the tokenizer the model was trained with (attached by the domain; saved as tokenizer.json)
         self.tokenizer: Tokenizer | None = None
         #: whether the model reads normalised text (its spec's ``normalise``): its attacks normalise too
         self.normalise = False
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings (offset added) and the padding mask of an input ``(N, L, 1 + D)``."""
+        """Embeddings (offset added, zero at padding) and padding mask ``(N, L, 1)`` of an input ``(N, L, 1 + D)``."""
+        if x.dim() != 3 or x.shape[-1] != self.dim + 1:
+            raise ValueError(f"{type(self).__name__} takes (N, L, {self.dim + 1}) inputs, got {tuple(x.shape)}")
         ids = x[..., 0].round().long().clamp(0, self.embedding.num_embeddings - 1)
         mask = (ids != 0).unsqueeze(-1).to(x.dtype)
         scale = self.embedding.weight.detach().norm(dim=1).mean()
         return (self.embedding(ids) + scale * x[..., 1:]) * mask, mask
 
+
+class TextCNN(TokenModel):
+    """Token embeddings, a 1-D convolution with masked max pooling, and a linear layer to 2 logits."""
+
+    def __init__(self, vocab_size: int, dim: int = 32, channels: int = 64, kernel: int = 3, classes: int = 2):
+        super().__init__(vocab_size, dim)
+        self.conv = nn.Conv1d(dim, channels, kernel, padding=kernel // 2)
+        self.out = nn.Linear(channels + dim, classes)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3 or x.shape[-1] != self.dim + 1:
-            raise ValueError(f"TextCNN takes (N, L, {self.dim + 1}) inputs, got {tuple(x.shape)}")
         emb, mask = self.embed(x)
         h = torch.relu(self.conv(emb.transpose(1, 2))).transpose(1, 2)
         h = h.masked_fill(mask == 0, -1e4).amax(dim=1)
         mean = emb.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
         return self.out(torch.cat([h, mean], dim=1))
+
+
+class TokenHead(TokenModel):
+    """The trained embedding table in front of a user's ``head``: ``head(embeddings, mask)`` takes the
+    embeddings ``(N, L, D)`` (zero at padding) and a bool mask ``(N, L)`` (True at tokens) and returns
+    ``(N, 2)`` logits (ham, spam). Attacks move the embeddings, as they do for :class:`TextCNN`."""
+
+    def __init__(self, vocab_size: int, dim: int, head: nn.Module) -> None:
+        super().__init__(vocab_size, dim)
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb, mask = self.embed(x)
+        out: torch.Tensor = self.head(emb, mask[..., 0] > 0)
+        return out
 
 
 class TokenL2Ball(ContinuousSpace):

@@ -22,19 +22,21 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from tqdm.auto import tqdm
 
 from robustkit.errors import ConfigError
+from robustkit.training.methods import Method
+from robustkit.training.methods import get as get_method
 
 if TYPE_CHECKING:
     from robustkit.training.trainer import AdversarialTrainer
 
-__all__ = ["Callback", "EpochLog", "MLflow", "TensorBoard", "Tracker", "check_verbose", "epoch_metrics", "require",
-           "tracker"]
+__all__ = ["Callback", "EpochLog", "MLflow", "RunClock", "TensorBoard", "Tracker", "check_verbose", "epoch_metrics",
+           "require", "tracker"]
 
 #: names ``--report-to`` takes
 REPORT_TO = ("none", "tensorboard", "mlflow")
@@ -82,6 +84,48 @@ def _duration(seconds: float) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
+class RunClock:
+    """The training time left in a run that trains models one after another (``robustkit harden``: the
+    standard model, then the hardened one), for the lines of their :class:`EpochLog` callbacks.
+
+    While one model trains, each later model's epoch is estimated from the current model's measured
+    epochs: the validation part as it is (every model validates the same way) and the training part
+    scaled by the ratio of the methods' :attr:`~robustkit.training.methods.Method.passes`. A method
+    whose passes are unknown (a domain's own, such as text's ``discrete``) is counted at the current
+    model's speed, and the estimate becomes a lower bound ("at least").
+
+    Args:
+        methods: each model's training method in order: a core method's name or object, or None for
+            one the clock cannot size.
+        epochs: the epochs each model trains (a method that replays batches trains fewer).
+
+    Example:
+        >>> clock = RunClock(["standard", "pgd"], epochs=3)  # PGD-10: 11 passes per epoch
+        >>> clock.later(0, per_epoch=2.0, record={"train_seconds": 1.0, "val_seconds": 1.0})
+        (36.0, True)
+    """
+
+    def __init__(self, methods: Sequence[str | Method | None], epochs: int) -> None:
+        resolved = [None if m is None else get_method(m) for m in methods]
+        self.plan = [(epochs, None) if m is None else (max(1, math.ceil(epochs / m.replays)), m.passes)
+                     for m in resolved]
+
+    def later(self, phase: int, per_epoch: float, record: Mapping[str, Any]) -> tuple[float, bool]:
+        """Seconds the models after ``phase`` will train, from its ``per_epoch`` seconds and the split of
+        its latest epoch ``record`` into training and validation time; and whether that is an estimate
+        (True) or only a lower bound (False)."""
+        train = float(record.get("train_seconds", 0.0))
+        val = float(record.get("val_seconds", 0.0))
+        share = train / (train + val) if train + val > 0 else 1.0
+        current = self.plan[phase][1]
+        seconds, sized = 0.0, True
+        for epochs, passes in self.plan[phase + 1:]:
+            ratio = passes / current if passes is not None and current is not None else 1.0
+            sized = sized and passes is not None and current is not None
+            seconds += epochs * per_epoch * (1 - share + share * ratio)
+        return seconds, sized
+
+
 class EpochLog(Callback):
     """One line per epoch that stays on screen (progress bars stay intact): training loss, validation
     clean and robust accuracy, the epoch's seconds and the training time left.
@@ -90,6 +134,8 @@ class EpochLog(Callback):
         label: printed first (e.g. the model's name).
         then: what trains after this fit, said with the time left (e.g. ``"then the hardened model"``).
         stream: where the lines go (default: standard error).
+        clock: the run's :class:`RunClock` when more models train after this one, and ``phase``, this
+            model's place in it: the line then also gives the training time left in all.
 
     Example:
         >>> import io, robustkit as rk
@@ -100,13 +146,16 @@ class EpochLog(Callback):
         'hardened epoch 1/2: loss 0.4123, val clean 90.0%, robust 50.0% (2.5 s; about 2 s left)'
     """
 
-    def __init__(self, label: str = "", *, then: str = "", stream: TextIO | None = None) -> None:
+    def __init__(self, label: str = "", *, then: str = "", stream: TextIO | None = None,
+                 clock: RunClock | None = None, phase: int = 0) -> None:
         self.label, self.then, self.stream = label, then, stream
+        self.clock, self.phase = clock, phase
         self._start = 0.0
         self._done = 0
 
-    def line(self, record: Mapping[str, Any], total: int, left: float) -> str:
-        """The line for one epoch's ``record`` of ``total`` epochs, ``left`` seconds of training left."""
+    def line(self, record: Mapping[str, Any], total: int, left: float, overall: str = "") -> str:
+        """The line for one epoch's ``record`` of ``total`` epochs, ``left`` seconds of training left
+        (``overall``: the run's, said last)."""
         parts = [f"loss {record['train_loss']:.4f}"]
         if "val_clean_accuracy" in record:
             parts.append(f"val clean {record['val_clean_accuracy']:.1%}")
@@ -116,6 +165,8 @@ class EpochLog(Callback):
         rest = f"about {_duration(left)} left" if record["epoch"] < total else "done"
         if self.then:
             rest += f", {self.then}"
+        if overall:
+            rest += f"; {overall}"
         head = f"{self.label} epoch" if self.label else "epoch"
         return f"{head} {record['epoch']}/{total}: {', '.join(parts)} ({seconds:.1f} s; {rest})"
 
@@ -126,7 +177,11 @@ class EpochLog(Callback):
         self._done += 1  # epochs run by this process (a resumed fit times only its own)
         per_epoch = (time.monotonic() - self._start) / self._done
         left = per_epoch * max(0, trainer.total_epochs - trainer.epoch)
-        tqdm.write(self.line(record, trainer.total_epochs, left), file=self.stream or sys.stderr)
+        overall = ""
+        if self.clock is not None and self.phase + 1 < len(self.clock.plan):
+            later, sized = self.clock.later(self.phase, per_epoch, record)
+            overall = f"{'about' if sized else 'at least'} {_duration(left + later)} of training left in all"
+        tqdm.write(self.line(record, trainer.total_epochs, left, overall), file=self.stream or sys.stderr)
 
 
 def check_verbose(verbose: Any) -> None:

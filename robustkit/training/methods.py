@@ -95,6 +95,9 @@ class Method:
     name = "method"
     #: optimizer steps taken on each batch (``Free`` replays); epochs are divided by it
     replays = 1
+    #: forward-backward passes over the training data per epoch, relative to standard training: what
+    #: :class:`~robustkit.training.callbacks.RunClock` scales an epoch's time by (None: unknown)
+    passes: float | None = None
     #: run the catastrophic-overfitting guard every epoch (``Fast``)
     guard = False
     #: keep the epoch with the best robust validation accuracy (an attack over the training space).
@@ -121,6 +124,7 @@ class Standard(Method):
     """Plain training on clean inputs: the baseline every report compares against."""
 
     name = "standard"
+    passes = 1.0
 
     def loss(self, batch: Batch) -> torch.Tensor:
         return batch.criterion(batch.forward(batch.x), batch.y)
@@ -130,6 +134,7 @@ class FGSMMix(Method):
     """The classic recipe (Goodfellow et al. 2015): clean and FGSM batches concatenated, equal weight."""
 
     name = "fgsm-mix"
+    passes = 3.0  # the FGSM pass, then the clean and adversarial halves
 
     def loss(self, batch: Batch) -> torch.Tensor:
         x_adv = FGSM(batch.space, seed=batch.seed)(batch.model, batch.x, batch.y, mask=batch.attackable).x_adv
@@ -158,6 +163,7 @@ class Fast(_AdversarialCE):
 
     name = "fast"
     guard = True
+    passes = 2.0  # one attack step, one training pass
 
     def __init__(self, alpha: float = 1.25, guard_drop: float = 0.2, guard_steps: int = 10) -> None:
         if not alpha > 0 or not 0 < guard_drop <= 1 or guard_steps < 1:
@@ -180,6 +186,7 @@ class PGDTraining(_AdversarialCE):
         if steps < 1:
             raise ConfigError(f"steps must be >= 1, got {steps!r}")
         self.steps, self.step_size = int(steps), step_size
+        self.passes = self.steps + 1.0  # every step runs to the end (no early stop), then the training pass
 
     def _attack(self, space: ContinuousSpace, seed: int) -> PGD:
         return PGD(space, steps=self.steps, step_size=self.step_size, seed=seed, early_stop=False)
@@ -198,6 +205,7 @@ class TRADES(Method):
         if beta < 0 or steps < 1:
             raise ConfigError("TRADES needs beta >= 0 and steps >= 1")
         self.beta, self.steps, self.step_size = float(beta), int(steps), step_size
+        self.passes = self.steps + 2.0  # the KL steps, then the clean and adversarial training passes
 
     @staticmethod
     def _kl_loss(logits: torch.Tensor, y: torch.Tensor, clean_logits: torch.Tensor | None) -> torch.Tensor:
@@ -242,6 +250,7 @@ class Free(Method):
         if replays < 1:
             raise ConfigError(f"replays must be >= 1, got {replays!r}")
         self.replays = int(replays)
+        self.passes = float(self.replays)  # each batch replayed (the epochs are divided by the replays)
         self._delta: torch.Tensor | None = None
         self._x_adv: torch.Tensor | None = None
 
