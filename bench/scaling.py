@@ -82,7 +82,7 @@ def train_worker(args: argparse.Namespace) -> None:
 
     def fit(lo: int, hi: int) -> float:
         trainer = rk.AdversarialTrainer(model, space, _method(args.method), optimizer, seed=0, device=device,
-                                        amp=args.amp, progress=False, select_best=False)
+                                        amp=args.amp, progress=False)
         data = distributed.loader(TensorDataset(x[lo:hi], y[lo:hi]), batch_size=args.batch, shuffle=False)
         distributed.barrier()
         if device.type == "cuda":

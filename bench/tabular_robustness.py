@@ -114,7 +114,7 @@ def train(kind: str, data: DomainData, seed: int, args: argparse.Namespace) -> t
     trainer = rk.AdversarialTrainer(
         model, train_space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=args.lr),
         eps_warmup=args.warmup if hardened else 0.0, class_weights=args.class_weights if hardened else None,
-        attackable=lambda x, y: y == 1, seed=seed, progress=False, select_best=hardened,
+        attackable=lambda x, y: y == 1, seed=seed, progress=False,
     )
     started = time.perf_counter()
     trainer.fit(domain.loader(data.train, 128, shuffle=True), epochs=args.epochs if hardened else args.epochs_standard,

@@ -185,7 +185,7 @@ def train(
     trainer = rk.AdversarialTrainer(
         model, domain.space(budget, data), method=own,
         optimizer=torch.optim.Adam(model.parameters(), lr=domain.default_lr_for(spec, options)),
-        attackable=attackable, seed=seed, progress=False, select_best=method != "standard",
+        attackable=attackable, seed=seed, progress=False,
     )
     _sync(device)
     started = time.perf_counter()
@@ -198,7 +198,7 @@ def train(
     model.eval()
     history = [{k: v for k, v in r.items() if isinstance(v, int | float | bool | str)} for r in trainer.history]
     # the epoch whose weights the model has: the last one marked best where the trainer restores it, else the last
-    best = [int(r["epoch"]) for r in history if r.get("best")] if trainer.select_best else []
+    best = [int(r["epoch"]) for r in history if r.get("best")] if trainer.method.select_by_validation else []
     return {"model": model, "method": method, "threshold": choose_threshold(domain, model, data, device),
             "train_seconds": seconds, "history": history,
             "selected_epoch": best[-1] if best else int(history[-1]["epoch"])}

@@ -47,7 +47,7 @@ def test_trainer_amp_auto_is_full_precision_on_cpu_and_bf16_trains() -> None:
     for amp in (None, "auto", "bf16"):
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
-        trainer = rk.AdversarialTrainer(model, space, method="pgd", amp=amp, progress=False, select_best=False)
+        trainer = rk.AdversarialTrainer(model, space, method="pgd", amp=amp, progress=False)
         history = trainer.fit(distributed.loader(TensorDataset(x, y), batch_size=32), epochs=1)
         assert history["train_loss"].notna().all()
         states[amp] = model.state_dict()

@@ -65,7 +65,7 @@ def test_evaluate_over_a_stream_equals_in_memory(table: Path) -> None:
 def test_trainer_fits_on_a_stream(table: Path) -> None:
     space = rk.LinfBall(eps=0.05, bounds=(0.0, 1.0))
     model = _model()
-    trainer = rk.AdversarialTrainer(model, space, method="pgd", progress=False, select_best=False,
+    trainer = rk.AdversarialTrainer(model, space, method="pgd", progress=False,
                                     optimizer=torch.optim.Adam(model.parameters(), lr=0.01))
     stream = DataLoader(TableStream(table, _to_batch, batch_rows=32), batch_size=None)
     history = trainer.fit(stream, epochs=3)

@@ -142,7 +142,7 @@ def test_repair_failures_stay_rare_under_pgd_with_an_integer_relation():
     torch.manual_seed(0)
     model = domain.build_model(domain.model_spec(data, TabularOptions()))
     rk.AdversarialTrainer(model, domain.space(schema.budget, data), method="standard", progress=False,
-                          optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), select_best=False).fit(
+                          optimizer=torch.optim.Adam(model.parameters(), lr=3e-3)).fit(
         domain.loader(data.train, 128, shuffle=True), epochs=3)
     decided = domain.decided(model.eval(), domain.choose_threshold(model, data))
     x, y = data.test.tensors
@@ -244,7 +244,7 @@ def test_worst_case_rows_and_the_examples_csv_cover_every_test_fraud_row(tmp_pat
     torch.manual_seed(0)
     model = domain.build_model(domain.model_spec(data, TabularOptions()))
     rk.AdversarialTrainer(model, domain.space(schema.budget, data), method="standard", progress=False,
-                          optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), select_best=False).fit(
+                          optimizer=torch.optim.Adam(model.parameters(), lr=3e-3)).fit(
         domain.loader(data.train, 128, shuffle=True), epochs=3)
     threshold = domain.choose_threshold(model, data)
     decided = domain.decided(model.eval(), threshold)

@@ -180,7 +180,7 @@ def trained() -> Trained:
             method = methods[name] = domain.training_method(name, data, BUDGET)  # type: ignore[assignment]
         trainer = rk.AdversarialTrainer(
             model, domain.space(BUDGET, data), method=method, optimizer=torch.optim.Adam(model.parameters(), lr=3e-3),
-            callbacks=[watch], select_best=False, seed=SEED,
+            callbacks=[watch], seed=SEED,
         )
         history = trainer.fit(domain.loader(train, 32, shuffle=True), epochs=EPOCHS)
         assert watch.epochs_checked == EPOCHS and train.ids == clean  # clean data is back after training

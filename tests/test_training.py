@@ -193,6 +193,32 @@ def test_catastrophic_overfitting_guard_restores_the_best_weights(data):
         assert torch.equal(v, snapshots[best_epoch][k]), k
 
 
+def test_a_fast_run_resumed_after_a_kill_fires_its_guard_as_the_uninterrupted_run_does(data, tmp_path):
+    class Collapse(rk.Callback):
+        def on_step_end(self, trainer, loss):
+            if trainer.global_step == 3 * 16:
+                with torch.no_grad():
+                    trainer.model[0].weight[:, :2] = 0.0
+                    trainer.model[0].weight[:, 2:] *= 20.0
+
+    def run(callbacks, ckpt, resume=None):
+        model = make_model()
+        trainer = rk.AdversarialTrainer(model, SPACE, method="fast", optimizer=torch.optim.Adam(model.parameters(),
+                                        lr=3e-3), checkpoint_dir=ckpt, callbacks=callbacks, progress=False)
+        trainer.fit(loader(data), epochs=6, resume=resume)
+        return model, trainer
+
+    full, trained = run([Collapse()], tmp_path / "full")
+    with pytest.raises(Killed):
+        run([Collapse(), KillAfter(2)], tmp_path / "cut")
+    resumed, again = run([Collapse()], tmp_path / "cut", resume=tmp_path / "cut")
+    assert [r["guard_fired"] for r in again.history] == [False, False, True]
+    untimed = [[{k: v for k, v in r.items() if not k.endswith("seconds")} for r in t.history] for t in (trained, again)]
+    assert untimed[0] == untimed[1]
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_eps_warmup_and_class_weights(data):
     model = make_model()
     trainer = rk.AdversarialTrainer(model, SPACE, method="pgd", eps_warmup=2, class_weights="balanced", progress=False)
@@ -217,6 +243,18 @@ def test_attackable_mask_leaves_other_examples_clean(data):
                                     progress=False)
     trainer.fit(loader(data), epochs=1)
     assert seen and all(m.any() and not m.all() for m in seen)
+
+
+def test_a_method_returns_its_logits_and_one_that_returns_a_bare_loss_is_refused(data):
+    class Bare(rk.methods.Standard):
+        def loss(self, batch):
+            return super().loss(batch).value
+
+    small = loader({"x": data["x"][:256], "y": data["y"][:256]})
+    with pytest.raises(rk.ConfigError, match=r"Bare\.loss returned Tensor: a method returns rk\.methods\.Loss"):
+        rk.AdversarialTrainer(make_model(), SPACE, method=Bare(), progress=False).fit(small, epochs=1)
+    history = rk.AdversarialTrainer(make_model(), SPACE, method="trades", progress=False).fit(small, epochs=1)
+    assert 0 < float(history["train_accuracy"][0]) < 1  # counted on the adversarial logits TRADES returned
 
 
 def test_training_leaves_no_gradient_in_inputs_and_restores_train_mode_after_attacks(data):

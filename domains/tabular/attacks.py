@@ -59,7 +59,7 @@ from robustkit.attacks.base import Attack
 from robustkit.errors import ConfigError, DataError
 from robustkit.models import ThresholdModel, frozen_eval, logits_of, model_device
 from robustkit.spaces import DiscreteSpace, Edit
-from robustkit.training.methods import Batch, Method
+from robustkit.training.methods import Batch, Loss, Method
 
 __all__ = ["Anchored", "CategoricalSpace", "Row", "SearchTraining", "SparseSchemaSpace", "WorstCase", "changes",
            "describe_changes", "fraud_probability", "repair_rows", "strongest_attacks", "worst_case"]
@@ -629,7 +629,7 @@ class SearchTraining(Method):
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "steps": self.steps, "candidates": self.candidates, "max_edits": self.max_edits}
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch) -> Loss:
         space = batch.space
         if not isinstance(space, SchemaSpace):
             raise ConfigError(f"SearchTraining needs a SchemaSpace, got {type(space).__name__}")

@@ -106,7 +106,7 @@ def distill_surrogate(model: nn.Module, train: pd.DataFrame, schema: Schema, thr
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, labels), batch_size=128, shuffle=True,
                                          generator=generator)
     trainer = AdversarialTrainer(surrogate, SchemaSpace(schema), "standard", class_weights=weights, seed=seed,
-                                 select_best=False, progress=False)
+                                 progress=False)
     trainer.optimizer = torch.optim.Adam(surrogate.parameters(), lr=3e-3)
     trainer.fit(loader, epochs=epochs)
     return surrogate.eval()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import logging
 import math
 import os
 import sys
@@ -35,15 +36,29 @@ from robustkit.training.methods import get as get_method
 if TYPE_CHECKING:
     from robustkit.training.trainer import AdversarialTrainer
 
-__all__ = ["Callback", "EpochLog", "MLflow", "RunClock", "TensorBoard", "Tracker", "check_verbose", "epoch_metrics",
-           "require", "tracker"]
+__all__ = ["Callback", "EpochLog", "MLflow", "OverfittingGuard", "RunClock", "TensorBoard", "Tracker", "check_verbose",
+           "epoch_metrics", "require", "tracker"]
+
+log = logging.getLogger("robustkit")
 
 #: names ``--report-to`` takes
 REPORT_TO = ("none", "tensorboard", "mlflow")
 
 
 class Callback:
-    """Base class: override the hooks you need; set ``trainer.stop_training = True`` to stop."""
+    """Base class: override the hooks you need; set ``trainer.stop_training = True`` to stop.
+
+    A callback whose decisions depend on earlier epochs keeps that memory in :meth:`state_dict`: the trainer
+    saves it in every checkpoint and hands it back through :meth:`load_state_dict` on resume, so a resumed
+    run decides as the uninterrupted one would.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback remembers across epochs (numbers, strings, lists, dicts, tensors); default none."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`state_dict` returned, when a fit resumes from a checkpoint."""
 
     def on_fit_start(self, trainer: AdversarialTrainer) -> None:
         """Before the first epoch (after a resume, before the first remaining epoch)."""
@@ -60,6 +75,50 @@ class Callback:
 
     def on_fit_end(self, trainer: AdversarialTrainer) -> None:
         """After training (and after the best weights were restored)."""
+
+
+class OverfittingGuard(Callback):
+    """The guard against catastrophic overfitting that FGSM-based training brings (:class:`~robustkit.methods.Fast`
+    adds it itself): after every epoch it measures PGD accuracy on a held-out batch, keeps the weights where it was
+    best, and if it falls by more than ``drop`` below that best, restores them and stops training (Wong et al.
+    2020). It adds ``guard_robust_accuracy`` and ``guard_fired`` to each epoch's record.
+
+    Example:
+        >>> guard = OverfittingGuard(drop=0.2, steps=10)
+        >>> guard.state_dict()
+        {'best': None, 'weights': None}
+    """
+
+    def __init__(self, drop: float = 0.2, steps: int = 10) -> None:
+        if not 0 < drop <= 1 or steps < 1:
+            raise ConfigError(f"OverfittingGuard needs 0 < drop <= 1 and steps >= 1, got drop={drop!r}, "
+                              f"steps={steps!r}")
+        self.drop, self.steps = float(drop), int(steps)
+        self.best: float | None = None
+        self.weights: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.weights = state.get("best"), state.get("weights")
+
+    def on_epoch_end(self, trainer: AdversarialTrainer, record: dict[str, Any]) -> None:
+        from robustkit.attacks import PGD
+
+        attack = PGD(trainer.space, steps=self.steps, seed=trainer.seed)
+        _, accuracy, _ = trainer.robust_accuracy(trainer.held_out, attack)
+        record.update(guard_robust_accuracy=accuracy, guard_fired=False)
+        if self.best is None or accuracy > self.best:
+            self.best = accuracy
+            self.weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        elif accuracy < self.best - self.drop:
+            assert self.weights is not None
+            log.warning("catastrophic overfitting: PGD accuracy on the held-out batch fell from %.3f to %.3f; "
+                        "restoring the best weights and stopping", self.best, accuracy)
+            trainer.model.load_state_dict(self.weights)
+            record["guard_fired"] = True
+            trainer.stop_training = True
 
 
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:

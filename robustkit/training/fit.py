@@ -76,10 +76,6 @@ class TrainSettings:
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
 
-    @property
-    def method_name(self) -> str:
-        return self.method if isinstance(self.method, str) else self.method.name
-
 
 @dataclass
 class Fitted:
@@ -113,7 +109,7 @@ def fit_model(
         optimizer=torch.optim.Adam(model.parameters(), lr=float(settings.lr)),
         eps_warmup=settings.eps_warmup, class_weights=settings.class_weights, attackable=domain.attackable_mask,
         checkpoint_dir=settings.checkpoint_dir, seed=settings.seed, progress=settings.progress,
-        callbacks=settings.callbacks, select_best=settings.method_name != "standard",
+        callbacks=settings.callbacks,
     )
     trainer.fit(
         distributed.sharded(domain.loader(data.train, settings.batch_size, shuffle=True), shuffle=True,

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -24,7 +24,19 @@ from robustkit.errors import ConfigError
 from robustkit.models import logits_of
 from robustkit.spaces import ContinuousSpace
 
-__all__ = ["TRADES", "FGSMMix", "Fast", "Free", "Method", "PGDTraining", "Standard", "get"]
+if TYPE_CHECKING:
+    from robustkit.training.callbacks import Callback
+
+__all__ = ["TRADES", "FGSMMix", "Fast", "Free", "Loss", "Method", "PGDTraining", "Standard", "get"]
+
+
+class Loss(NamedTuple):
+    """What :meth:`Method.loss` returns: the scalar to minimise and the logits and labels it was computed on
+    (the epoch's training accuracy is counted from them)."""
+
+    value: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
 
 
 @dataclass
@@ -56,8 +68,6 @@ class Batch:
     replay: int = 0
     net: nn.Module | None = field(default=None, repr=False)
     weights: torch.Tensor | None = field(default=None, repr=False)
-    logits: torch.Tensor | None = field(default=None, repr=False)
-    targets: torch.Tensor | None = field(default=None, repr=False)
 
     def example_weights(self, n: int) -> torch.Tensor:
         """Per-example weights for ``n`` values computed on (copies of) the batch, in batch order."""
@@ -78,11 +88,11 @@ class Batch:
         denominator = distributed.all_sum(w.sum().detach()) / distributed.world_size()
         return (values * w).sum() / denominator.clamp_min(torch.finfo(denominator.dtype).tiny)
 
-    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy, weighted per class when class weights are set; records accuracy inputs."""
-        self.logits, self.targets = logits.detach(), y
+    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> Loss:
+        """Mean cross-entropy, weighted per class when class weights are set, with the logits it was computed on."""
         per_example = nn.functional.cross_entropy(logits.float(), y, reduction="none")
-        return self.mean(per_example, self.class_weights[y] if self.class_weights is not None else None)
+        value = self.mean(per_example, self.class_weights[y] if self.class_weights is not None else None)
+        return Loss(value, logits.detach(), y)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return logits_of((self.net or self.model)(x))
@@ -98,19 +108,23 @@ class Method:
     #: forward-backward passes over the training data per epoch, relative to standard training: what
     #: :class:`~robustkit.training.callbacks.RunClock` scales an epoch's time by (None: unknown)
     passes: float | None = None
-    #: run the catastrophic-overfitting guard every epoch (``Fast``)
-    guard = False
-    #: keep the epoch with the best robust validation accuracy (an attack over the training space).
-    #: False for methods trained against another threat (text obfuscations), which that attack does
+    #: keep the epoch with the best robust validation accuracy (an attack over the training space): the one
+    #: rule that picks the weights a fit returns. False for standard training (its robustness is not what it
+    #: optimises) and for methods trained against another threat (text obfuscations), which that attack does
     #: not measure: they keep their last epoch
     select_by_validation = True
 
-    def loss(self, batch: Batch) -> torch.Tensor:
-        """The scalar training loss of a batch."""
+    def loss(self, batch: Batch) -> Loss:
+        """The training loss of a batch, with the logits and labels behind it (:meth:`Batch.criterion` gives
+        both for a cross-entropy)."""
         raise NotImplementedError
 
     def after_step(self, batch: Batch) -> None:
         """Called after each optimizer step (``Free`` updates its perturbation here)."""
+
+    def callbacks(self) -> list[Callback]:
+        """Callbacks the method brings to every fit (``Fast``: its overfitting guard); default none."""
+        return []
 
     def config(self) -> dict[str, Any]:
         """Settings for reports and ``config.yaml``."""
@@ -124,9 +138,10 @@ class Standard(Method):
     """Plain training on clean inputs: the baseline every report compares against."""
 
     name = "standard"
+    select_by_validation = False
     passes = 1.0
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch) -> Loss:
         return batch.criterion(batch.forward(batch.x), batch.y)
 
 
@@ -136,7 +151,7 @@ class FGSMMix(Method):
     name = "fgsm-mix"
     passes = 3.0  # the FGSM pass, then the clean and adversarial halves
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch) -> Loss:
         x_adv = FGSM(batch.space, seed=batch.seed)(batch.model, batch.x, batch.y, mask=batch.attackable).x_adv
         both = torch.cat([batch.x, x_adv])
         return batch.criterion(batch.forward(both), torch.cat([batch.y, batch.y]))
@@ -148,7 +163,7 @@ class _AdversarialCE(Method):
     def _attack(self, space: ContinuousSpace, seed: int) -> PGD:
         raise NotImplementedError
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch) -> Loss:
         if batch.space.budget <= 0:  # the first step of a budget warm-up: nothing to attack yet
             return batch.criterion(batch.forward(batch.x), batch.y)
         attack = self._attack(batch.space, batch.seed)
@@ -162,7 +177,6 @@ class Fast(_AdversarialCE):
     falls by more than ``guard_drop`` from its best, restores the best weights and stops."""
 
     name = "fast"
-    guard = True
     passes = 2.0  # one attack step, one training pass
 
     def __init__(self, alpha: float = 1.25, guard_drop: float = 0.2, guard_steps: int = 10) -> None:
@@ -172,6 +186,11 @@ class Fast(_AdversarialCE):
 
     def _attack(self, space: ContinuousSpace, seed: int) -> PGD:
         return PGD(space, steps=1, step_size=self.alpha * space.budget, seed=seed, early_stop=False)
+
+    def callbacks(self) -> list[Callback]:
+        from robustkit.training.callbacks import OverfittingGuard  # callbacks import methods: built on use
+
+        return [OverfittingGuard(self.guard_drop, self.guard_steps)]
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "alpha": self.alpha, "guard_drop": self.guard_drop, "guard_steps": self.guard_steps}
@@ -212,7 +231,7 @@ class TRADES(Method):
         assert clean_logits is not None
         return losses.kl(logits, clean_logits)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch) -> Loss:
         if batch.space.budget <= 0:  # the first step of a budget warm-up: x' = x, so the KL term is zero
             return batch.criterion(batch.forward(batch.x), batch.y)
         model = batch.model
@@ -229,10 +248,9 @@ class TRADES(Method):
         x_adv = attack(model, batch.x, batch.y, mask=batch.attackable, ids=batch.ids, reference=clean_ref).x_adv
         logits_clean = batch.forward(batch.x)
         logits_adv = batch.forward(x_adv)
-        natural = batch.criterion(logits_clean, batch.y)
+        natural = batch.criterion(logits_clean, batch.y).value
         robust = batch.mean(losses.kl(logits_adv, logits_clean))
-        batch.logits = logits_adv.detach()
-        return natural + self.beta * robust
+        return Loss(natural + self.beta * robust, logits_adv.detach(), batch.y)
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "beta": self.beta, "steps": self.steps, "step_size": self.step_size}
@@ -254,7 +272,7 @@ class Free(Method):
         self._delta: torch.Tensor | None = None
         self._x_adv: torch.Tensor | None = None
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch) -> Loss:
         x = batch.x
         if self._delta is None or self._delta.shape[1:] != x.shape[1:]:
             self._delta = torch.zeros_like(x)

@@ -40,7 +40,7 @@ from robustkit.spaces import ContinuousSpace
 from robustkit.training import methods as methods_mod
 from robustkit.training.callbacks import Callback
 from robustkit.training.checkpoint import load_checkpoint, save_checkpoint
-from robustkit.training.methods import Batch, Method
+from robustkit.training.methods import Batch, Loss, Method
 
 __all__ = ["AdversarialTrainer"]
 
@@ -102,14 +102,16 @@ class AdversarialTrainer:
         method: a name (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``, ``free``) or a
             configured :class:`~robustkit.training.methods.Method`. A method that is also a
             :class:`~robustkit.training.callbacks.Callback` (e.g. one that regenerates adversarial
-            training data every epoch) receives the callback hooks first.
+            training data every epoch) receives the callback hooks first, then the callbacks it brings
+            (:meth:`~robustkit.training.methods.Method.callbacks`: ``fast``'s overfitting guard). The method
+            alone decides whether the epoch with the best robust validation accuracy is kept
+            (:attr:`~robustkit.training.methods.Method.select_by_validation`).
         optimizer: a torch optimizer over the model's parameters (default Adam, lr 1e-3).
         scheduler: optional LR scheduler, stepped every epoch or every optimizer step (``scheduler_interval``).
         eps_warmup: epochs over which the budget grows linearly from 0 to ``space.budget`` (per batch).
         class_weights: per-class loss weights, ``"balanced"`` (from the training labels), or None.
         attackable: optional function ``(x, y) -> bool mask`` of the examples that may be perturbed.
         val_attack: attack for robust validation accuracy (default PGD-10 over ``space``).
-        select_best: at the end, restore the weights with the best robust validation accuracy (balanced over classes).
         checkpoint_dir: folder for a checkpoint after every epoch (needed by ``fit(resume=...)``).
         callbacks: :class:`~robustkit.training.callbacks.Callback` objects.
         seed: seeds the data order and every attack's per-example random streams.
@@ -142,7 +144,6 @@ class AdversarialTrainer:
         class_weights: torch.Tensor | Sequence[float] | str | None = None,
         attackable: AttackableFn | None = None,
         val_attack: Attack | None = None,
-        select_best: bool = True,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         callbacks: Iterable[Callback] = (),
         seed: int = 0,
@@ -178,9 +179,9 @@ class AdversarialTrainer:
         self.class_weights: torch.Tensor | None = None
         self.attackable = attackable
         self.val_attack = val_attack or PGD(space, steps=10, seed=seed)
-        self.select_best = select_best
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        self.callbacks = ([self.method] if isinstance(self.method, Callback) else []) + list(callbacks)
+        own = [self.method] if isinstance(self.method, Callback) else []
+        self.callbacks = [*own, *self.method.callbacks(), *callbacks]
         self.seed = int(seed)
         self.amp = amp
         self.progress = (sys.stderr.isatty() if progress is None else progress) and distributed.is_main()
@@ -192,8 +193,8 @@ class AdversarialTrainer:
         self.stop_training = False
         self.best_score: float | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
-        self._guard_best: float | None = None
-        self._guard_state: dict[str, torch.Tensor] | None = None
+        #: a batch of validation data (the first training batch without any) for checks run every epoch
+        self.held_out: tuple[torch.Tensor, torch.Tensor] | None = None
         self._scaler: Any = None
         self._n_classes = 0
         self._input_form: tuple[int, int, torch.dtype] | None = None
@@ -230,7 +231,7 @@ class AdversarialTrainer:
         if val_loader is not None:
             self._probe(val_loader)
         self._setup_class_weights(train_loader)
-        guard_batch = self._guard_batch(val_loader, probe) if self.method.guard else None
+        self.held_out = self._held_out(val_loader, probe)
         self.stop_training = False
         if resume is not None:
             self._restore(resume)
@@ -248,8 +249,6 @@ class AdversarialTrainer:
             record = self._train_epoch(train_loader, total_epochs)
             record["train_seconds"] += prepared  # data made for this epoch by hooks is training time too
             record.update(self._validate(val_loader))
-            if guard_batch is not None:
-                record.update(self._check_guard(guard_batch))
             self._select(record)
             self.history.append(record)
             # callbacks complete the record and may stop training before the checkpoint, so that a run resumed
@@ -258,7 +257,7 @@ class AdversarialTrainer:
                 cb.on_epoch_end(self, record)
             if self.checkpoint_dir is not None:
                 self._save(total_epochs)
-        if self.select_best and self._best_state is not None and not self._guard_fired():
+        if self.method.select_by_validation and self._best_state is not None:
             self.model.load_state_dict(self._best_state)
         for cb in self.callbacks:
             cb.on_fit_end(self)
@@ -402,15 +401,14 @@ class AdversarialTrainer:
                           weights=weights)
             for replay in range(self.method.replays):
                 batch.replay = replay
-                loss = self._step(batch)
+                out = self._step(batch)
                 steps += 1
-                stats[0] += loss.double()
-                if batch.logits is not None and batch.targets is not None:
-                    w = batch.example_weights(len(batch.targets)).double()
-                    stats[1] += ((batch.logits.argmax(1) == batch.targets).double() * w).sum()
-                    stats[2] += w.sum()
+                stats[0] += out.value.double()
+                w = batch.example_weights(len(out.targets)).double()
+                stats[1] += ((out.logits.argmax(1) == out.targets).double() * w).sum()
+                stats[2] += w.sum()
                 for cb in self.callbacks:
-                    cb.on_step_end(self, float(loss))
+                    cb.on_step_end(self, float(out.value))
             bar.set_postfix(loss=f"{float(stats[0]) / max(steps, 1):.4f}")
         if steps == 0:
             raise DataError("the training loader yielded no batch in this epoch")
@@ -427,10 +425,14 @@ class AdversarialTrainer:
             "train_seconds": time.perf_counter() - start,
         }
 
-    def _step(self, batch: Batch) -> torch.Tensor:
+    def _step(self, batch: Batch) -> Loss:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            loss = self.method.loss(batch)
+            out = self.method.loss(batch)
+        if not isinstance(out, Loss):
+            raise ConfigError(f"{type(self.method).__name__}.loss returned {type(out).__name__}: a method returns "
+                              "rk.methods.Loss(value, logits, targets), e.g. batch.criterion(logits, y)")
+        loss = out.value
         if not torch.isfinite(loss):
             raise DataError(
                 f"the training loss became {float(loss)} at step {self.global_step}: lower the learning rate "
@@ -447,10 +449,10 @@ class AdversarialTrainer:
         self.global_step += 1
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
-        return loss.detach()
+        return Loss(loss.detach(), out.logits, out.targets)
 
     # ----------------------------------------------------------------- validation and selection
-    def _robust_accuracy(self, data: Any, attack: Attack) -> tuple[float, float, float]:
+    def robust_accuracy(self, data: Any, attack: Attack) -> tuple[float, float, float]:
         """Clean accuracy, robust accuracy, and robust accuracy balanced over classes (mean per class)."""
         from robustkit.evaluation import evaluate
 
@@ -465,7 +467,7 @@ class AdversarialTrainer:
         if val_loader is None:
             return {}
         start = time.perf_counter()
-        clean, robust, balanced = self._robust_accuracy(val_loader, self.val_attack)
+        clean, robust, balanced = self.robust_accuracy(val_loader, self.val_attack)
         return {"val_clean_accuracy": clean, "val_robust_accuracy": robust, "val_robust_balanced_accuracy": balanced,
                 "val_seconds": time.perf_counter() - start}
 
@@ -484,36 +486,13 @@ class AdversarialTrainer:
         record["best"] = True
         self._best_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
 
-    def _guard_batch(
+    def _held_out(
         self, val_loader: Iterable[Any] | None, probe: tuple[torch.Tensor, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if val_loader is None:
             return probe
         x, y = _unpack(next(iter(val_loader)))
         return x.to(self.device), torch.as_tensor(y, device=self.device).long()
-
-    def _check_guard(self, guard_batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, Any]:
-        method = self.method
-        drop = float(getattr(method, "guard_drop", 0.2))
-        steps = int(getattr(method, "guard_steps", 10))
-        _, acc, _ = self._robust_accuracy(guard_batch, PGD(self.space, steps=steps, seed=self.seed))
-        record: dict[str, Any] = {"guard_robust_accuracy": acc, "guard_fired": False}
-        if self._guard_best is None or acc > self._guard_best:
-            self._guard_best = acc
-            self._guard_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
-        elif acc < self._guard_best - drop:
-            assert self._guard_state is not None
-            log.warning(
-                "catastrophic overfitting: PGD accuracy on the held-out batch fell from %.3f to %.3f; "
-                "restoring the best weights and stopping", self._guard_best, acc,
-            )
-            self.model.load_state_dict(self._guard_state)
-            record["guard_fired"] = True
-            self.stop_training = True
-        return record
-
-    def _guard_fired(self) -> bool:
-        return any(r.get("guard_fired") for r in self.history)
 
     # ----------------------------------------------------------------- checkpoints
     def _save(self, total_epochs: int) -> None:
@@ -525,6 +504,7 @@ class AdversarialTrainer:
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python_rng": random.getstate(),
+            "callbacks": {key: cb.state_dict() for key, cb in self._keyed_callbacks()},
         }
         state = {
             "epoch": self.epoch,
@@ -532,18 +512,20 @@ class AdversarialTrainer:
             "total_epochs": total_epochs,
             "method": self.method.config(),
             "best_score": self.best_score,
-            "guard_best": self._guard_best,
             "history": self.history,
             "stopped": self.stop_training,
         }
         extra = {}
         if self._best_state is not None:
             extra["best"] = self._best_state
-        if self._guard_state is not None:
-            extra["guard_best"] = self._guard_state
         if distributed.is_main():
             save_checkpoint(self.checkpoint_dir, self.epoch, self.model.state_dict(), trainer_state, state, extra)
         distributed.barrier()
+
+    def _keyed_callbacks(self) -> list[tuple[str, Callback]]:
+        """The callbacks with the key their state is saved under (position and class: resuming with the same
+        settings gives the same keys)."""
+        return [(f"{i}-{type(cb).__name__}", cb) for i, cb in enumerate(self.callbacks)]
 
     def _restore(self, directory: str | os.PathLike[str]) -> None:
         model_state, trainer_state, state, extra = load_checkpoint(directory, self.device)
@@ -569,11 +551,13 @@ class AdversarialTrainer:
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])
         self.best_score = state.get("best_score")
-        self._guard_best = state.get("guard_best")
         self.history = list(state.get("history", []))
+        saved = trainer_state.get("callbacks", {})
+        for key, cb in self._keyed_callbacks():
+            if key in saved:
+                cb.load_state_dict(saved[key])
         self.stop_training = bool(state.get("stopped", False))
         self._best_state = extra.get("best")
-        self._guard_state = extra.get("guard_best")
         log.info("resumed from %s after epoch %d (step %d)", directory, self.epoch, self.global_step)
 
 
