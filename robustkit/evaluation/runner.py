@@ -32,6 +32,7 @@ from robustkit.attacks.square import Square
 from robustkit.attacks.transfer import Transfer
 from robustkit.errors import ConfigError, DataError, ModelError, RobustkitError
 from robustkit.evaluation import checks as ck
+from robustkit.evaluation import meters as mt
 from robustkit.evaluation.presets import ATTACKS, CONTINUOUS_ONLY, PRESETS, AttackSpec
 from robustkit.evaluation.report import WORST, Headline, RobustnessReport, judge
 from robustkit.models import (
@@ -446,17 +447,13 @@ class _Run:
         self.outcomes: dict[str, list[torch.Tensor]] = {
             k: [] for k in ("id", "label", "attackable", "clean_correct", "robust")
         }
-        # check measurements
-        self.fgsm: FGSM | None = None
-        self.fgsm_broken = 0
-        self.search: RandomSearch | None = None
-        self.listed_free = False
-        self.rs_tested = self.rs_broken = 0
-        self.cover: PGD | None = None
         self.cover_budget: float | None = None
-        self.n_cover = self.n_cover_robust = 0
-        self.n_grad = self.n_zero_grad = 0
-        self.n_rows = self.n_prob = self.n_nonfinite = 0
+        # the checks' meters (set up by build once the suite is known)
+        self.outputs = mt.OutputMeter()
+        self.gradients = mt.GradientMeter(space.mask if isinstance(space, ContinuousSpace) else None)
+        self.fgsm = mt.FGSMMeter(None)
+        self.search = mt.SearchMeter(None, False, 0, 0)
+        self.cover = mt.CoverMeter(None, None, 0)
 
     # ------------------------------------------------------------------ setup
     def _input(self, x: Any) -> Any:
@@ -539,15 +536,16 @@ class _Run:
             return
         s, main_space = self.settings, self.space.with_budget(self.main)
         if "gradient" in kinds and "fgsm" not in kinds:
-            self.fgsm = FGSM(main_space, seed=_random.derive(self.seed, 1), eot=max(1, eot))
-        self.listed_free = "free" in kinds
-        if kinds & {"gradient", "fgsm"} and not self.listed_free:
-            self.search = RandomSearch(main_space, queries=s.search_queries, seed=_random.derive(self.seed, 2))
+            self.fgsm = mt.FGSMMeter(FGSM(main_space, seed=_random.derive(self.seed, 1), eot=max(1, eot)))
+        listed_free = "free" in kinds
+        search = None
+        if kinds & {"gradient", "fgsm"} and not listed_free:
+            search = RandomSearch(main_space, queries=s.search_queries, seed=_random.derive(self.seed, 2))
+        self.search = mt.SearchMeter(search, listed_free, s.search_examples, s.search_queries)
         if self.cover_budget is not None:
-            cover_space = self.space.with_budget(self.cover_budget)
-            self.cover = PGD(
-                cover_space, steps=s.cover_steps, loss="margin", seed=_random.derive(self.seed, 3), eot=max(1, eot)
-            )
+            cover = PGD(self.space.with_budget(self.cover_budget), steps=s.cover_steps, loss="margin",
+                        seed=_random.derive(self.seed, 3), eot=max(1, eot))
+            self.cover = mt.CoverMeter(cover, self.cover_budget, s.cover_examples)
 
     # ------------------------------------------------------------------ per batch
     def place(self, x: Any, y: torch.Tensor) -> tuple[Any, torch.Tensor]:
@@ -623,24 +621,10 @@ class _Run:
         by_free: torch.Tensor,
     ) -> None:
         """FGSM for check (b) and the random search of check (e); their successes join the worst case."""
-        assert self.settings is not None
-        if self.fgsm is not None and bool(targets.any()):
-            success = self.fgsm(self.model, x, y, mask=targets, ids=ids).success & targets
-            self.fgsm_broken += int(success.sum())
-            broken |= success
-            by_gradient |= success
-        survivors = targets & ~by_gradient
-        if self.listed_free:
-            self.rs_tested += distributed.prefix_and_total(int(survivors.sum()))[1]
-            self.rs_broken += int((survivors & by_free).sum())
-        elif self.search is not None:
-            pick = survivors.nonzero().squeeze(1)
-            taken, self.rs_tested = _first_in_order(len(pick), self.settings.search_examples, self.rs_tested)
-            pick = pick[:taken]
-            if len(pick):
-                result = self.search(self.model, x[pick], y[pick], ids=ids[pick])
-                self.rs_broken += int(result.success.sum())
-                broken[pick[result.success.to(self.device)]] = True
+        by_fgsm = self.fgsm.update(self.model, x, y, ids, targets)
+        broken |= by_fgsm
+        by_gradient |= by_fgsm
+        broken |= self.search.update(self.model, x, y, ids, targets & ~by_gradient, by_free)
 
     def _batch_checks(
         self,
@@ -653,24 +637,11 @@ class _Run:
         logits: torch.Tensor,
     ) -> None:
         """Gradients (d), outputs (f) and the covering budget (c) on this batch."""
-        assert self.settings is not None
-        prob, nonfinite = ck.output_flags(logits)
-        self.n_rows += len(logits)
-        self.n_prob += int(prob.sum())
-        self.n_nonfinite += int(nonfinite.sum())
+        self.outputs.update(logits)
         idx = attackable.nonzero().squeeze(1)
         if len(idx) and isinstance(inp, torch.Tensor):
-            feature_mask = self.space.mask if isinstance(self.space, ContinuousSpace) else None
-            flags = in_chunks(lambda a, b: ck.gradient_flags(self.model, a, b, feature_mask), inp[idx], y[idx])
-            self.n_grad += len(idx)
-            self.n_zero_grad += int(flags.sum())
-        if self.cover is not None:
-            taken, self.n_cover = _first_in_order(len(idx), self.settings.cover_examples, self.n_cover)
-            pick = idx[:taken]
-            if len(pick):
-                ok = correct[pick]
-                result = self.cover(self.model, x[pick], y[pick], mask=ok, ids=ids[pick])
-                self.n_cover_robust += int((ok & ~result.success.to(self.device)).sum())
+            self.gradients.update(self.model, inp[idx], y[idx])
+        self.cover.update(self.model, x, y, ids, idx, correct)
 
     # ------------------------------------------------------------------ the report
     def _entry(self, broken: int, forward: int, backward: int, seconds: float) -> dict[str, Any]:
@@ -690,50 +661,33 @@ class _Run:
         suite = self.suite[self.main]
         multi = [main[label].broken for label, _, kind in suite if kind == "gradient"]
         listed_fgsm = [main[label].broken for label, _, kind in suite if kind == "fgsm"]
-        fgsm_broken = max(listed_fgsm) if listed_fgsm else (self.fgsm_broken if self.fgsm is not None else None)
-        if not self.continuous:
-            fgsm = ck.Check(ck.FGSM_WEAKER, None, "FGSM needs a continuous space")
-        else:
-            fgsm = ck.fgsm_check(fgsm_broken, max(multi) if multi else None, self.n_att_correct, s.fgsm_tolerance)
-        if not self.continuous:
-            search = ck.Check(ck.RANDOM_SEARCH, None, "the random search needs a continuous space")
-        elif not any(kind != "free" for _, _, kind in suite):
-            search = ck.Check(ck.RANDOM_SEARCH, None, "no gradient attack was run")
-        else:
-            queries = None if self.listed_free else s.search_queries
-            search = ck.random_search_check(self.rs_tested, self.rs_broken, queries, s.search_tolerance)
-        if not self.continuous:
-            cover = ck.Check(ck.COVERING, None, "no covering budget for a discrete space")
-        else:
-            cover = ck.covering_check(self.cover_budget, self.n_cover, self.n_cover_robust, s.cover_max_accuracy)
-        if self.n_grad == 0 and not self.continuous:
-            grads = ck.Check(ck.GRADIENTS, None, "the space's encoding is not a tensor")
-        else:
-            grads = ck.gradient_check(self.n_zero_grad, self.n_grad, s.max_zero_gradients)
+        gradient_attacks = any(kind != "free" for _, _, kind in suite)
         worst = [p["attacks"][WORST]["robust_accuracy"] for p in per_eps]
         return [
-            ck.logits_check(self.n_prob, self.n_nonfinite, self.n_rows, self.sigmoid),
+            self.outputs.check(self.sigmoid),
             ck.determinism_check(self.gap, s.eot),
-            grads,
-            fgsm,
-            search,
-            cover,
+            self.gradients.check(self.continuous, s.max_zero_gradients),
+            self.fgsm.check(self.continuous, listed_fgsm, multi, self.n_att_correct, s.fgsm_tolerance),
+            self.search.check(self.continuous, gradient_attacks, s.search_tolerance),
+            self.cover.check(self.continuous, s.cover_max_accuracy),
             ck.monotone_check(self.budgets, worst, self.n),
         ]
 
     def _sum_over_processes(self) -> None:
-        """Under DDP: add up every process's counts (``n``, ``rs_tested`` and ``n_cover`` are global)."""
+        """Under DDP: add up every process's counts in one call (``n`` and the meters' taken counts are global)."""
         if not distributed.is_distributed():
             return
         tallies = [t for e in self.budgets for t in self.tally[e].values()]
-        local = [self.n_correct, self.n_att, self.n_att_correct, self.fgsm_broken, self.rs_broken,
-                 self.n_cover_robust, self.n_grad, self.n_zero_grad, self.n_rows, self.n_prob, self.n_nonfinite]
+        meters: list[mt.Meter] = [self.outputs, self.gradients, self.fgsm, self.search, self.cover]
+        local = [self.n_correct, self.n_att, self.n_att_correct]
+        local += [v for m in meters for v in m.local]
         local += [self.worst[e] for e in self.budgets]
         local += [v for t in tallies for v in (t.broken, t.forward, t.backward)]
         summed = distributed.all_sum(torch.tensor(local, dtype=torch.long)).tolist()
-        (self.n_correct, self.n_att, self.n_att_correct, self.fgsm_broken, self.rs_broken, self.n_cover_robust,
-         self.n_grad, self.n_zero_grad, self.n_rows, self.n_prob, self.n_nonfinite) = summed[:11]
-        rest = summed[11:]
+        self.n_correct, self.n_att, self.n_att_correct = summed[:3]
+        rest = summed[3:]
+        for m in meters:
+            m.local, rest = rest[: len(m.fields)], rest[len(m.fields):]
         for e in self.budgets:
             self.worst[e] = rest.pop(0)
         seconds = distributed.all_max(torch.tensor([t.seconds for t in tallies], dtype=torch.float64)).tolist()
@@ -787,14 +741,6 @@ class _Run:
             headline=headline,
             outcomes=outcomes,
         )
-
-
-def _first_in_order(count: int, limit: int, used: int) -> tuple[int, int]:
-    """How many of this process's ``count`` candidates to take so that, over all processes in data
-    order, at most ``limit`` are taken in total (``used`` already): (take here, new total used)."""
-    before, total = distributed.prefix_and_total(count)
-    room = max(0, limit - used)
-    return max(0, min(count, room - before)), used + min(room, total)
 
 
 def _unique(labels: list[str]) -> list[str]:
