@@ -34,7 +34,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[DomainOptions] | None) -> None:
-    from robustkit.evaluation import describe_presets
+    from robustkit.evaluation import PRESETS, describe_presets
 
     p.add_argument("domain", help="domain name (e.g. images, tabular, text); robustkit COMMAND DOMAIN --help lists "
                    "the domain's own flags")
@@ -51,7 +51,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[
         help="safetensors weights for --model-factory's model (harden: starting weights; evaluate: the ones tested)",
     )
     p.add_argument(
-        "--preset", default=None, choices=["quick", "standard", "thorough"],
+        "--preset", default=None, choices=list(PRESETS),
         help="evaluation attacks (default standard):\n" + describe_presets().replace("%", "%%"),
     )
     if harden:

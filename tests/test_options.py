@@ -86,3 +86,12 @@ def test_a_bad_flag_value_is_refused_before_anything_is_written(tmp_path: Path,
     assert main(["harden", "tabular", "--target-fpr", "0.7", "--out", str(out)]) == 2
     assert "options.target_fpr must be a number between 0 and 0.5, got 0.7" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_preset_is_a_choice_of_the_command_line() -> None:
+    from robustkit.cli import _parser
+    from robustkit.evaluation import PRESETS
+
+    for command in ("harden", "evaluate", "attack"):
+        for preset in PRESETS:
+            assert _parser().parse_args([command, "toy", "--preset", preset]).preset == preset
