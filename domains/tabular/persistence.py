@@ -1,0 +1,278 @@
+"""Saving and loading a fitted :class:`~domains.tabular.estimator.RobustTabularClassifier` without pickles.
+
+A saved classifier is a folder:
+
+- ``classifier.json``: the parameters, the schema, the threshold, ``classes_`` / ``pos_label_``, the
+  history and the SHA-256 of every other file (a file that does not match is refused before it is read);
+- the neural path: ``model.safetensors`` (the weights; ``classifier.json`` holds the encoder's spec)
+  and, with a ``preprocessor``, ``preprocessor.skops`` (the ColumnTransformer, as given and fitted);
+- the ``estimator`` path: XGBoost's own JSON (``estimator.json``), LightGBM's text model
+  (``estimator.txt``) or scikit-learn's ``HistGradientBoostingClassifier`` in ``estimator.skops``.
+
+skops files (``pip install -e ".[skops]"``) are read with an explicit list of trusted types
+(:data:`TRUSTED_TYPES`): a file naming any other type or function is refused, never loaded, so a file
+cannot run code on load. Other scikit-learn models are refused at save time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from domains.tabular.blackbox import SklearnModel
+from domains.tabular.estimator import _mlp
+from domains.tabular.model import TabularMLP
+from domains.tabular.schema import Schema
+from domains.tabular.sklearn_bridge import bridge
+from domains.tabular.trees import TypedEstimator
+from robustkit.errors import ConfigError, ModelError, RobustkitError
+from robustkit.factory import check_finite
+from robustkit.training import methods as methods_mod
+from robustkit.training.checkpoint import atomic_write_dir
+
+__all__ = ["TRUSTED_TYPES", "load_classifier", "save_classifier"]
+
+FORMAT = "robustkit.tabular.RobustTabularClassifier"
+VERSION = 1
+#: types and functions a skops file may name beyond skops' own defaults (numpy, scikit-learn estimators,
+#: builtins): the fitted trees of HistGradientBoosting and the validator its preprocessing holds
+TRUSTED_TYPES = (
+    "functools.partial",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.utils.validation.check_array",
+)
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def _skops() -> Any:
+    try:
+        import skops.io as sio
+    except ImportError:
+        raise ConfigError('saving a scikit-learn model (a preprocessor or a HistGradientBoosting estimator) needs '
+                          'skops: pip install -e ".[skops]"') from None
+    return sio
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _library(estimator: Any) -> str:
+    """Which format saves ``estimator``: ``xgboost``, ``lightgbm`` or ``skops`` (HistGradientBoosting)."""
+    module = type(estimator).__module__.split(".")[0]
+    if module in ("xgboost", "lightgbm"):
+        return module
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    if type(estimator) is HistGradientBoostingClassifier:
+        return "skops"
+    raise ModelError(f"cannot save a {type(estimator).__name__} without a pickle: saved estimators are "
+                     "HistGradientBoostingClassifier (skops), xgboost.XGBClassifier (JSON) and "
+                     "lightgbm.LGBMClassifier (text)")
+
+
+class LightGBMBooster:
+    """A LightGBM model read from its text file, with ``predict_proba`` over :func:`typed_frame` rows and
+    ``booster_`` (what :func:`~domains.tabular.trees.split_thresholds` reads)."""
+
+    def __init__(self, booster: Any) -> None:
+        self.booster_ = booster
+        self.classes_ = np.array([0, 1])
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        p = np.asarray(self.booster_.predict(X), dtype=np.float64)
+        return np.stack([1 - p, p], axis=1)
+
+
+def _method(method: Any) -> Any:
+    if isinstance(method, str):
+        return method
+    config = dict(method.config())
+    if config.get("name") not in (*methods_mod.NAMES, "pgd+search"):
+        raise ModelError(f"cannot save method {type(method).__name__}: only robustkit's methods are saved")
+    return config
+
+
+def _method_from(value: Any) -> Any:
+    if isinstance(value, str):
+        return value
+    options = dict(value)
+    name = options.pop("name")
+    if name == "pgd+search":
+        from domains.tabular.attacks import SearchTraining
+
+        return SearchTraining(**options)
+    return methods_mod.get(name, **options)
+
+
+def save_classifier(clf: Any, path: str | Path) -> Path:
+    """Write fitted ``clf`` to the folder ``path`` (replaced whole, atomically); every check runs first."""
+    schema: Schema = clf.schema
+    params = {k: v for k, v in clf.get_params(deep=False).items()
+              if k not in ("schema", "method", "estimator", "preprocessor")}
+    params["hidden"] = [int(h) for h in params["hidden"]]
+    if params["class_weight"] is not None and not isinstance(params["class_weight"], str):
+        params["class_weight"] = [float(w) for w in params["class_weight"]]
+    classes = np.asarray(clf.classes_)
+    meta: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "params": params, "method": _method(clf.method),
+        "schema": schema.to_dict(), "threshold": float(clf.threshold_), "budget": float(clf.budget_),
+        "classes": classes.tolist(), "classes_dtype": classes.dtype.str if classes.dtype != object else "object",
+        "pos_label_index": int(np.flatnonzero(classes == clf.pos_label_)[0]),
+        "feature_names_in": [str(c) for c in clf.feature_names_in_], "history": clf.history_.to_dict(orient="list"),
+    }
+    try:
+        json.dumps(meta, allow_nan=True)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot save this classifier's parameters as JSON ({exc})") from None
+    writers = []
+    if clf.estimator_ is not None:
+        library = _library(clf.estimator_)
+        meta["estimator"] = library
+        if library == "skops":
+            sio = _skops()
+            blob = sio.dumps({"param": clf.estimator, "fitted": clf.estimator_})
+            writers.append(lambda d: (d / "estimator.skops").write_bytes(blob))
+        else:
+            try:
+                meta["estimator_params"] = json.loads(json.dumps(clf.estimator.get_params(deep=False)))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"cannot save the estimator's parameters as JSON ({exc})") from None
+            if library == "xgboost":
+                writers.append(lambda d: clf.estimator_.save_model(str(d / "estimator.json")))
+            else:
+                writers.append(lambda d: clf.estimator_.booster_.save_model(str(d / "estimator.txt")))
+    else:
+        state = {k: v.detach().cpu().contiguous() for k, v in clf.model_.state_dict().items()}
+        writers.append(lambda d: save_file(state, str(d / "model.safetensors")))
+        if clf.preprocessor_ is None:
+            meta["spec"] = clf.model_.spec
+        else:
+            blob = _skops().dumps({"param": clf.preprocessor, "fitted": clf.preprocessor_})
+            writers.append(lambda d: (d / "preprocessor.skops").write_bytes(blob))
+
+    def write(folder: Path) -> None:
+        for w in writers:
+            w(folder)
+        meta["files"] = {p.name: _digest(p) for p in sorted(folder.iterdir())}
+        (folder / "classifier.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    return atomic_write_dir(path, write)
+
+
+def _read_skops(path: Path) -> dict[str, Any]:
+    sio = _skops()
+    data = path.read_bytes()
+    try:
+        untrusted = [t for t in sio.get_untrusted_types(data=data) if t not in TRUSTED_TYPES]
+    except Exception as exc:  # skops' own parse failure: the file is not a skops file
+        raise ModelError(f"{path} is not a readable skops file ({exc})") from None
+    if untrusted:
+        raise ModelError(f"{path} names types robustkit does not trust to load ({', '.join(sorted(untrusted))}): "
+                         "refused, nothing was loaded")
+    try:
+        loaded = sio.loads(data, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:  # as above
+        raise ModelError(f"{path} is not a readable skops file ({exc})") from None
+    if not isinstance(loaded, dict) or set(loaded) != {"param", "fitted"}:
+        raise ModelError(f"{path} does not hold a saved RobustTabularClassifier part")
+    return loaded
+
+
+def _refuse_non_folder(path: Path) -> None:
+    if path.is_file():
+        head = path.read_bytes()[:2]
+        kind = "a pickle" if head[:1] == b"\x80" or path.suffix in _PICKLE_SUFFIXES else "a file"
+        raise ModelError(f"{path} is {kind}, not a saved RobustTabularClassifier folder: refused, nothing was loaded "
+                         "(pickles can run code; save with RobustTabularClassifier.save(folder))")
+    if not (path / "classifier.json").is_file():
+        pickles = sorted(p.name for p in path.glob("*") if p.suffix in _PICKLE_SUFFIXES) if path.is_dir() else []
+        hint = f" (found {', '.join(pickles)}: pickles are refused, they can run code)" if pickles else ""
+        raise ModelError(f"{path} is not a saved RobustTabularClassifier folder: no classifier.json{hint}")
+
+
+def load_classifier(cls: type, path: str | Path) -> Any:
+    """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first."""
+    path = Path(path)
+    _refuse_non_folder(path)
+    try:
+        meta = json.loads((path / "classifier.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path / 'classifier.json'} is not readable JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ModelError(f"{path / 'classifier.json'} is not a version-{VERSION} RobustTabularClassifier file")
+    files = meta.get("files")
+    present = {p.name for p in path.iterdir() if p.name != "classifier.json"}
+    if not isinstance(files, dict) or set(files) != present:
+        raise ModelError(f"{path}: its files ({', '.join(sorted(present))}) are not those classifier.json lists")
+    for name, digest in files.items():
+        if _digest(path / name) != digest:
+            raise ModelError(f"{path / name} was changed after it was saved (SHA-256 differs): refused")
+    try:
+        return _build(cls, path, meta)
+    except RobustkitError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise ModelError(f"{path / 'classifier.json'} does not describe a fitted classifier ({exc})") from None
+
+
+def _build(cls: type, path: Path, meta: dict[str, Any]) -> Any:
+    schema = Schema.from_dict(meta["schema"])
+    params = dict(meta["params"])
+    params["hidden"] = tuple(params["hidden"])
+    clf = cls(schema, method=_method_from(meta["method"]), **params)
+    classes = np.asarray(meta["classes"], dtype=np.dtype(meta["classes_dtype"]))
+    clf.classes_, clf.pos_label_ = classes, classes[int(meta["pos_label_index"])]
+    clf.feature_names_in_ = np.asarray(meta["feature_names_in"], dtype=object)
+    clf.n_features_in_ = len(clf.feature_names_in_)
+    clf.threshold_, clf.budget_ = float(meta["threshold"]), float(meta["budget"])
+    if not (math.isfinite(clf.threshold_) and 0 <= clf.threshold_ <= 1):
+        raise ModelError(f"{path / 'classifier.json'}: threshold {clf.threshold_} is not a probability")
+    clf.history_ = pd.DataFrame(meta["history"])
+    clf.preprocessor_ = None
+    library = meta.get("estimator")
+    if library is None:
+        clf.estimator_ = None
+        if (path / "preprocessor.skops").is_file():
+            parts = _read_skops(path / "preprocessor.skops")
+            clf.preprocessor, clf.preprocessor_ = parts["param"], parts["fitted"]
+            encoder = bridge(clf.preprocessor_, schema)
+            model: Any = nn.Sequential(encoder, _mlp(encoder.out_features, clf.hidden))
+        else:
+            model = TabularMLP(meta["spec"])
+        try:
+            state = load_file(str(path / "model.safetensors"))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(f"{path / 'model.safetensors'} is not a readable safetensors file ({exc})") from None
+        check_finite(state, path / "model.safetensors")
+        model.load_state_dict(state, strict=True)
+        clf.model_ = model.eval()
+        return clf
+    if library == "skops":
+        parts = _read_skops(path / "estimator.skops")
+        clf.estimator, fitted = parts["param"], parts["fitted"]
+    elif library == "xgboost":
+        import xgboost
+
+        clf.estimator = xgboost.XGBClassifier(**meta["estimator_params"])
+        fitted = xgboost.XGBClassifier(**meta["estimator_params"])
+        fitted.load_model(str(path / "estimator.json"))
+    elif library == "lightgbm":
+        import lightgbm
+
+        clf.estimator = lightgbm.LGBMClassifier(**meta["estimator_params"])
+        fitted = LightGBMBooster(lightgbm.Booster(model_file=str(path / "estimator.txt")))
+    else:
+        raise ModelError(f"{path / 'classifier.json'}: unknown estimator format {library!r}")
+    clf.estimator_ = fitted
+    clf.model_ = SklearnModel(TypedEstimator(fitted, schema), schema).eval()
+    return clf
