@@ -298,3 +298,19 @@ def test_bad_inputs_raise_data_or_config_error():
         rk.PGD(rk.LinfBall(eps=0.1), targeted=True)(model, x, y, target=torch.tensor([0, 1, 2, 7]))
     with pytest.raises(rk.DataError, match="ids has 3 entries"):
         pgd(model, x, y, ids=torch.arange(3))
+
+
+def test_later_restarts_run_batched_keep_the_first_restarts_successes_and_only_add() -> None:
+    """Restarts 2..k run as one batch and are folded in order: an example the first restart broke keeps
+    that point, and the others can only gain."""
+    x, _ = batch(n=64, seed=2)
+    model = RowwiseMLP()
+    with torch.no_grad():
+        y = model(x).argmax(1)  # every example right when clean
+    space = rk.LinfBall(eps=0.1, bounds=(0.0, 1.0))
+    one = rk.PGD(space, steps=1, restarts=1, seed=3)(model, x, y)
+    four = rk.PGD(space, steps=1, restarts=4, seed=3)(model, x, y)
+    assert 0 < int(one.success.sum()) < int(four.success.sum()) < len(x)
+    assert torch.equal(four.x_adv[one.success], one.x_adv[one.success])
+    failed = ~four.success
+    assert (four.loss[failed] >= one.loss[failed]).all()

@@ -16,6 +16,7 @@ from domains.tabular import SchemaSpace, TabularDomain, TabularOptions, decode, 
 from domains.tabular.attacks import (
     Anchored,
     CategoricalSpace,
+    DiscreteSearch,
     SearchTraining,
     SparseSchemaSpace,
     changes,
@@ -25,6 +26,7 @@ from domains.tabular.attacks import (
 )
 from domains.tabular.schema import Column, Schema
 from domains.tabular.synthetic import card_schema, generate
+from robustkit.attacks import APGD, PGD
 from robustkit.domain import Examples
 from tests.strategies import schema_and_rows
 
@@ -298,13 +300,16 @@ def test_worst_case_judges_only_valid_rows_and_keeps_the_cheapest_success():
         model.weight.zero_()
         model.weight[1] = torch.tensor([5.0, 5.0, -5.0, 0.1])
         model.bias.copy_(torch.tensor([0.0, -4.5]))
-    found = worst_case(model, schema, x, df)
+    found = worst_case(model, schema, x, df, prune=False)
     t = found.table
     assert t["detected_clean"].tolist() == [True, False, True]
     assert t["fooled"].tolist() == [True, False, True] and t["valid"].all()
     assert t.loc[1, "attack"] == "none (missed when clean)" and t.loc[1, "cost"] == 0.0
     assert (found.rows.loc[[0, 2], "shop"] == "c").all() and (t.loc[[0, 2], "cost"] <= 1.0 + 1e-6).all()
     assert found.summary()["recall_attacked_strongest"] == 0.0
+    pruned = worst_case(model, schema, x, df)  # the first member's evasion is kept: the same rows, dearer
+    assert pruned.table["fooled"].tolist() == t["fooled"].tolist()
+    assert (pruned.table.loc[[0, 2], "cost"] >= t.loc[[0, 2], "cost"]).all()
 
 
 def test_worst_case_on_a_model_no_attack_can_move():
@@ -328,3 +333,35 @@ def test_pgd_search_is_the_tabular_domains_own_method() -> None:
     assert isinstance(domain.training_method("pgd+search", data, 3.0), SearchTraining)
     with pytest.raises(rk.ConfigError, match="pgd\\+search"):
         domain.training_method("discrete", data, 3.0)
+
+
+def test_pruned_worst_case_evades_the_rows_the_full_suite_evades_and_later_members_see_fewer() -> None:
+    domain, schema = TabularDomain(), card_schema()
+    data = domain.from_frame(generate(1200, seed=1, fraud_rate=0.2), schema, seed=0)
+    torch.manual_seed(0)
+    model = domain.build_model(domain.model_spec(data, {}))
+    rk.AdversarialTrainer(model, domain.space(schema.budget, data), method="standard", progress=False,
+                          optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), select_best=False).fit(
+        domain.loader(data.train, 128, shuffle=True), epochs=2)
+    decided = domain.decided(model.eval(), domain.choose_threshold(model, data))
+    x, y = data.test.tensors
+    idx = (y == 1).nonzero().squeeze(1)
+    original = data.raw["frames"]["test"].iloc[idx.numpy()]
+    space, sparse = SchemaSpace(schema), SparseSchemaSpace(schema)
+    suite = {"pgd": PGD(space, steps=10, restarts=2), "pgd-sparse": PGD(sparse, steps=10, restarts=2),
+             "apgd": APGD(sparse, steps=10), "search": DiscreteSearch(CategoricalSpace(schema), max_steps=3)}
+    full, pruned = (worst_case(decided, schema, x[idx], original, attacks=suite, prune=p) for p in (False, True))
+    evaded = full.table["fooled"].to_numpy()
+    assert 0 < evaded.sum() < full.table["detected_clean"].sum(), "a problem where some rows resist"
+    np.testing.assert_array_equal(pruned.table["fooled"].to_numpy(), evaded)
+    kept = ~evaded  # rows no member evades: every member saw them in both runs, so the same row is kept
+    np.testing.assert_array_equal(pruned.table["p_fraud_adversarial"].to_numpy()[kept],
+                                  full.table["p_fraud_adversarial"].to_numpy()[kept])
+    assert pruned.table["valid"].all() and pruned.summary()["pruned"] and "recall_attacked_by_attack" not in \
+        pruned.summary()
+    seen = np.zeros(len(idx), dtype=bool)
+    for name in suite:  # each member saw exactly the detected rows no earlier member evaded
+        np.testing.assert_array_equal(pruned.attacked_by[name], full.table["detected_clean"].to_numpy() & ~seen)
+        assert not (pruned.fooled_by[name] & ~pruned.attacked_by[name]).any()
+        seen |= pruned.fooled_by[name]
+    assert pruned.attacked_by["search"].sum() < full.attacked_by["search"].sum()

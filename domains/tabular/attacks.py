@@ -446,6 +446,9 @@ class WorstCase:
         fooled_by: per attack of the suite, a bool per row: did its own valid row evade detection?
         repair_failed: per attack, a bool per row: did its point fail to become a valid row?
         refined: rows first evaded by the search started from the best row of the suite.
+        attacked_by: per attack (and ``refine``), a bool per row: did it attack the row? With ``pruned``,
+            a member attacks only the detected rows no earlier member evaded.
+        pruned: whether :func:`worst_case` ran pruned.
     """
 
     rows: pd.DataFrame
@@ -453,25 +456,35 @@ class WorstCase:
     fooled_by: dict[str, np.ndarray] = field(default_factory=dict)
     repair_failed: dict[str, np.ndarray] = field(default_factory=dict)
     refined: int = 0
+    attacked_by: dict[str, np.ndarray] = field(default_factory=dict)
+    pruned: bool = False
 
     def summary(self) -> dict[str, Any]:
-        """Recall kept under each attack and the worst case, success among detected rows, costs, repair failures."""
+        """Recall under the worst case, success among detected rows, costs, repair failures, and per attack
+        the rows it attacked and evaded; ``recall_attacked_by_attack`` (each attack on its own) only
+        when every attack saw every detected row (not ``pruned``)."""
         t = self.table
         n, detected = len(t), t["detected_clean"].to_numpy(dtype=bool)
         fooled = t["fooled"].to_numpy(dtype=bool)
         costs = t["cost"].to_numpy()[fooled]
-        tried = [v[detected] for v in self.repair_failed.values()]
-        return {
+        seen = {k: self.attacked_by.get(k, detected) for k in self.repair_failed}
+        tried = [v[seen[k]] for k, v in self.repair_failed.items()]
+        out: dict[str, Any] = {
             "recall_clean": float(detected.mean()) if n else 0.0,
             "recall_attacked_strongest": float((detected & ~fooled).mean()) if n else 0.0,
             "attack_success_rate_strongest": float(fooled.sum() / max(1, detected.sum())),
-            "recall_attacked_by_attack": {k: float((detected & ~v).mean()) if n else 0.0
-                                          for k, v in self.fooled_by.items()},
+            "pruned": self.pruned,
+            "rows_attacked_by_attack": {k: int(v.sum()) for k, v in self.attacked_by.items()},
+            "rows_evaded_by_attack": {k: int(v.sum()) for k, v in self.fooled_by.items()},
             "successes_added_by_refined_search": self.refined,
             "mean_cost_successful": float(costs.mean()) if len(costs) else None,
             "valid_adversarial_share": float(t["valid"].mean()) if n else 1.0,
             "repair_failed_share": float(np.concatenate(tried).mean()) if sum(map(len, tried)) else 0.0,
         }
+        if not self.pruned:
+            out["recall_attacked_by_attack"] = {k: float((detected & ~v).mean()) if n else 0.0
+                                                for k, v in self.fooled_by.items()}
+        return out
 
 
 class _Best:
@@ -488,26 +501,28 @@ class _Best:
         self.attack = np.where(detected, "none", "none (missed when clean)").astype(object)
         self.failed = np.zeros(n, dtype=bool)
 
-    def offer(self, name: str, rows: pd.DataFrame, fooled: np.ndarray, p: np.ndarray, cost: np.ndarray,
-              failed: np.ndarray) -> np.ndarray:
-        """Take the rows that beat the ones held; returns where ``rows`` was taken."""
-        self.failed |= failed
-        better = ((fooled & ~self.fooled) | (fooled & self.fooled & (cost < self.cost))
-                  | (~fooled & ~self.fooled & self.detected & (p < self.p)))
+    def offer(self, name: str, at: np.ndarray, rows: pd.DataFrame, fooled: np.ndarray, p: np.ndarray,
+              cost: np.ndarray, failed: np.ndarray) -> np.ndarray:
+        """Take the rows (for the positions ``at``) that beat the ones held; returns where ``rows`` was taken."""
+        self.failed[at] |= failed
+        held = self.fooled[at]
+        better = ((fooled & ~held) | (fooled & held & (cost < self.cost[at]))
+                  | (~fooled & ~held & self.detected[at] & (p < self.p[at])))
         if better.any():
-            self.rows.loc[better, :] = rows.loc[better, self.rows.columns].to_numpy()
-            self.p[better], self.cost[better], self.fooled[better] = p[better], cost[better], fooled[better]
-            self.attack[better] = name
+            taken = at[better]
+            self.rows.iloc[taken, :] = rows.iloc[np.flatnonzero(better)][self.rows.columns].to_numpy()
+            self.p[taken], self.cost[taken], self.fooled[taken] = p[better], cost[better], fooled[better]
+            self.attack[taken] = name
         return better
 
 
-def _judge(model: nn.Module, schema: Schema, x_adv: torch.Tensor, x: torch.Tensor, original: pd.DataFrame,
-           detected: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Points -> rows that pass ``schema.validate`` (:func:`repair_rows`), scored again:
+def _judge(model: nn.Module, schema: Schema, x_adv: torch.Tensor, x: torch.Tensor, original: pd.DataFrame
+           ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Points of detected rows -> rows that pass ``schema.validate`` (:func:`repair_rows`), scored again:
     rows, fooled, P(fraud), cost and repair failure per row."""
     rows, failed, _ = repair_rows(schema, x_adv, x, original)
     x_rows = encode(schema, rows)
-    fooled = detected & ~_decided_fraud(model, x_rows).numpy()
+    fooled = ~_decided_fraud(model, x_rows).numpy()
     return rows, fooled, fraud_probability(model, x_rows).numpy(), schema.cost(rows, original).to_numpy(), failed
 
 
@@ -527,8 +542,9 @@ def describe_changes(schema: Schema, adv: pd.DataFrame, original: pd.DataFrame) 
 
 def worst_case(model: nn.Module, schema: Schema, x: torch.Tensor, original: pd.DataFrame, *,
                attacks: Mapping[str, Attack] | None = None, budget: float | None = None, seed: int = 0,
-               refine: bool = True) -> WorstCase:
-    """Attack fraud rows with every attack of a suite and keep, per row, the cheapest valid evasion.
+               refine: bool = True, prune: bool = True) -> WorstCase:
+    """Attack fraud rows with every attack of a suite and keep, per row, the cheapest valid evasion found
+    (pruned: of the first member that evades the row).
 
     Args:
         model: the decided model over the attack variable (argmax 1 = flagged as fraud), e.g. a
@@ -542,6 +558,10 @@ def worst_case(model: nn.Module, schema: Schema, x: torch.Tensor, original: pd.D
         refine: then run the categorical search again from the best row found for each row still
             detected (its costs counted from the original row), which finds evasions that need both
             numeric moves and category changes.
+        prune: attack with each member only the rows no earlier member evaded. The rows evaded are
+            the same; a row's kept evasion is then the first member's, perhaps not the cheapest, and
+            each member's own figures cover only the rows it saw (``attacked_by``). False: every
+            member attacks every detected row, for what each attack finds on its own.
 
     Only rows flagged on clean input are attacked. Each attack's points are decoded, checked with
     ``schema.validate`` and replaced by the original row where a check fails (``repair_failed``);
@@ -560,16 +580,27 @@ def worst_case(model: nn.Module, schema: Schema, x: torch.Tensor, original: pd.D
     best = _Best(original, p_clean, detected)
     fooled_by: dict[str, np.ndarray] = {}
     failed_by: dict[str, np.ndarray] = {}
-    mask = torch.as_tensor(detected)
+    attacked_by: dict[str, np.ndarray] = {}
+
+    def judge(name: str, at: np.ndarray, x_adv: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Score the points of the rows ``at`` and offer them: per row of the suite, taken, fooled and failed."""
+        rows, fooled, p, cost, failed = _judge(model, schema, x_adv[at], x[at], original.iloc[at])
+        out = np.zeros((3, n), dtype=bool)
+        out[0, at], out[1, at], out[2, at] = best.offer(name, at, rows, fooled, p, cost, failed), fooled, failed
+        return out[0], out[1], out[2]
+
     for name, attack in attacks.items():
-        if isinstance(attack.space, CategoricalSpace):
-            result = attack(model, attack.space.rows(x), y, mask=mask)
-            x_adv = attack.space.encode(result.x_adv)
-        else:
-            x_adv = attack(model, x, y, mask=mask).x_adv.detach().cpu()
-        rows, fooled, p, cost, failed = _judge(model, schema, x_adv, x, original, detected)
-        fooled_by[name], failed_by[name] = fooled, failed & detected
-        best.offer(name, rows, fooled, p, cost, failed & detected)
+        # the attacks key each row's random stream by its position, so leaving out rows already
+        # evaded changes no other row's result: the rows evaded are those of the unpruned suite
+        attacked_by[name] = todo = detected & ~best.fooled if prune else detected
+        fooled_by[name] = failed_by[name] = np.zeros(n, dtype=bool)
+        if todo.any():
+            mask = torch.as_tensor(todo)
+            if isinstance(attack.space, CategoricalSpace):
+                x_adv = attack.space.encode(attack(model, attack.space.rows(x), y, mask=mask).x_adv)
+            else:
+                x_adv = attack(model, x, y, mask=mask).x_adv.detach().cpu()
+            _, fooled_by[name], failed_by[name] = judge(name, np.flatnonzero(todo), x_adv)
     refined = 0
     start = np.flatnonzero(detected & ~best.fooled & (best.attack != "none"))
     if refine and len(start):
@@ -580,16 +611,16 @@ def worst_case(model: nn.Module, schema: Schema, x: torch.Tensor, original: pd.D
         result = search(model, starts, y[sub])
         x_adv = x.clone()
         x_adv[sub] = space.encode(result.x_adv)
-        rows, fooled, p, cost, failed = _judge(model, schema, x_adv, x, original, detected)
-        taken = best.offer("refine", rows, fooled, p, cost, failed & detected)
+        taken, fooled, _ = judge("refine", start, x_adv)
         refined = int((taken & fooled).sum())
+        attacked_by["refine"] = np.isin(np.arange(n), start)
     rows = best.rows.astype({c.name: original[c.name].dtype for c in schema.columns})
     table = pd.DataFrame({
         "detected_clean": detected, "p_fraud_clean": p_clean, "p_fraud_adversarial": best.p, "fooled": best.fooled,
         "valid": schema.validate(rows, original).to_numpy(), "repair_failed": best.failed, "attack": best.attack,
         "cost": schema.cost(rows, original).to_numpy(), "changed": describe_changes(schema, rows, original),
     }, index=original.index)
-    return WorstCase(rows, table, fooled_by, failed_by, refined)
+    return WorstCase(rows, table, fooled_by, failed_by, refined, attacked_by, prune)
 
 
 # ----------------------------------------------------------------------------- training against the joint attack

@@ -186,7 +186,7 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
         valid[label] = float(ok.mean())
         failed[label] = float(repair_failed.mean())
         fooled = (caught & ~still).numpy()
-        best.offer(label, rows, fooled, fraud_probability(decided, x_rows).numpy(),
+        best.offer(label, np.arange(len(rows)), rows, fooled, fraud_probability(decided, x_rows).numpy(),
                    schema.cost(rows, frauds).to_numpy(), ~ok)
     recall["worst"] = float(survived.float().mean())
     adversarial = best.rows.astype({c.name: frauds[c.name].dtype for c in schema.columns})

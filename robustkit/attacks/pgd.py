@@ -95,45 +95,67 @@ class PGD(Attack):
         return self.cspace.default_step_size(self.steps) if self.step_size is None else self.step_size
 
     def _run(self, problem: Problem) -> Best:
-        space, x = self.cspace, problem.x
+        """The first restart on every example, then restarts 2..k as one batch on the examples it left
+        robust (each restart's own random stream): a k-th of the steps for the examples that resist. The
+        restarts are folded in order, each only where the ones before failed, as if run one by one."""
+        x = problem.x
         best = Best(x, x.device)
+        every = torch.arange(len(x), device=x.device)
+        self._fold(best, every, self._climb(problem, every, [0]), [0])
+        todo = (~best.success).nonzero().squeeze(1)
+        later = list(range(1, self.restarts))
+        if later and len(todo):
+            self._fold(best, todo, self._climb(problem, todo, later), later)
+        return best
+
+    def _fold(self, best: Best, rows: torch.Tensor, found: Best, restarts: list[int]) -> None:
+        n = len(rows)
+        for k in range(len(restarts)):
+            failing = ~best.success[rows]
+            part = slice(k * n, (k + 1) * n)
+            idx = rows[failing]
+            best.update(idx, found.x[part][failing], found.loss[part][failing], found.success[part][failing])
+
+    def _climb(self, problem: Problem, rows: torch.Tensor, restarts: list[int]) -> Best:
+        """PGD from each restart's random start on ``rows`` (restart-major): the best point of each run."""
+        space, x = self.cspace, problem.x
         alpha = self._alpha()
         share = _compact_share(x.device)
-        for restart in range(self.restarts):
-            todo = (~best.success).nonzero().squeeze(1)
-            if len(todo) == 0:
-                break
-            x0 = x[todo]
-            if self.random_start:
-                start_space = space if self.init_scale == 1.0 else space.with_budget(space.budget * self.init_scale)
-                x_adv = start_space.init(x0, seed=_random.derive(self.seed, restart), ids=problem.ids[todo])
+        x0 = x[rows].repeat(len(restarts), *[1] * (x.dim() - 1))
+        if self.random_start:
+            start_space = space if self.init_scale == 1.0 else space.with_budget(space.budget * self.init_scale)
+            x_adv = torch.cat([start_space.init(x[rows], seed=_random.derive(self.seed, r), ids=problem.ids[rows])
+                               for r in restarts])
+        else:
+            x_adv = x0.clone()
+        found = Best(x0, x.device)
+        owner = rows.repeat(len(restarts))  # the problem's example behind each run
+        active = torch.arange(len(x0), device=x.device)
+        whole, project = True, space.projector(x0)
+        done: torch.Tensor | None = None
+        for t in range(self.steps + 1):
+            if t < self.steps:
+                logits, loss, grad = problem.loss_grad(x_adv, owner[active])
             else:
-                x_adv = x0.clone()
-            active, whole, project = todo, len(todo) == len(x), space.projector(x0)
-            done: torch.Tensor | None = None
-            for t in range(self.steps + 1):
-                if t < self.steps:
-                    logits, loss, grad = problem.loss_grad(x_adv, active)
-                else:
-                    logits, loss = problem.evaluate(x_adv, active)
-                success = problem.success(logits, active)
-                best.update(None if whole else active, x_adv, loss, success)
-                if t == self.steps:
+                logits, loss = problem.evaluate(x_adv, owner[active])
+            success = problem.success(logits, owner[active])
+            found.update(None if whole else active, x_adv, loss, success)
+            if t == self.steps:
+                break
+            if self.early_stop:
+                done = success if done is None else done | success
+                keep = (~done).nonzero().squeeze(1)
+                if len(keep) == 0:
                     break
-                if self.early_stop:
-                    done = success if done is None else done | success
-                    keep = (~done).nonzero().squeeze(1)
-                    if len(keep) == 0:
-                        break
-                    finished = len(active) - len(keep)
-                    if finished == 0:
-                        done = None
-                    elif finished >= share * len(active):
-                        active, x_adv, grad, x0 = active[keep], x_adv[keep], grad[keep], x0[keep]
-                        whole, done, project = False, None, space.projector(x0)
-                stepped = project(space.step(x_adv, grad, alpha))
-                x_adv = stepped if done is None else torch.where(done.view(-1, *[1] * (x.dim() - 1)), x_adv, stepped)
-        return best
+                finished = len(active) - len(keep)
+                if finished == 0:
+                    done = None
+                elif finished >= share * len(active):
+                    active, x_adv, grad, x0 = active[keep], x_adv[keep], grad[keep], x0[keep]
+                    whole, done, project = False, None, space.projector(x0)
+            stepped = project(space.step(x_adv, grad, alpha))
+            x_adv = stepped if done is None else torch.where(done.view(-1, *[1] * (x.dim() - 1)), x_adv, stepped)
+        return found
 
 
 class FGSM(PGD):
