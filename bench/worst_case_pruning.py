@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import robustkit as rk
-from domains.tabular import TabularDomain
+from domains.tabular import TabularDomain, TabularOptions
 from domains.tabular.attacks import worst_case
 from domains.tabular.synthetic import card_schema, generate
 
@@ -60,7 +60,7 @@ def main() -> None:
     domain, schema = TabularDomain(), card_schema()
     data = domain.from_frame(generate(args.rows, seed=0, fraud_rate=0.05), schema, seed=0)
     torch.manual_seed(0)
-    model = domain.build_model(domain.model_spec(data, {}))
+    model = domain.build_model(domain.model_spec(data, TabularOptions()))
     rk.AdversarialTrainer(model, domain.space(schema.budget, data), method=args.method, progress=False,
                           attackable=domain.attackable,
                           optimizer=torch.optim.Adam(model.parameters(), lr=3e-3)).fit(

@@ -339,9 +339,9 @@ def test_pruned_worst_case_evades_the_rows_the_full_suite_evades_and_later_membe
     domain, schema = TabularDomain(), card_schema()
     data = domain.from_frame(generate(1200, seed=1, fraud_rate=0.2), schema, seed=0)
     torch.manual_seed(0)
-    model = domain.build_model(domain.model_spec(data, {}))
+    model = domain.build_model(domain.model_spec(data, TabularOptions()))
     rk.AdversarialTrainer(model, domain.space(schema.budget, data), method="standard", progress=False,
-                          optimizer=torch.optim.Adam(model.parameters(), lr=3e-3), select_best=False).fit(
+                          optimizer=torch.optim.Adam(model.parameters(), lr=3e-3)).fit(
         domain.loader(data.train, 128, shuffle=True), epochs=2)
     decided = domain.decided(model.eval(), domain.choose_threshold(model, data))
     x, y = data.test.tensors
