@@ -158,20 +158,27 @@ def _lead(m: dict[str, Any]) -> dict[str, Any]:
                                  "attacked": m["robust_accuracy"].get("worst"), "false_positive_rate": None}
 
 
-#: columns of the summary table: the headline first, accuracy after it
-SUMMARY_COLUMNS = ["model", "measure", "clean", "under the worst attack", "false-positive rate", "verdict",
-                   "clean accuracy", "robust accuracy (worst case)", "training seconds"]
-
-
-def _summary_rows(metrics: dict[str, Any]) -> list[list[str]]:
+def _summary(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The summary table's columns and rows: the headline first. Where it is recall (one class of a binary problem
+    attacked), the false-positive rate reached follows, then accuracy over every row, headed as such (the other
+    class is never attacked, so it stays high beside a low recall); where it is accuracy, nothing repeats it."""
+    recall = any(_lead(m)["measure"] == "recall" for m in metrics["models"].values())
+    head = ["model", "measure", "clean", "under the worst attack"]
+    head += ["false-positive rate", "verdict", "accuracy on all rows, clean",
+             "accuracy on all rows, the attacked class attacked"] if recall else ["verdict"]
+    head.append("training seconds")
     rows = []
     for name, m in metrics["models"].items():
         seconds, lead = m.get("train_seconds"), _lead(m)
         fpr = lead.get("false_positive_rate")
-        rows.append([name, str(lead["measure"]), _pct(lead["clean"]), _pct(lead["attacked"]),
-                     "" if fpr is None else _pct(fpr), m.get("verdict", ""), _pct(m["clean_accuracy"]),
-                     _pct(m["robust_accuracy"].get("worst")), "" if seconds is None else f"{seconds:.1f}"])
-    return rows
+        row = [name, str(lead["measure"]), _pct(lead["clean"]), _pct(lead["attacked"])]
+        if recall:
+            row += ["" if fpr is None else _pct(fpr), m.get("verdict", ""), _pct(m["clean_accuracy"]),
+                    _pct(m["robust_accuracy"].get("worst"))]
+        else:
+            row.append(m.get("verdict", ""))
+        rows.append([*row, "" if seconds is None else f"{seconds:.1f}"])
+    return head, rows
 
 
 def _markdown(metrics: dict[str, Any], reports: dict[str, RobustnessReport], config_yaml: str, command: str) -> str:
@@ -184,10 +191,10 @@ def _markdown(metrics: dict[str, Any], reports: dict[str, RobustnessReport], con
         f"Data: {metrics['dataset']['name']} ({metrics['dataset'].get('split', '')}); threat: "
         f"{threat.get('space')} budget {threat.get('budget')}; seed {metrics['seed']}.",
         "",
-        "| " + " | ".join(SUMMARY_COLUMNS) + " |",
-        "|" + "---|" * len(SUMMARY_COLUMNS),
     ]
-    lines += ["| " + " | ".join(r) + " |" for r in _summary_rows(metrics)]
+    head, rows = _summary(metrics)
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
     for name, rep in reports.items():
         lines += ["", f"## {name} model", "", *_markdown_table(rep.table), "", "Checks:", ""]
         lines += [f"- **{c.status}**: {c.name}: {c.detail}" for c in rep.checks]
@@ -215,11 +222,12 @@ def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history
     for name, rep in reports.items():
         head, rows = _cells(rep.table)
         models.append({"name": name, "head": head, "rows": rows, "checks": rep.checks})
+    summary_head, summary_rows = _summary(metrics)
     return render(
         "run_report.html.j2",
         domain=metrics["domain"], command_name=str(metrics.get("command", "run")), verdict=metrics["verdict"],
-        summary_head=SUMMARY_COLUMNS, summary_rows=_summary_rows(metrics),
-        summary_left=[i for i, c in enumerate(SUMMARY_COLUMNS) if c in ("model", "measure", "verdict")],
+        summary_head=summary_head, summary_rows=summary_rows,
+        summary_left=[i for i, c in enumerate(summary_head) if c in ("model", "measure", "verdict")],
         measure=_lead(next(iter(metrics["models"].values())))["measure"], budget_plot=_png(budget_figure(reports)),
         history_plot="" if history.empty else _png(history_figure(history)),
         breakdown_plot=_png(breakdown_figure(breakdowns)) if breakdowns else "", scalars=_scalars(metrics),

@@ -24,7 +24,7 @@ import hashlib
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,13 +32,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from robustkit.errors import ConfigError, ModelError
+from robustkit.errors import ConfigError, ModelError, RobustkitError
 from robustkit.factory import check_finite
 from robustkit.files import atomic_write_dir
 from robustkit.training import methods as methods_mod
 
-__all__ = ["MANIFEST", "check_module_given", "classes_from", "classes_meta", "method_config", "method_from",
-           "module_state", "read_folder", "read_weights", "write_folder"]
+__all__ = ["MANIFEST", "check_module_given", "classes_from", "classes_meta", "load_folder", "method_config",
+           "method_from", "module_state", "read_folder", "read_weights", "write_folder"]
 
 #: the manifest of a saved estimator folder
 MANIFEST = "classifier.json"
@@ -164,3 +164,22 @@ def check_module_given(meta: dict[str, Any], module: Any, path: Path) -> None:
                          "load(path, module=...) (its code is not saved, only its weights)")
     if not meta.get("module") and module is not None:
         raise ConfigError(f"{path} was trained with the built-in model, not a module=: load it without module")
+
+
+T = TypeVar("T")
+
+
+def load_folder(path: str | Path, fmt: str, version: int, what: str, module: Any,
+                build: Callable[[Path, dict[str, Any], Any], T]) -> T:
+    """An estimator from the folder at ``path``: its files checked (:func:`read_folder`), ``module`` checked
+    against what it was trained with, then ``build(path, manifest, module)``; a manifest that does not
+    describe a fitted estimator is a :class:`~robustkit.errors.ModelError`."""
+    path = Path(path)
+    meta = read_folder(path, fmt, version, what)
+    check_module_given(meta, module, path)
+    try:
+        return build(path, meta, module)
+    except RobustkitError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
+        raise ModelError(f"{path / MANIFEST} does not describe a fitted {what} ({exc})") from None

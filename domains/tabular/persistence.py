@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +33,16 @@ from domains.tabular.model import SchemaEncoder, TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.trees import TypedEstimator
-from robustkit.errors import ConfigError, ModelError, RobustkitError
+from robustkit.errors import ConfigError, ModelError
 from robustkit.saved import (
     MANIFEST,
     check_json,
-    check_module_given,
     classes_from,
     classes_meta,
+    load_folder,
     method_config,
     method_from,
     module_state,
-    read_folder,
     read_weights,
     write_folder,
 )
@@ -171,15 +171,7 @@ def _read_skops(path: Path) -> dict[str, Any]:
 def load_classifier(cls: type, path: str | Path, module: Any = None) -> Any:
     """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first;
     ``module``: the ``module=`` it was trained with."""
-    path = Path(path)
-    meta = read_folder(path, FORMAT, VERSION, "RobustTabularClassifier")
-    check_module_given(meta, module, path)
-    try:
-        return _build(cls, path, meta, module)
-    except RobustkitError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        raise ModelError(f"{path / MANIFEST} does not describe a fitted classifier ({exc})") from None
+    return load_folder(path, FORMAT, VERSION, "RobustTabularClassifier", module, partial(_build, cls))
 
 
 def _build(cls: type, path: Path, meta: dict[str, Any], module: Any) -> Any:

@@ -12,6 +12,7 @@ A saved filter is a folder (:mod:`robustkit.saved`):
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +23,16 @@ from tokenizers import Tokenizer
 from domains.text import TOKENIZER_KEY, TextDataset, TextDomain
 from domains.text.options import TextOptions
 from robustkit.domain import DatasetInfo, DomainData
-from robustkit.errors import ModelError, RobustkitError
+from robustkit.errors import ModelError
 from robustkit.saved import (
     MANIFEST,
     check_json,
-    check_module_given,
     classes_from,
     classes_meta,
+    load_folder,
     method_config,
     method_from,
     module_state,
-    read_folder,
     read_weights,
     write_folder,
 )
@@ -69,15 +69,7 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
 def load_classifier(cls: type, path: str | Path, module: Any = None) -> Any:
     """The classifier :func:`save_classifier` wrote to ``path``: every file checked against its SHA-256 first;
     ``module``: the ``module=`` it was trained with."""
-    path = Path(path)
-    meta = read_folder(path, FORMAT, VERSION, "RobustSpamClassifier")
-    check_module_given(meta, module, path)
-    try:
-        return _build(cls, path, meta, module)
-    except RobustkitError:
-        raise
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as exc:
-        raise ModelError(f"{path / MANIFEST} does not describe a fitted classifier ({exc})") from None
+    return load_folder(path, FORMAT, VERSION, "RobustSpamClassifier", module, partial(_build, cls))
 
 
 def _build(cls: type, path: Path, meta: dict[str, Any], module: Any) -> Any:
