@@ -147,11 +147,14 @@ def _domain_options(argv: list[str]) -> type[DomainOptions] | None:
         return None
     takes_values = {flag: action.nargs for action in _run_actions(argv[0]) for flag in action.option_strings
                     if action.nargs != 0}
-    rest = iter(argv[1:])
-    for token in rest:
-        if token in takes_values:
-            if takes_values[token] is None:
-                next(rest, None)
+    rest = list(argv[1:])
+    while rest:
+        token = rest.pop(0)
+        if token in takes_values:  # skip its value, or (nargs "+") every value up to the next flag, as argparse does
+            count = 1 if takes_values[token] is None else len(rest)
+            while count and rest and not rest[0].startswith("-"):
+                rest.pop(0)
+                count -= 1
             continue
         if not token.startswith("-"):
             from robustkit.domain import get_domain

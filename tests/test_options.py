@@ -61,6 +61,9 @@ def test_a_domain_s_flags_join_the_command_line_and_only_its_own(capsys: pytest.
     assert "--norm" in images and "--schema" not in images
     assert main(["harden", "images", "--data", "digits", "--schema", "s.yaml"]) == 2
     assert "unrecognized arguments: --schema" in capsys.readouterr().err
+    # the domain is found after flags that take values, one or several
+    assert main(["harden", "--eps", "0.5", "1", "--data", "synthetic", "--seed", "3", "tabular", "--help"]) == 0
+    assert "--positive-label" in capsys.readouterr().out
 
 
 def test_core_command_line_names_no_domain_and_no_domain_flag() -> None:
