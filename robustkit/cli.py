@@ -64,6 +64,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[
         p.add_argument("--eps", type=float, nargs="+", default=None, help="budgets of the accuracy-vs-budget curve")
         p.add_argument("--epochs", type=int, default=None, help="training epochs")
         p.add_argument("--lr", type=float, default=None, help="learning rate")
+        p.add_argument("--eps-warmup", type=float, default=None, dest="eps_warmup", metavar="EPOCHS",
+                       help="epochs over which the training budget grows from 0 to --budget (default 0)")
         p.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped run from its checkpoints")
         p.add_argument(
             "--report-to", default=None, dest="report_to", choices=["none", "tensorboard", "mlflow"],
@@ -191,6 +193,7 @@ def _run_command(args: argparse.Namespace, argv: list[str], options_class: type[
     }
     if args.command == "harden":
         overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr,
+                         eps_warmup=args.eps_warmup,
                          report_to=args.report_to, keep_checkpoints=args.keep_checkpoints)
     else:
         overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)

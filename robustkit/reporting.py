@@ -72,7 +72,7 @@ def budget_figure(reports: dict[str, RobustnessReport]) -> Figure:
     ax.set_ylabel(measure)
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{measure.capitalize()} under attack vs budget (dashed: clean)")
-    ax.legend(fontsize=FONT - 1)
+    ax.legend(fontsize=FONT - 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: it covers no line
     ax.grid(alpha=0.3)
     _whole_budgets(ax, [e for rep in reports.values() for e in rep.budgets])
     _style(ax)
@@ -96,7 +96,7 @@ def history_figure(history: pd.DataFrame) -> Figure:
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("validation accuracy")
     ax_acc.set_ylim(0, 1.02)
-    ax_acc.legend(fontsize=FONT - 1)
+    ax_acc.legend(fontsize=FONT - 1, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     for ax in (ax_loss, ax_acc):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _style(ax)

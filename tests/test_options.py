@@ -98,3 +98,16 @@ def test_every_preset_is_a_choice_of_the_command_line() -> None:
     for command in ("harden", "evaluate", "attack"):
         for preset in PRESETS:
             assert _parser().parse_args([command, "toy", "--preset", preset]).preset == preset
+
+
+def test_the_collapsed_training_advice_names_a_flag_that_exists(tmp_path: Path) -> None:
+    import re
+
+    from robustkit import pipeline
+    from robustkit.cli import _parser
+
+    advised = set(re.findall(r"\(--([a-z-]+)\)", Path(pipeline.__file__).read_text()))
+    assert "eps-warmup" in advised
+    for flag in advised:
+        args = _parser().parse_args(["harden", "toy", f"--{flag}", "2"])
+        assert getattr(args, flag.replace("-", "_")) == 2

@@ -1,7 +1,7 @@
 """Named attack suites for :func:`robustkit.evaluate` and the names of single attacks.
 
 A preset is a list of attacks with their settings and a rough cost, so that a command line can
-print what ``--attacks standard`` will spend before it runs. Costs are per example and per budget,
+print what ``--preset standard`` will spend before it runs. Costs are per example and per budget,
 upper bounds (attacks stop early on examples they have already broken).
 
 Example:
