@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from safetensors import SafetensorError
+
 from robustkit.errors import DiskFullError
 
 __all__ = ["atomic_write_dir", "atomic_write_text", "follow_umask", "remove_dir"]
@@ -35,10 +37,13 @@ _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _disk_full(exc: BaseException, where: Path) -> bool:
-    """Whether ``exc``, raised while writing under ``where``, is a full disk. torch's own writer reports one only
-    as a RuntimeError ("unexpected pos"), so a RuntimeError counts when the disk has (almost) no room left."""
+    """Whether ``exc``, raised while writing under ``where``, is a full disk. The libraries' writers do not raise
+    OSError: safetensors raises a SafetensorError naming the OS error ("os error 28"), and torch a RuntimeError
+    ("unexpected pos") that says nothing, so that one counts when the disk has (almost) no room left."""
     if isinstance(exc, OSError):
         return exc.errno in _FULL
+    if any(f"(os error {code})" in str(exc) for code in _FULL):
+        return True
     if not isinstance(exc, RuntimeError):
         return False
     try:
@@ -52,7 +57,7 @@ def _space_checked(path: Path) -> Iterator[None]:
     """Turn a full disk while writing ``path`` into a :class:`DiskFullError` that says so and names it."""
     try:
         yield
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         if not _disk_full(exc, path.parent):
             raise
         raise DiskFullError(

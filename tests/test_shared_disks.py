@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from robustkit import pipeline
 from robustkit.cli import main
@@ -144,12 +145,19 @@ def test_the_lock_file_does_not_count_as_content(tmp_path: Path) -> None:
 def test_a_full_disk_says_so_names_the_file_and_how_to_go_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOSPC from Python, and torch's own writer, which reports a full disk only as "unexpected pos"."""
+    """ENOSPC from Python, safetensors' writer (a SafetensorError naming the OS error) and torch's own writer,
+    which reports a full disk only as "unexpected pos"."""
     def no_space(folder: Path) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(DiskFullError, match=r"no space left on device while writing .*ckpt.*--resume"):
         atomic_write_dir(tmp_path / "ckpt", no_space)
+
+    def safetensors_full(folder: Path) -> None:
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    with pytest.raises(DiskFullError, match="no space left on device"):  # said in its message, whatever the room
+        atomic_write_dir(tmp_path / "ckpt", safetensors_full)
 
     def torch_full(folder: Path) -> None:
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4054")
