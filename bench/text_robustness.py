@@ -16,8 +16,9 @@ pieces and defaults, without writing a run directory:
 - decision: the threshold giving 1% false positives on validation ham (``choose_threshold``);
 - attack: the default evaluation at the default budget, i.e. the ``standard`` preset over the domain's
   ``ObfuscationSpace`` (3 edited words on SMS): the gradient-guided search (8 candidates per edit, 3
-  restarts over other samples of candidates) and the black-box query search, each run on the test spam
-  the model flags (TextAttack's "skipped" are the others), and the worst case per text; beside it, the
+  restarts over other samples of candidates) on the test spam the model flags (TextAttack's "skipped" are
+  the others), then the black-box query search on the texts it left, and the worst case per text (each
+  attack's own recall is also measured on every text, untimed); beside it, the
   search as it was before issue 17 (:class:`OldSearchSpace`) and an independent query attack
   (``bench/text_independent_attack.py``) whose every text passes ``ObfuscationSpace.contains``.
 
@@ -216,8 +217,8 @@ def predict(decided: nn.Module, space: DiscreteSpace[Any], texts: list[str], dev
 
 
 def default_attacks(space: ObfuscationSpace, seed: int) -> dict[str, rk.attacks.Attack]:
-    """The default evaluation's attacks by label: the preset's attacks over a discrete space, each run on every
-    detected spam and reported, and the worst case per text over them (as ``rk.evaluate`` runs them)."""
+    """The default evaluation's attacks by label, in order: the preset's attacks over a discrete space, each
+    run on the detected spam the ones before it left (as ``rk.evaluate`` runs them)."""
     return {s.label: s.build(space, seed=seed) for s in PRESETS[PRESET].attacks_for(2, discrete=True)}
 
 
@@ -246,11 +247,11 @@ class OldSearchSpace(ObfuscationSpace):
         edits = super().candidates(x, original)
         spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", x)]
         free = sorted({e.value[2] for e in edits if e.value[1] != "insert"})
-        out = [Edit(k, (x[:spans[k][0]] + new + x[spans[k][1]:], "old", k, new))
+        out = [Edit(k, ((spans[k][0], spans[k][1], new), "old", k, new))
                for k in free for new in sorted(_old_tricks(spans[k][2]))]
         ends = {0, len(spans)} if len(spans) > 1 else {len(spans)}
         out += [e for e in edits if e.value[1] == "insert" and e.value[2] in ends]
-        return [e for e in out if bool(self.contains([e.value[0]], [original])[0])]
+        return [e for e in out if bool(self.contains([self.apply(x, e)], [original])[0])]
 
     def scores(self, x: str, grad: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
         # the old tricks' kind is "old": score them as the space scores a homoglyph on that word
@@ -289,17 +290,29 @@ def run_attack(
 
 def run_evaluation(
     decided: nn.Module, space: ObfuscationSpace, texts: list[str], flagged: torch.Tensor, seed: int,
-    device: torch.device, max_wait: float,
+    device: torch.device, max_wait: float, alone: bool = True,
 ) -> dict[str, Any]:
-    """Every attack of the default evaluation on the flagged spam, and the worst case per text over them."""
-    runs = {label: run_attack(decided, a, texts, flagged, seed, device, max_wait)
-            for label, a in default_attacks(space, seed).items()}
-    success = torch.zeros(len(texts), dtype=torch.bool)
+    """The default evaluation on the flagged spam: each attack on the texts the ones before it left (timed),
+    and the worst case per text. With ``alone``, each later attack also runs (untimed) on the texts an earlier
+    one broke, so that every attack's own success is known on every text: an attack draws its moves per
+    text, so a text's result does not depend on which others it runs with."""
+    runs: dict[str, dict[str, Any]] = {}
+    left = flagged.clone()
+    for label, attack in default_attacks(space, seed).items():
+        runs[label] = run_attack(decided, attack, texts, left, seed, device, max_wait)
+        runs[label]["attacked"] = int(left.sum())
+        left = left & ~runs[label]["success"]
+    success = flagged & ~left
     x_adv = list(texts)
-    for r in runs.values():  # the first attack that broke a text gives its adversarial version
-        for i in (r["success"] & ~success).nonzero().squeeze(1).tolist():
+    for r in runs.values():  # the attack that broke a text gives its adversarial version
+        for i in r["success"].nonzero().squeeze(1).tolist():
             x_adv[i] = r["x_adv"][i]
-        success |= r["success"]
+    if alone:
+        for label, attack in list(default_attacks(space, seed).items())[1:]:
+            rest = flagged & ~runs[label]["success"] & success
+            if bool(rest.any()):
+                runs[label]["success"] = runs[label]["success"] | run_attack(
+                    decided, attack, texts, rest, seed, device, 0.0)["success"]
     return {"x_adv": x_adv, "success": success, "per_attack": runs,
             **{k: sum(r[k] for r in runs.values()) for k in ("forward", "backward", "seconds", "waited")},
             "cpu_share": statistics.fmean(r["cpu_share"] for r in runs.values()),
@@ -311,8 +324,8 @@ def evaluate(
     device: torch.device,
 ) -> dict[str, Any]:
     test: TextDataset = data.test  # type: ignore[assignment]
-    decided = domain.decided(trained["model"].eval(), trained["threshold"])  # binds the embedding for HotFlip
-    space = domain.eval_space(budget, data)
+    decided = domain.decided(trained["model"].eval(), trained["threshold"])
+    space = domain.eval_space(budget, data, decided)
     assert isinstance(space, ObfuscationSpace)
     labels = torch.tensor(test.labels, dtype=torch.long)
     pred = predict(decided, space, test.texts, device)
@@ -378,9 +391,11 @@ def evaluate(
         "attack": attacked["config"],
         **{f"recall_attacked_{label}": recall_left(r["success"])["recall_attacked"]
            for label, r in attacked["per_attack"].items()},
-        **{f"examples_per_second_{label}": n_attacked / r["seconds"] if n_attacked else None
+        # each attack's cost on the texts it ran on in the evaluation (the later ones: what the earlier left)
+        **{f"attacked_{label}": r["attacked"] for label, r in attacked["per_attack"].items()},
+        **{f"examples_per_second_{label}": r["attacked"] / r["seconds"] if r["attacked"] else None
            for label, r in attacked["per_attack"].items()},
-        **{f"forward_per_attacked_{label}": r["forward"] / n_attacked if n_attacked else None
+        **{f"forward_per_attacked_{label}": r["forward"] / r["attacked"] if r["attacked"] else None
            for label, r in attacked["per_attack"].items()},
         "recall_attacked_old_search": recall_left(old["success"])["recall_attacked"],
         "old_search_examples_per_second": n_attacked / old["seconds"] if n_attacked else None,
@@ -406,9 +421,9 @@ def cpu_timing(
     """The same attack on a CPU copy of the model (``--threads`` threads): the speed goal's setting."""
     cpu = torch.device("cpu")
     decided = domain.decided(copy.deepcopy(trained["model"]).cpu().eval(), trained["threshold"])
-    space = domain.eval_space(budget, data)
+    space = domain.eval_space(budget, data, decided)
     assert isinstance(space, ObfuscationSpace)
-    attacked = run_evaluation(decided, space, texts, flagged, seed, cpu, args.max_wait)
+    attacked = run_evaluation(decided, space, texts, flagged, seed, cpu, args.max_wait, alone=False)
     n = int(flagged.sum())
     return {"cpu_attack_seconds": attacked["seconds"], "cpu_attack_waited_seconds": attacked["waited"],
             "cpu_attack_examples_per_second": n / attacked["seconds"] if n else None,
@@ -529,7 +544,8 @@ def tables(runs: list[dict[str, Any]]) -> str:
                 f"{col('train_seconds', 1, 0)} | {', '.join(str(r.get('selected_epoch')) for r in rs)} |")
     lines += ["\n### Spam recall left by each attack (issue 17; mean ± sample std)\n",
               "| model | training | clean | old search | search (restarts) | query search | evaluation (worst case) | "
-              "independent | evaluation or independent | texts/s: search, query search, independent |",
+              "independent | evaluation or independent | texts/s: search, query search (on what the search left), "
+              "independent |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for model in MODELS:
         for kind in KINDS:

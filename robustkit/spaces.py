@@ -418,6 +418,11 @@ class DiscreteSpace(PerturbationSpace, Generic[T]):
     def apply(self, x: T, edit: Edit) -> T:
         """The object with ``edit`` applied (a new object; ``x`` is not modified)."""
 
+    def size(self, x: T) -> int:
+        """How large ``x``'s encoding is, roughly (e.g. a text's length): the searches evaluate objects of
+        similar size together, so that a padded batch wastes less. 0 (the default) keeps their order."""
+        return 0
+
     def scores(self, x: T, grad: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
         """First-order estimates of the loss change of each edit: <grad, encode(edited) - encode(x)>."""
         if not edits:

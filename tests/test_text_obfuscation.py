@@ -132,3 +132,47 @@ def test_search_training_and_contains_agree(tokenizer: Tokenizer, corpus: list[s
                                     optimizer=torch.optim.SGD(model.parameters(), lr=0.0))
     trainer.fit(torch.utils.data.DataLoader(data, batch_size=8, collate_fn=data.collate), epochs=1)
     assert method.sources == corpus and bool(space.contains(method.generated, method.sources).all())
+
+
+def _bert_like(corpus: list[str]) -> Tokenizer:
+    """A tokenizer configured like BERT's (its normaliser strips accents and control characters)."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    tok = train_tokenizer(corpus * 3, vocab_size=200)
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    return tok
+
+
+def _byte_level(corpus: list[str]) -> Tokenizer:
+    """A byte-level BPE tokenizer: its tokens carry the space before a word, so chunks cannot be cached."""
+    from tokenizers import models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.train_from_iterator(corpus * 3, trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    return tok
+
+
+ODD = st.sampled_from([" ", "  ", "\u00a0", "\u200b", "\u0301", "\t", "\n", "é", "İ", "ß", "\u0430", "1", "!",
+                       "www.x.co", "s.u.b", "ＷＩＮ", "\x1c", "\u3000", "中文"])
+ODD_TEXTS = st.lists(st.one_of(PIECES, ODD), max_size=40).map("".join)
+
+
+@settings(max_examples=60, deadline=None)
+@given(texts=st.lists(ODD_TEXTS, min_size=1, max_size=6), kind=st.sampled_from(["builtin", "bert", "byte-level"]),
+       truncate=st.sampled_from([None, 3, 128]))
+def test_the_chunk_encoder_gives_the_tokenizers_ids(texts: list[str], kind: str, truncate: int | None) -> None:
+    """A search encodes variants from cached chunks: the ids must be the tokenizer's own, for any text."""
+    from domains.text.model import ChunkEncoder, encode_ids
+
+    tok = {"builtin": lambda c: train_tokenizer(c * 3, vocab_size=200), "bert": _bert_like,
+           "byte-level": _byte_level}[kind](CORPUS)
+    if truncate is None:
+        tok.no_truncation()
+    else:
+        tok.enable_truncation(truncate)
+    encoder = ChunkEncoder(tok)
+    assert encoder.cached == (kind != "byte-level")
+    assert encoder(texts) == encode_ids(tok, texts)
+    assert encoder(texts[::-1]) == encode_ids(tok, texts[::-1])  # from the cache this time

@@ -15,8 +15,10 @@ padding), so batches are padded only to their own longest text.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
@@ -26,7 +28,8 @@ from torch import nn
 from robustkit import _random
 from robustkit.spaces import ContinuousSpace
 
-__all__ = ["PAD", "UNK", "TextCNN", "TokenHead", "TokenL2Ball", "TokenModel", "encode_ids", "train_tokenizer"]
+__all__ = ["PAD", "UNK", "ChunkEncoder", "TextCNN", "TokenHead", "TokenL2Ball", "TokenModel", "encode_ids",
+           "train_tokenizer"]
 
 PAD, UNK = "[PAD]", "[UNK]"
 #: longest text in tokens; longer texts are truncated (and counted)
@@ -78,12 +81,78 @@ def encode_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
     return [enc.ids or [unk] for enc in tokenizer.encode_batch(list(texts))]
 
 
+#: normalisers that map each character on its own (they never join characters across a space)
+_CHARACTER_NORMALIZERS = frozenset({"Lowercase", "BertNormalizer", "NFC", "NFD", "NFKC", "NFKD", "StripAccents"})
+#: pre-tokenizers that split at every space and drop it
+_SPACE_SPLITTERS = frozenset({"BertPreTokenizer", "Whitespace", "WhitespaceSplit"})
+
+
+def _character_wise(normalizer: dict[str, Any] | None) -> bool:
+    if normalizer is None:
+        return True
+    if normalizer.get("type") == "Sequence":
+        return all(_character_wise(n) for n in normalizer.get("normalizers", []))
+    return normalizer.get("type") in _CHARACTER_NORMALIZERS
+
+
+class ChunkEncoder:
+    """Token ids of texts, as :func:`encode_ids` gives them, from a cache of the ids of their space-separated
+    chunks where the tokenizer allows it.
+
+    A search encodes hundreds of variants of each text that differ in one word; with a tokenizer that
+    normalises character by character and splits at spaces (the built-in one, BERT's), a text's ids are
+    its chunks' ids one after another, truncated as the tokenizer truncates, so only new chunks are
+    tokenized. Any other tokenizer (byte-level BPE, SentencePiece, a post-processor) encodes whole texts.
+
+    Example:
+        >>> tok = train_tokenizer(["win a prize now", "win cash now"], min_frequency=1)
+        >>> encoder = ChunkEncoder(tok)
+        >>> encoder.cached, encoder(["WIN a prize", ""]) == encode_ids(tok, ["WIN a prize", ""])
+        (True, True)
+    """
+
+    #: chunks kept before the cache starts again
+    capacity = 100_000
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+        spec = json.loads(tokenizer.to_str())
+        pre, truncation = spec.get("pre_tokenizer"), spec.get("truncation")
+        self.cached = (
+            _character_wise(spec.get("normalizer"))
+            and pre is not None and pre.get("type") in _SPACE_SPLITTERS
+            and spec.get("post_processor") is None and spec.get("padding") is None
+            and (truncation is None or truncation.get("direction", "Right") == "Right")
+        )
+        self.max_length = None if truncation is None else int(truncation["max_length"])
+        self.unk = tokenizer.token_to_id(UNK) or 0
+        self._chunks: dict[str, list[int]] = {}
+
+    def __call__(self, texts: Sequence[str]) -> list[list[int]]:
+        if not self.cached:
+            return encode_ids(self.tokenizer, texts)
+        split = [text.split(" ") for text in texts]
+        missing = list(dict.fromkeys(c for chunks in split for c in chunks if c not in self._chunks))
+        if len(self._chunks) + len(missing) > self.capacity:
+            self._chunks.clear()
+            missing = list(dict.fromkeys(c for chunks in split for c in chunks))
+        for chunk, enc in zip(missing, self.tokenizer.encode_batch(missing, add_special_tokens=False), strict=True):
+            self._chunks[chunk] = enc.ids
+        out = []
+        for chunks in split:
+            ids = [i for c in chunks for i in self._chunks[c]]
+            out.append(ids[: self.max_length] if self.max_length is not None else ids)
+        return [ids or [self.unk] for ids in out]
+
+
 def pad_inputs(ids: Sequence[Sequence[int]], dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """The model input ``(N, L, 1 + dim)`` for lists of token ids: ids in channel 0, zero offsets."""
-    length = max(1, max((len(i) for i in ids), default=1))
+    lengths = torch.tensor([len(seq) for seq in ids], dtype=torch.long)
+    length = max(1, int(lengths.max()) if len(ids) else 1)
     x = torch.zeros(len(ids), length, 1 + dim)
-    for row, seq in enumerate(ids):
-        x[row, : len(seq), 0] = torch.tensor(seq, dtype=torch.float32)
+    # one copy of every id at once: a tensor per row cost more than the model's forward pass in the searches
+    filled = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    x[..., 0][filled] = torch.tensor([i for seq in ids for i in seq], dtype=torch.float32)
     return x.to(device)
 
 
@@ -120,8 +189,8 @@ class TextCNN(TokenModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         emb, mask = self.embed(x)
-        h = torch.relu(self.conv(emb.transpose(1, 2))).transpose(1, 2)
-        h = h.masked_fill(mask == 0, -1e4).amax(dim=1)
+        # max over the tokens in the convolution's own (N, C, L) layout: a transposed copy costs more
+        h = torch.relu(self.conv(emb.transpose(1, 2))).masked_fill(mask.transpose(1, 2) == 0, -1e4).amax(dim=2)
         mean = emb.sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
         return self.out(torch.cat([h, mean], dim=1))
 

@@ -43,7 +43,7 @@ from tokenizers import Tokenizer
 from robustkit.errors import ConfigError
 from robustkit.spaces import DiscreteSpace, Edit
 
-from .model import encode_ids, pad_inputs
+from .model import ChunkEncoder, pad_inputs
 
 __all__ = ["HAM_WORDS", "HOMOGLYPHS", "TRICKS", "ObfuscationSpace", "edit_cost", "fold", "is_payload", "words"]
 
@@ -234,7 +234,15 @@ def edit_cost(original: str, adversarial: str, *, url_host_homoglyphs: bool = Fa
     return _alignment(original, adversarial, url_host_homoglyphs)[0]
 
 
-@lru_cache(maxsize=65536)
+def _padded(seqs: Sequence[Sequence[int]], width: int, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequences as rows of a ``(len(seqs), width)`` long tensor padded with ``fill``, and where they are."""
+    lengths = torch.tensor([len(seq) for seq in seqs], dtype=torch.long)
+    present = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    out = torch.full((len(seqs), width), fill, dtype=torch.long)
+    out[present] = torch.tensor([i for seq in seqs for i in seq], dtype=torch.long)
+    return out, present
+
+
 def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Rows ``index`` of an embedding table (on any device) as float32 on the CPU."""
     return table[index.to(table.device)].float().cpu()
@@ -276,26 +284,46 @@ def _tricks(
             for p in reversed(at):
                 chars.insert(p, rng.choice(invisible))
             out.append(("zero-width", "".join(chars)))
+    fixed_separators, fixed_edits = _fixed_tricks(word, url_host_homoglyphs)
     if kind in (None, "cta"):
         gaps = [p for p in range(1, len(word)) if word[p - 1].isalnum() and word[p].isalnum()]
-        chosen = [tuple(gaps)] * len(SEPARATORS) + _subsets(rng, gaps, samples) if gaps else []
-        for n, at in enumerate(chosen):
-            sep = SEPARATORS[n] if n < len(SEPARATORS) else rng.choice(SEPARATORS)
+        out += fixed_separators
+        for at in _subsets(rng, gaps, samples):
+            sep = rng.choice(SEPARATORS)
             out.append(("separators", "".join(sep + ch if p in at else ch for p, ch in enumerate(word))))
     if kind is None:
         leet = [p for p, ch in enumerate(word) if ch in LEET]
         out += [("leet", replaced(LEET, at)) for at in _subsets(rng, leet, samples)]
-        if len(word) >= 4:
-            out += [("swap", word[:p] + word[p + 1] + word[p] + word[p + 2 :])
-                    for p in range(len(word) - 1) if word[p] != word[p + 1]]
-            out += [("delete", word[:p] + word[p + 1 :]) for p in range(len(word))]
+        out += fixed_edits
+    valid = {w for _, w in fixed_separators + fixed_edits}  # checked once per word, whatever the seed
     seen: set[str] = {word}
     kept = []
     for k, w in out:
-        if w not in seen and _substitution_ok(word, w, url_host_homoglyphs):
+        if w not in seen and (w in valid or _substitution_ok(word, w, url_host_homoglyphs)):
             seen.add(w)
             kept.append((k, w))
     return tuple(kept)
+
+
+@lru_cache(maxsize=65536)
+def _fixed_tricks(
+    word: str, url_host_homoglyphs: bool = False
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """The allowed tricks on ``word`` that draw nothing at random: each separator character at every gap,
+    and every swap and deletion (words of 4+ characters)."""
+    gaps = [p for p in range(1, len(word)) if word[p - 1].isalnum() and word[p].isalnum()]
+    separators = [("separators", "".join(sep + ch if p in gaps else ch for p, ch in enumerate(word)))
+                  for sep in SEPARATORS] if gaps else []
+    edits: list[tuple[str, str]] = []
+    if len(word) >= 4:
+        edits += [("swap", word[:p] + word[p + 1] + word[p] + word[p + 2 :])
+                  for p in range(len(word) - 1) if word[p] != word[p + 1]]
+        edits += [("delete", word[:p] + word[p + 1 :]) for p in range(len(word))]
+
+    def ok(found: list[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+        return tuple((k, w) for k, w in found if w != word and _substitution_ok(word, w, url_host_homoglyphs))
+
+    return ok(separators), ok(edits)
 
 
 class ObfuscationSpace(DiscreteSpace[str]):
@@ -354,6 +382,7 @@ class ObfuscationSpace(DiscreteSpace[str]):
         self.tricks = frozenset(TRICKS if tricks is None else tricks)
         self.normaliser = normaliser
         self._ids_cache: dict[str, list[int]] = {}
+        self._encoder = ChunkEncoder(tokenizer)
         #: the model's embedding table for first-order scores (None: gradient word importance)
         self.embedding = embedding
         self.tokenizer = tokenizer
@@ -365,7 +394,10 @@ class ObfuscationSpace(DiscreteSpace[str]):
         return x if self.normaliser is None else self.normaliser(x)[0]
 
     def encode(self, xs: Sequence[str], device: torch.device | str = "cpu") -> torch.Tensor:
-        return pad_inputs(encode_ids(self.tokenizer, [self.model_text(x) for x in xs]), self.dim, device)
+        return pad_inputs(self._encoder([self.model_text(x) for x in xs]), self.dim, device)
+
+    def size(self, x: str) -> int:
+        return len(x)
 
     def limit(self, original: str) -> float:
         """Edits allowed on ``original``: the budget, capped by ``max_share`` of its words (at least one).
@@ -390,8 +422,9 @@ class ObfuscationSpace(DiscreteSpace[str]):
     def candidates(self, x: str, original: str) -> list[Edit]:
         """Tricks on the words of ``x`` that are still the original's own, and ham words in every gap.
 
-        An edit's value is ``(text, trick, word or gap index, new word)``; its position is the word's
-        index, or the number of words plus the gap's index for an insertion.
+        An edit's value is ``((start, end, replacement), trick, word or gap index, new word)``: :meth:`apply`
+        puts the replacement in place of ``x[start:end]``. Its position is the word's index, or the number of
+        words plus the gap's index for an insertion.
 
         Example:
             >>> from tokenizers import Tokenizer
@@ -415,18 +448,20 @@ class ObfuscationSpace(DiscreteSpace[str]):
                 continue
             for kind, new in _tricks(word, self.seed, self.samples, self.url_host_homoglyphs):
                 if kind in self.tricks:
-                    edits.append(Edit(k, (x[:start] + new + x[end:], kind, k, new)))
+                    edits.append(Edit(k, ((start, end, new), kind, k, new)))
         if "insert" not in self.tricks:
             return edits
         for gap in range(len(spans) + 1):
             cut = spans[gap][0] if gap < len(spans) else len(x)
             for w in self.insert_words:
-                text = x + " " + w if gap == len(spans) else x[:cut] + w + " " + x[cut:]
-                edits.append(Edit(len(spans) + gap, (text, "insert", gap, w)))
+                splice = (cut, cut, " " + w) if gap == len(spans) else (cut, cut, w + " ")
+                edits.append(Edit(len(spans) + gap, (splice, "insert", gap, w)))
         return edits
 
     def apply(self, x: str, edit: Edit) -> str:
-        return str(edit.value[0])
+        # the text is built only for the edits a search tries: candidates() offers hundreds per text
+        start, end, new = edit.value[0]
+        return x[:start] + new + x[end:]
 
     def scores(self, x: str, grad: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
         """HotFlip-style first-order estimates with the model's embedding table (if bound), else word saliency.
@@ -465,12 +500,10 @@ class ObfuscationSpace(DiscreteSpace[str]):
             for p, k in enumerate(owner):
                 if k >= 0:
                     per_word[k] += saliency[p]
-            mean = float(per_word.mean())
+            mean, per = float(per_word.mean()), per_word.tolist()  # Python numbers: the list runs per edit
             return torch.tensor(
-                [
-                    0.5 * mean if kind == "insert" else float(per_word[k]) * _KIND_WEIGHT[kind]
-                    for _, kind, k, _ in (e.value for e in edits)
-                ],
+                [0.5 * mean if kind == "insert" else per[k] * _KIND_WEIGHT[kind] for _, kind, k, _ in
+                 (e.value for e in edits)],
                 device=grad.device,
             )
         ids = torch.tensor(enc.ids[:n], dtype=torch.long).clamp(0, len(table) - 1)
@@ -490,39 +523,46 @@ class ObfuscationSpace(DiscreteSpace[str]):
         for p in range(n - 1, -1, -1):
             if owner[p] >= 0:
                 after[owner[p]] = p
-        n_tokens, old_sum = counts.tolist(), old.tolist()  # Python numbers: the loop below runs per edit
+        n_tokens = counts.tolist()
         for k in range(n_words - 1, -1, -1):
             if n_tokens[k] == 0:
                 after[k] = after[k + 1]
+        # each word's token positions, padded with n (a zero gradient row appended to g)
         tokens: list[list[int]] = [[] for _ in range(n_words)]
         for p, k in enumerate(owner):
             if k >= 0:
                 tokens[k].append(p)
-        self._prefetch([e.value[3] for e in edits])
-        rows: list[int] = []
-        cols: list[int] = []
-        segment: list[int] = []
-        base = [0.0] * len(edits)
-        for j, edit in enumerate(edits):
-            _, kind, k, word = edit.value
-            if kind == "insert":
-                row = n_words + k
-            elif n_tokens[k] > 0:
-                row, base[j] = k, -old_sum[k]
-            else:
-                continue
-            new_ids = self._word_ids(word)
-            if kind != "insert" and len(new_ids) == len(tokens[k]):  # token for token: each its own gradient
-                rows += [2 * n_words + 1 + q for q in tokens[k]]
-            else:
-                rows += [row] * len(new_ids)
-            cols += new_ids
-            segment += [j] * len(new_ids)
-        vectors = torch.cat([g_word, g[torch.tensor(after, dtype=torch.long)], g])
-        used, where = torch.unique(torch.tensor(cols, dtype=torch.long).clamp(0, len(table) - 1), return_inverse=True)
-        dots = (vectors @ _rows(table, used).T)[torch.tensor(rows, dtype=torch.long), where]
-        out = torch.tensor(base).index_add_(0, torch.tensor(segment, dtype=torch.long), dots)
-        return out.to(grad.device)
+        # the edits as tensors: one Python pass over them, then everything per edit is batched
+        values = [e.value for e in edits]
+        distinct = list(dict.fromkeys(v[3] for v in values))
+        self._prefetch(distinct)
+        new_ids = [self._word_ids(w) for w in distinct]
+        slot = {w: i for i, w in enumerate(distinct)}
+        insert = torch.tensor([v[1] == "insert" for v in values])
+        k_of = torch.tensor([v[2] for v in values], dtype=torch.long)
+        w_of = torch.tensor([slot[v[3]] for v in values], dtype=torch.long)
+        width = max(1, max(map(len, new_ids)), max(map(len, tokens), default=0))
+        word_ids, present = _padded(new_ids, width, -1)
+        used, where = torch.unique(word_ids.clamp(0, len(table) - 1), return_inverse=True)
+        new_rows = _rows(table, used)[where] * present[..., None]  # (distinct words, width, D), zero at padding
+        # pooled: <a gradient vector, the sum of the new tokens' rows> (the word's mean gradient; for an
+        # insertion, the gradient of the token after the gap)
+        pooled_vectors = torch.cat([g_word, g[torch.tensor(after, dtype=torch.long)]])
+        row = torch.where(insert, n_words + k_of.clamp(max=n_words), k_of.clamp(max=max(0, n_words - 1)))
+        score = (pooled_vectors[row] * new_rows.sum(dim=1)[w_of]).sum(dim=-1)
+        # token for token (a trick keeping the word's token count): each new token with its own gradient
+        n_of = counts[k_of.clamp(max=max(0, n_words - 1))] if n_words else torch.zeros(len(values))
+        aligned = ~insert & (present.sum(dim=1)[w_of] == n_of)
+        if bool(aligned.any()):
+            positions = _padded(tokens, width, n)[0]
+            g_pad = torch.cat([g, g.new_zeros(1, g.shape[1])])
+            a = aligned.nonzero().squeeze(1)
+            score[a] = (g_pad[positions[k_of[a]]] * new_rows[w_of[a]]).sum(dim=(1, 2))
+        # a trick takes the word's own tokens away; a trick on a word the model does not read scores 0
+        trick = ~insert
+        score[trick] -= old[k_of[trick]] if n_words else 0.0
+        score[trick & (n_of == 0)] = 0.0
+        return score.to(grad.device)
 
     def _prefetch(self, new_words: list[str]) -> None:
         """Tokenize the words not cached yet in one batch (a search offers hundreds of variants a text)."""

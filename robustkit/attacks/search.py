@@ -32,6 +32,8 @@ class _ObjectSearch(Attack):
     inputs, the encoding the model takes, and restarts over other samples of the space's candidates."""
 
     restarts = 1
+    #: most candidate objects encoded and evaluated in one forward pass
+    batch = 512
 
     def __init__(self, space: PerturbationSpace, *, restarts: int = 1, **kwargs: Any) -> None:
         super().__init__(space, **kwargs)
@@ -83,6 +85,22 @@ class _ObjectSearch(Attack):
     ) -> tuple[list[Any], torch.Tensor, torch.Tensor]:
         """One search from the originals of examples ``todo``: their objects, losses and successes."""
         raise NotImplementedError
+
+    def _losses(self, problem: Problem, space: DiscreteSpace[Any], objs: list[Any], owners: torch.Tensor) -> tuple[
+            torch.Tensor, torch.Tensor]:
+        """Loss and success of each object against the label of its owner (an example of ``problem``),
+        ``batch`` objects per forward pass, in order of :meth:`~robustkit.DiscreteSpace.size` so that
+        each batch pads to little more than its own objects."""
+        device = problem.y.device
+        order = sorted(range(len(objs)), key=lambda k: space.size(objs[k]))
+        loss = torch.zeros(len(objs), device=device)
+        win = torch.zeros(len(objs), dtype=torch.bool, device=device)
+        for start in range(0, len(objs), self.batch):
+            part = torch.tensor(order[start : start + self.batch], dtype=torch.long, device=device)
+            logits, part_loss = problem.evaluate(self._encode([objs[k] for k in part.tolist()], device), owners[part])
+            loss[part] = part_loss.to(loss.dtype)
+            win[part] = problem.success(logits, owners[part])
+        return loss, win
 
     def _check(self, space: DiscreteSpace[Any], current: list[Any], original: list[Any]) -> None:
         valid = torch.as_tensor(space.contains(current, original)).bool()
@@ -293,8 +311,7 @@ class DiscreteSearch(_ObjectSearch):
         owner = torch.repeat_interleave(
             torch.arange(len(active), device=device), torch.tensor(counts, device=device)
         )
-        c_logits, c_loss = problem.evaluate(self._encode(proposals, device), todo[active[owner]])
-        c_success = problem.success(c_logits, todo[active[owner]])
+        c_loss, c_success = self._losses(problem, space, proposals, todo[active[owner]])
         # each example's best proposal: a success beats a failure, then the higher loss (first on ties)
         chosen = []
         start = 0
@@ -367,7 +384,7 @@ class QuerySearch(_ObjectSearch):
         probes: int = 2,
         max_steps: int | None = None,
         restarts: int = 1,
-        batch: int = 2048,
+        batch: int = 512,
         loss: str | LossFn = "ce",
         targeted: bool = False,
         seed: int = 0,
@@ -393,26 +410,13 @@ class QuerySearch(_ObjectSearch):
             **super().config(),
         }
 
-    def _losses(self, problem: Problem, objs: list[Any], owners: list[int], todo: torch.Tensor) -> tuple[
-            torch.Tensor, torch.Tensor]:
-        """Loss and success of each object against its owner's label, ``batch`` objects per forward pass."""
-        device = problem.y.device
-        losses, wins = [], []
-        for start in range(0, len(objs), self.batch):
-            idx = todo[torch.tensor(owners[start : start + self.batch], device=device)]
-            logits, loss = problem.evaluate(self._encode(objs[start : start + self.batch], device), idx)
-            losses.append(loss)
-            wins.append(problem.success(logits, idx))
-        if not losses:
-            return torch.zeros(0, device=device), torch.zeros(0, dtype=torch.bool, device=device)
-        return torch.cat(losses), torch.cat(wins)
-
     def _search(
         self, problem: Problem, space: DiscreteSpace[Any], todo: torch.Tensor, restart: int
     ) -> tuple[list[Any], torch.Tensor, torch.Tensor]:
+        device = problem.y.device
         original: list[Any] = [problem.x[i] for i in todo.tolist()]
         current = list(original)
-        loss, success = self._losses(problem, current, list(range(len(todo))), todo)
+        loss, success = self._losses(problem, space, current, todo)
         active = [i for i in range(len(todo)) if not (self.early_stop and bool(success[i]))]
         rounds = 0
         while active and (self.max_steps is None or rounds < self.max_steps):
@@ -435,7 +439,8 @@ class QuerySearch(_ObjectSearch):
                 for position, edits in groups[i].items():
                     probes += [(i, position, e) for e in rngs[i].sample(edits, min(self.probes, len(edits)))]
             objs = [space.apply(current[i], e) for i, _, e in probes]
-            p_loss, p_win = self._losses(problem, objs, [i for i, _, _ in probes], todo)
+            p_loss, p_win = self._losses(problem, space, objs, todo[torch.tensor([i for i, _, _ in probes],
+                                                                                  dtype=torch.long, device=device)])
             rank: dict[int, dict[int, float]] = {i: {} for i in active}
             for (i, position, _), value, won in zip(probes, p_loss.tolist(), p_win.tolist(), strict=True):
                 score = math.inf if won else value
@@ -449,7 +454,8 @@ class QuerySearch(_ObjectSearch):
                     owners += [i] * min(self.queries_per_position, len(edits))
                     objs += [space.apply(current[i], e)
                              for e in rngs[i].sample(edits, min(self.queries_per_position, len(edits)))]
-            t_loss, t_win = self._losses(problem, objs[len(probes):], owners[len(probes):], todo)
+            t_loss, t_win = self._losses(problem, space, objs[len(probes):],
+                                         todo[torch.tensor(owners[len(probes):], dtype=torch.long, device=device)])
             all_loss, all_win = torch.cat([p_loss, t_loss]), torch.cat([p_win, t_win])
             # each example's best try: a success beats a failure, then the higher loss (Python numbers: one per try)
             keys = list(zip(all_win.tolist(), all_loss.tolist(), strict=True))

@@ -124,10 +124,11 @@ class Preset:
     """A named attack suite. DLR attacks become margin attacks on binary models (DLR needs 3 classes).
 
     ``discrete`` is the suite used over a discrete space: the gradient-guided search (with restarts
-    over other samples of the space's candidates and random-greedy moves) and a black-box query search,
-    each reported, and the worst case per example over both. With ``cascade`` each attack runs only on
-    the examples no earlier attack broke (AutoAttack's per-example early exit), and the report's row of
-    an attack gives the robust accuracy after it and every attack before it, as the reference's log does.
+    over other samples of the space's candidates and random-greedy moves), then a black-box query search
+    on the examples it left, and the worst case per example. With ``cascade`` (always over a discrete
+    space) each attack runs only on the examples no earlier attack broke (AutoAttack's per-example early
+    exit), and the report's row of an attack gives the robust accuracy after it and every attack before
+    it, as the reference's log does; its settings name those attacks (``runs_after``).
     """
 
     name: str

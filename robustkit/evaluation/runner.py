@@ -508,7 +508,9 @@ class _Run:
         if choice.preset is not None:
             specs = PRESETS[choice.preset].attacks_for(self.n_classes, discrete=not self.continuous)
             items = [(s.label, s) for s in specs]
-            self.cascade = PRESETS[choice.preset].cascade
+            # over a discrete space the black-box query search goes only where the gradient search failed:
+            # it costs most of the suite, and the worst case per example is the same
+            self.cascade = PRESETS[choice.preset].cascade or not self.continuous
         else:
             items = choice.items
         base: list[tuple[str, Attack]] = []
@@ -703,6 +705,13 @@ class _Run:
         order = torch.argsort(distributed.gather_rows(local.pop("id")))
         return {k: distributed.gather_rows(v)[order] for k, v in local.items()}
 
+    def _attack_settings(self) -> dict[str, dict[str, Any]]:
+        """Each attack's settings at the main budget; in a cascade, also the attacks whose survivors it ran on
+        (its row counts what they broke too)."""
+        labels = [label for label, _, _ in self.suite[self.main]]
+        return {label: {**attack.config(), **({"runs_after": ", ".join(labels[:i])} if self.cascade and i else {})}
+                for i, (label, attack, _) in enumerate(self.suite[self.main])}
+
     def report(self, seconds: float) -> RobustnessReport:
         self._sum_over_processes()
         if self.n_att == 0:
@@ -732,7 +741,7 @@ class _Run:
             per_eps=per_eps,
             checks=checks,
             verdict=verdict,
-            attacks={label: attack.config() for label, attack, _ in self.suite[self.main]},
+            attacks=self._attack_settings(),
             threat={"space": self.space.name, "budget": self.main, "eps": self.main},
             n_examples=self.n,
             n_attackable=self.n_att,
