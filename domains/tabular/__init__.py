@@ -26,37 +26,65 @@ Example:
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
+from sklearn.base import clone
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
 
 from domains.tabular import data as tabular_data
-from domains.tabular.attacks import CategoricalSpace, SearchTraining, SparseSchemaSpace, changes, worst_case
-from domains.tabular.blackbox import SklearnModel, distill_surrogate, evaluate_blackbox
+from domains.tabular.attacks import (
+    CategoricalSpace,
+    SearchTraining,
+    SparseSchemaSpace,
+    WorstCase,
+    changes,
+    worst_case,
+)
+from domains.tabular.blackbox import SklearnModel, TreeModel, distill_surrogate, evaluate_blackbox
 from domains.tabular.estimator import RobustTabularClassifier
 from domains.tabular.model import SchemaEncoder, TabularMLP
+from domains.tabular.persistence import estimator_writer, read_estimator
 from domains.tabular.schema import Column, Relation, Schema
 from domains.tabular.sklearn_bridge import ColumnTransformerModule, bridge
 from domains.tabular.space import SchemaSpace, decode, encode, layout, repair
 from domains.tabular.synthetic import DEFAULT_BUDGET, card_schema, generate
-from domains.tabular.trees import harden_trees, split_thresholds, tree_attack, typed_frame
-from robustkit import ConfigError, ContinuousSpace, Domain, DomainData
-from robustkit.domain import Assessment, Examples
+from domains.tabular.trees import (
+    TREE_TYPES,
+    harden_trees,
+    make_estimator,
+    require_library,
+    split_thresholds,
+    tree_attack,
+    typed_frame,
+)
+from robustkit import ConfigError, ContinuousSpace, Domain, DomainData, RandomSearch, RobustkitError, ThresholdModel
+from robustkit.attacks.base import Attack
+from robustkit.domain import Assessment, Examples, model_folder, read_model_json
 from robustkit.evaluation.binary import threshold_at_fpr
 from robustkit.models import frozen_eval, logits_of, model_device
 from robustkit.options import DomainOptions, option
 from robustkit.rendering import render
+from robustkit.spaces import PerturbationSpace
+from robustkit.training.fit import Fitted, TrainSettings
 from robustkit.training.methods import Method
 
 __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema",
            "SchemaEncoder", "SchemaSpace", "SearchTraining", "SklearnModel", "SparseSchemaSpace", "TabularDomain",
-           "TabularMLP", "TabularOptions", "bridge", "decode", "distill_surrogate", "encode", "evaluate_blackbox",
-           "harden_trees", "repair", "split_thresholds", "tree_attack", "typed_frame", "worst_case"]
+           "TabularMLP", "TabularOptions", "TreeModel", "bridge", "decode", "distill_surrogate", "encode",
+           "evaluate_blackbox", "harden_trees", "repair", "split_thresholds", "tree_attack", "typed_frame",
+           "worst_case"]
+
+#: queries of the random search the core evaluation runs on a tree model (a cheap member: :meth:`TabularDomain.assess`
+#: runs the tree attack, transfer and a 300-query search besides)
+TREE_QUERIES = 100
 
 #: options that only synthetic data takes, and those that only files take
 SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target", "positive_label")
@@ -78,6 +106,12 @@ class TabularOptions(DomainOptions):
                                flag="--target-fpr", check=lambda v: 0 < v < 0.5, must="a number between 0 and 0.5")
     hidden: list[int] = option([64, 64], "layer widths of the reference MLP", check=lambda v: all(h > 0 for h in v),
                                must="a list of positive integers")
+    model_type: str = option("mlp", "model harden trains: mlp (the neural network, trained by gradients), or a tree "
+                             "ensemble hardened by adversarial data augmentation: hgb (scikit-learn's "
+                             "HistGradientBoosting), xgboost or lightgbm (these two need pip install -e \".[trees]\")",
+                             flag="--model-type", choices=("mlp", *TREE_TYPES))
+    rounds: int = option(2, "tree models: attack-and-refit rounds of the hardened model (the standard one: none)",
+                         flag="--rounds", check=lambda v: v >= 0, must="an integer >= 0")
     segment: str | None = option(None, "categorical column that splits the fraud recall figures (default: the "
                                  "schema's first categorical column)")
     n_rows: int = option(10000, "synthetic data: rows generated", check=lambda v: v >= 100,
@@ -108,6 +142,8 @@ class TabularDomain(Domain[TabularOptions]):
 
     # ----------------------------------------------------------------- data
     def load_data(self, spec: str, seed: int, options: TabularOptions) -> DomainData:
+        if options.model_type in TREE_TYPES:  # an optional library missing stops the run before any work
+            require_library(options.model_type)
         data = self._load_data(spec, seed, options)
         data.raw["segment"] = _segment_column(data.raw["schema"], options.segment)
         return data
@@ -141,11 +177,46 @@ class TabularDomain(Domain[TabularOptions]):
 
     # ----------------------------------------------------------------- model
     def model_spec(self, data: DomainData, options: TabularOptions) -> dict[str, Any]:
+        if options.model_type in TREE_TYPES:
+            return {"schema": data.raw["schema"].to_dict(), "model_type": options.model_type,
+                    "rounds": options.rounds}
         return {"schema": data.raw["schema"].to_dict(), "mean": data.raw["mean"], "std": data.raw["std"],
                 "hidden": list(options.hidden)}
 
     def build_model(self, spec: dict[str, Any]) -> nn.Module:
-        return TabularMLP(spec)
+        """The MLP, or with ``model_type`` an unfitted :class:`~domains.tabular.blackbox.TreeModel`."""
+        kind = spec.get("model_type", "mlp")
+        if kind == "mlp":
+            return TabularMLP(spec)
+        if kind not in TREE_TYPES:
+            raise ConfigError(f"unknown model_type {kind!r}: choose mlp or one of {', '.join(TREE_TYPES)}")
+        return TreeModel(make_estimator(kind, seed=0), Schema.from_dict(spec["schema"]), kind, int(spec["rounds"]))
+
+    def fit(self, model: nn.Module, data: DomainData, settings: TrainSettings,
+            resume: str | Path | None = None) -> Fitted:
+        """The MLP through the one trainer loop; a tree model by :func:`~domains.tabular.trees.harden_trees`, the
+        augmentation rounds :class:`RobustTabularClassifier` runs too (``method: standard``: no rounds; any
+        other method: ``rounds`` of them), at the run's budget and seed, decided at ``target_fpr`` on
+        validation rows. Tree training keeps no checkpoint: a stopped run trains it again."""
+        if not isinstance(model, TreeModel):
+            return super().fit(model, data, settings, resume)
+        started = time.perf_counter()
+        schema: Schema = data.raw["schema"]
+        rounds = 0 if settings.method == "standard" else model.rounds
+        estimator = clone(model.prototype).set_params(random_state=settings.seed)
+        fitted, log = harden_trees(estimator, schema.with_budget(settings.budget), data.raw["frames"]["train"],
+                                   data.train.tensors[1].numpy(),  # type: ignore[attr-defined]
+                                   target_fpr=data.raw.get("target_fpr", 0.01), rounds=rounds, seed=settings.seed)
+        model.set_fitted(fitted, log)
+        return Fitted(model, self.choose_threshold(model, data), [], time.perf_counter() - started)
+
+    def eval_attacks(self, model: nn.Module, space: PerturbationSpace, preset: str,
+                     seed: int) -> tuple[str | list[Attack], bool]:
+        """A tree model has no gradient: a random search (:data:`TREE_QUERIES` queries) and no gradient-masking
+        checks here; :meth:`assess` adds the tree attack, transfer and a longer search."""
+        if _tree_model(model) is None:
+            return super().eval_attacks(model, space, preset, seed)
+        return [RandomSearch(space, queries=TREE_QUERIES, seed=seed)], False
 
     def model_arguments(self, data: DomainData) -> dict[str, Any]:
         """For ``--model-factory``: ``n_features`` (width of the raw input, the attack variable: one value
@@ -197,13 +268,21 @@ class TabularDomain(Domain[TabularOptions]):
             return Assessment(out)
         schema: Schema = data.raw["schema"].with_budget(budget)
         original = data.raw["frames"]["test"].iloc[idx.numpy()]
-        found = worst_case(model, schema, x[idx], original, seed=0)
+        trees = _tree_model(model)
+        if trees is None:
+            found = worst_case(model, schema, x[idx], original, seed=0)
+            fooled_by = {"strongest": found.table["fooled"].to_numpy(dtype=bool)}
+        else:
+            found = _tree_worst_case(trees, float(getattr(model, "threshold", 0.5)), schema, data, original)
+            fooled_by = found.fooled_by
         summary = found.summary()
         summary.pop("recall_clean")
         out.update(summary)
         fooled = found.table["fooled"].to_numpy(dtype=bool)
-        survived = torch.ones(len(yt), dtype=torch.bool)
-        survived[idx] = torch.as_tensor(~fooled)
+        survived: dict[str, torch.Tensor] = {}
+        for label, evaded in fooled_by.items():
+            survived[label] = torch.ones(len(yt), dtype=torch.bool)
+            survived[label][idx] = torch.as_tensor(~evaded)
         column = data.raw.get("segment", _segment_column(schema, None))
         if column is not None:  # per segment: recall before the attacks and after the worst case
             robust = report.outcomes["robust"][idx].numpy()
@@ -214,7 +293,7 @@ class TabularDomain(Domain[TabularOptions]):
             out["recall_clean_per_segment"] = {c: float(detected[segments == c].mean()) for c in names}
             out["recall_attacked_worst_per_segment"] = {c: float(caught[segments == c].mean()) for c in names}
         evidence = {"positions": idx.numpy(), "found": found, "threshold": float(getattr(model, "threshold", 0.5))}
-        return Assessment(out, {"strongest": survived}, evidence)
+        return Assessment(out, survived, evidence)
 
     def write_examples(self, directory: Path, examples: Examples, data: DomainData) -> list[Path]:
         """``examples.csv``: one line per attacked test fraud row (adversarial values in the user's
@@ -278,10 +357,57 @@ class TabularDomain(Domain[TabularOptions]):
     # ----------------------------------------------------------------- persistence
     def save_model(self, model: nn.Module, directory: Path, spec: dict[str, Any],
                    threshold: float | None = None) -> None:
-        """Weights and model.json (schema, standardisation, threshold) plus a readable ``schema.yaml``."""
-        super().save_model(model, directory, spec, threshold)
+        """Weights and model.json (schema, standardisation, threshold) plus a readable ``schema.yaml``; a tree
+        model in its library's own format instead of weights (``estimator.skops``, XGBoost's JSON, LightGBM's
+        text; never a pickle) and its augmentation rounds in ``augmentation.csv``."""
         schema = spec["arguments"]["schema"] if "factory" in spec else spec["schema"]
+        if isinstance(model, TreeModel):
+            described, write = estimator_writer(model.prototype, model.fitted)
+            directory.mkdir(parents=True, exist_ok=True)
+            write(directory)
+            meta = {"domain": self.name, "spec": spec, "threshold": threshold, **described}
+            (directory / "model.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            model.log.to_csv(directory / "augmentation.csv", index=False)
+        else:
+            super().save_model(model, directory, spec, threshold)
         Schema.from_dict(schema).dump(directory / "schema.yaml")
+
+    def load_model(self, directory: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+        """The model a run or model folder holds: the MLP (safetensors), or a tree model (its library's file)."""
+        path = model_folder(directory)
+        meta = read_model_json(path / "model.json") if (path / "model.json").is_file() else {}
+        if meta.get("domain") != self.name or meta.get("spec", {}).get("model_type", "mlp") == "mlp":
+            return super().load_model(directory, factory)
+        try:
+            model = self.build_model(meta["spec"])
+            parts = read_estimator(path, meta, path / "model.json")
+        except RobustkitError:
+            raise
+        except (KeyError, TypeError, ValueError, OSError) as exc:
+            raise ConfigError(f"{path}: not a readable robustkit tree model ({exc})") from None
+        assert isinstance(model, TreeModel)
+        model.prototype = parts[0]
+        return model.set_fitted(parts[1]), meta
+
+
+def _tree_model(model: nn.Module) -> TreeModel | None:
+    """The tree model ``model`` is or decides with (a :class:`ThresholdModel` around it), else None."""
+    inner = model.model if isinstance(model, ThresholdModel) else model
+    return inner if isinstance(inner, TreeModel) else None
+
+
+def _tree_worst_case(model: TreeModel, threshold: float, schema: Schema, data: DomainData,
+                     original: pd.DataFrame) -> WorstCase:
+    """:func:`~domains.tabular.blackbox.evaluate_blackbox` (tree attack, transfer from a surrogate distilled on
+    the training rows, random search) on the fraud rows ``original``, as the neural path's worst case."""
+    target = schema.target or "label"
+    labelled = Schema(list(schema.columns), schema.budget, target, list(schema.relations), list(schema.drop))
+    found = evaluate_blackbox(model, data.raw["frames"]["train"], original[schema.names].assign(**{target: 1}),
+                              labelled, threshold=threshold)
+    rows, table = found["rows"], found["table"]
+    table["valid"] = schema.validate(rows, original).to_numpy()
+    table["repair_failed"] = np.logical_or.reduce(list(found["repair_failed_by"].values()))
+    return WorstCase(rows, table, found["fooled_by"], found["repair_failed_by"])
 
 
 def _segment_column(schema: Schema, name: str | None) -> str | None:

@@ -44,10 +44,10 @@ from domains.tabular.attacks import _Best, describe_changes, fraud_probability
 from domains.tabular.model import TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.space import SchemaSpace, decode, encode, repair
-from domains.tabular.trees import tree_attack
+from domains.tabular.trees import TypedEstimator, tree_attack
 from robustkit import PGD, AdversarialTrainer, ModelError, RandomSearch, ThresholdModel, Transfer
 
-__all__ = ["SklearnModel", "distill_surrogate", "evaluate_blackbox"]
+__all__ = ["SklearnModel", "TreeModel", "distill_surrogate", "evaluate_blackbox"]
 
 
 class SklearnModel(nn.Module):
@@ -84,6 +84,33 @@ class SklearnModel(nn.Module):
         if p.dim() != 2 or p.shape[1] != 2:
             raise ModelError(f"predict_proba must return two columns (not fraud, fraud), got shape {tuple(p.shape)}")
         return p.clamp_min(1e-12).log().to(x.dtype)
+
+
+class TreeModel(SklearnModel):
+    """A tree ensemble as ``robustkit harden tabular --model-type`` trains, judges and saves it.
+
+    ``prototype`` is the unfitted estimator (:func:`~domains.tabular.trees.make_estimator`); until
+    :meth:`set_fitted` gives the fitted one it scores every row 0.5 (P(fraud) = P(not fraud)), so the
+    pipeline's shape probe of a model before training passes. ``rounds``: the augmentation rounds the
+    hardened model is trained with; ``log``: the table :func:`~domains.tabular.trees.harden_trees` returned.
+    """
+
+    def __init__(self, prototype: Any, schema: Schema, model_type: str, rounds: int = 2) -> None:
+        super().__init__(prototype, schema)
+        self.prototype, self.model_type, self.rounds = prototype, model_type, rounds
+        self.fitted: Any = None
+        self.log = pd.DataFrame()
+
+    def set_fitted(self, fitted: Any, log: pd.DataFrame | None = None) -> TreeModel:
+        """Use the fitted estimator ``fitted`` (over :func:`~domains.tabular.trees.typed_frame` rows) from now on."""
+        self.fitted, self.estimator = fitted, TypedEstimator(fitted, self.schema)
+        self.log = pd.DataFrame() if log is None else log
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fitted is None:
+            return torch.zeros(len(x), 2, dtype=x.dtype, device=x.device)
+        return super().forward(x)
 
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +159,8 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
     Returns:
         ``{"recall": {"clean", "trees", "transfer (upper bound)", "search", "worst"}, "valid_share": {attack: share},
         "repair_failed_share": {attack: share}, "seconds": {attack: wall-clock seconds}, "n_fraud": int,
-        "queries": int, "rows": DataFrame, "table": DataFrame}``: ``rows`` holds per test fraud row (its
+        "queries": int, "rows": DataFrame, "table": DataFrame, "fooled_by": {attack: bool per fraud row},
+        "repair_failed_by": {attack: bool per fraud row}}``: ``rows`` holds per test fraud row (its
         index) the adversarial row kept, in the schema's columns (the cheapest evasion, else the lowest
         score), ``table`` its ``detected_clean``, ``fooled``, ``attack``, ``p_fraud_adversarial``, ``cost``
         and ``changed``.
@@ -169,7 +197,7 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
 
         attacks[label] = run
     recall = {"clean": float(caught.float().mean())}
-    valid, failed, seconds = {}, {}, {}
+    valid, failed, seconds, fooled_by, failed_by = {}, {}, {}, {}, {}
     survived = caught.clone()
     for label, attack_rows in attacks.items():
         started = time.perf_counter()
@@ -186,6 +214,7 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
         valid[label] = float(ok.mean())
         failed[label] = float(repair_failed.mean())
         fooled = (caught & ~still).numpy()
+        fooled_by[label], failed_by[label] = fooled, repair_failed
         best.offer(label, np.arange(len(rows)), rows, fooled, fraud_probability(decided, x_rows).numpy(),
                    schema.cost(rows, frauds).to_numpy(), ~ok)
     recall["worst"] = float(survived.float().mean())
@@ -194,4 +223,5 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
                           "p_fraud_adversarial": best.p, "cost": schema.cost(adversarial, frauds).to_numpy(),
                           "changed": describe_changes(schema, adversarial, frauds)}, index=frauds.index)
     return {"recall": recall, "valid_share": valid, "repair_failed_share": failed, "seconds": seconds,
-            "n_fraud": len(frauds), "queries": queries, "rows": adversarial, "table": table}
+            "n_fraud": len(frauds), "queries": queries, "rows": adversarial, "table": table, "fooled_by": fooled_by,
+            "repair_failed_by": failed_by}
