@@ -27,6 +27,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +49,7 @@ from domains.tabular.attacks import (
     changes,
     worst_case,
 )
-from domains.tabular.blackbox import SklearnModel, TreeModel, distill_surrogate, evaluate_blackbox
+from domains.tabular.blackbox import SklearnModel, TreeAttack, TreeModel, distill_surrogate, evaluate_blackbox
 from domains.tabular.estimator import RobustTabularClassifier
 from domains.tabular.model import SchemaEncoder, TabularMLP
 from domains.tabular.persistence import estimator_writer, read_estimator
@@ -65,7 +66,7 @@ from domains.tabular.trees import (
     tree_attack,
     typed_frame,
 )
-from robustkit import ConfigError, ContinuousSpace, Domain, DomainData, RandomSearch, RobustkitError, ThresholdModel
+from robustkit import ConfigError, ContinuousSpace, Domain, DomainData, RobustkitError, ThresholdModel
 from robustkit.attacks.base import Attack
 from robustkit.domain import Assessment, Examples, model_folder, read_model_json
 from robustkit.evaluation.binary import threshold_at_fpr
@@ -78,13 +79,11 @@ from robustkit.training.methods import Method
 
 __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", "RobustTabularClassifier", "Schema",
            "SchemaEncoder", "SchemaSpace", "SearchTraining", "SklearnModel", "SparseSchemaSpace", "TabularDomain",
-           "TabularMLP", "TabularOptions", "TreeModel", "bridge", "decode", "distill_surrogate", "encode",
+           "TabularMLP", "TabularOptions", "TreeAttack", "TreeModel", "bridge", "decode", "distill_surrogate", "encode",
            "evaluate_blackbox", "harden_trees", "repair", "split_thresholds", "tree_attack", "typed_frame",
            "worst_case"]
 
-#: queries of the random search the core evaluation runs on a tree model (a cheap member: :meth:`TabularDomain.assess`
-#: runs the tree attack, transfer and a 300-query search besides)
-TREE_QUERIES = 100
+logger = logging.getLogger("robustkit")
 
 #: options that only synthetic data takes, and those that only files take
 SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target", "positive_label")
@@ -112,6 +111,8 @@ class TabularOptions(DomainOptions):
                              flag="--model-type", choices=("mlp", *TREE_TYPES))
     rounds: int = option(2, "tree models: attack-and-refit rounds of the hardened model (the standard one: none)",
                          flag="--rounds", check=lambda v: v >= 0, must="an integer >= 0")
+    queries: int = option(300, "tree models: queries of the random search that joins the tree attack and transfer",
+                          check=lambda v: v >= 1, must="an integer >= 1")
     segment: str | None = option(None, "categorical column that splits the fraud recall figures (default: the "
                                  "schema's first categorical column)")
     n_rows: int = option(10000, "synthetic data: rows generated", check=lambda v: v >= 100,
@@ -146,6 +147,7 @@ class TabularDomain(Domain[TabularOptions]):
             require_library(options.model_type)
         data = self._load_data(spec, seed, options)
         data.raw["segment"] = _segment_column(data.raw["schema"], options.segment)
+        data.raw["queries"] = options.queries
         return data
 
     def _load_data(self, spec: str, seed: int, options: TabularOptions) -> DomainData:
@@ -208,15 +210,20 @@ class TabularDomain(Domain[TabularOptions]):
                                    data.train.tensors[1].numpy(),  # type: ignore[attr-defined]
                                    target_fpr=data.raw.get("target_fpr", 0.01), rounds=rounds, seed=settings.seed)
         model.set_fitted(fitted, log)
+        logger.info("%s trees: %d augmentation round(s) (epochs and learning rate apply to the MLP only)",
+                    model.model_type, rounds)
         return Fitted(model, self.choose_threshold(model, data), [], time.perf_counter() - started)
 
     def eval_attacks(self, model: nn.Module, space: PerturbationSpace, preset: str,
                      seed: int) -> tuple[str | list[Attack], bool]:
-        """A tree model has no gradient: a random search (:data:`TREE_QUERIES` queries) and no gradient-masking
-        checks here; :meth:`assess` adds the tree attack, transfer and a longer search."""
-        if _tree_model(model) is None:
+        """A tree model has no gradient: the tree attack (:class:`~domains.tabular.blackbox.TreeAttack`, at every
+        budget) and no gradient-masking checks (they compare gradient attacks); :meth:`assess` adds transfer
+        from a surrogate and a random search at the main budget."""
+        trees = _tree_model(model)
+        if trees is None:
             return super().eval_attacks(model, space, preset, seed)
-        return [RandomSearch(space, queries=TREE_QUERIES, seed=seed)], False
+        assert isinstance(space, SchemaSpace)
+        return [TreeAttack(space, trees, float(getattr(model, "threshold", 0.5)), seed=seed)], False
 
     def model_arguments(self, data: DomainData) -> dict[str, Any]:
         """For ``--model-factory``: ``n_features`` (width of the raw input, the attack variable: one value
@@ -273,8 +280,10 @@ class TabularDomain(Domain[TabularOptions]):
             found = worst_case(model, schema, x[idx], original, seed=0)
             fooled_by = {"strongest": found.table["fooled"].to_numpy(dtype=bool)}
         else:
-            found = _tree_worst_case(trees, float(getattr(model, "threshold", 0.5)), schema, data, original)
-            fooled_by = found.fooled_by
+            found = _tree_worst_case(trees, float(getattr(model, "threshold", 0.5)), schema, data, original,
+                                     int(data.raw.get("queries", 300)))
+            # the report holds the tree attack already (eval_attacks), at every budget: transfer and search join it
+            fooled_by = {k: v for k, v in found.fooled_by.items() if k != "trees"}
         summary = found.summary()
         summary.pop("recall_clean")
         out.update(summary)
@@ -396,14 +405,14 @@ def _tree_model(model: nn.Module) -> TreeModel | None:
     return inner if isinstance(inner, TreeModel) else None
 
 
-def _tree_worst_case(model: TreeModel, threshold: float, schema: Schema, data: DomainData,
-                     original: pd.DataFrame) -> WorstCase:
+def _tree_worst_case(model: TreeModel, threshold: float, schema: Schema, data: DomainData, original: pd.DataFrame,
+                     queries: int) -> WorstCase:
     """:func:`~domains.tabular.blackbox.evaluate_blackbox` (tree attack, transfer from a surrogate distilled on
     the training rows, random search) on the fraud rows ``original``, as the neural path's worst case."""
     target = schema.target or "label"
     labelled = Schema(list(schema.columns), schema.budget, target, list(schema.relations), list(schema.drop))
     found = evaluate_blackbox(model, data.raw["frames"]["train"], original[schema.names].assign(**{target: 1}),
-                              labelled, threshold=threshold)
+                              labelled, threshold=threshold, queries=queries)
     rows, table = found["rows"], found["table"]
     table["valid"] = schema.validate(rows, original).to_numpy()
     table["repair_failed"] = np.logical_or.reduce(list(found["repair_failed_by"].values()))

@@ -46,8 +46,9 @@ from domains.tabular.schema import Schema
 from domains.tabular.space import SchemaSpace, decode, encode, repair
 from domains.tabular.trees import TypedEstimator, tree_attack
 from robustkit import PGD, AdversarialTrainer, ModelError, RandomSearch, ThresholdModel, Transfer
+from robustkit.attacks.base import Attack, Best, Problem
 
-__all__ = ["SklearnModel", "TreeModel", "distill_surrogate", "evaluate_blackbox"]
+__all__ = ["SklearnModel", "TreeAttack", "TreeModel", "distill_surrogate", "evaluate_blackbox"]
 
 
 class SklearnModel(nn.Module):
@@ -111,6 +112,51 @@ class TreeModel(SklearnModel):
         if self.fitted is None:
             return torch.zeros(len(x), 2, dtype=x.dtype, device=x.device)
         return super().forward(x)
+
+
+class TreeAttack(Attack):
+    """:func:`~domains.tabular.trees.tree_attack` as a robustkit attack over a :class:`SchemaSpace`'s attack
+    variable: the rows the inputs decode to are searched on ``trees`` at ``threshold`` and the rows found are
+    encoded back (each valid under the schema at the space's budget), so :func:`robustkit.evaluate` runs it
+    at every budget of a curve like any other attack.
+
+    Example:
+        >>> from domains.tabular.synthetic import card_schema, generate
+        >>> from domains.tabular.trees import make_estimator, typed_frame
+        >>> schema, df = card_schema(), generate(1500, seed=0)
+        >>> fitted = make_estimator("hgb", 0).set_params(max_iter=20).fit(typed_frame(schema, df), df["is_fraud"])
+        >>> trees = TreeModel(make_estimator("hgb", 0), schema, "hgb").set_fitted(fitted)
+        >>> frauds = encode(schema, df[df["is_fraud"] == 1].head(20))
+        >>> result = TreeAttack(SchemaSpace(schema), trees, 0.5)(ThresholdModel(trees, 0.5), frauds,
+        ...                                                      torch.ones(20, dtype=torch.long))
+        >>> bool(result.success.any())
+        True
+    """
+
+    name = "trees"
+
+    def __init__(self, space: SchemaSpace, trees: TreeModel, threshold: float, *, beam_width: int = 8,
+                 seed: int = 0) -> None:
+        super().__init__(space, seed=seed)
+        if not isinstance(space, SchemaSpace):
+            raise ModelError(f"TreeAttack searches a tabular SchemaSpace, got {type(space).__name__}")
+        self.trees, self.threshold, self.beam_width = trees, float(threshold), beam_width
+
+    def config(self) -> dict[str, Any]:
+        return {"beam_width": self.beam_width, "threshold": self.threshold}
+
+    def _run(self, problem: Problem) -> Best:
+        assert isinstance(self.space, SchemaSpace)
+        schema = self.space.schema.with_budget(float(self.space.eps))
+        x = problem.x
+        found = tree_attack(self.trees.estimator, schema, decode(schema, x), self.threshold,
+                            columns=self.trees.columns, beam_width=self.beam_width)
+        x_adv = encode(schema, found.rows).to(device=x.device, dtype=x.dtype)
+        every = torch.arange(len(x), device=x.device)
+        logits, loss = problem.evaluate(x_adv, every)
+        best = Best(x, x.device)
+        best.update(None, x_adv, loss, problem.success(logits, every))
+        return best
 
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
