@@ -15,8 +15,15 @@ other pair of labels is refused with both named), ``split`` (``stratified``, the
 ``time_columns`` (a column or list such as
 ``[Year, Month]``, for ``split: time``), ``target_fpr`` (0.01), ``hidden`` (list of layer widths,
 default [64, 64]), ``segment`` (a categorical column whose values split the fraud recall figures and
-the report's bars; default: the schema's first categorical column); for ``synthetic`` data only:
-``n_rows`` (10000), ``fraud_rate`` (0.06).
+the report's bars; default: the schema's first categorical column), ``model_type`` (``mlp``, the
+default, or gradient-boosted trees: ``hgb``, ``xgboost``, ``lightgbm``; also ``--model-type``), ``rounds``
+(augmentation rounds of hardened trees, default 2; also ``--rounds``), ``queries`` (the random search's on
+trees, 300); for ``synthetic`` data only: ``n_rows`` (10000), ``fraud_rate`` (0.06).
+
+With a tree ``model_type`` the models are :class:`~domains.tabular.blackbox.TreeModel` s trained by
+:func:`~domains.tabular.trees.harden_trees` (:meth:`TabularDomain.fit`), attacked by the tree attack at
+every budget and by transfer and a random search at the main one, and saved in their library's own
+format (see ``docs/guides/tabular.md``).
 
 Example:
     >>> data = TabularDomain().load_data("synthetic", seed=0, options=TabularOptions(n_rows=1000))
@@ -147,7 +154,7 @@ class TabularDomain(Domain[TabularOptions]):
             require_library(options.model_type)
         data = self._load_data(spec, seed, options)
         data.raw["segment"] = _segment_column(data.raw["schema"], options.segment)
-        data.raw["queries"] = options.queries
+        data.raw["queries"], data.raw["model_type"] = options.queries, options.model_type
         return data
 
     def _load_data(self, spec: str, seed: int, options: TabularOptions) -> DomainData:
@@ -233,6 +240,13 @@ class TabularDomain(Domain[TabularOptions]):
         schema: Schema = data.raw["schema"]
         return {"n_features": layout(schema).width,
                 "classes": 2, "schema": schema.to_dict(), "mean": data.raw["mean"], "std": data.raw["std"]}
+
+    def factory_spec(self, factory: str, data: DomainData) -> dict[str, Any]:
+        """A ``--model-factory`` model (a torch module); refused with a tree ``model_type``."""
+        if data.raw.get("model_type", "mlp") != "mlp":
+            raise ConfigError(f"--model-factory builds a torch model and --model-type {data.raw['model_type']} asks "
+                              "for trees: drop one of them")
+        return super().factory_spec(factory, data)
 
     # ----------------------------------------------------------------- threat model
     def space(self, budget: float, data: DomainData) -> ContinuousSpace:
