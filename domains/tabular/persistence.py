@@ -72,6 +72,8 @@ def _skops() -> Any:
 
 def _library(estimator: Any) -> str:
     """Which format saves ``estimator``: ``xgboost``, ``lightgbm`` or ``skops`` (HistGradientBoosting)."""
+    if isinstance(estimator, LightGBMBooster):  # a LightGBM model read back from its text file
+        return "lightgbm"
     module = type(estimator).__module__.split(".")[0]
     if module in ("xgboost", "lightgbm"):
         return module
