@@ -105,12 +105,13 @@ def history_figure(history: pd.DataFrame) -> Figure:
 
 
 def _breakdowns(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Every ``domain_metrics`` entry that maps names (classes, segments) to numbers, as "model: metric"."""
+    """Every ``domain_metrics`` entry named ``..._per_GROUP`` (``_per_class``, ``_per_segment``) that maps names to
+    numbers, as "model: metric"; other mappings (per attack, counts of rows) are not a breakdown of the data."""
     out: dict[str, dict[str, float]] = {}
     for name, m in metrics["models"].items():
         for key, value in m.get("domain_metrics", {}).items():
-            if isinstance(value, dict) and value and all(isinstance(v, int | float) or v is None
-                                                          for v in value.values()):
+            if "_per_" in key and isinstance(value, dict) and value and all(isinstance(v, int | float) or v is None
+                                                                             for v in value.values()):
                 out[f"{name}: {key.replace('_', ' ')}"] = {str(k): float(v or 0.0) for k, v in value.items()}
     return out
 

@@ -8,7 +8,7 @@ import pytest
 
 from robustkit.cli import main
 from robustkit.evaluation import RobustnessReport
-from robustkit.reporting import FONT, MAX_WIDTH, breakdown_figure, budget_figure
+from robustkit.reporting import FONT, MAX_WIDTH, _breakdowns, breakdown_figure, budget_figure
 
 
 def _report(budgets: list[float]) -> RobustnessReport:
@@ -43,6 +43,15 @@ def test_breakdown_chart_keeps_its_text_readable_with_many_segments() -> None:
     # one label per bar group, none overlapping the next
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.y0)
     assert all(low.y1 <= high.y0 + 0.5 for low, high in itertools.pairwise(boxes))
+
+
+def test_breakdowns_are_per_class_or_segment_never_per_attack() -> None:
+    domain = {"recall_clean_per_segment": {"fuel": 1.0, "travel": 0.5},
+              "recall_attacked_by_attack": {"pgd": 0.4, "search": 0.3}, "rows_evaded_by_attack": {"pgd": 7},
+              "clean_accuracy_per_class": {"0": 0.9}}
+    found = _breakdowns({"models": {"hardened": {"domain_metrics": domain}}})
+    assert found == {"hardened: recall clean per segment": {"fuel": 1.0, "travel": 0.5},
+                     "hardened: clean accuracy per class": {"0": 0.9}}
 
 
 def test_help_keeps_one_line_per_preset(capsys) -> None:
