@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -370,9 +371,12 @@ class TabularDomain(Domain[TabularOptions]):
             return ""
         rows, cells = pd.read_csv(rows_path, index_col="index"), pd.read_csv(cells_path, dtype={"row": int})
         changed = rows[rows.index.isin(cells["row"])].sort_values("fooled", ascending=False, kind="stable")
+        places = {str(name): _places(part["original"]) for name, part in cells.groupby("column")}
         groups = [{"row": index, "fooled": "yes" if row["fooled"] else "no", "cost": f"{float(row['cost']):.4g}",
-                   "cells": [{"column": str(cell["column"]), "original": _shown(cell["original"]),
-                              "adversarial": _shown(cell["adversarial"]), "cost": f"{float(cell['cost']):.4g}"}
+                   "cells": [{"column": str(cell["column"]),
+                              "original": _shown(cell["original"], places[str(cell["column"])]),
+                              "adversarial": _shown(cell["adversarial"], places[str(cell["column"])]),
+                              "cost": f"{float(cell['cost']):.4g}"}
                              for _, cell in cells[cells["row"] == index].iterrows()]}
                   for index, row in changed.head(10).iterrows()]
         return render("examples.html.j2", __name__, n_changed=len(changed), n_rows=len(rows), groups=groups)
@@ -443,9 +447,31 @@ def _segment_column(schema: Schema, name: str | None) -> str | None:
     return name
 
 
-def _shown(value: Any) -> str:
-    """A cell value for the report: numbers to 6 significant digits."""
+def _places(originals: pd.Series) -> int | None:
+    """The decimal places a column's original values are written with (at most 6; 0 for whole numbers such as an
+    integer column's), or None for a column of categories."""
+    places = 0
+    for value in originals:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return None
+        written = repr(number)
+        if not math.isfinite(number) or "e" in written:
+            return 6 if math.isfinite(number) else None
+        places = max(places, 0 if number.is_integer() else len(written.split(".")[1]))
+    return min(places, 6)
+
+
+def _shown(value: Any, places: int | None) -> str:
+    """A cell value for the report, numbers at the places of their column's original values; a value that has
+    more is marked ``≈`` (the exact one is in changes.csv): the tree attack sets a value just past a split, where
+    the rounded one may fall on the other side."""
+    if places is None:
+        return str(value)
     try:
-        return f"{float(value):.6g}"
+        number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    text = f"{number:.{places}f}"
+    return text if not math.isfinite(number) or float(text) == number else f"≈{text}"
