@@ -115,7 +115,8 @@ class TabularOptions(DomainOptions):
                                must="a list of positive integers")
     model_type: str = option("mlp", "model harden trains: mlp (the neural network, trained by gradients), or a tree "
                              "ensemble hardened by adversarial data augmentation: hgb (scikit-learn's "
-                             "HistGradientBoosting), xgboost or lightgbm (these two need pip install -e \".[trees]\")",
+                             "HistGradientBoosting; saved with skops: pip install -e \".[skops]\"), xgboost or "
+                             "lightgbm (pip install -e \".[trees]\")",
                              flag="--model-type", choices=("mlp", *TREE_TYPES))
     rounds: int = option(2, "tree models: attack-and-refit rounds of the hardened model (the standard one: none)",
                          flag="--rounds", check=lambda v: v >= 0, must="an integer >= 0")
