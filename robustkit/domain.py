@@ -58,6 +58,8 @@ from robustkit.options import DomainOptions
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
 if TYPE_CHECKING:
+    from robustkit.attacks.base import Attack
+    from robustkit.training.fit import Fitted, TrainSettings
     from robustkit.training.methods import Method
 
 __all__ = [
@@ -253,6 +255,22 @@ class Domain(ABC, Generic[OptionsT]):
         """Budgets of the accuracy-vs-budget curve (default: a quarter steps up to the budget)."""
         return [round(budget * f, 6) for f in (0.25, 0.5, 0.75, 1.0)]
 
+    def fit(self, model: nn.Module, data: DomainData, settings: TrainSettings,
+            resume: str | Path | None = None) -> Fitted:
+        """Train ``model`` for ``harden`` (default: :func:`~robustkit.training.fit.fit_model`, the one trainer
+        loop). A domain whose model is not trained by gradients (a tree ensemble) trains it its own way here
+        and returns the same :class:`~robustkit.training.fit.Fitted` (with its operating threshold)."""
+        from robustkit.training.fit import fit_model
+
+        return fit_model(self, data, model, settings, resume=resume)
+
+    def eval_attacks(self, model: nn.Module, space: PerturbationSpace, preset: str,
+                     seed: int) -> tuple[str | list[Attack], bool]:
+        """The attacks evaluation runs on the decided ``model`` over ``space`` and whether the gradient-masking
+        checks run: default the ``preset`` and the checks. A model without gradients gets gradient-free
+        attacks and no checks (which compare gradient attacks); the domain adds its own in :meth:`assess`."""
+        return preset, True
+
     def training_method(self, name: str, data: DomainData, budget: float) -> Method:
         """The domain's own training method ``name`` (one of :attr:`methods`), configured for ``data`` and
         ``budget``: e.g. adversarial training on real edited strings regenerated every epoch."""
@@ -313,11 +331,7 @@ class Domain(ABC, Generic[OptionsT]):
     def load_model(self, directory: str | Path, factory: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
         """The model saved in ``directory`` and its metadata (``spec``, ``threshold``); ``factory``: the
         ``--model-factory`` that built it, when a user's function did."""
-        path = Path(directory)
-        if (path / "models" / "hardened" / "model.json").is_file():
-            path = path / "models" / "hardened"
-        elif (path / "models" / "evaluated" / "model.json").is_file():
-            path = path / "models" / "evaluated"
+        path = model_folder(directory)
         meta_file = path / "model.json"
         if not meta_file.is_file() or not (path / "model.safetensors").is_file():
             pickles = [p.name for p in path.glob("*") if p.suffix in (".pt", ".pth", ".bin", ".pkl", ".ckpt")]
@@ -347,6 +361,15 @@ class Domain(ABC, Generic[OptionsT]):
                 f"the weights in {path} do not fit the model its model.json describes ({detail[:300]})"
             ) from None
         return model, meta
+
+
+def model_folder(directory: str | Path) -> Path:
+    """The model folder ``directory`` names: itself, or a run directory's hardened (else evaluated) model."""
+    path = Path(directory)
+    for name in ("hardened", "evaluated"):
+        if (path / "models" / name / "model.json").is_file():
+            return path / "models" / name
+    return path
 
 
 def read_model_json(path: Path) -> dict[str, Any]:

@@ -57,7 +57,7 @@ from robustkit.reporting import write_reports
 from robustkit.runlock import LOCK_NAME, RunLock, check_free
 from robustkit.spaces import DiscreteSpace
 from robustkit.training import callbacks
-from robustkit.training.fit import TrainSettings, fit_model
+from robustkit.training.fit import TrainSettings
 from robustkit.training.methods import NAMES as METHOD_NAMES
 
 __all__ = ["attack", "evaluate_model", "harden", "prepare_run_dir"]
@@ -227,7 +227,7 @@ def _train(
     resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
     log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
              " (resuming)" if resume_from else "")
-    fitted = fit_model(domain, data, model, settings, resume=resume_from)
+    fitted = domain.fit(model, data, settings, resume=resume_from)
     threshold = fitted.threshold
     history = [{"model": name, **r} for r in fitted.history]
     seconds = fitted.seconds
@@ -273,12 +273,14 @@ def _evaluate(
     assert config.budget is not None and config.batch_size is not None
     decided = domain.decided(model.eval(), threshold)
     space = domain.eval_space(config.budget, data, decided)
+    attacks, checks = domain.eval_attacks(decided, space, config.preset, config.seed)
     report = evaluate(
         decided,
         domain.loader(data.test, _eval_batch_size(config), shuffle=False),
         space,
         eps=config.eps,
-        attacks=config.preset,
+        attacks=attacks,
+        checks=checks,
         mask=domain.attackable_mask,
         seed=config.seed,
         batch_size=_eval_batch_size(config),
@@ -309,7 +311,10 @@ def _collapsed(standard: RobustnessReport, hardened: RobustnessReport) -> Robust
 def _strongest(domain: Domain, data: DomainData, config: RunConfig, n_classes: int, model: nn.Module) -> Ensemble:
     assert config.budget is not None
     space = domain.eval_space(config.budget, data, model)
-    specs = PRESETS[config.preset].attacks_for(n_classes, discrete=isinstance(space, DiscreteSpace))
+    attacks, _ = domain.eval_attacks(model, space, config.preset, config.seed)
+    if not isinstance(attacks, str):
+        return Ensemble(attacks)
+    specs = PRESETS[attacks].attacks_for(n_classes, discrete=isinstance(space, DiscreteSpace))
     return Ensemble([s.build(space, seed=config.seed) for s in specs])
 
 

@@ -105,12 +105,13 @@ def history_figure(history: pd.DataFrame) -> Figure:
 
 
 def _breakdowns(metrics: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Every ``domain_metrics`` entry that maps names (classes, segments) to numbers, as "model: metric"."""
+    """Every ``domain_metrics`` entry named ``..._per_GROUP`` (``_per_class``, ``_per_segment``) that maps names to
+    numbers, as "model: metric"; other mappings (per attack, counts of rows) are not a breakdown of the data."""
     out: dict[str, dict[str, float]] = {}
     for name, m in metrics["models"].items():
         for key, value in m.get("domain_metrics", {}).items():
-            if isinstance(value, dict) and value and all(isinstance(v, int | float) or v is None
-                                                          for v in value.values()):
+            if "_per_" in key and isinstance(value, dict) and value and all(isinstance(v, int | float) or v is None
+                                                                             for v in value.values()):
                 out[f"{name}: {key.replace('_', ' ')}"] = {str(k): float(v or 0.0) for k, v in value.items()}
     return out
 
@@ -140,6 +141,10 @@ def breakdown_figure(breakdowns: dict[str, dict[str, float]]) -> Figure:
         _style(ax)
     fig.suptitle("Per class or segment", fontsize=FONT + 2)
     return fig
+
+
+#: what the report says of an evaluation that ran no gradient-masking checks (a model without gradients)
+NO_CHECKS = "Checks: none run (the gradient-masking checks compare gradient attacks; this evaluation ran without them)."
 
 
 def _scalars(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -196,7 +201,8 @@ def _markdown(metrics: dict[str, Any], reports: dict[str, RobustnessReport], con
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     for name, rep in reports.items():
-        lines += ["", f"## {name} model", "", *_markdown_table(rep.table), "", "Checks:", ""]
+        lines += ["", f"## {name} model", "", *_markdown_table(rep.table), "", "Checks:" if rep.checks else NO_CHECKS,
+                  ""]
         lines += [f"- **{c.status}**: {c.name}: {c.detail}" for c in rep.checks]
     lines += ["", "## Reproduce", "", "```", command, "```", "", "```yaml", config_yaml.rstrip(), "```", "",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in metrics["versions"].items()), ""]
@@ -231,6 +237,7 @@ def _html(metrics: dict[str, Any], reports: dict[str, RobustnessReport], history
         measure=_lead(next(iter(metrics["models"].values())))["measure"], budget_plot=_png(budget_figure(reports)),
         history_plot="" if history.empty else _png(history_figure(history)),
         breakdown_plot=_png(breakdown_figure(breakdowns)) if breakdowns else "", scalars=_scalars(metrics),
+        no_checks=NO_CHECKS.removeprefix("Checks: "),
         images=[(path.name, base64.b64encode(path.read_bytes()).decode("ascii")) for path in examples],
         examples_html=examples_html, models=models, command=command, config_yaml=config_yaml,
         versions=", ".join(f"{k} {v}" for k, v in metrics["versions"].items()),

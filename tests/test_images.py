@@ -59,7 +59,8 @@ def test_adversarial_images_stay_inside_the_threat_model_and_the_pixel_range(run
     assert float((x_adv - x).abs().max()) <= budget + 1e-6
     assert bool(rk.LinfBall(eps=budget, bounds=(0.0, 1.0)).contains(x_adv, x).all())
     grid = Image.open(run / "examples" / "grid.png")
-    assert grid.mode == "RGB" and grid.size[0] > 16 * 64 and grid.size[1] > 3 * 64
+    # 16 images in two bands of 8, each image at least 64 pixels: the report shows it near its own size
+    assert grid.mode == "RGB" and 8 * 64 < grid.size[0] <= 1024 and grid.size[1] > 2 * 3 * 64
     rows = list(csv.DictReader((run / "examples" / "examples.csv").open()))
     assert len(rows) == 16 and {r["fooled"] for r in rows} <= {"True", "False"}
     fooled = [r for r in rows if r["fooled"] == "True"]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import itertools
+import re
 
+import pandas as pd
 import pytest
 
+from domains.tabular import TabularDomain
 from robustkit.cli import main
 from robustkit.evaluation import RobustnessReport
-from robustkit.reporting import FONT, MAX_WIDTH, breakdown_figure, budget_figure
+from robustkit.reporting import FONT, MAX_WIDTH, _breakdowns, breakdown_figure, budget_figure
 
 
 def _report(budgets: list[float]) -> RobustnessReport:
@@ -43,6 +46,26 @@ def test_breakdown_chart_keeps_its_text_readable_with_many_segments() -> None:
     # one label per bar group, none overlapping the next
     boxes = sorted((t.get_window_extent() for t in labels), key=lambda b: b.y0)
     assert all(low.y1 <= high.y0 + 0.5 for low, high in itertools.pairwise(boxes))
+
+
+def test_breakdowns_are_per_class_or_segment_never_per_attack() -> None:
+    domain = {"recall_clean_per_segment": {"fuel": 1.0, "travel": 0.5},
+              "recall_attacked_by_attack": {"pgd": 0.4, "search": 0.3}, "rows_evaded_by_attack": {"pgd": 7},
+              "clean_accuracy_per_class": {"0": 0.9}}
+    found = _breakdowns({"models": {"hardened": {"domain_metrics": domain}}})
+    assert found == {"hardened: recall clean per segment": {"fuel": 1.0, "travel": 0.5},
+                     "hardened: clean accuracy per class": {"0": 0.9}}
+
+
+def test_changed_cells_show_numbers_at_their_columns_places(tmp_path) -> None:
+    pd.DataFrame({"index": [3], "fooled": [True], "cost": [1.5]}).set_index("index").to_csv(tmp_path / "examples.csv")
+    pd.DataFrame({"row": [3, 3, 3, 3], "column": ["amount", "amount", "hour", "country"],
+                  "original": [164.13, 20.5, 2, "home"], "adversarial": [52.45005245, 19.25, 7, "abroad"],
+                  "cost": [0.2, 0.1, 0.5, 0.7]}).to_csv(tmp_path / "changes.csv", index=False)
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", TabularDomain().examples_html(tmp_path))
+    shown = [cells[i:i + 3] for i in range(3, len(cells), 4)]  # column, original, adversarial (after the row's 3)
+    assert shown == [["amount", "164.13", "≈52.45"], ["amount", "20.50", "19.25"], ["hour", "2", "7"],
+                     ["country", "home", "abroad"]]
 
 
 def test_help_keeps_one_line_per_preset(capsys) -> None:

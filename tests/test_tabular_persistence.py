@@ -126,3 +126,5 @@ def test_xgboost_and_lightgbm_load_back_from_their_own_formats(library: str, tmp
     assert {p.name for p in (tmp_path / "clf").iterdir()} == {
         "classifier.json", "estimator.json" if library == "xgboost" else "estimator.txt"}
     assert isinstance(again.history_, pd.DataFrame)
+    # a loaded model saves again (evaluate --model on a tree run re-saves it): the same scores once more
+    round_trip(again, tmp_path / "again")

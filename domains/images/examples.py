@@ -11,8 +11,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 __all__ = ["amplified", "save_grid"]
 
-_TEXT = 12  # height of one caption line, in pixels
-_MARGIN = 86  # width of the row titles
+_FONT = 16  # caption text, in pixels: the report shows the grid at its size or a little smaller
+_TEXT = 20  # height of one caption line, in pixels
+_MARGIN = 118  # width of the row titles
+_TILE = 96  # least side of an image, in pixels (small images are scaled up by a whole factor)
+_PER_BAND = 8  # columns per band: more images wrap to another band, so the grid fits the report's width
+_GAP = 10  # between two bands
 _ROWS = ("clean", "adversarial", "perturbation")
 _RED, _GREEN, _BLACK = (190, 0, 0), (0, 120, 0), (0, 0, 0)
 
@@ -53,11 +57,12 @@ def save_grid(
     adv_pred: torch.Tensor | None = None,
     class_names: Sequence[str] | None = None,
 ) -> None:
-    """Write a PNG: one column per image; rows clean, adversarial and amplified perturbation.
+    """Write a PNG: one column per image (up to 8 per band, bands stacked); rows clean, adversarial and
+    amplified perturbation.
 
     Each column is headed by its true label; the clean and adversarial images are captioned with the
     model's prediction (red when wrong) when predictions are given; the perturbation with its
-    amplification factor.
+    amplification factor. Captions are 16-pixel text (a scalable font where Pillow has FreeType).
 
     Example:
         >>> import tempfile
@@ -65,28 +70,33 @@ def save_grid(
         >>> path = Path(tempfile.mkdtemp()) / "grid.png"
         >>> save_grid(path, x, (x + 0.05).clamp(0, 1), torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2]))
         >>> Image.open(path).size
-        (296, 248)
+        (424, 386)
     """
     x, x_adv = x.detach().float().cpu(), x_adv.detach().float().cpu()
     n, _, h, w = x.shape
-    scale = max(1, 64 // max(h, w))
+    scale = max(1, _TILE // max(h, w))
     cw, ch = w * scale + 6, h * scale
     row_h = ch + _TEXT + 2
-    canvas = Image.new("RGB", (_MARGIN + n * cw, _TEXT + 2 + 3 * row_h), "white")
+    band_h = _TEXT + 2 + 3 * row_h + _GAP
+    bands = max(1, -(-n // _PER_BAND))
+    canvas = Image.new("RGB", (_MARGIN + min(n, _PER_BAND) * cw, bands * band_h), "white")
     draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=_FONT)
     pert, factor = amplified(x, x_adv)
-    room = max(3, cw // 6)
-    for r, title in enumerate(_ROWS):
-        draw.text((2, _TEXT + 2 + r * row_h + ch // 2 - 6), title, fill=_BLACK, font=font)
+    room = max(3, cw // 9)
+    for band in range(bands):
+        for r, title in enumerate(_ROWS):
+            draw.text((2, band * band_h + _TEXT + 2 + r * row_h + ch // 2 - _FONT // 2), title, fill=_BLACK,
+                      font=font)
     for row, images in enumerate((_cells(x, scale), _cells(x_adv, scale), _cells(pert, scale))):
-        top = _TEXT + 2 + row * row_h
         for i in range(n):
-            left = _MARGIN + i * cw
+            band, column = divmod(i, _PER_BAND)
+            top = band * band_h + _TEXT + 2 + row * row_h
+            left = _MARGIN + column * cw
             canvas.paste(Image.fromarray(images[i]), (left, top))
             label = int(labels[i])
             if row == 0:
-                draw.text((left, 0), "y " + _name(class_names, label, room - 2), fill=_BLACK, font=font)
+                draw.text((left, band * band_h), "y " + _name(class_names, label, room - 2), fill=_BLACK, font=font)
             preds = clean_pred if row == 0 else adv_pred if row == 1 else None
             if preds is not None:
                 p = int(preds[i])

@@ -44,10 +44,11 @@ from domains.tabular.attacks import _Best, describe_changes, fraud_probability
 from domains.tabular.model import TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.space import SchemaSpace, decode, encode, repair
-from domains.tabular.trees import tree_attack
+from domains.tabular.trees import TypedEstimator, tree_attack
 from robustkit import PGD, AdversarialTrainer, ModelError, RandomSearch, ThresholdModel, Transfer
+from robustkit.attacks.base import Attack, Best, Problem
 
-__all__ = ["SklearnModel", "distill_surrogate", "evaluate_blackbox"]
+__all__ = ["SklearnModel", "TreeAttack", "TreeModel", "distill_surrogate", "evaluate_blackbox"]
 
 
 class SklearnModel(nn.Module):
@@ -84,6 +85,78 @@ class SklearnModel(nn.Module):
         if p.dim() != 2 or p.shape[1] != 2:
             raise ModelError(f"predict_proba must return two columns (not fraud, fraud), got shape {tuple(p.shape)}")
         return p.clamp_min(1e-12).log().to(x.dtype)
+
+
+class TreeModel(SklearnModel):
+    """A tree ensemble as ``robustkit harden tabular --model-type`` trains, judges and saves it.
+
+    ``prototype`` is the unfitted estimator (:func:`~domains.tabular.trees.make_estimator`); until
+    :meth:`set_fitted` gives the fitted one it scores every row 0.5 (P(fraud) = P(not fraud)), so the
+    pipeline's shape probe of a model before training passes. ``rounds``: the augmentation rounds the
+    hardened model is trained with; ``log``: the table :func:`~domains.tabular.trees.harden_trees` returned.
+    """
+
+    def __init__(self, prototype: Any, schema: Schema, model_type: str, rounds: int = 2) -> None:
+        super().__init__(prototype, schema)
+        self.prototype, self.model_type, self.rounds = prototype, model_type, rounds
+        self.fitted: Any = None
+        self.log = pd.DataFrame()
+
+    def set_fitted(self, fitted: Any, log: pd.DataFrame | None = None) -> TreeModel:
+        """Use the fitted estimator ``fitted`` (over :func:`~domains.tabular.trees.typed_frame` rows) from now on."""
+        self.fitted, self.estimator = fitted, TypedEstimator(fitted, self.schema)
+        self.log = pd.DataFrame() if log is None else log
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fitted is None:
+            return torch.zeros(len(x), 2, dtype=x.dtype, device=x.device)
+        return super().forward(x)
+
+
+class TreeAttack(Attack):
+    """:func:`~domains.tabular.trees.tree_attack` as a robustkit attack over a :class:`SchemaSpace`'s attack
+    variable: the rows the inputs decode to are searched on ``trees`` at ``threshold`` and the rows found are
+    encoded back (each valid under the schema at the space's budget), so :func:`robustkit.evaluate` runs it
+    at every budget of a curve like any other attack.
+
+    Example:
+        >>> from domains.tabular.synthetic import card_schema, generate
+        >>> from domains.tabular.trees import make_estimator, typed_frame
+        >>> schema, df = card_schema(), generate(1500, seed=0)
+        >>> fitted = make_estimator("hgb", 0).set_params(max_iter=20).fit(typed_frame(schema, df), df["is_fraud"])
+        >>> trees = TreeModel(make_estimator("hgb", 0), schema, "hgb").set_fitted(fitted)
+        >>> frauds = encode(schema, df[df["is_fraud"] == 1].head(20))
+        >>> result = TreeAttack(SchemaSpace(schema), trees, 0.5)(ThresholdModel(trees, 0.5), frauds,
+        ...                                                      torch.ones(20, dtype=torch.long))
+        >>> bool(result.success.any())
+        True
+    """
+
+    name = "trees"
+
+    def __init__(self, space: SchemaSpace, trees: TreeModel, threshold: float, *, beam_width: int = 8,
+                 seed: int = 0) -> None:
+        super().__init__(space, seed=seed)
+        if not isinstance(space, SchemaSpace):
+            raise ModelError(f"TreeAttack searches a tabular SchemaSpace, got {type(space).__name__}")
+        self.trees, self.threshold, self.beam_width = trees, float(threshold), beam_width
+
+    def config(self) -> dict[str, Any]:
+        return {"beam_width": self.beam_width, "threshold": self.threshold}
+
+    def _run(self, problem: Problem) -> Best:
+        assert isinstance(self.space, SchemaSpace)
+        schema = self.space.schema.with_budget(float(self.space.eps))
+        x = problem.x
+        found = tree_attack(self.trees.estimator, schema, decode(schema, x), self.threshold,
+                            columns=self.trees.columns, beam_width=self.beam_width)
+        x_adv = encode(schema, found.rows).to(device=x.device, dtype=x.dtype)
+        every = torch.arange(len(x), device=x.device)
+        logits, loss = problem.evaluate(x_adv, every)
+        best = Best(x, x.device)
+        best.update(None, x_adv, loss, problem.success(logits, every))
+        return best
 
 
 def _scores(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -132,7 +205,8 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
     Returns:
         ``{"recall": {"clean", "trees", "transfer (upper bound)", "search", "worst"}, "valid_share": {attack: share},
         "repair_failed_share": {attack: share}, "seconds": {attack: wall-clock seconds}, "n_fraud": int,
-        "queries": int, "rows": DataFrame, "table": DataFrame}``: ``rows`` holds per test fraud row (its
+        "queries": int, "rows": DataFrame, "table": DataFrame, "fooled_by": {attack: bool per fraud row},
+        "repair_failed_by": {attack: bool per fraud row}}``: ``rows`` holds per test fraud row (its
         index) the adversarial row kept, in the schema's columns (the cheapest evasion, else the lowest
         score), ``table`` its ``detected_clean``, ``fooled``, ``attack``, ``p_fraud_adversarial``, ``cost``
         and ``changed``.
@@ -169,7 +243,7 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
 
         attacks[label] = run
     recall = {"clean": float(caught.float().mean())}
-    valid, failed, seconds = {}, {}, {}
+    valid, failed, seconds, fooled_by, failed_by = {}, {}, {}, {}, {}
     survived = caught.clone()
     for label, attack_rows in attacks.items():
         started = time.perf_counter()
@@ -186,6 +260,7 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
         valid[label] = float(ok.mean())
         failed[label] = float(repair_failed.mean())
         fooled = (caught & ~still).numpy()
+        fooled_by[label], failed_by[label] = fooled, repair_failed
         best.offer(label, np.arange(len(rows)), rows, fooled, fraud_probability(decided, x_rows).numpy(),
                    schema.cost(rows, frauds).to_numpy(), ~ok)
     recall["worst"] = float(survived.float().mean())
@@ -194,4 +269,5 @@ def evaluate_blackbox(model: nn.Module, train: pd.DataFrame, test: pd.DataFrame,
                           "p_fraud_adversarial": best.p, "cost": schema.cost(adversarial, frauds).to_numpy(),
                           "changed": describe_changes(schema, adversarial, frauds)}, index=frauds.index)
     return {"recall": recall, "valid_share": valid, "repair_failed_share": failed, "seconds": seconds,
-            "n_fraud": len(frauds), "queries": queries, "rows": adversarial, "table": table}
+            "n_fraud": len(frauds), "queries": queries, "rows": adversarial, "table": table, "fooled_by": fooled_by,
+            "repair_failed_by": failed_by}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from domains.tabular.estimator import _mlp
 from domains.tabular.model import SchemaEncoder, TabularMLP
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
-from domains.tabular.trees import TypedEstimator
+from domains.tabular.trees import TypedEstimator, require_library
 from robustkit.errors import ConfigError, ModelError
 from robustkit.saved import (
     MANIFEST,
@@ -47,7 +48,7 @@ from robustkit.saved import (
     write_folder,
 )
 
-__all__ = ["TRUSTED_TYPES", "load_classifier", "save_classifier"]
+__all__ = ["TRUSTED_TYPES", "estimator_writer", "load_classifier", "read_estimator", "save_classifier"]
 
 FORMAT = "robustkit.tabular.RobustTabularClassifier"
 VERSION = 1
@@ -71,6 +72,8 @@ def _skops() -> Any:
 
 def _library(estimator: Any) -> str:
     """Which format saves ``estimator``: ``xgboost``, ``lightgbm`` or ``skops`` (HistGradientBoosting)."""
+    if isinstance(estimator, LightGBMBooster):  # a LightGBM model read back from its text file
+        return "lightgbm"
     module = type(estimator).__module__.split(".")[0]
     if module in ("xgboost", "lightgbm"):
         return module
@@ -94,6 +97,49 @@ class LightGBMBooster:
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         p = np.asarray(self.booster_.predict(X), dtype=np.float64)
         return np.stack([1 - p, p], axis=1)
+
+
+def estimator_writer(param: Any, fitted: Any) -> tuple[dict[str, Any], Callable[[Path], Any]]:
+    """How to save the tree ensemble ``fitted`` (unfitted parameters ``param``) without a pickle: the entries
+    ``estimator`` (its format) and ``estimator_params`` that the folder's JSON keeps, and a function that
+    writes its file into a folder (``estimator.skops``, XGBoost's ``estimator.json`` or LightGBM's
+    ``estimator.txt``); :func:`read_estimator` reads them back. Every check runs here, before any write."""
+    library = _library(fitted)
+    if library == "skops":
+        blob = _skops().dumps({"param": param, "fitted": fitted})
+        return {"estimator": library}, lambda d: (d / "estimator.skops").write_bytes(blob)
+    try:
+        params = json.loads(json.dumps(param.get_params(deep=False)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot save the estimator's parameters as JSON ({exc})") from None
+    described = {"estimator": library, "estimator_params": params}
+    if library == "xgboost":
+        return described, lambda d: fitted.save_model(str(d / "estimator.json"))
+    return described, lambda d: fitted.booster_.save_model(str(d / "estimator.txt"))
+
+
+def read_estimator(path: Path, meta: dict[str, Any], source: Path) -> tuple[Any, Any]:
+    """The unfitted and the fitted estimator that :func:`estimator_writer` saved in the folder ``path``, as
+    ``meta`` (read from ``source``) describes them; XGBoost and LightGBM are imported only here."""
+    library = meta.get("estimator")
+    if library == "skops":
+        parts = _read_skops(path / "estimator.skops")
+        return parts["param"], parts["fitted"]
+    if library not in ("xgboost", "lightgbm"):
+        raise ModelError(f"{source}: unknown estimator format {library!r}")
+    require_library(str(library))
+    params = meta.get("estimator_params", {})
+    if not isinstance(params, dict):
+        raise ModelError(f"{source}: estimator_params must be an object, got {params!r}")
+    if library == "xgboost":
+        import xgboost
+
+        fitted = xgboost.XGBClassifier(**params)
+        fitted.load_model(str(path / "estimator.json"))
+        return xgboost.XGBClassifier(**params), fitted
+    import lightgbm
+
+    return lightgbm.LGBMClassifier(**params), LightGBMBooster(lightgbm.Booster(model_file=str(path / "estimator.txt")))
 
 
 def _search_training(**options: Any) -> Any:
@@ -120,21 +166,9 @@ def save_classifier(clf: Any, path: str | Path) -> Path:
     check_json(meta, "this classifier's parameters")
     writers = []
     if clf.estimator_ is not None:
-        library = _library(clf.estimator_)
-        meta["estimator"] = library
-        if library == "skops":
-            sio = _skops()
-            blob = sio.dumps({"param": clf.estimator, "fitted": clf.estimator_})
-            writers.append(lambda d: (d / "estimator.skops").write_bytes(blob))
-        else:
-            try:
-                meta["estimator_params"] = json.loads(json.dumps(clf.estimator.get_params(deep=False)))
-            except (TypeError, ValueError) as exc:
-                raise ConfigError(f"cannot save the estimator's parameters as JSON ({exc})") from None
-            if library == "xgboost":
-                writers.append(lambda d: clf.estimator_.save_model(str(d / "estimator.json")))
-            else:
-                writers.append(lambda d: clf.estimator_.booster_.save_model(str(d / "estimator.txt")))
+        described, write = estimator_writer(clf.estimator, clf.estimator_)
+        meta.update(described)
+        writers.append(write)
     else:
         state = module_state(clf.model_)
         writers.append(lambda d: save_file(state, str(d / "model.safetensors")))
@@ -203,22 +237,7 @@ def _build(cls: type, path: Path, meta: dict[str, Any], module: Any) -> Any:
         model.load_state_dict(read_weights(path / "model.safetensors"), strict=True)
         clf.model_ = model.eval()
         return clf
-    if library == "skops":
-        parts = _read_skops(path / "estimator.skops")
-        clf.estimator, fitted = parts["param"], parts["fitted"]
-    elif library == "xgboost":
-        import xgboost
-
-        clf.estimator = xgboost.XGBClassifier(**meta["estimator_params"])
-        fitted = xgboost.XGBClassifier(**meta["estimator_params"])
-        fitted.load_model(str(path / "estimator.json"))
-    elif library == "lightgbm":
-        import lightgbm
-
-        clf.estimator = lightgbm.LGBMClassifier(**meta["estimator_params"])
-        fitted = LightGBMBooster(lightgbm.Booster(model_file=str(path / "estimator.txt")))
-    else:
-        raise ModelError(f"{path / MANIFEST}: unknown estimator format {library!r}")
+    clf.estimator, fitted = read_estimator(path, meta, path / MANIFEST)
     clf.estimator_ = fitted
     clf.model_ = SklearnModel(TypedEstimator(fitted, schema), schema).eval()
     return clf

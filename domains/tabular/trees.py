@@ -37,6 +37,7 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -52,11 +53,49 @@ from domains.tabular.schema import Schema
 from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.evaluation.binary import threshold_at_fpr
 
-__all__ = ["TypedEstimator", "candidate_moves", "harden_trees", "probe_thresholds", "split_thresholds", "tree_attack",
-           "typed_frame"]
+__all__ = ["TREE_TYPES", "TypedEstimator", "candidate_moves", "harden_trees", "make_estimator", "probe_thresholds",
+           "split_thresholds", "tree_attack", "typed_frame"]
 
 #: rows per ``predict_proba`` call (bounds the memory of one scoring batch)
 CHUNK = 200_000
+
+
+#: the tree ensembles ``robustkit harden tabular --model-type`` trains: the package each needs (to train it,
+#: or for HistGradientBoosting to save it without a pickle) and the extra that installs it
+TREE_TYPES = {"hgb": ("skops", "skops"), "xgboost": ("xgboost", "trees"), "lightgbm": ("lightgbm", "trees")}
+
+
+def require_library(model_type: str) -> None:
+    """Refuse a ``model_type`` whose package is not installed (all are optional extras)."""
+    library, extra = TREE_TYPES[model_type]
+    try:
+        importlib.import_module(library)
+    except ImportError:
+        raise ConfigError(f"--model-type {model_type} needs the {library} package, which is not installed: "
+                          f'pip install -e ".[{extra}]"') from None
+
+
+def make_estimator(model_type: str, seed: int) -> Any:
+    """An unfitted tree ensemble of ``model_type`` (a key of :data:`TREE_TYPES`, library defaults otherwise) that
+    reads :func:`typed_frame` rows, its categories natively; XGBoost and LightGBM are imported only here.
+
+    Example:
+        >>> make_estimator("hgb", seed=0).random_state
+        0
+    """
+    if model_type != "hgb":  # HistGradientBoosting needs skops only to be saved
+        require_library(model_type)
+    if model_type == "xgboost":
+        import xgboost
+
+        return xgboost.XGBClassifier(enable_categorical=True, tree_method="hist", random_state=seed)
+    if model_type == "lightgbm":
+        import lightgbm
+
+        return lightgbm.LGBMClassifier(random_state=seed, verbose=-1)
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    return HistGradientBoostingClassifier(categorical_features="from_dtype", random_state=seed)
 
 
 def typed_frame(schema: Schema, df: pd.DataFrame) -> pd.DataFrame:
