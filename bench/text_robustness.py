@@ -247,7 +247,7 @@ class OldSearchSpace(ObfuscationSpace):
         edits = super().candidates(x, original)
         spans = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\S+", x)]
         free = sorted({e.value[2] for e in edits if e.value[1] != "insert"})
-        out = [Edit(k, ((spans[k][0], spans[k][1], new), "old", k, new))
+        out = [Edit(k, (spans[k][2], "old", k, new))
                for k in free for new in sorted(_old_tricks(spans[k][2]))]
         ends = {0, len(spans)} if len(spans) > 1 else {len(spans)}
         out += [e for e in edits if e.value[1] == "insert" and e.value[2] in ends]

@@ -20,8 +20,7 @@ import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import torch
 
@@ -370,9 +369,10 @@ class L2Ball(ContinuousSpace):
 
 
 
-@dataclass(frozen=True)
-class Edit:
-    """One candidate edit of a discrete space: change ``position`` to ``value`` at ``cost``."""
+class Edit(NamedTuple):
+    """One candidate edit of a discrete space: change ``position`` to ``value`` at ``cost``.
+
+    Immutable and light (a named tuple): a search builds hundreds per example and round."""
 
     position: int
     value: Any

@@ -306,6 +306,21 @@ def _tricks(
 
 
 @lru_cache(maxsize=65536)
+def _word_edits(
+    k: int, word: str, seed: int, samples: int, url_host_homoglyphs: bool, tricks: frozenset[str]
+) -> tuple[Edit, ...]:
+    """The edits of word ``k`` (``word``) among ``tricks``: the same every round the word stays in place."""
+    return tuple(Edit(k, (word, kind, k, new)) for kind, new in _tricks(word, seed, samples, url_host_homoglyphs)
+                 if kind in tricks)
+
+
+@lru_cache(maxsize=1024)
+def _insert_edits(n_words: int, insert_words: tuple[str, ...]) -> tuple[Edit, ...]:
+    """A ham word in every gap of a text of ``n_words`` words (position: the number of words plus the gap)."""
+    return tuple(Edit(n_words + gap, ("", "insert", gap, w)) for gap in range(n_words + 1) for w in insert_words)
+
+
+@lru_cache(maxsize=65536)
 def _fixed_tricks(
     word: str, url_host_homoglyphs: bool = False
 ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
@@ -422,9 +437,9 @@ class ObfuscationSpace(DiscreteSpace[str]):
     def candidates(self, x: str, original: str) -> list[Edit]:
         """Tricks on the words of ``x`` that are still the original's own, and ham words in every gap.
 
-        An edit's value is ``((start, end, replacement), trick, word or gap index, new word)``: :meth:`apply`
-        puts the replacement in place of ``x[start:end]``. Its position is the word's index, or the number of
-        words plus the gap's index for an insertion.
+        An edit's value is ``(word replaced or "", trick, word or gap index, new word)``; its position is the
+        word's index, or the number of words plus the gap's index for an insertion. :meth:`apply` builds the
+        text (only for the edits a search tries).
 
         Example:
             >>> from tokenizers import Tokenizer
@@ -441,26 +456,28 @@ class ObfuscationSpace(DiscreteSpace[str]):
         cost, free = _alignment(original, x, self.url_host_homoglyphs)
         if cost + 1 > self.limit(original):
             return []
-        spans = [(m.start(), m.end(), m.group()) for m in _WORD.finditer(x)]
+        found = words(x)
         edits: list[Edit] = []
-        for k, (start, end, word) in enumerate(spans):
-            if not free[k]:  # already edited, or inserted
-                continue
-            for kind, new in _tricks(word, self.seed, self.samples, self.url_host_homoglyphs):
-                if kind in self.tricks:
-                    edits.append(Edit(k, ((start, end, new), kind, k, new)))
-        if "insert" not in self.tricks:
-            return edits
-        for gap in range(len(spans) + 1):
-            cut = spans[gap][0] if gap < len(spans) else len(x)
-            for w in self.insert_words:
-                splice = (cut, cut, " " + w) if gap == len(spans) else (cut, cut, w + " ")
-                edits.append(Edit(len(spans) + gap, (splice, "insert", gap, w)))
+        for k, word in enumerate(found):
+            if free[k]:  # not edited yet, nor inserted
+                edits += _word_edits(k, word, self.seed, self.samples, self.url_host_homoglyphs, self.tricks)
+        if "insert" in self.tricks:
+            edits += _insert_edits(len(found), self.insert_words)
         return edits
 
     def apply(self, x: str, edit: Edit) -> str:
         # the text is built only for the edits a search tries: candidates() offers hundreds per text
-        start, end, new = edit.value[0]
+        old, kind, index, new = edit.value
+        spans = [m.span() for m in _WORD.finditer(x)]
+        if kind == "insert":
+            if index == len(spans):
+                return x + " " + new
+            cut = spans[index][0]
+            return x[:cut] + new + " " + x[cut:]
+        if index >= len(spans) or x[spans[index][0] : spans[index][1]] != old:
+            raise ConfigError(f"edit {edit.value!r} does not fit {x!r}: apply an edit to the text candidates() gave "
+                              "it for")
+        start, end = spans[index]
         return x[:start] + new + x[end:]
 
     def scores(self, x: str, grad: torch.Tensor, edits: Sequence[Edit]) -> torch.Tensor:
