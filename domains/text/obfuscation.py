@@ -564,9 +564,10 @@ class ObfuscationSpace(DiscreteSpace[str]):
         new_rows = _rows(table, used)[where] * present[..., None]  # (distinct words, width, D), zero at padding
         # pooled: <a gradient vector, the sum of the new tokens' rows> (the word's mean gradient; for an
         # insertion, the gradient of the token after the gap)
+        # (every vector x every distinct new word) products, then one lookup per edit: no per-edit gathers
         pooled_vectors = torch.cat([g_word, g[torch.tensor(after, dtype=torch.long)]])
         row = torch.where(insert, n_words + k_of.clamp(max=n_words), k_of.clamp(max=max(0, n_words - 1)))
-        score = (pooled_vectors[row] * new_rows.sum(dim=1)[w_of]).sum(dim=-1)
+        score = (pooled_vectors @ new_rows.sum(dim=1).T)[row, w_of]
         # token for token (a trick keeping the word's token count): each new token with its own gradient
         n_of = counts[k_of.clamp(max=max(0, n_words - 1))] if n_words else torch.zeros(len(values))
         aligned = ~insert & (present.sum(dim=1)[w_of] == n_of)
@@ -574,7 +575,8 @@ class ObfuscationSpace(DiscreteSpace[str]):
             positions = _padded(tokens, width, n)[0]
             g_pad = torch.cat([g, g.new_zeros(1, g.shape[1])])
             a = aligned.nonzero().squeeze(1)
-            score[a] = (g_pad[positions[k_of[a]]] * new_rows[w_of[a]]).sum(dim=(1, 2))
+            per_word = g_pad[positions].flatten(1) @ new_rows.flatten(1).T  # (words, distinct new words)
+            score[a] = per_word[k_of[a], w_of[a]]
         # a trick takes the word's own tokens away; a trick on a word the model does not read scores 0
         trick = ~insert
         score[trick] -= old[k_of[trick]] if n_words else 0.0
