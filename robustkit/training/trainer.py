@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from robustkit.errors import ConfigError, DataError
 from robustkit.models import AMP_CHOICES, autocast, autocast_dtype, frozen_eval, logits_of, model_device, out_of_memory
 from robustkit.spaces import ContinuousSpace
 from robustkit.training import methods as methods_mod
-from robustkit.training.callbacks import Callback
+from robustkit.training.callbacks import Callback, TrainerControl
 from robustkit.training.checkpoint import load_checkpoint, save_checkpoint
 from robustkit.training.methods import Batch, Loss, Method
 
@@ -113,7 +114,8 @@ class AdversarialTrainer:
         attackable: optional function ``(x, y) -> bool mask`` of the examples that may be perturbed.
         val_attack: attack for robust validation accuracy (default PGD-10 over ``space``).
         checkpoint_dir: folder for a checkpoint after every epoch (needed by ``fit(resume=...)``).
-        callbacks: :class:`~robustkit.training.callbacks.Callback` objects.
+        callbacks: :class:`~robustkit.training.callbacks.Callback` objects. They stop training through
+            :attr:`control` (``trainer.control.stop(reason)``), read after every epoch's hooks.
         seed: seeds the data order and every attack's per-example random streams.
         device: where to train (default: the model's device). Under ``torchrun`` give each process
             its own device (:func:`robustkit.distributed.setup` returns it).
@@ -190,7 +192,8 @@ class AdversarialTrainer:
         #: epochs of the current ``fit`` (set when it starts; callbacks may read it)
         self.total_epochs = 0
         self.global_step = 0
-        self.stop_training = False
+        #: what callbacks ask of the loop (:class:`~robustkit.training.callbacks.TrainerControl`), new every fit
+        self.control = TrainerControl()
         self.best_score: float | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
         #: a batch of validation data (the first training batch without any) for checks run every epoch
@@ -232,7 +235,7 @@ class AdversarialTrainer:
             self._probe(val_loader)
         self._setup_class_weights(train_loader)
         self.held_out = self._held_out(val_loader, probe)
-        self.stop_training = False
+        self.control = TrainerControl()
         if resume is not None:
             self._restore(resume)
         else:
@@ -241,7 +244,7 @@ class AdversarialTrainer:
         self._net = distributed.wrap(self.model, self.device)
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        while self.epoch < total_epochs and not self.stop_training:
+        while self.epoch < total_epochs and not self.control.should_stop:
             start = time.perf_counter()
             for cb in self.callbacks:
                 cb.on_epoch_start(self)
@@ -255,6 +258,9 @@ class AdversarialTrainer:
             # from it has the same history and stops where the uninterrupted run stopped
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
+            if self.control.should_stop:
+                record["stop_reason"] = self.control.reason
+                log.info("training stopped after epoch %d of %d: %s", self.epoch, total_epochs, self.control.reason)
             if self.checkpoint_dir is not None:
                 self._save(total_epochs)
         if self.method.select_by_validation and self._best_state is not None:
@@ -262,6 +268,22 @@ class AdversarialTrainer:
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return self.history_frame()
+
+    @property
+    def stop_training(self) -> bool:
+        """Whether a callback stopped training (``control.should_stop``).
+
+        Setting it is deprecated: call ``trainer.control.stop(reason)``. Until it is removed, setting it to
+        True still stops training (with a warning); setting it to False withdraws nothing, as a stop is final.
+        """
+        return self.control.should_stop
+
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        warnings.warn("setting trainer.stop_training is deprecated and will be removed in robustkit 0.3: call "
+                      "trainer.control.stop('why') in the callback instead", DeprecationWarning, stacklevel=2)
+        if value:
+            self.control.stop("a callback set trainer.stop_training")
 
     def history_frame(self) -> pd.DataFrame:
         """Per-epoch training and validation figures as a DataFrame."""
@@ -513,7 +535,7 @@ class AdversarialTrainer:
             "method": self.method.config(),
             "best_score": self.best_score,
             "history": self.history,
-            "stopped": self.stop_training,
+            "stopped": self.control.reason,
         }
         extra = {}
         if self._best_state is not None:
@@ -556,9 +578,12 @@ class AdversarialTrainer:
         for key, cb in self._keyed_callbacks():
             if key in saved:
                 cb.load_state_dict(saved[key])
-        self.stop_training = bool(state.get("stopped", False))
+        stopped = state.get("stopped")
+        if stopped:  # a reason; True in checkpoints written before the control object
+            self.control.stop(stopped if isinstance(stopped, str) else "a callback stopped training")
         self._best_state = extra.get("best")
-        log.info("resumed from %s after epoch %d (step %d)", directory, self.epoch, self.global_step)
+        log.info("resumed from %s after epoch %d (step %d)%s", directory, self.epoch, self.global_step,
+                 f"; training had stopped: {self.control.reason}" if self.control.should_stop else "")
 
 
 def _check_batch_norm(model: nn.Module, loader: Iterable[Any], x: torch.Tensor) -> None:
