@@ -18,7 +18,7 @@ from robustkit.cli import main
 from robustkit.datasets import TOY_BOUNDS, TOY_EPS, robust_nonrobust
 
 # a small digits run: the figures come from the same loop as a full one
-SMALL = {"options": {"max_train": 160, "max_val": 40, "max_test": 30}, "eps": [0.15]}
+SMALL = {"options": {"max_train": 160, "max_val": 40, "max_test": 30}, "budgets": [0.15]}
 
 
 def _harden(tmp_path: Path, report_to: str, *extra: str) -> Path:

@@ -260,11 +260,12 @@ def test_a_fast_run_resumed_after_a_kill_fires_its_guard_as_the_uninterrupted_ru
         assert torch.equal(a, b), name
 
 
-def test_eps_warmup_and_class_weights(data):
+def test_budget_warmup_and_class_weights(data):
     model = make_model()
-    trainer = rk.AdversarialTrainer(model, SPACE, method="pgd", eps_warmup=2, class_weights="balanced", progress=False)
+    trainer = rk.AdversarialTrainer(model, SPACE, method="pgd", budget_warmup=2, class_weights="balanced",
+                                    progress=False)
     history = trainer.fit(loader(data), epochs=3)
-    assert list(history["eps"]) == pytest.approx([TOY_EPS / 2, TOY_EPS, TOY_EPS])
+    assert list(history["budget"]) == pytest.approx([TOY_EPS / 2, TOY_EPS, TOY_EPS])
     assert trainer.class_weights is not None and torch.allclose(trainer.class_weights, torch.ones(3), atol=0.01)
 
 
@@ -310,7 +311,7 @@ def test_training_leaves_no_gradient_in_inputs_and_restores_train_mode_after_att
     ("kwargs", "fit_kwargs", "error"),
     [
         ({"method": "nope"}, {}, rk.ConfigError),
-        ({"eps_warmup": -1}, {}, rk.ConfigError),
+        ({"budget_warmup": -1}, {}, rk.ConfigError),
         ({"class_weights": [1.0, 2.0]}, {}, rk.ConfigError),
         ({}, {"epochs": 0}, rk.ConfigError),
     ],
@@ -369,10 +370,10 @@ def test_a_budget_warm_up_from_zero_trains(method: str) -> None:
     torch.manual_seed(0)
     x, y = torch.rand(64, 4), torch.randint(0, 2, (64,))
     trainer = rk.AdversarialTrainer(torch.nn.Linear(4, 2), rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), method,
-                                    eps_warmup=1.0, progress=False)
+                                    budget_warmup=1.0, progress=False)
     epochs = 8 if method == "free" else 2  # free replays each batch 4 times and divides the epochs by 4
     history = trainer.fit(DataLoader(TensorDataset(x, y), batch_size=16), epochs)
-    assert list(history["epoch"]) == [1, 2] and history["eps"].iloc[-1] == pytest.approx(0.1)
+    assert list(history["epoch"]) == [1, 2] and history["budget"].iloc[-1] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("method", ["standard", "pgd"])

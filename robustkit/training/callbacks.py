@@ -160,7 +160,7 @@ class OverfittingGuard(Callback):
 
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of a history record under tracker names: ``train_loss`` -> ``train/loss``,
-    ``val_robust_accuracy`` -> ``val/robust_accuracy``; ``eps`` and ``lr`` go under ``train/``.
+    ``val_robust_accuracy`` -> ``val/robust_accuracy``; ``budget`` and ``lr`` go under ``train/``.
     The epoch (the step) and flags such as ``best`` are left out."""
     out: dict[str, float] = {}
     for key, value in record.items():

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustkit import _random, distributed
+from robustkit._renamed import renamed
 from robustkit.attacks import PGD, Attack
 from robustkit.attacks.base import seed_value
 from robustkit.errors import ConfigError, DataError
@@ -109,7 +110,8 @@ class AdversarialTrainer:
             (:attr:`~robustkit.training.methods.Method.select_by_validation`).
         optimizer: a torch optimizer over the model's parameters (default Adam, lr 1e-3).
         scheduler: optional LR scheduler, stepped every epoch or every optimizer step (``scheduler_interval``).
-        eps_warmup: epochs over which the budget grows linearly from 0 to ``space.budget`` (per batch).
+        budget_warmup: epochs over which the budget grows linearly from 0 to ``space.budget`` (per batch);
+            ``eps_warmup``, its old name, is deprecated (a :class:`DeprecationWarning`; both: a ConfigError).
         class_weights: per-class loss weights, ``"balanced"`` (from the training labels), or None.
         attackable: optional function ``(x, y) -> bool mask`` of the examples that may be perturbed.
         val_attack: attack for robust validation accuracy (default PGD-10 over ``space``).
@@ -142,7 +144,7 @@ class AdversarialTrainer:
         *,
         scheduler: Any = None,
         scheduler_interval: str = "epoch",
-        eps_warmup: float = 0.0,
+        budget_warmup: float = 0.0,
         class_weights: torch.Tensor | Sequence[float] | str | None = None,
         attackable: AttackableFn | None = None,
         val_attack: Attack | None = None,
@@ -152,6 +154,7 @@ class AdversarialTrainer:
         device: str | torch.device | None = None,
         amp: str | None = "auto",
         progress: bool | None = None,
+        eps_warmup: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -159,8 +162,11 @@ class AdversarialTrainer:
             raise ConfigError("AdversarialTrainer needs a continuous space such as rk.LinfBall or rk.L2Ball")
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-        if not (isinstance(eps_warmup, int | float) and math.isfinite(eps_warmup) and eps_warmup >= 0):
-            raise ConfigError(f"eps_warmup must be a number of epochs >= 0, got {eps_warmup!r}")
+        # 0, the default, counts as not given
+        warmup = renamed("eps_warmup", eps_warmup, "budget_warmup", budget_warmup or None, where="AdversarialTrainer")
+        budget_warmup = 0.0 if warmup is None else warmup
+        if not (isinstance(budget_warmup, int | float) and math.isfinite(budget_warmup) and budget_warmup >= 0):
+            raise ConfigError(f"budget_warmup must be a number of epochs >= 0, got {budget_warmup!r}")
         if amp not in AMP_CHOICES:
             raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {amp!r}")
         seed = seed_value(seed)
@@ -176,7 +182,7 @@ class AdversarialTrainer:
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
-        self.eps_warmup = float(eps_warmup)
+        self.budget_warmup = float(budget_warmup)
         self._class_weights_arg = class_weights
         self.class_weights: torch.Tensor | None = None
         self.attackable = attackable
@@ -369,9 +375,9 @@ class AdversarialTrainer:
 
     # ----------------------------------------------------------------- one epoch
     def _budget(self, epoch: int, fraction: float) -> float:
-        if self.eps_warmup <= 0:
+        if self.budget_warmup <= 0:
             return self.space.budget
-        return self.space.budget * min(1.0, (epoch + fraction) / self.eps_warmup)
+        return self.space.budget * min(1.0, (epoch + fraction) / self.budget_warmup)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         fp16 = autocast_dtype(self.device, self.amp) == torch.float16
@@ -440,7 +446,7 @@ class AdversarialTrainer:
         self.epoch += 1
         return {
             "epoch": self.epoch,
-            "eps": self._budget(epoch, 1.0),
+            "budget": self._budget(epoch, 1.0),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "train_loss": float(stats[0]) / world / steps,
             "train_accuracy": float(stats[1] / stats[2]) if float(stats[2]) > 0 else float("nan"),
