@@ -36,8 +36,8 @@ def notice(old: str, new: str, where: str) -> str:
     return f"{where}: {old} is deprecated and will be removed in robustkit 0.3: use {new}"
 
 
-def renamed(old: str, old_value: T | None, new: str, new_value: T | None, *, where: str, stacklevel: int = 3,
-            say: Callable[[str], None] | None = None) -> T | None:
+def renamed(old: str, old_value: Any, new: str, new_value: T, *, where: str, stacklevel: int = 3,
+            say: Callable[[str], None] | None = None) -> T:
     """``new_value``, or the value given under the ``old`` name (with a :class:`DeprecationWarning`, or
     the line :func:`notice` handed to ``say``: the command line prints it).
 

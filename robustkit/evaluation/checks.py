@@ -203,8 +203,8 @@ def monotone_check(budgets: list[float], worst_accuracy: list[float], n_examples
                 "or step sizes that do not suit the budget)",
             )
     accs = ", ".join(f"{a:.4f}" for _, a in pairs)
-    budgets = ", ".join(f"{e:g}" for e, _ in pairs)
-    return Check(MONOTONE, True, f"worst-case robust accuracy {accs} over budgets {budgets}")
+    levels = ", ".join(f"{e:g}" for e, _ in pairs)
+    return Check(MONOTONE, True, f"worst-case robust accuracy {accs} over budgets {levels}")
 
 
 def fgsm_check(fgsm_broken: int | None, best_broken: int | None, n_attacked: int, tolerance: float = 0.01) -> Check:
