@@ -67,7 +67,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[
         )
         p.add_argument("--budget", type=float, default=None,
                        help="threat budget (an Lp ball's eps, a cost, words edited); default: the domain's")
-        _add_budgets(p)
+        _add_budgets(p, "the domain's, up to --budget")
         p.add_argument("--epochs", type=int, default=None, help="training epochs")
         p.add_argument("--lr", type=float, default=None, help="learning rate")
         p.add_argument("--budget-warmup", type=float, default=None, dest="budget_warmup", metavar="EPOCHS",
@@ -92,16 +92,16 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[
         p.add_argument("--model", default=None, help="model folder or run directory (its hardened model)")
         # nargs "+": the first version took the list of budgets here (deprecated, see _budget_flags)
         p.add_argument("--budget", type=float, nargs="+", default=None,
-                       help="threat budget, the main one (default: the run's, else the domain's)")
-        _add_budgets(p)
+                       help="threat budget to evaluate at, the main one (default: the domain's for the data)")
+        _add_budgets(p, "the domain's; with --budget alone, that budget")
     _add_common(p)
     if options is not None:
         options.add_flags(p)
 
 
-def _add_budgets(p: argparse.ArgumentParser) -> None:
+def _add_budgets(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--budgets", type=float, nargs="+", default=None, metavar="B",
-                   help="budgets of the accuracy-vs-budget curve (default: the domain's, up to --budget)")
+                   help=f"budgets of the accuracy-vs-budget curve (default: {default})")
     p.add_argument("--eps", type=float, nargs="+", default=None, help=argparse.SUPPRESS)  # --budgets' old name
 
 
