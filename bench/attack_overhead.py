@@ -57,7 +57,7 @@ BATCH = 256
 RECIPES: dict[str, dict[str, Any]] = {
     "standard": {"method": "standard", "epochs": 1, "lr": 1e-3, "batch": 128, "seed": 0},
     "hardened": {
-        "method": "pgd", "pgd_steps": 5, "eps": EPS, "eps_warmup": 1.0, "epochs": 2, "lr": 1e-3, "batch": 128,
+        "method": "pgd", "pgd_steps": 5, "eps": EPS, "budget_warmup": 1.0, "epochs": 2, "lr": 1e-3, "batch": 128,
         "seed": 0,
     },
 }
@@ -138,7 +138,7 @@ def train(name: str, x: torch.Tensor, y: torch.Tensor, space: rk.LinfBall) -> tu
     method: Any = "standard" if recipe["method"] == "standard" else rk.methods.PGDTraining(steps=recipe["pgd_steps"])
     trainer = rk.AdversarialTrainer(
         model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=recipe["lr"]),
-        eps_warmup=recipe.get("eps_warmup", 0.0), seed=recipe["seed"], progress=False,
+        budget_warmup=recipe.get("budget_warmup", 0.0), seed=recipe["seed"], progress=False,
     )
     start = time.perf_counter()
     trainer.fit(loader, epochs=recipe["epochs"])
@@ -340,7 +340,7 @@ def measure_evaluate(
             for _ in range(repeats)
         ]
         report = reports[-1]
-        entries = report.per_eps[0]["attacks"]
+        entries = report.per_budget[0]["attacks"]
         rows.append({
             "early_stop": early,
             "seconds": min(times),

@@ -69,7 +69,7 @@ def train(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
     space = rk.LinfBall(eps=EPS, bounds=(0.0, 1.0))
     method: Any = "standard" if recipe["method"] == "standard" else rk.methods.PGDTraining(steps=recipe["pgd_steps"])
     trainer = rk.AdversarialTrainer(model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), 1e-3),
-                                    eps_warmup=recipe["epochs"] / 2, seed=0, progress=False)
+                                    budget_warmup=recipe["epochs"] / 2, seed=0, progress=False)
     loader = DataLoader(TensorDataset(x[:TRAIN_IMAGES], y[:TRAIN_IMAGES]), batch_size=128, shuffle=True,
                         generator=torch.Generator().manual_seed(0))
     started = time.perf_counter()
@@ -120,7 +120,7 @@ def run_robustkit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     report = rk.evaluate(model, (x, y), rk.LinfBall(eps=eps, bounds=(0.0, 1.0)), attacks="autoattack",
                          checks=False, batch_size=batch)
     seconds = time.perf_counter() - started
-    rows = report.per_eps[0]["attacks"]
+    rows = report.per_budget[0]["attacks"]
     return {"seconds": seconds, "clean": report.clean_accuracy,
             "after": {k: rows[k]["robust_accuracy"] for k in ORDER if k in rows},
             "robust": report.outcomes["robust"].tolist()}
@@ -137,10 +137,10 @@ def curve_against_apgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     curve = robustness_curve(model, x, y, space, budgets, steps=steps)
     fmn_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    report = rk.evaluate(model, (x, y), space, eps=budgets, attacks=["apgd-ce", "apgd-dlr"], checks=False)
+    report = rk.evaluate(model, (x, y), space, budgets=budgets, attacks=["apgd-ce", "apgd-dlr"], checks=False)
     apgd_seconds = time.perf_counter() - started
-    apgd = [p["attacks"]["worst"]["robust_accuracy"] for p in report.per_eps]
-    return {"eps": budgets, "fmn": curve.robust_accuracy, "apgd": apgd, "median_norm": curve.median_norm,
+    apgd = [p["attacks"]["worst"]["robust_accuracy"] for p in report.per_budget]
+    return {"budgets": budgets, "fmn": curve.robust_accuracy, "apgd": apgd, "median_norm": curve.median_norm,
             "fmn_steps": steps, "fmn_seconds": fmn_seconds, "apgd_seconds": apgd_seconds}
 
 

@@ -49,7 +49,7 @@ def make_trainer(model: torch.nn.Module, space: rk.LinfBall, args: argparse.Name
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(steps_total, 2))
     return rk.AdversarialTrainer(
         model, space, method_for(method, args.inner_steps), optimizer, scheduler=scheduler,
-        scheduler_interval="step", eps_warmup=warmup, seed=args.seed, progress=False,
+        scheduler_interval="step", budget_warmup=warmup, seed=args.seed, progress=False,
     )
 
 
@@ -86,11 +86,11 @@ def run_method(method: str, data: dict[str, torch.Tensor], space: rk.LinfBall,
     train_minutes = float(history["train_seconds"].sum()) / 60
     curve = [
         {"epoch": int(r.epoch), "train_minutes": float(history["train_seconds"][: i + 1].sum() / 60),
-         "eps": float(r.eps), "val_clean": float(r.val_clean_accuracy), "val_pgd10": float(r.val_robust_accuracy)}
+         "budget": float(r.budget), "val_clean": float(r.val_clean_accuracy), "val_pgd10": float(r.val_robust_accuracy)}
         for i, r in enumerate(history.itertuples())
     ]
     for point in curve:
-        print(f"  epoch {point['epoch']:>2} {point['train_minutes']:5.1f} min  eps {point['eps']:.3f}  "
+        print(f"  epoch {point['epoch']:>2} {point['train_minutes']:5.1f} min  budget {point['budget']:.3f}  "
               f"val clean {point['val_clean']:.3f}  val PGD-10 {point['val_pgd10']:.3f}", flush=True)
 
     started = time.perf_counter()

@@ -113,7 +113,7 @@ def train(kind: str, data: DomainData, seed: int, args: argparse.Namespace) -> t
     method: Any = methods.get(kind, "standard")
     trainer = rk.AdversarialTrainer(
         model, train_space, method=method, optimizer=torch.optim.Adam(model.parameters(), lr=args.lr),
-        eps_warmup=args.warmup if hardened else 0.0, class_weights=args.class_weights if hardened else None,
+        budget_warmup=args.warmup if hardened else 0.0, class_weights=args.class_weights if hardened else None,
         attackable=lambda x, y: y == 1, seed=seed, progress=False,
     )
     started = time.perf_counter()

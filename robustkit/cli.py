@@ -10,12 +10,17 @@ import argparse
 import logging
 import sys
 import textwrap
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from robustkit._renamed import notice, renamed
 from robustkit.errors import ConfigError, DiskFullError, RobustkitError
 from robustkit.options import DomainOptions
+
+if TYPE_CHECKING:
+    from robustkit.config import RunConfig
 
 __all__ = ["main"]
 
@@ -60,12 +65,14 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[
             help="training method: standard, fgsm-mix, fast, pgd, trades, free, or the domain's own "
             "(text: discrete, random-edits; tabular: pgd+search); default: the domain's",
         )
-        p.add_argument("--budget", type=float, default=None, help="threat budget (eps)")
-        p.add_argument("--eps", type=float, nargs="+", default=None, help="budgets of the accuracy-vs-budget curve")
+        p.add_argument("--budget", type=float, default=None,
+                       help="threat budget (an Lp ball's eps, a cost, words edited); default: the domain's")
+        _add_budgets(p, "the domain's, up to --budget")
         p.add_argument("--epochs", type=int, default=None, help="training epochs")
         p.add_argument("--lr", type=float, default=None, help="learning rate")
-        p.add_argument("--eps-warmup", type=float, default=None, dest="eps_warmup", metavar="EPOCHS",
+        p.add_argument("--budget-warmup", type=float, default=None, dest="budget_warmup", metavar="EPOCHS",
                        help="epochs over which the training budget grows from 0 to --budget (default 0)")
+        p.add_argument("--eps-warmup", type=float, default=None, dest="eps_warmup", help=argparse.SUPPRESS)
         p.add_argument("--resume", default=None, metavar="RUN", help="continue a stopped run from its checkpoints")
         p.add_argument(
             "--report-to", default=None, dest="report_to", choices=["none", "tensorboard", "mlflow"],
@@ -83,10 +90,38 @@ def _add_run_options(p: argparse.ArgumentParser, *, harden: bool, options: type[
         )
     else:
         p.add_argument("--model", default=None, help="model folder or run directory (its hardened model)")
-        p.add_argument("--budget", type=float, nargs="+", default=None, help="budget(s) to evaluate")
+        # nargs "+": the first version took the list of budgets here (deprecated, see _budget_flags)
+        p.add_argument("--budget", type=float, nargs="+", default=None,
+                       help="threat budget to evaluate at, the main one (default: the domain's for the data)")
+        _add_budgets(p, "the domain's; with --budget alone, that budget")
     _add_common(p)
     if options is not None:
         options.add_flags(p)
+
+
+def _add_budgets(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--budgets", type=float, nargs="+", default=None, metavar="B",
+                   help=f"budgets of the accuracy-vs-budget curve (default: {default})")
+    p.add_argument("--eps", type=float, nargs="+", default=None, help=argparse.SUPPRESS)  # --budgets' old name
+
+
+def _budget_flags(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
+    """``budget`` and ``budgets`` from the flags, with the first version's names mapped to them (``say``
+    takes the notice for each)."""
+    budgets = renamed("--eps", args.eps, "--budgets", args.budgets, where="robustkit", say=say)
+    if args.command == "harden":
+        return {"budget": args.budget, "budgets": budgets}
+    given = args.budget or []
+    if len(given) > 1:  # the first version's list of budgets: the last was the main one
+        if budgets is not None:
+            raise ConfigError("give the budgets with --budgets only (--budget with several values is their "
+                              "deprecated old form), not both")
+        say(notice("--budget with several values", f"--budgets {' '.join(f'{b:g}' for b in given)}", "robustkit"))
+        return {"budget": given[-1], "budgets": given}
+    if not given:  # the largest of --budgets is the main one, as in rk.evaluate
+        return {"budget": max(budgets) if budgets else None, "budgets": budgets}
+    # one --budget alone evaluates that budget only, as it always did
+    return {"budget": given[0], "budgets": budgets if budgets is not None else given}
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -175,34 +210,52 @@ def _run_actions(command: str) -> list[argparse.Action]:
     return parser._actions
 
 
-def _run_command(args: argparse.Namespace, argv: list[str], options_class: type[DomainOptions] | None) -> int:
-    from robustkit import pipeline
+def _run_config(args: argparse.Namespace, options_class: type[DomainOptions] | None) -> RunConfig:
+    """The run's config: the ``--config`` file's, with the flags over it. Old flag and key names are said on
+    standard error, one line each, once the config is valid (a refused command prints its error alone)."""
     from robustkit.config import RunConfig
 
-    base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    notices: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:  # a --config file's old keys
+        warnings.simplefilter("always", DeprecationWarning)
+        base = RunConfig.from_yaml(args.config) if args.config else RunConfig()
+    for warning in caught:
+        if issubclass(warning.category, DeprecationWarning):
+            notices.append(f"robustkit: {warning.message}")
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
     if base.model_factory is not None and base.model_factory != args.model_factory:
         raise ConfigError(
             f"{args.config} names model_factory {base.model_factory}: robustkit imports your code only when the "
             f"command line names it; add --model-factory {base.model_factory}"
         )
-    budgets = args.budget if isinstance(args.budget, list) else None
     overrides = {
         "domain": args.domain, "data": args.data, "preset": args.preset, "seed": args.seed, "device": args.device,
         "threads": args.threads, "batch_size": args.batch_size, "model_factory": args.model_factory,
-        "weights": args.weights,
+        "weights": args.weights, **_budget_flags(args, notices.append),
     }
     if args.command == "harden":
-        overrides.update(method=args.method, budget=args.budget, eps=args.eps, epochs=args.epochs, lr=args.lr,
-                         eps_warmup=args.eps_warmup,
+        warmup = renamed("--eps-warmup", args.eps_warmup, "--budget-warmup", args.budget_warmup, where="robustkit",
+                         say=notices.append)
+        overrides.update(method=args.method, epochs=args.epochs, lr=args.lr, budget_warmup=warmup,
                          report_to=args.report_to, keep_checkpoints=args.keep_checkpoints)
     else:
-        overrides.update(model=args.model, budget=budgets[-1] if budgets else None, eps=budgets)
+        overrides.update(model=args.model)
     options = options_class.from_flags(args) if options_class is not None else {}
     if args.command == "harden" and args.model is not None:  # harden's --model names the model to train
         options["model"] = args.model
     if options:  # domain options the flags fill; the domain checks them (config.yaml keeps them)
         overrides["options"] = {**base.options, **options}
     config = base.merged(overrides)
+    for line in notices:
+        print(line, file=sys.stderr)
+    return config
+
+
+def _run_command(args: argparse.Namespace, argv: list[str], options_class: type[DomainOptions] | None) -> int:
+    from robustkit import pipeline
+
+    config = _run_config(args, options_class)
     resume = getattr(args, "resume", None)
     out = args.out or resume
     if not out:

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from robustkit._renamed import renamed_keys
 from robustkit.attacks.base import MAX_SEED
 from robustkit.errors import ConfigError
 from robustkit.evaluation.presets import PRESETS
@@ -58,9 +59,14 @@ class RunConfig:
         data: data spec for the domain (``digits``, ``mnist:DIR``, ``csv:PATH`` ...).
         method: training method (``standard``, ``fgsm-mix``, ``fast``, ``pgd``, ``trades``, ``free``, or one of
             the domain's own, :attr:`~robustkit.domain.Domain.methods`; checked when the domain is known).
-        budget: threat budget (eps; cost budget; embedding radius).
-        eps: budgets of the accuracy-vs-budget curve (default: the domain's, up to ``budget``).
-        epochs, batch_size, lr, eps_warmup: training settings.
+        budget: threat budget, the main one (an Lp ball's eps; a cost budget; words edited).
+        budgets: budgets of the accuracy-vs-budget curve (default: the domain's, up to ``budget``).
+        epochs, batch_size, lr, budget_warmup: training settings (``budget_warmup``: epochs over which
+            the training budget grows from 0).
+
+    The first version's keys ``eps`` (now ``budgets``) and ``eps_warmup`` (now ``budget_warmup``) are
+    still read, with a :class:`DeprecationWarning`, until robustkit 0.3; a key given under both names
+    is a :class:`~robustkit.errors.ConfigError`.
         preset: evaluation attacks (``quick``, ``standard``, ``thorough``).
         seed, device, threads: reproducibility and hardware.
         model: a model folder or run directory (``evaluate`` and ``attack``).
@@ -80,11 +86,11 @@ class RunConfig:
     data: str | None = None
     method: str | None = None
     budget: float | None = None
-    eps: list[float] | None = None
+    budgets: list[float] | None = None
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    eps_warmup: float = 0.0
+    budget_warmup: float = 0.0
     preset: str = "standard"
     seed: int = 0
     device: str = "cpu"
@@ -105,6 +111,7 @@ class RunConfig:
         """A validated config from a mapping (unknown keys are an error)."""
         if not isinstance(values, dict):
             raise ConfigError(f"a config must be a mapping of keys to values, got {type(values).__name__}")
+        values = renamed_keys(values, "config")
         unknown = sorted(set(values) - set(cls.keys()), key=str)  # YAML keys may be numbers, null, ...
         if unknown:
             raise ConfigError(f"unknown config key {unknown[0]!r}: allowed keys are {', '.join(cls.keys())}")
@@ -141,17 +148,17 @@ class RunConfig:
             raise ConfigError(f"method must be a name such as {', '.join(METHOD_NAMES)}, got {self.method!r}")
         if self.budget is not None:
             self.budget = _number("budget", self.budget)
-        if self.eps is not None:
-            if not isinstance(self.eps, list) or not self.eps:
-                raise ConfigError(f"eps must be a non-empty list of budgets, got {self.eps!r}")
-            self.eps = [_number("eps", e) for e in self.eps]
+        if self.budgets is not None:
+            if not isinstance(self.budgets, list) or not self.budgets:
+                raise ConfigError(f"budgets must be a non-empty list of budgets, got {self.budgets!r}")
+            self.budgets = [_number("budgets", e) for e in self.budgets]
         if self.epochs is not None:
             _positive_int("epochs", self.epochs)
         if self.batch_size is not None:
             _positive_int("batch_size", self.batch_size)
         if self.lr is not None:
             self.lr = _number("lr", self.lr, positive=True)
-        self.eps_warmup = _number("eps_warmup", self.eps_warmup)
+        self.budget_warmup = _number("budget_warmup", self.budget_warmup)
         if not isinstance(self.preset, str) or self.preset not in PRESETS:
             raise ConfigError(f"preset must be one of {', '.join(PRESETS)}, got {self.preset!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:

@@ -182,7 +182,7 @@ def _resolve(config: RunConfig, domain: Domain) -> RunConfig:
             "data": data,
             "method": config.method or domain.default_method,
             "budget": budget,
-            "eps": config.eps or domain.eval_budgets(budget),
+            "budgets": config.budgets or domain.eval_budgets(budget),
             "epochs": config.epochs or domain.default_epochs,
             "batch_size": config.batch_size or domain.default_batch_size,
             "lr": config.lr or domain.default_lr_for(data, options),
@@ -222,7 +222,7 @@ def _train(
     torch.manual_seed(config.seed)
     model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
     settings = TrainSettings(method=method, budget=config.budget, epochs=config.epochs, batch_size=config.batch_size,
-                             lr=config.lr, seed=config.seed, eps_warmup=config.eps_warmup, checkpoint_dir=ckpt,
+                             lr=config.lr, seed=config.seed, budget_warmup=config.budget_warmup, checkpoint_dir=ckpt,
                              progress=progress, callbacks=tuple(hooks))
     resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
     log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
@@ -278,7 +278,7 @@ def _evaluate(
         decided,
         domain.loader(data.test, _eval_batch_size(config), shuffle=False),
         space,
-        eps=config.eps,
+        budgets=config.budgets,
         attacks=attacks,
         checks=checks,
         mask=domain.attackable_mask,
@@ -305,7 +305,7 @@ def _collapsed(standard: RobustnessReport, hardened: RobustnessReport) -> Robust
     h, s = hardened.lead, standard.lead
     return dataclasses.replace(hardened, verdict=(
         f"{TRIVIAL}: adversarial training collapsed (clean {h.measure} {h.clean:.1%}, the standard model's "
-        f"{s.clean:.1%}): lower the budget or the learning rate, or warm the budget up (--eps-warmup)"))
+        f"{s.clean:.1%}): lower the budget or the learning rate, or warm the budget up (--budget-warmup)"))
 
 
 def _strongest(domain: Domain, data: DomainData, config: RunConfig, n_classes: int, model: nn.Module) -> Ensemble:

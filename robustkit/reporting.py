@@ -61,8 +61,8 @@ def budget_figure(reports: dict[str, RobustnessReport]) -> Figure:
     for i, (name, rep) in enumerate(reports.items()):
         colour = f"C{i}"
         for attack in rep.attack_names:
-            points = [(float(p["eps"]), p["attacks"][attack].get(key, p["attacks"][attack]["robust_accuracy"]))
-                      for p in rep.per_eps if attack in p["attacks"]]
+            points = [(float(p["budget"]), p["attacks"][attack].get(key, p["attacks"][attack]["robust_accuracy"]))
+                      for p in rep.per_budget if attack in p["attacks"]]
             worst = attack == "worst"
             ax.plot([e for e, _ in points], [v for _, v in points], color=colour, linestyle="-" if worst else ":",
                     marker="o" if worst else None, linewidth=2 if worst else 1,

@@ -45,7 +45,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 #: the run every trial repeats, per domain (``--domain``): built-in data, small enough for a busy 2-core machine
 RUNS = {
-    "toy": ["toy", "--epochs", "8", "--batch-size", "100", "--preset", "quick", "--eps", "0.125", "0.25"],
+    "toy": ["toy", "--epochs", "8", "--batch-size", "100", "--preset", "quick", "--budgets", "0.125", "0.25"],
     "images": ["images", "--data", "digits", "--epochs", "3", "--method", "fast", "--preset", "quick"],
     "tabular": ["tabular", "--epochs", "3", "--preset", "quick", "--config", str(ROOT / "tests" / "kill_tabular.yaml")],
     "text": ["text", "--data", "demo:160", "--epochs", "3", "--preset", "quick"],

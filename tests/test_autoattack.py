@@ -254,7 +254,7 @@ def _image_task() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
 def test_autoattack_preset_runs_with_the_references_row_names():
     model, x, y = _image_task()
     report = rk.evaluate(model, (x, y), rk.LinfBall(eps=0.3, bounds=(0.0, 1.0)), attacks="aa-standard", checks=False)
-    rows = report.per_eps[0]["attacks"]
+    rows = report.per_budget[0]["attacks"]
     assert list(rows) == ["apgd-ce", "apgd-t", "fab-t", "square", "worst"]
     # APGD-CE breaks every example at this budget: the later attacks see none and spend nothing
     assert [rows[k]["robust_accuracy"] for k in rows] == [0.0] * 5
@@ -269,8 +269,8 @@ def test_a_cascade_runs_each_attack_on_the_survivors_and_reports_cumulative_rows
     monkeypatch.setitem(presets.PRESETS, "cheap", cheap)
     model, x, y = _image_task()
     space = rk.LinfBall(eps=0.02, bounds=(0.0, 1.0))
-    rows = rk.evaluate(model, (x, y), space, attacks="cheap", checks=False).per_eps[0]["attacks"]
-    alone = rk.evaluate(model, (x, y), space, attacks=["pgd"], checks=False).per_eps[0]["attacks"]
+    rows = rk.evaluate(model, (x, y), space, attacks="cheap", checks=False).per_budget[0]["attacks"]
+    alone = rk.evaluate(model, (x, y), space, attacks=["pgd"], checks=False).per_budget[0]["attacks"]
     first, second = rows["random-search"]["robust_accuracy"], rows["pgd"]["robust_accuracy"]
     assert second < first < 14 / 16  # the search breaks some, PGD more
     # the PGD row is the robust accuracy after the search and PGD

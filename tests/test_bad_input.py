@@ -156,7 +156,7 @@ CONFIG_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any], st.
         WORDS.filter(lambda s: s.strip() and s not in METHOD_NAMES),
     ),
     "budget": (st.floats(0, 0.5), bad_number(), None),
-    "eps": (
+    "budgets": (
         st.lists(st.floats(0, 0.5), min_size=1, max_size=3),
         st.just([]) | NOT_A_STRING.filter(lambda v: not isinstance(v, list)) | st.lists(bad_number(), min_size=1,
                                                                                          max_size=3),
@@ -165,7 +165,7 @@ CONFIG_KEYS: dict[str, tuple[st.SearchStrategy[Any], st.SearchStrategy[Any], st.
     "epochs": (st.integers(1, 2), bad_count(), None),
     "batch_size": (st.integers(16, 64), bad_count(), None),
     "lr": (st.floats(1e-4, 0.1), bad_number(positive=True), None),
-    "eps_warmup": (st.floats(0, 2), bad_number(), None),
+    "budget_warmup": (st.floats(0, 2), bad_number(), None),
     "preset": (st.sampled_from(sorted(PRESETS)), NOT_A_STRING | WORDS.filter(lambda s: s not in PRESETS), None),
     "seed": (st.integers(0, 2**32), st.integers(max_value=-1) | st.integers(min_value=2**64) | NOT_A_NUMBER
              | st.floats(), None),
@@ -310,7 +310,7 @@ FLAGS: dict[str, tuple[list[str], st.SearchStrategy[list[str]]]] = {
     "--threads": (["1"], st.sampled_from(["0", "-2", str(2**31), str(10**30), "one"]).map(lambda v: [v])),
     "--seed": (["3"], st.sampled_from(["-1", str(2**64), "1.5", "seed", str(-(2**70))]).map(lambda v: [v])),
     "--lr": (["0.01"], st.sampled_from(["0", "-0.1", "nan", "inf", "fast"]).map(lambda v: [v])),
-    "--eps": (["0.05", "0.1"], st.sampled_from([["nan"], ["-1"], ["0.1", "inf"], [], ["x"]])),
+    "--budgets": (["0.05", "0.1"], st.sampled_from([["nan"], ["-1"], ["0.1", "inf"], [], ["x"]])),
     "--preset": (["quick"], ARG.filter(lambda s: s not in PRESETS).map(lambda v: [v])),
     "--method": (["fgsm-mix"], ARG.filter(lambda s: s.strip() and s not in METHOD_NAMES).map(lambda v: [v])),
     "--device": (["cpu"], ARG.filter(lambda s: not DEVICE_OK.fullmatch(s)).map(lambda v: [v])),
@@ -744,7 +744,7 @@ def test_the_trainer_refuses_bad_input_before_any_step(name: str) -> None:
 
 
 BAD_OPTIONS = st.one_of(
-    st.fixed_dictionaries({"eps": st.one_of(NON_FINITE, st.floats(max_value=-1e-9), st.just([]), st.just("0.1x"),
+    st.fixed_dictionaries({"budgets": st.one_of(NON_FINITE, st.floats(max_value=-1e-9), st.just([]), st.just("0.1x"),
                                             st.lists(NON_FINITE, min_size=1, max_size=2), st.just({"a": 1}))}),
     st.fixed_dictionaries({"batch_size": bad_count()}),
     st.fixed_dictionaries({"attacks": st.one_of(WORDS.filter(lambda s: s not in PRESETS and s not in

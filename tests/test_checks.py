@@ -14,10 +14,11 @@ from tests.test_evaluate import BOX, blobs, trained_mlp
 FAST = CheckSettings(search_queries=300, cover_examples=96)
 
 
-def run(model: nn.Module, attacks="quick", eps=(0.1,), settings: CheckSettings = FAST, n: int = 150):
+def run(model: nn.Module, attacks="quick", budgets=(0.1,), settings: CheckSettings = FAST, n: int = 150):
     x, y = blobs(n)
     report = evaluate(
-        model, (x, y), rk.LinfBall(eps=eps[-1], bounds=BOX), eps=list(eps), attacks=attacks, checks=settings
+        model, (x, y), rk.LinfBall(eps=budgets[-1], bounds=BOX), budgets=list(budgets), attacks=attacks,
+        checks=settings,
     )
     return report, {c.name: c for c in report.checks}
 
@@ -75,7 +76,7 @@ class GridTrap(nn.Module):
 
 
 def test_healthy_mlp_passes_every_check():
-    report, checks = run(trained_mlp(), attacks="standard", eps=(0.05, 0.2, 0.1), settings=CheckSettings(), n=200)
+    report, checks = run(trained_mlp(), attacks="standard", budgets=(0.05, 0.2, 0.1), settings=CheckSettings(), n=200)
     assert all(c.passed for c in report.checks), [c.line for c in report.checks]
     assert len(checks) == 7 and report.verdict == "robust at budget 0.1"
     assert checks[ck.RANDOM_SEARCH].detail.startswith("a 1000-query random search broke")
@@ -102,7 +103,7 @@ def test_random_defence_is_flagged_and_attacked_with_eot():
 
 
 def test_reversed_gradients_lose_to_the_random_search():
-    report, checks = run(nn.Sequential(ReverseGradient(), trained_mlp()), eps=(0.2,))
+    report, checks = run(nn.Sequential(ReverseGradient(), trained_mlp()), budgets=(0.2,))
     assert checks[ck.RANDOM_SEARCH].passed is False, checks[ck.RANDOM_SEARCH].line
     assert checks[ck.COVERING].passed is False
     assert checks[ck.GRADIENTS].passed  # gradients exist; they are just wrong
@@ -142,7 +143,7 @@ def test_monotone_check():
     assert ck.monotone_check([0.1, 0.2, 0.3], [0.8, 0.6, 0.3], 100).passed
     assert ck.monotone_check([0.1, 0.2], [0.5, 0.505], 100).passed  # within one example
     failed = ck.monotone_check([0.3, 0.1, 0.2], [0.6, 0.5, 0.4], 100)
-    assert failed.passed is False and "eps=0.2" in failed.detail and "eps=0.3" in failed.detail
+    assert failed.passed is False and "budget 0.2" in failed.detail and "budget 0.3" in failed.detail
     assert ck.monotone_check([0.1], [0.5], 100).passed is None
 
 

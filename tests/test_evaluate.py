@@ -82,11 +82,11 @@ def space(eps: float = 0.1) -> rk.LinfBall:
 # ---------------------------------------------------------------------------- numbers
 def test_robust_accuracy_matches_hand_computation_on_a_linear_model():
     x, y = sign_data()
-    report = evaluate(sign_model(), (x, y), space(0.1), eps=[0.1, 0.3], attacks=["fgsm", "pgd"], checks=FAST)
+    report = evaluate(sign_model(), (x, y), space(0.1), budgets=[0.1, 0.3], attacks=["fgsm", "pgd"], checks=FAST)
     correct = (x[:, 0] < 0).long() == y
     assert report.clean_accuracy == pytest.approx(correct.float().mean().item())
-    for point in report.per_eps:
-        e = point["eps"]
+    for point in report.per_budget:
+        e = point["budget"]
         robust = correct & (x[:, 0].abs() > e)
         broken = int(correct.sum() - robust.sum())
         for name in ("fgsm", "pgd", "worst"):
@@ -95,21 +95,21 @@ def test_robust_accuracy_matches_hand_computation_on_a_linear_model():
             assert entry["attack_success_rate"] == pytest.approx(broken / int(correct.sum()))
     assert report.robust_accuracy["worst"] == pytest.approx((correct & (x[:, 0].abs() > 0.1)).float().mean().item())
     assert report.budget == 0.1 and report.budgets == [0.1, 0.3]
-    pgd_01 = report.per_eps[0]["attacks"]["pgd"]
+    pgd_01 = report.per_budget[0]["attacks"]["pgd"]
     assert pgd_01["backward_passes"] > 0 and pgd_01["forward_passes"] > pgd_01["backward_passes"]
-    assert report.per_eps[0]["attacks"]["fgsm"]["backward_passes"] == int(correct.sum())  # one step each
+    assert report.per_budget[0]["attacks"]["fgsm"]["backward_passes"] == int(correct.sum())  # one step each
     assert all(c.passed is not False for c in report.checks), [c.line for c in report.checks]
 
 
 def test_main_budget_is_the_spaces_when_listed_else_the_largest():
     x, y = sign_data()
-    listed = evaluate(sign_model(), (x, y), space(0.1), eps=[0.3, 0.1, 0.2], attacks="fgsm", checks=False)
+    listed = evaluate(sign_model(), (x, y), space(0.1), budgets=[0.3, 0.1, 0.2], attacks="fgsm", checks=False)
     assert listed.budget == 0.1 and listed.budgets == [0.1, 0.2, 0.3]
-    unlisted = evaluate(sign_model(), (x, y), space(0.1), eps=[0.05, 0.2], attacks="fgsm", checks=False)
+    unlisted = evaluate(sign_model(), (x, y), space(0.1), budgets=[0.05, 0.2], attacks="fgsm", checks=False)
     assert unlisted.budget == 0.2
-    assert unlisted.robust_accuracy["fgsm"] == unlisted.per_eps[1]["attacks"]["fgsm"]["robust_accuracy"]
+    assert unlisted.robust_accuracy["fgsm"] == unlisted.per_budget[1]["attacks"]["fgsm"]["robust_accuracy"]
     default = evaluate(sign_model(), (x, y), space(0.25), attacks="fgsm", checks=False)
-    assert default.budgets == [0.25] and default.threat == {"space": "linf", "budget": 0.25, "eps": 0.25}
+    assert default.budgets == [0.25] and default.threat == {"space": "linf", "budget": 0.25}
 
 
 @pytest.mark.parametrize("kind", ["tensor", "callable"])
@@ -123,7 +123,7 @@ def test_mask_leaves_unattacked_examples_clean_and_misclassified_ones_non_robust
     assert report.robust_accuracy["pgd"] == pytest.approx(robust.float().mean().item())
     assert report.n_attackable == int(attackable.sum())
     assert report.clean_accuracy_attackable == pytest.approx(correct[attackable].float().mean().item())
-    worst = report.per_eps[0]["attacks"]["worst"]
+    worst = report.per_budget[0]["attacks"]["worst"]
     assert worst["robust_accuracy_attackable"] == pytest.approx(robust[attackable].float().mean().item())
     # the misclassified attackable examples were never attacked: success rate is over the correct ones
     targets = attackable & correct
@@ -135,13 +135,13 @@ def test_numbers_do_not_depend_on_batch_size():
     sp = space(0.15)
     attacks = ["fgsm", "pgd", "apgd-ce", rk.RandomSearch(sp, queries=30)]
     reports = [
-        evaluate(trained_mlp(), (x, y), sp, eps=[0.15, 0.3], attacks=attacks, batch_size=b, checks=FAST)
+        evaluate(trained_mlp(), (x, y), sp, budgets=[0.15, 0.3], attacks=attacks, batch_size=b, checks=FAST)
         for b in (11, 64)
     ]
     small, large = (r.to_json() for r in reports)
     for d in (small, large):
         d.pop("seconds")
-        for point in d["per_eps"]:
+        for point in d["per_budget"]:
             for entry in point["attacks"].values():
                 entry.pop("seconds")
     assert small == large
@@ -177,7 +177,7 @@ def test_standard_preset_uses_margin_for_binary_models():
 def test_attack_instances_are_rebuilt_per_budget_and_labelled():
     x, y = sign_data()
     pgd = rk.PGD(rk.LinfBall(eps=0.9), steps=5, loss="margin")
-    report = evaluate(sign_model(), (x, y), space(0.1), eps=[0.1, 0.3], attacks=[pgd, "pgd"], checks=False)
+    report = evaluate(sign_model(), (x, y), space(0.1), budgets=[0.1, 0.3], attacks=[pgd, "pgd"], checks=False)
     assert list(report.robust_accuracy) == ["pgd-margin", "pgd", "worst"]
     assert report.robust_accuracy["pgd-margin"] == report.robust_accuracy["pgd"]  # eps 0.1, not 0.9
     assert pgd.space.budget == 0.9  # the instance itself is left alone
@@ -189,9 +189,9 @@ def test_discrete_space_with_the_search():
     sp = CategoricalSpace([3, 2, 4], budget=1)
     objs = list(itertools.product(range(3), range(2), range(4)))
     y = torch.tensor([int(score(weights, -3.0, o) > 0) for o in objs])
-    report = evaluate(model, (objs, y), sp, eps=[0, 1, 2], attacks="standard", checks=True)
-    for point in report.per_eps:
-        budget = int(point["eps"])
+    report = evaluate(model, (objs, y), sp, budgets=[0, 1, 2], attacks="standard", checks=True)
+    for point in report.per_budget:
+        budget = int(point["budget"])
         robust = [
             all((score(weights, -3.0, o) > 0) == bool(label) for o in sp.objects() if sp.changed(o, x) <= budget)
             for x, label in zip(objs, y.tolist(), strict=True)
@@ -224,9 +224,9 @@ def _bad_cases():
     return {
         "empty tuple": (dict(data=(x[:0], y[:0])), rk.DataError),
         "empty loader": (dict(data=empty), rk.DataError),
-        "negative eps": (dict(eps=[0.1, -0.1]), rk.ConfigError),
-        "nan eps": (dict(eps=[math.nan]), rk.ConfigError),
-        "empty eps": (dict(eps=[]), rk.ConfigError),
+        "negative budget": (dict(budgets=[0.1, -0.1]), rk.ConfigError),
+        "nan budget": (dict(budgets=[math.nan]), rk.ConfigError),
+        "empty budgets": (dict(budgets=[]), rk.ConfigError),
         "labels too large": (dict(data=(x, y + 3)), rk.DataError),
         "labels not 1-D": (dict(data=(x, torch.nn.functional.one_hot(y, 3))), rk.DataError),
         "fewer labels": (dict(data=(x, y[:-1])), rk.DataError),
@@ -272,19 +272,19 @@ def test_bad_models_raise_model_error():
 @pytest.fixture(scope="module")
 def report() -> RobustnessReport:
     x, y = blobs(120)
-    return evaluate(trained_mlp(), (x, y), space(0.1), eps=[0.05, 0.1, 0.2], attacks=["fgsm", "pgd"], checks=FAST)
+    return evaluate(trained_mlp(), (x, y), space(0.1), budgets=[0.05, 0.1, 0.2], attacks=["fgsm", "pgd"], checks=FAST)
 
 
 def test_table_has_one_row_per_attack_and_budget(report):
     table = report.table
     assert list(table.columns) == [
-        "attack", "eps", "robust_accuracy", "attack_success_rate", "forward_passes", "backward_passes", "seconds"
+        "attack", "budget", "robust_accuracy", "attack_success_rate", "forward_passes", "backward_passes", "seconds"
     ]  # fmt: skip
     assert len(table) == 3 * 3 and table["attack"].tolist()[-3:] == ["worst"] * 3
-    main = table[(table.attack == "pgd") & (table.eps == 0.1)].iloc[0]
+    main = table[(table.attack == "pgd") & (table.budget == 0.1)].iloc[0]
     assert main.robust_accuracy == report.robust_accuracy["pgd"]
-    best = table[table.attack != "worst"].groupby("eps").robust_accuracy.min()
-    assert (table[table.attack == "worst"].set_index("eps").robust_accuracy <= best).all()
+    best = table[table.attack != "worst"].groupby("budget").robust_accuracy.min()
+    assert (table[table.attack == "worst"].set_index("budget").robust_accuracy <= best).all()
 
 
 def test_json_round_trip(report, tmp_path):
@@ -292,9 +292,10 @@ def test_json_round_trip(report, tmp_path):
     data = report.to_json(path)
     assert json.loads(path.read_text()) == data
     assert [p.name for p in path.parent.iterdir()] == ["metrics.json"]  # no temporary file left behind
-    for key in ("clean_accuracy", "robust_accuracy", "per_eps", "checks", "verdict", "attacks", "threat", "n_examples"):
+    for key in ("clean_accuracy", "robust_accuracy", "per_budget", "checks", "verdict", "attacks", "threat",
+                "n_examples"):
         assert key in data
-    assert data["threat"] == {"space": "linf", "budget": 0.1, "eps": 0.1}
+    assert data["threat"] == {"space": "linf", "budget": 0.1}
     assert set(data["checks"][0]) == {"name", "passed", "detail"}
     again = RobustnessReport.from_json(data)
     assert again.to_json() == data and again.checks == report.checks
@@ -343,7 +344,7 @@ def test_evaluate_with_one_attacked_class_leads_with_its_recall_and_the_false_po
     assert lead is not None and lead.measure == "recall"
     assert lead.clean == int((pred[y == 1] == 1).sum()) / 20
     assert lead.false_positive_rate == int((pred[y == 0] == 1).sum()) / 180
-    assert lead.attacked == report.per_eps[-1]["attacks"]["worst"]["robust_accuracy_attackable"]
+    assert lead.attacked == report.per_budget[-1]["attacks"]["worst"]["robust_accuracy_attackable"]
     assert lead.attacked < lead.clean and report.robust_accuracy["worst"] > lead.attacked  # accuracy hides it
     assert report.to_json()["headline"]["measure"] == "recall"
     assert "recall" in report.to_markdown().splitlines()[2]

@@ -62,7 +62,7 @@ def test_a_domain_s_flags_join_the_command_line_and_only_its_own(capsys: pytest.
     assert main(["harden", "images", "--data", "digits", "--schema", "s.yaml"]) == 2
     assert "unrecognized arguments: --schema" in capsys.readouterr().err
     # the domain is found after flags that take values, one or several
-    assert main(["harden", "--eps", "0.5", "1", "--data", "synthetic", "--seed", "3", "tabular", "--help"]) == 0
+    assert main(["harden", "--budgets", "0.5", "1", "--data", "synthetic", "--seed", "3", "tabular", "--help"]) == 0
     assert "--positive-label" in capsys.readouterr().out
 
 
@@ -75,7 +75,7 @@ def test_a_registered_domain_s_flag_reaches_its_model_and_config_yaml(tmp_path: 
     import tests.toy_domain  # noqa: F401  (registers toy-small)
 
     out = tmp_path / "run"
-    args = ["harden", "toy-small", "--hidden", "8", "--epochs", "1", "--preset", "quick", "--eps", "0.25",
+    args = ["harden", "toy-small", "--hidden", "8", "--epochs", "1", "--preset", "quick", "--budgets", "0.25",
             "--quiet", "--out", str(out)]
     assert main(args) == 0
     spec = json.loads((out / "models" / "hardened" / "model.json").read_text())["spec"]
@@ -107,7 +107,7 @@ def test_the_collapsed_training_advice_names_a_flag_that_exists(tmp_path: Path) 
     from robustkit.cli import _parser
 
     advised = set(re.findall(r"\(--([a-z-]+)\)", Path(pipeline.__file__).read_text()))
-    assert "eps-warmup" in advised
+    assert "budget-warmup" in advised
     for flag in advised:
         args = _parser().parse_args(["harden", "toy", f"--{flag}", "2"])
         assert getattr(args, flag.replace("-", "_")) == 2

@@ -50,7 +50,7 @@ def test_run_directory_matches_the_contract(run):
                       "verdict", "versions"}
     assert m["schema_version"] == 1 and m["domain"] == "toy-small" and m["seed"] == 0
     assert set(m["dataset"]) >= {"name", "sha256", "split"}
-    assert set(m["threat"]) >= {"space", "budget", "eps"} and m["threat"]["space"] == "linf"
+    assert set(m["threat"]) >= {"space", "budget"} and m["threat"]["space"] == "linf"
     assert set(m["attacks"]) == {"pgd"} and m["attacks"]["pgd"]["steps"] == 10
     assert set(m["models"]) == {"standard", "hardened"}
     for entry in m["models"].values():

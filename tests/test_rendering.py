@@ -79,7 +79,7 @@ def _report(name: str = "pgd", text: str = "robust at budget 0.1") -> Robustness
              "seconds": 0.1}
     return RobustnessReport.from_json({
         "clean_accuracy": 0.9, "robust_accuracy": {name: 0.5, "worst": 0.5},
-        "per_eps": [{"eps": 0.1, "attacks": {name: entry, "worst": entry}}],
+        "per_budget": [{"budget": 0.1, "attacks": {name: entry, "worst": entry}}],
         "checks": [{"name": text, "passed": False, "detail": text}], "attacks": {name: {"steps": text}},
         "verdict": text, "threat": {"space": "linf", "budget": 0.1}, "n_examples": 10})
 

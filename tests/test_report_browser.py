@@ -42,7 +42,7 @@ pytestmark = pytest.mark.skipif(
 
 #: small, fast runs of each real domain (seconds each on one thread): flags and ``options:``
 RUNS: dict[str, tuple[list[str], dict[str, Any]]] = {
-    "images": (["--epochs", "2", "--eps", "0.075", "0.15"], {"max_train": 600, "max_val": 100, "max_test": 150}),
+    "images": (["--epochs", "2", "--budgets", "0.075", "0.15"], {"max_train": 600, "max_val": 100, "max_test": 150}),
     "tabular": (["--epochs", "2"], {"n_rows": 2000}),
     "text": (["--epochs", "2"], {}),
 }

@@ -19,7 +19,7 @@ def _report(budgets: list[float]) -> RobustnessReport:
              "seconds": 0.1}
     return RobustnessReport.from_json({
         "clean_accuracy": 0.9, "robust_accuracy": {"search": 0.5, "worst": 0.5},
-        "per_eps": [{"eps": b, "attacks": {"search": entry, "worst": entry}} for b in budgets],
+        "per_budget": [{"budget": b, "attacks": {"search": entry, "worst": entry}} for b in budgets],
         "verdict": "not robust", "threat": {"space": "obfuscation", "budget": budgets[-1]}, "n_examples": 10})
 
 

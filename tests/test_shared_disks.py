@@ -27,7 +27,7 @@ from robustkit.files import atomic_write_dir, atomic_write_text
 from robustkit.runlock import LOCK_NAME, RunLock, holder
 from robustkit.training.checkpoint import load_checkpoint
 
-TINY = ["toy", "--epochs", "1", "--batch-size", "300", "--preset", "quick", "--eps", "0.25", "--threads", "1",
+TINY = ["toy", "--epochs", "1", "--batch-size", "300", "--preset", "quick", "--budgets", "0.25", "--threads", "1",
         "--quiet"]
 
 

@@ -238,7 +238,7 @@ def test_cli_hardens_a_csv_with_schema_and_target_flags(tmp_path):
     schema = write_schema(tmp_path, {k: v for k, v in card_schema().to_dict().items() if k != "target"})
     out = tmp_path / "run"
     argv = ["harden", "tabular", "--data", f"csv:{tmp_path / 'tx.csv'}", "--schema", str(schema), "--target",
-            "is_fraud", "--epochs", "1", "--preset", "quick", "--budget", "1", "--eps", "1", "--quiet", "--out",
+            "is_fraud", "--epochs", "1", "--preset", "quick", "--budget", "1", "--budgets", "1", "--quiet", "--out",
             str(out)]
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())

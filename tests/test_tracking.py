@@ -18,7 +18,7 @@ from robustkit.cli import main
 from robustkit.datasets import TOY_BOUNDS, TOY_EPS, robust_nonrobust
 
 # a small digits run: the figures come from the same loop as a full one
-SMALL = {"options": {"max_train": 160, "max_val": 40, "max_test": 30}, "eps": [0.15]}
+SMALL = {"options": {"max_train": 160, "max_val": 40, "max_test": 30}, "budgets": [0.15]}
 
 
 def _harden(tmp_path: Path, report_to: str, *extra: str) -> Path:
@@ -57,7 +57,7 @@ def test_the_standard_models_lines_give_the_runs_training_time_left(monkeypatch,
     run = rk.callbacks.RunClock(["standard", hardened], epochs=3)
     out = io.StringIO()
     standard = rk.callbacks.EpochLog("standard model", then="then the hardened model", stream=out, clock=run)
-    trainer = type("Trainer", (), {"total_epochs": 3, "epoch": 1})()
+    trainer = type("Trainer", (), {"total_epochs": 3, "epoch": 1, "control": rk.training.TrainerControl()})()
     standard.on_fit_start(trainer)
     standard.on_epoch_end(trainer, {"epoch": 1, "train_loss": 0.5, "train_seconds": 8.0, "val_seconds": 2.0})
     assert out.getvalue() == ("standard model epoch 1/3: loss 0.5000 (10.0 s; about 20 s left, then the hardened "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -90,7 +92,8 @@ class StopAfter(rk.Callback):
         self.epoch = epoch
 
     def on_epoch_end(self, trainer, record):
-        trainer.stop_training = record["epoch"] >= self.epoch
+        if record["epoch"] >= self.epoch:
+            trainer.control.stop(f"epoch {self.epoch} reached")
 
 
 class Killed(Exception):
@@ -155,6 +158,7 @@ def test_a_resumed_run_keeps_what_callbacks_added_to_the_record_and_where_they_s
 
     full = run([Figure(), StopAfter(3)], tmp_path / "full")
     assert [r["figure"] for r in full.history] == [10, 20, 30]
+    assert [r.get("stop_reason") for r in full.history] == [None, None, "epoch 3 reached"]
     with pytest.raises(Killed):
         run([Figure(), StopAfter(3), KillAfter(2)], tmp_path / "cut")
     resumed = run([Figure(), StopAfter(3)], tmp_path / "cut", resume=tmp_path / "cut")
@@ -163,6 +167,42 @@ def test_a_resumed_run_keeps_what_callbacks_added_to_the_record_and_where_they_s
     stopped = run([Figure()], tmp_path / "full", resume=tmp_path / "full")
     assert stopped.global_step == full.global_step, "a run a callback stopped is not trained on when resumed"
     assert [r["figure"] for r in stopped.history] == [10, 20, 30]
+    assert stopped.control.reason == "epoch 3 reached"
+
+
+def test_a_callback_stops_through_the_control_and_the_first_reason_is_kept(data):
+    class Both(rk.Callback):
+        def on_step_end(self, trainer, loss):
+            trainer.control.stop("asked mid-epoch")
+
+        def on_epoch_end(self, trainer, record):
+            trainer.control.stop("asked at the end")
+
+    small = {"x": data["x"][:256], "y": data["y"][:256]}
+    lines = io.StringIO()
+    trainer = rk.AdversarialTrainer(make_model(), SPACE, method="standard", progress=False,
+                                    callbacks=[Both(), rk.callbacks.EpochLog(stream=lines)])
+    history = trainer.fit(loader(small), epochs=3)
+    assert list(history["epoch"]) == [1], "the epoch that was running finishes, no later one starts"
+    assert trainer.global_step == 2, "a stop asked mid-epoch lets the epoch finish"
+    assert list(history["stop_reason"]) == ["asked mid-epoch"]
+    assert lines.getvalue().rstrip().endswith("s; stopped: asked mid-epoch)")
+    assert trainer.stop_training
+    with pytest.raises(rk.ConfigError, match="reason"):
+        trainer.control.stop("  ")
+
+
+def test_a_callback_that_still_sets_stop_training_stops_with_a_deprecation_warning(data):
+    class Legacy(rk.Callback):
+        def on_epoch_end(self, trainer, record):
+            trainer.stop_training = record["epoch"] >= 2
+
+    small = {"x": data["x"][:256], "y": data["y"][:256]}
+    trainer = rk.AdversarialTrainer(make_model(), SPACE, method="standard", callbacks=[Legacy()], progress=False)
+    with pytest.warns(DeprecationWarning, match=r"trainer\.control\.stop"):
+        history = trainer.fit(loader(small), epochs=4)
+    assert list(history["epoch"]) == [1, 2]
+    assert list(history["stop_reason"].fillna("")) == ["", "a callback set trainer.stop_training"]
 
 
 def test_catastrophic_overfitting_guard_restores_the_best_weights(data):
@@ -188,6 +228,7 @@ def test_catastrophic_overfitting_guard_restores_the_best_weights(data):
     )
     history = trainer.fit(loader(data), epochs=6)
     assert list(history["guard_fired"]) == [False, False, True]
+    assert history["stop_reason"].iloc[-1].startswith("catastrophic overfitting")
     best_epoch = int(history["guard_robust_accuracy"][:2].idxmax()) + 1
     for k, v in model.state_dict().items():
         assert torch.equal(v, snapshots[best_epoch][k]), k
@@ -219,11 +260,12 @@ def test_a_fast_run_resumed_after_a_kill_fires_its_guard_as_the_uninterrupted_ru
         assert torch.equal(a, b), name
 
 
-def test_eps_warmup_and_class_weights(data):
+def test_budget_warmup_and_class_weights(data):
     model = make_model()
-    trainer = rk.AdversarialTrainer(model, SPACE, method="pgd", eps_warmup=2, class_weights="balanced", progress=False)
+    trainer = rk.AdversarialTrainer(model, SPACE, method="pgd", budget_warmup=2, class_weights="balanced",
+                                    progress=False)
     history = trainer.fit(loader(data), epochs=3)
-    assert list(history["eps"]) == pytest.approx([TOY_EPS / 2, TOY_EPS, TOY_EPS])
+    assert list(history["budget"]) == pytest.approx([TOY_EPS / 2, TOY_EPS, TOY_EPS])
     assert trainer.class_weights is not None and torch.allclose(trainer.class_weights, torch.ones(3), atol=0.01)
 
 
@@ -269,7 +311,7 @@ def test_training_leaves_no_gradient_in_inputs_and_restores_train_mode_after_att
     ("kwargs", "fit_kwargs", "error"),
     [
         ({"method": "nope"}, {}, rk.ConfigError),
-        ({"eps_warmup": -1}, {}, rk.ConfigError),
+        ({"budget_warmup": -1}, {}, rk.ConfigError),
         ({"class_weights": [1.0, 2.0]}, {}, rk.ConfigError),
         ({}, {"epochs": 0}, rk.ConfigError),
     ],
@@ -328,10 +370,10 @@ def test_a_budget_warm_up_from_zero_trains(method: str) -> None:
     torch.manual_seed(0)
     x, y = torch.rand(64, 4), torch.randint(0, 2, (64,))
     trainer = rk.AdversarialTrainer(torch.nn.Linear(4, 2), rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), method,
-                                    eps_warmup=1.0, progress=False)
+                                    budget_warmup=1.0, progress=False)
     epochs = 8 if method == "free" else 2  # free replays each batch 4 times and divides the epochs by 4
     history = trainer.fit(DataLoader(TensorDataset(x, y), batch_size=16), epochs)
-    assert list(history["epoch"]) == [1, 2] and history["eps"].iloc[-1] == pytest.approx(0.1)
+    assert list(history["epoch"]) == [1, 2] and history["budget"].iloc[-1] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("method", ["standard", "pgd"])

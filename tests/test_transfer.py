@@ -67,11 +67,11 @@ def test_transfer_in_evaluate_counts_as_a_gradient_free_attack_at_every_budget()
     model = _linear(3)
     x, y = torch.rand(64, 8), torch.randint(0, 3, (64,))
     space = rk.LinfBall(eps=0.3, bounds=(0.0, 1.0))
-    report = rk.evaluate(NoGrad(model), (x, y), space, eps=[0.1, 0.3],
+    report = rk.evaluate(NoGrad(model), (x, y), space, budgets=[0.1, 0.3],
                          attacks=[rk.Transfer(rk.PGD(space, steps=10), model)], checks=False)
     assert report.attack_names == ["transfer", "worst"]
-    per_eps = [p["attacks"]["transfer"]["robust_accuracy"] for p in report.per_eps]
-    assert per_eps[0] >= per_eps[1]
+    per_budget = [p["attacks"]["transfer"]["robust_accuracy"] for p in report.per_budget]
+    assert per_budget[0] >= per_budget[1]
 
 
 def test_transfer_refuses_what_is_not_an_attack_or_a_module() -> None:

@@ -57,9 +57,9 @@ __all__ = [
     "verdict",
 ]
 
-MONOTONE = "accuracy falls as eps grows"
+MONOTONE = "accuracy falls as the budget grows"
 FGSM_WEAKER = "multi-step attacks at least as strong as FGSM"
-COVERING = "an eps covering the whole box drives accuracy to about zero"
+COVERING = "a budget covering the whole box drives accuracy to about zero"
 GRADIENTS = "input gradients are informative"
 RANDOM_SEARCH = "gradient-free search is not stronger than gradient attacks"
 LOGITS = "outputs are logits, not probabilities"
@@ -198,12 +198,13 @@ def monotone_check(budgets: list[float], worst_accuracy: list[float], n_examples
             return Check(
                 MONOTONE,
                 False,
-                f"robust accuracy rises from {a0:.4f} at eps={e0:g} to {a1:.4f} at eps={e1:g}: a larger budget "
+                f"robust accuracy rises from {a0:.4f} at budget {e0:g} to {a1:.4f} at budget {e1:g}: a larger budget "
                 "contains every smaller one, so the attacks are failing to find examples they should (masking, "
                 "or step sizes that do not suit the budget)",
             )
     accs = ", ".join(f"{a:.4f}" for _, a in pairs)
-    return Check(MONOTONE, True, f"worst-case robust accuracy {accs} over eps {', '.join(f'{e:g}' for e, _ in pairs)}")
+    levels = ", ".join(f"{e:g}" for e, _ in pairs)
+    return Check(MONOTONE, True, f"worst-case robust accuracy {accs} over budgets {levels}")
 
 
 def fgsm_check(fgsm_broken: int | None, best_broken: int | None, n_attacked: int, tolerance: float = 0.01) -> Check:
@@ -235,11 +236,11 @@ def covering_check(budget: float | None, n: int, n_robust: int, max_accuracy: fl
         return Check(
             COVERING,
             False,
-            f"at eps={budget:g}, which reaches every point of the box, {acc:.4f} of {n} attackable examples "
+            f"at budget {budget:g}, which reaches every point of the box, {acc:.4f} of {n} attackable examples "
             f"still resist (limit {max_accuracy:g}): an attack that can reach any input should find another "
             "class, so gradients are not leading the attack",
         )
-    return Check(COVERING, True, f"robust accuracy {acc:.4f} on {n} attackable examples at eps={budget:g}")
+    return Check(COVERING, True, f"robust accuracy {acc:.4f} on {n} attackable examples at budget {budget:g}")
 
 
 def gradient_check(n_bad: int, n: int, max_share: float = 0.05) -> Check:

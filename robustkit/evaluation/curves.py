@@ -18,12 +18,14 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from robustkit._renamed import renamed
 from robustkit.attacks.fab import FAB
 from robustkit.attacks.fmn import FMN
 from robustkit.errors import ConfigError, DataError
@@ -38,7 +40,7 @@ class Curve:
     """Robust accuracy at each budget, from each example's smallest adversarial perturbation found.
 
     Attributes:
-        eps: the budgets, ascending.
+        budgets: the budgets, ascending.
         robust_accuracy: per budget, the share of all examples correctly classified with no
             adversarial point found within that budget.
         clean_accuracy: the share correctly classified.
@@ -48,12 +50,19 @@ class Curve:
         method: the attack that gave the norms.
     """
 
-    eps: list[float]
+    budgets: list[float]
     robust_accuracy: list[float]
     clean_accuracy: float
     median_norm: float
     norms: torch.Tensor
     method: str
+
+    @property
+    def eps(self) -> list[float]:
+        """Deprecated (removed in robustkit 0.3): :attr:`budgets`."""
+        warnings.warn("Curve.eps is deprecated and will be removed in robustkit 0.3: use Curve.budgets",
+                      DeprecationWarning, stacklevel=2)
+        return self.budgets
 
 
 def robustness_curve(
@@ -61,28 +70,31 @@ def robustness_curve(
     x: torch.Tensor,
     y: torch.Tensor,
     space: ContinuousSpace,
-    eps: Sequence[float],
+    budgets: Sequence[float] | None = None,
     *,
     method: str = "fmn",
     steps: int = 100,
     batch_size: int = 256,
     seed: int = 0,
+    eps: Sequence[float] | None = None,
 ) -> Curve:
-    """Robust accuracy of ``model`` on ``(x, y)`` at every budget in ``eps`` from one minimal-norm run.
+    """Robust accuracy of ``model`` on ``(x, y)`` at each of the ``budgets`` from one minimal-norm run.
 
     Args:
         space: an ``LinfBall`` or ``L2Ball`` giving the norm and the bounds (its budget is ignored).
-        eps: the budgets of the curve.
+        budgets: the budgets of the curve.
         method: "fmn" (Pintor et al. 2021, untargeted) or "fab" (FAB-T over the 9 most likely other
             classes, with a final bisection).
         steps: iterations of the attack (per target for FAB).
         batch_size: examples per attack call; seed: the attack's seed.
+        eps: the old name of ``budgets``, deprecated (a :class:`DeprecationWarning`; both: a ConfigError).
     """
     if not isinstance(space, LinfBall | L2Ball):
         raise ConfigError(f"curves need rk.LinfBall or rk.L2Ball, got {type(space).__name__}")
-    budgets = sorted(float(e) for e in eps)
-    if not budgets or budgets[0] < 0:
-        raise ConfigError(f"eps must be a non-empty list of budgets >= 0, got {eps!r}")
+    given = renamed("eps", eps, "budgets", budgets, where="robustness_curve")
+    levels = sorted(float(e) for e in given or [])
+    if not levels or levels[0] < 0:
+        raise ConfigError(f"budgets must be a non-empty list of budgets >= 0, got {given!r}")
     if method not in ("fmn", "fab"):
         raise ConfigError(f"method must be 'fmn' or 'fab', got {method!r}")
     device = model_device(model)
@@ -91,7 +103,7 @@ def robustness_curve(
         raise DataError(f"need as many labels as inputs (and at least one), got {len(x)} and {len(y)}")
     space.check_inputs(x)
     # a budget no smaller than the box: every adversarial point found counts, whatever its norm
-    wide = space.with_budget(space.covering_budget(x) or max(budgets[-1], 1.0) * 1e3)
+    wide = space.with_budget(space.covering_budget(x) or max(levels[-1], 1.0) * 1e3)
     attack = (FMN(wide, steps=steps, seed=seed, early_stop=False) if method == "fmn"
               else FAB(wide, steps=steps, seed=seed, early_stop=False, search_steps=10))
     with torch.no_grad(), frozen_eval(model):
@@ -103,6 +115,6 @@ def robustness_curve(
         result = attack(model, x[part], y[part], mask=correct[part], ids=ids)
         norms[part] = torch.where(correct[part], result.info["norms"].to(norms.dtype), norms[part])
     n = len(x)
-    robust = [float((correct & (norms > e)).sum()) / n for e in budgets]
+    robust = [float((correct & (norms > e)).sum()) / n for e in levels]
     median = float(norms[correct].median()) if bool(correct.any()) else float("nan")
-    return Curve(budgets, robust, float(correct.sum()) / n, median, norms.cpu(), method)
+    return Curve(levels, robust, float(correct.sum()) / n, median, norms.cpu(), method)

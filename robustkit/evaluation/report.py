@@ -4,14 +4,14 @@ Example:
     >>> from robustkit.evaluation.report import RobustnessReport
     >>> report = RobustnessReport.from_json({
     ...     "clean_accuracy": 0.9, "robust_accuracy": {"pgd": 0.5, "worst": 0.5},
-    ...     "per_eps": [{"eps": 0.1, "attacks": {
+    ...     "per_budget": [{"budget": 0.1, "attacks": {
     ...         "pgd": {"robust_accuracy": 0.5, "attack_success_rate": 0.44, "forward_passes": 2100,
     ...                 "backward_passes": 2000, "seconds": 0.3},
     ...         "worst": {"robust_accuracy": 0.5, "attack_success_rate": 0.44, "forward_passes": 2100,
     ...                   "backward_passes": 2000, "seconds": 0.3}}}],
     ...     "checks": [], "verdict": "robust at budget 0.1", "attacks": {"pgd": {"steps": 20}},
     ...     "threat": {"space": "linf", "budget": 0.1}, "n_examples": 100})
-    >>> report.table[["attack", "eps", "robust_accuracy"]].values.tolist()
+    >>> report.table[["attack", "budget", "robust_accuracy"]].values.tolist()
     [['pgd', 0.1, 0.5], ['worst', 0.1, 0.5]]
 """
 
@@ -24,6 +24,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,17 +43,18 @@ if TYPE_CHECKING:
 __all__ = ["COLUMNS", "Headline", "RobustnessReport", "figure_text", "heading"]
 
 #: Columns of :attr:`RobustnessReport.table`.
-COLUMNS = ["attack", "eps", "robust_accuracy", "attack_success_rate", "forward_passes", "backward_passes", "seconds"]
+COLUMNS = ["attack", "budget", "robust_accuracy", "attack_success_rate", "forward_passes", "backward_passes", "seconds"]
 _ENTRY_KEYS = COLUMNS[2:]
 WORST = "worst"
 
 #: words of a figure's name that make it a share of examples, shown as a percentage
 _SHARES = {"accuracy", "recall", "precision", "f1", "fpr", "tpr", "rate", "share"}
-_HEADINGS = {"eps": "budget", "fpr": "false-positive rate", "f1": "F1", "roc": "ROC", "auc": "AUC"}
+_HEADINGS = {"fpr": "false-positive rate", "f1": "F1", "roc": "ROC", "auc": "AUC"}
 
 
 def heading(name: str) -> str:
-    """A figure's name as a person reads it: ``robust_accuracy`` -> ``robust accuracy``, ``eps`` -> ``budget``.
+    """A figure's name as a person reads it: ``robust_accuracy`` -> ``robust accuracy``, ``fpr`` -> ``false-positive
+    rate``.
 
     Example:
         >>> heading("fpr_clean"), heading("attack_success_rate")
@@ -66,7 +68,7 @@ def figure_text(name: str, value: Any) -> str:
     seconds with one decimal, budgets as given, counts whole, other numbers to 4 significant digits.
 
     Example:
-        >>> figure_text("robust_accuracy", 0.83333), figure_text("seconds", 12.3456), figure_text("eps", 0.15)
+        >>> figure_text("robust_accuracy", 0.83333), figure_text("seconds", 12.3456), figure_text("budget", 0.15)
         ('83.3%', '12.3', '0.15')
         >>> figure_text("forward_passes", 2100), figure_text("words_edited", 1.23456)
         ('2100', '1.235')
@@ -77,7 +79,7 @@ def figure_text(name: str, value: Any) -> str:
         return "-"  # a figure not measured (passes of an attack a domain ran itself)
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    if name == "eps":
+    if name == "budget":
         return f"{value:g}"
     if _SHARES & set(name.split("_")):
         return f"{100 * value:.1f}%"
@@ -168,12 +170,12 @@ class RobustnessReport:
         clean_accuracy: accuracy on the clean inputs, over all examples.
         robust_accuracy: attack name -> robust accuracy at the main budget, plus "worst" (an example
             counts as robust only if it survives every attack, the checks' attacks included).
-        per_eps: one dict per budget, ascending: ``{"eps": e, "attacks": {name: {robust_accuracy,
+        per_budget: one dict per budget, ascending: ``{"budget": b, "attacks": {name: {robust_accuracy,
             attack_success_rate, forward_passes, backward_passes, seconds, ...}}}`` ("worst" included).
         checks: the gradient-masking checks (see :mod:`robustkit.evaluation.checks`).
         verdict: "robust at budget B", "not robust" or "inconclusive: <failed check>".
         attacks: attack name -> its settings at the main budget.
-        threat: ``{"space": name, "budget": main budget, "eps": main budget}``.
+        threat: ``{"space": name, "budget": main budget}``.
         n_examples: examples evaluated; n_attackable: those the mask let be attacked.
         clean_accuracy_attackable: clean accuracy among the attackable examples.
         seconds: wall time of the whole evaluation.
@@ -186,7 +188,7 @@ class RobustnessReport:
 
     clean_accuracy: float
     robust_accuracy: dict[str, float]
-    per_eps: list[dict[str, Any]]
+    per_budget: list[dict[str, Any]]
     checks: list[Check]
     verdict: str
     attacks: dict[str, dict[str, Any]]
@@ -218,7 +220,7 @@ class RobustnessReport:
         Example:
             >>> import torch
             >>> from robustkit.evaluation.report import RobustnessReport
-            >>> r = RobustnessReport(0.75, {"pgd": 0.75, "worst": 0.75}, [{"eps": 0.1, "attacks": {
+            >>> r = RobustnessReport(0.75, {"pgd": 0.75, "worst": 0.75}, [{"budget": 0.1, "attacks": {
             ...     "pgd": {"robust_accuracy": 0.75}, "worst": {"robust_accuracy": 0.75}}}], [], "", {},
             ...     {"budget": 0.1}, 4, outcomes={"label": torch.tensor([1, 1, 0, 0]),
             ...     "attackable": torch.tensor([True, True, True, True]),
@@ -246,9 +248,9 @@ class RobustnessReport:
         accuracy[WORST] = _share(outcomes["robust"])  # it holds the checks' attacks too
         n_att = max(1, int(att.sum()))
         detected = max(1, int((clean & att).sum()))
-        per_eps = copy.deepcopy(self.per_eps)
-        for p in per_eps:
-            if float(p["eps"]) == self.budget:
+        per_budget = copy.deepcopy(self.per_budget)
+        for p in per_budget:
+            if float(p["budget"]) == self.budget:
                 entries = p["attacks"]
                 last = entries.pop(WORST, {})
                 entries[label] = {"robust_accuracy": accuracy[label],
@@ -259,7 +261,7 @@ class RobustnessReport:
                                   "robust_accuracy_attackable": int((outcomes["robust"] & att).sum()) / n_att}
         headline = self.lead.measured(outcomes)
         return dataclasses.replace(
-            self, robust_accuracy=accuracy, per_eps=per_eps, headline=headline, outcomes=outcomes,
+            self, robust_accuracy=accuracy, per_budget=per_budget, headline=headline, outcomes=outcomes,
             attacks={**self.attacks, label: {"run": "by the domain"}},
             verdict=judge(self.checks, self.budget, outcomes, headline),
         )
@@ -273,28 +275,37 @@ class RobustnessReport:
     @property
     def budgets(self) -> list[float]:
         """Every budget evaluated, ascending."""
-        return [float(p["eps"]) for p in self.per_eps]
+        return [float(p["budget"]) for p in self.per_budget]
+
+    @property
+    def per_eps(self) -> list[dict[str, Any]]:
+        """Deprecated (removed in robustkit 0.3): :attr:`per_budget` in the first version's form, each
+        budget under ``"eps"``."""
+        warnings.warn("RobustnessReport.per_eps is deprecated and will be removed in robustkit 0.3: use "
+                      "per_budget (each budget under 'budget')", DeprecationWarning, stacklevel=2)
+        return [{"eps": p["budget"], **{k: v for k, v in p.items() if k != "budget"}} for p in self.per_budget]
 
     @property
     def attack_names(self) -> list[str]:
         """Names of the attacks in table order, "worst" last."""
         names: list[str] = []
-        for p in self.per_eps:
+        for p in self.per_budget:
             names += [a for a in p["attacks"] if a not in names and a != WORST]
         return [*names, WORST]
 
     def _rows(self) -> list[dict[str, Any]]:
         rows = []
         for name in self.attack_names:
-            for p in self.per_eps:
+            for p in self.per_budget:
                 entry = p["attacks"].get(name)
                 if entry is not None:
-                    rows.append({"attack": name, "eps": float(p["eps"]), **{k: entry.get(k) for k in _ENTRY_KEYS}})
+                    rows.append({"attack": name, "budget": float(p["budget"]),
+                                 **{k: entry.get(k) for k in _ENTRY_KEYS}})
         return rows
 
     @property
     def table(self) -> pd.DataFrame:
-        """pandas DataFrame, one row per (attack, eps), "worst" rows last, with :data:`COLUMNS`."""
+        """pandas DataFrame, one row per (attack, budget), "worst" rows last, with :data:`COLUMNS`."""
         import pandas as pd
 
         return pd.DataFrame(self._rows(), columns=COLUMNS)
@@ -313,8 +324,8 @@ class RobustnessReport:
 
     # ------------------------------------------------------------------ plot
     def plot(self, ax: Axes | None = None) -> Figure:
-        """matplotlib Figure of the headline measure (robust accuracy, or recall of the attacked class) vs eps
-        per attack, the worst case in bold.
+        """matplotlib Figure of the headline measure (robust accuracy, or recall of the attacked class) vs
+        budget per attack, the worst case in bold.
 
         Draws on ``ax`` when given (and returns its figure); otherwise builds a new Figure without
         pyplot, so no global state is touched and it works under any backend.
@@ -329,14 +340,14 @@ class RobustnessReport:
             while not isinstance(parent, Figure):  # a SubFigure: climb to the Figure holding it
                 parent = parent.figure
             fig = parent
-        eps = self.budgets
+        budgets = self.budgets
         lead = self.lead
         # recall is the robust accuracy of the attacked class: the figure the headline gives
         key = "robust_accuracy_attackable" if lead.measure == "recall" else "robust_accuracy"
         for name in self.attack_names:
             points = [
                 (e, p["attacks"][name].get(key, p["attacks"][name]["robust_accuracy"]))
-                for e, p in zip(eps, self.per_eps, strict=True)
+                for e, p in zip(budgets, self.per_budget, strict=True)
                 if name in p["attacks"]
             ]
             xs, ys = [pt[0] for pt in points], [pt[1] for pt in points]
@@ -346,11 +357,11 @@ class RobustnessReport:
                 ax.plot(xs, ys, marker="o", linewidth=1.2, alpha=0.85, label=name)
         ax.axhline(lead.clean, color="grey", linestyle=":", linewidth=1, label="clean")
         ax.axvline(self.budget, color="grey", linestyle="--", linewidth=0.8)
-        if eps and all(float(e).is_integer() for e in eps):  # words edited, cost units: no 1.5-word ticks
+        if budgets and all(float(e).is_integer() for e in budgets):  # words edited, cost units: no 1.5-word ticks
             from matplotlib.ticker import MaxNLocator
 
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel(f"budget eps ({self.threat.get('space', 'space')})")
+        ax.set_xlabel(f"budget ({self.threat.get('space', 'space')})")
         ax.set_ylabel("recall of the attacked class under attack" if lead.measure == "recall" else "robust accuracy")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(self.verdict)
@@ -367,13 +378,13 @@ class RobustnessReport:
     def to_json(self, path: str | os.PathLike[str] | None = None) -> dict[str, Any]:
         """The report as a JSON-ready dict; with ``path``, also written there atomically.
 
-        Keys: clean_accuracy, robust_accuracy, per_eps, checks (list of {name, passed, detail}),
+        Keys: clean_accuracy, robust_accuracy, per_budget, checks (list of {name, passed, detail}),
         verdict, attacks, threat, n_examples, plus n_attackable, clean_accuracy_attackable, seconds.
         """
         data: dict[str, Any] = {
             "clean_accuracy": self.clean_accuracy,
             "robust_accuracy": dict(self.robust_accuracy),
-            "per_eps": self.per_eps,
+            "per_budget": self.per_budget,
             "checks": [c.to_dict() for c in self.checks],
             "verdict": self.verdict,
             "attacks": self.attacks,
@@ -392,7 +403,8 @@ class RobustnessReport:
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | str | os.PathLike[str]) -> RobustnessReport:
-        """Read a report back from :meth:`to_json`'s dict (or the path of a file it wrote)."""
+        """Read a report back from :meth:`to_json`'s dict (or the path of a file it wrote); a file of the first
+        version (``per_eps``, each budget under ``"eps"``) reads the same."""
         if not isinstance(data, dict):
             try:
                 data = json.loads(Path(data).read_text(encoding="utf-8"))
@@ -401,7 +413,12 @@ class RobustnessReport:
             if not isinstance(data, dict):
                 raise DataError("a report file must hold a JSON object")
         data = copy.deepcopy(data)
-        required = ["clean_accuracy", "robust_accuracy", "per_eps", "verdict", "threat", "n_examples"]
+        if "per_eps" in data and "per_budget" not in data:
+            data["per_budget"] = [{"budget": p.pop("eps"), **p} if isinstance(p, dict) and "eps" in p else p
+                                  for p in data.pop("per_eps")]
+        if isinstance(data.get("threat"), dict):
+            data["threat"].pop("eps", None)  # the first version repeated the main budget there
+        required = ["clean_accuracy", "robust_accuracy", "per_budget", "verdict", "threat", "n_examples"]
         missing = [k for k in required if k not in data]
         if missing:
             raise DataError(f"not a robustkit report: missing keys {missing}")
@@ -409,7 +426,7 @@ class RobustnessReport:
         return cls(
             clean_accuracy=float(data["clean_accuracy"]),
             robust_accuracy={str(k): float(v) for k, v in data["robust_accuracy"].items()},
-            per_eps=[dict(p) for p in data["per_eps"]],
+            per_budget=[dict(p) for p in data["per_budget"]],
             checks=[Check.from_dict(c) for c in data.get("checks", [])],
             verdict=str(data["verdict"]),
             attacks={str(k): dict(v) for k, v in data.get("attacks", {}).items()},

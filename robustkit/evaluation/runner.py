@@ -24,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustkit import _random, distributed
+from robustkit._renamed import renamed
 from robustkit.attacks.base import Attack, AttackResult, as_labels, seed_value
 from robustkit.attacks.pgd import FGSM, PGD
 from robustkit.attacks.random_search import RandomSearch
@@ -58,7 +59,7 @@ def evaluate(
     data: Any,
     space: PerturbationSpace,
     *,
-    eps: float | Sequence[float] | None = None,
+    budgets: float | Sequence[float] | None = None,
     attacks: str | Attack | Sequence[str | Attack] = "standard",
     mask: MaskLike = None,
     checks: bool | str | ck.CheckSettings = True,
@@ -67,8 +68,9 @@ def evaluate(
     device: torch.device | str | None = None,
     amp: str | None = None,
     progress: bool = False,
+    eps: float | Sequence[float] | None = None,
 ) -> RobustnessReport:
-    """Clean and robust accuracy of ``model`` under ``attacks`` at each budget in ``eps``, with checks.
+    """Clean and robust accuracy of ``model`` under ``attacks`` at each of the ``budgets``, with checks.
 
     Robust accuracy is accuracy on the whole set where each attackable example is replaced by its
     adversarial version and the others stay clean; attackable examples misclassified when clean count
@@ -80,8 +82,8 @@ def evaluate(
             flags are restored on return. With a discrete space it takes ``space.encode(objects)``.
         data: a ``DataLoader`` (or any iterable) of ``(x, y, ...)`` batches, or a tuple ``(x, y)``
             batched by ``batch_size``. Extra items of a batch are ignored.
-        space: the perturbation space (threat model); its budget is rescaled to each eps.
-        eps: budgets to evaluate (default ``[space.budget]``); the main budget is ``space.budget``
+        space: the perturbation space (threat model); its budget is rescaled to each of the ``budgets``.
+        budgets: budgets to evaluate (default ``[space.budget]``); the main budget is ``space.budget``
             if listed, else the largest.
         attacks: a preset ("quick", "standard", "thorough", "autoattack" alias "aa-standard", "aa-rand";
             see :mod:`robustkit.evaluation.presets`), a name ("fgsm", "pgd", "apgd-ce", "apgd-dlr",
@@ -100,13 +102,15 @@ def evaluate(
             full precision, the safe choice for numbers you report). Adversarial inputs stay float32
             and inside the space.
         progress: show a progress bar over batches.
+        eps: the old name of ``budgets``, deprecated (a :class:`DeprecationWarning`; giving both is a
+            :class:`~robustkit.errors.ConfigError`); ``eps`` now names only an Lp ball's radius.
 
     Under ``torchrun`` every process passes the same (whole) data; each batch is cut into one
     contiguous slice per process, each process attacks its slice, and the counts are summed, so every
     process returns the single-process report (up to float rounding in batched kernels).
 
     Raises:
-        ConfigError: bad eps, attack names or options. DataError: empty data, labels or inputs that
+        ConfigError: bad budgets, attack names or options. DataError: empty data, labels or inputs that
         do not fit the space or the model, a bad mask. ModelError: outputs that are not logits.
     """
     started = time.perf_counter()
@@ -114,7 +118,7 @@ def evaluate(
         raise ModelError(f"model must be a torch.nn.Module returning logits, got {type(model).__name__}")
     if not isinstance(space, PerturbationSpace):
         raise ConfigError(f"space must be a robustkit PerturbationSpace (e.g. rk.LinfBall), got {space!r}")
-    budgets, main = _budgets(eps, space)
+    levels, main = _budgets(renamed("eps", eps, "budgets", budgets, where="rk.evaluate"), space)
     autocast_dtype(torch.device("cpu"), amp)  # checks the value before any work
     seed = seed_value(seed)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -140,7 +144,7 @@ def evaluate(
             model.to(torch.device(device))
         except (RuntimeError, TypeError) as exc:
             raise ConfigError(f"device {device!r} is not usable: {exc}; pass e.g. device='cpu' or 'cuda'") from None
-    run = _Run(model, space, budgets, main, settings, int(seed))
+    run = _Run(model, space, levels, main, settings, int(seed))
     show = progress and distributed.is_main()
     bar = tqdm(total=source.n_batches, desc="evaluate", unit="batch", disable=not show)
     with frozen_eval(model), autocast(run.device, amp), bar:
@@ -165,26 +169,26 @@ def evaluate(
 
 
 # ---------------------------------------------------------------------------- argument parsing
-def _budgets(eps: float | Sequence[float] | None, space: PerturbationSpace) -> tuple[list[float], float]:
-    if eps is None:
+def _budgets(given: float | Sequence[float] | None, space: PerturbationSpace) -> tuple[list[float], float]:
+    if given is None:
         raw: list[Any] = [space.budget]
-    elif isinstance(eps, int | float) or (isinstance(eps, torch.Tensor) and eps.dim() == 0):
-        raw = [eps]
+    elif isinstance(given, int | float) or (isinstance(given, torch.Tensor) and given.dim() == 0):
+        raw = [given]
     else:
         try:
-            raw = list(eps)
+            raw = list(given)
         except TypeError:
-            raise ConfigError(f"eps must be a number or a list of numbers, got {eps!r}") from None
+            raise ConfigError(f"budgets must be a number or a list of numbers, got {given!r}") from None
     if not raw:
-        raise ConfigError("eps is empty: pass e.g. eps=[0.1, 0.3], or leave it out for the space's budget")
+        raise ConfigError("budgets is empty: pass e.g. budgets=[0.1, 0.3], or leave it out for the space's budget")
     values = []
     for v in raw:
         try:
             f = float(v)
         except (TypeError, ValueError):
-            raise ConfigError(f"eps values must be numbers, got {v!r}") from None
+            raise ConfigError(f"budgets must be numbers, got {v!r}") from None
         if not math.isfinite(f) or f < 0:
-            raise ConfigError(f"eps values must be finite numbers >= 0, got {v!r}: pass e.g. eps=[0.1, 0.3]")
+            raise ConfigError(f"budgets must be finite numbers >= 0, got {v!r}: pass e.g. budgets=[0.1, 0.3]")
         values.append(space.budget if math.isclose(f, space.budget, rel_tol=1e-9, abs_tol=1e-12) else f)
     budgets = sorted(set(values))
     main = space.budget if space.budget in budgets else budgets[-1]
@@ -656,7 +660,7 @@ class _Run:
             "robust_accuracy_attackable": (self.n_att_correct - broken) / self.n_att,
         }
 
-    def _checks(self, per_eps: list[dict[str, Any]]) -> list[ck.Check]:
+    def _checks(self, per_budget: list[dict[str, Any]]) -> list[ck.Check]:
         assert self.settings is not None
         s = self.settings
         main = self.tally[self.main]
@@ -664,7 +668,7 @@ class _Run:
         multi = [main[label].broken for label, _, kind in suite if kind == "gradient"]
         listed_fgsm = [main[label].broken for label, _, kind in suite if kind == "fgsm"]
         gradient_attacks = any(kind != "free" for _, _, kind in suite)
-        worst = [p["attacks"][WORST]["robust_accuracy"] for p in per_eps]
+        worst = [p["attacks"][WORST]["robust_accuracy"] for p in per_budget]
         return [
             self.outputs.check(self.sigmoid),
             ck.determinism_check(self.gap, s.eot),
@@ -716,7 +720,7 @@ class _Run:
         self._sum_over_processes()
         if self.n_att == 0:
             raise DataError("the mask selected no example to attack: set True where an example may be attacked")
-        per_eps: list[dict[str, Any]] = []
+        per_budget: list[dict[str, Any]] = []
         for e in self.budgets:
             entries: dict[str, dict[str, Any]] = {}
             for label, tally in self.tally[e].items():
@@ -728,9 +732,9 @@ class _Run:
                 sum(t.backward for t in tallies),
                 sum(t.seconds for t in tallies),
             )
-            per_eps.append({"eps": e, "attacks": entries})
-        main: dict[str, dict[str, Any]] = per_eps[self.budgets.index(self.main)]["attacks"]
-        checks = self._checks(per_eps) if self.settings is not None else []
+            per_budget.append({"budget": e, "attacks": entries})
+        main: dict[str, dict[str, Any]] = per_budget[self.budgets.index(self.main)]["attacks"]
+        checks = self._checks(per_budget) if self.settings is not None else []
         clean_att = self.n_att_correct / self.n_att
         outcomes = self._outcomes()
         headline = Headline.from_outcomes(outcomes, self.n_classes)
@@ -738,11 +742,11 @@ class _Run:
         return RobustnessReport(
             clean_accuracy=self.n_correct / self.n,
             robust_accuracy={label: entry["robust_accuracy"] for label, entry in main.items()},
-            per_eps=per_eps,
+            per_budget=per_budget,
             checks=checks,
             verdict=verdict,
             attacks=self._attack_settings(),
-            threat={"space": self.space.name, "budget": self.main, "eps": self.main},
+            threat={"space": self.space.name, "budget": self.main},
             n_examples=self.n,
             n_attackable=self.n_att,
             clean_accuracy_attackable=clean_att,

@@ -8,7 +8,8 @@ Example:
     >>> import robustkit as rk
     >>> class StopAfter(rk.training.Callback):
     ...     def on_epoch_end(self, trainer, record):
-    ...         trainer.stop_training = record["epoch"] >= 2
+    ...         if record["epoch"] >= 2:
+    ...             trainer.control.stop("two epochs are enough")
     >>> rk.callbacks.epoch_metrics({"epoch": 3, "train_loss": 0.5, "val_robust_accuracy": 0.25, "best": True})
     {'train/loss': 0.5, 'val/robust_accuracy': 0.25}
 """
@@ -24,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -36,8 +38,8 @@ from robustkit.training.methods import get as get_method
 if TYPE_CHECKING:
     from robustkit.training.trainer import AdversarialTrainer
 
-__all__ = ["Callback", "EpochLog", "MLflow", "OverfittingGuard", "RunClock", "TensorBoard", "Tracker", "check_verbose",
-           "epoch_metrics", "require", "tracker"]
+__all__ = ["Callback", "EpochLog", "MLflow", "OverfittingGuard", "RunClock", "TensorBoard", "Tracker", "TrainerControl",
+           "check_verbose", "epoch_metrics", "require", "tracker"]
 
 log = logging.getLogger("robustkit")
 
@@ -45,8 +47,42 @@ log = logging.getLogger("robustkit")
 REPORT_TO = ("none", "tensorboard", "mlflow")
 
 
+@dataclass
+class TrainerControl:
+    """What callbacks ask of the training loop, the one thing of the trainer they may change
+    (``trainer.control``): a callback stops training with :meth:`stop` and a reason.
+
+    The trainer reads it after each epoch's hooks: the epoch that is running finishes, its history record gets
+    the reason under ``stop_reason``, the checkpoint is saved as stopped (a resumed fit trains no further), and
+    no later epoch starts. A stop cannot be withdrawn; where several callbacks stop, the first reason is kept.
+
+    Example:
+        >>> control = TrainerControl()
+        >>> control.stop("validation accuracy stopped rising")
+        >>> control.should_stop, control.reason
+        (True, 'validation accuracy stopped rising')
+    """
+
+    #: why training stops (None: it goes on)
+    reason: str | None = None
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether a callback asked the loop to stop."""
+        return self.reason is not None
+
+    def stop(self, reason: str) -> None:
+        """Stop training after the current epoch, saying why (shown in the log and kept in the history)."""
+        if not isinstance(reason, str) or not reason.strip():
+            raise ConfigError(f"TrainerControl.stop needs the reason as a non-empty string, got {reason!r}: "
+                              "e.g. trainer.control.stop('validation loss stopped falling')")
+        if self.reason is None:
+            self.reason = reason.strip()
+
+
 class Callback:
-    """Base class: override the hooks you need; set ``trainer.stop_training = True`` to stop.
+    """Base class: override the hooks you need; call ``trainer.control.stop(reason)`` to stop training
+    (:class:`TrainerControl`). A callback changes no field of the trainer.
 
     A callback whose decisions depend on earlier epochs keeps that memory in :meth:`state_dict`: the trainer
     saves it in every checkpoint and hands it back through :meth:`load_state_dict` on resume, so a resumed
@@ -71,7 +107,7 @@ class Callback:
 
     def on_epoch_end(self, trainer: AdversarialTrainer, record: dict[str, Any]) -> None:
         """After every epoch, with its history record (after validation, before the checkpoint: what it adds to
-        ``record`` and a ``stop_training`` it sets are saved with the epoch)."""
+        ``record`` and a stop it asks of ``trainer.control`` are saved with the epoch)."""
 
     def on_fit_end(self, trainer: AdversarialTrainer) -> None:
         """After training (and after the best weights were restored)."""
@@ -118,12 +154,13 @@ class OverfittingGuard(Callback):
                         "restoring the best weights and stopping", self.best, accuracy)
             trainer.model.load_state_dict(self.weights)
             record["guard_fired"] = True
-            trainer.stop_training = True
+            trainer.control.stop(f"catastrophic overfitting: PGD accuracy on the held-out batch fell from "
+                                 f"{self.best:.3f} to {accuracy:.3f}; the best weights were restored")
 
 
 def epoch_metrics(record: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of a history record under tracker names: ``train_loss`` -> ``train/loss``,
-    ``val_robust_accuracy`` -> ``val/robust_accuracy``; ``eps`` and ``lr`` go under ``train/``.
+    ``val_robust_accuracy`` -> ``val/robust_accuracy``; ``budget`` and ``lr`` go under ``train/``.
     The epoch (the step) and flags such as ``best`` are left out."""
     out: dict[str, float] = {}
     for key, value in record.items():
@@ -214,7 +251,7 @@ class EpochLog(Callback):
 
     def line(self, record: Mapping[str, Any], total: int, left: float, overall: str = "") -> str:
         """The line for one epoch's ``record`` of ``total`` epochs, ``left`` seconds of training left
-        (``overall``: the run's, said last)."""
+        (``overall``: the run's, said last); a ``stop_reason`` in the record ends the line."""
         parts = [f"loss {record['train_loss']:.4f}"]
         if "val_clean_accuracy" in record:
             parts.append(f"val clean {record['val_clean_accuracy']:.1%}")
@@ -222,6 +259,8 @@ class EpochLog(Callback):
             parts.append(f"robust {record['val_robust_accuracy']:.1%}")
         seconds = float(record.get("train_seconds", 0.0)) + float(record.get("val_seconds", 0.0))
         rest = f"about {_duration(left)} left" if record["epoch"] < total else "done"
+        if record.get("stop_reason"):
+            rest = f"stopped: {record['stop_reason']}"
         if self.then:
             rest += f", {self.then}"
         if overall:
@@ -240,6 +279,8 @@ class EpochLog(Callback):
         if self.clock is not None and self.phase + 1 < len(self.clock.plan):
             later, sized = self.clock.later(self.phase, per_epoch, record)
             overall = f"{'about' if sized else 'at least'} {_duration(left + later)} of training left in all"
+        if trainer.control.should_stop:  # asked by this epoch's hooks; the trainer adds it to the record after them
+            record = {**record, "stop_reason": trainer.control.reason}
         tqdm.write(self.line(record, trainer.total_epochs, left, overall), file=self.stream or sys.stderr)
 
 

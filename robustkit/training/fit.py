@@ -48,7 +48,7 @@ class TrainSettings:
         budget: the threat budget training attacks at.
         epochs, batch_size, lr: training length, batch size and Adam's learning rate.
         seed: seed of the weights' data order and the training attacks.
-        eps_warmup: epochs over which the budget grows from 0.
+        budget_warmup: epochs over which the budget grows from 0.
         class_weights: loss weights per class, ``"balanced"``, or None.
         checkpoint_dir: where a checkpoint is written after every epoch (None: none).
         progress: show progress bars.
@@ -61,7 +61,7 @@ class TrainSettings:
     batch_size: int
     lr: float
     seed: int
-    eps_warmup: float = 0.0
+    budget_warmup: float = 0.0
     class_weights: str | Sequence[float] | None = None
     checkpoint_dir: str | os.PathLike[str] | None = None
     progress: bool = False
@@ -107,7 +107,7 @@ def fit_model(
     trainer = AdversarialTrainer(
         model, domain.space(settings.budget, data), method=method,
         optimizer=torch.optim.Adam(model.parameters(), lr=float(settings.lr)),
-        eps_warmup=settings.eps_warmup, class_weights=settings.class_weights, attackable=domain.attackable_mask,
+        budget_warmup=settings.budget_warmup, class_weights=settings.class_weights, attackable=domain.attackable_mask,
         checkpoint_dir=settings.checkpoint_dir, seed=settings.seed, progress=settings.progress,
         callbacks=settings.callbacks,
     )

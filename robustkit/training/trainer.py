@@ -22,6 +22,7 @@ import os
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustkit import _random, distributed
+from robustkit._renamed import renamed
 from robustkit.attacks import PGD, Attack
 from robustkit.attacks.base import seed_value
 from robustkit.errors import ConfigError, DataError
 from robustkit.models import AMP_CHOICES, autocast, autocast_dtype, frozen_eval, logits_of, model_device, out_of_memory
 from robustkit.spaces import ContinuousSpace
 from robustkit.training import methods as methods_mod
-from robustkit.training.callbacks import Callback
+from robustkit.training.callbacks import Callback, TrainerControl
 from robustkit.training.checkpoint import load_checkpoint, save_checkpoint
 from robustkit.training.methods import Batch, Loss, Method
 
@@ -108,12 +110,14 @@ class AdversarialTrainer:
             (:attr:`~robustkit.training.methods.Method.select_by_validation`).
         optimizer: a torch optimizer over the model's parameters (default Adam, lr 1e-3).
         scheduler: optional LR scheduler, stepped every epoch or every optimizer step (``scheduler_interval``).
-        eps_warmup: epochs over which the budget grows linearly from 0 to ``space.budget`` (per batch).
+        budget_warmup: epochs over which the budget grows linearly from 0 to ``space.budget`` (per batch);
+            ``eps_warmup``, its old name, is deprecated (a :class:`DeprecationWarning`; both: a ConfigError).
         class_weights: per-class loss weights, ``"balanced"`` (from the training labels), or None.
         attackable: optional function ``(x, y) -> bool mask`` of the examples that may be perturbed.
         val_attack: attack for robust validation accuracy (default PGD-10 over ``space``).
         checkpoint_dir: folder for a checkpoint after every epoch (needed by ``fit(resume=...)``).
-        callbacks: :class:`~robustkit.training.callbacks.Callback` objects.
+        callbacks: :class:`~robustkit.training.callbacks.Callback` objects. They stop training through
+            :attr:`control` (``trainer.control.stop(reason)``), read after every epoch's hooks.
         seed: seeds the data order and every attack's per-example random streams.
         device: where to train (default: the model's device). Under ``torchrun`` give each process
             its own device (:func:`robustkit.distributed.setup` returns it).
@@ -140,7 +144,7 @@ class AdversarialTrainer:
         *,
         scheduler: Any = None,
         scheduler_interval: str = "epoch",
-        eps_warmup: float = 0.0,
+        budget_warmup: float = 0.0,
         class_weights: torch.Tensor | Sequence[float] | str | None = None,
         attackable: AttackableFn | None = None,
         val_attack: Attack | None = None,
@@ -150,6 +154,7 @@ class AdversarialTrainer:
         device: str | torch.device | None = None,
         amp: str | None = "auto",
         progress: bool | None = None,
+        eps_warmup: float | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -157,8 +162,11 @@ class AdversarialTrainer:
             raise ConfigError("AdversarialTrainer needs a continuous space such as rk.LinfBall or rk.L2Ball")
         if scheduler_interval not in ("epoch", "step"):
             raise ConfigError(f"scheduler_interval must be 'epoch' or 'step', got {scheduler_interval!r}")
-        if not (isinstance(eps_warmup, int | float) and math.isfinite(eps_warmup) and eps_warmup >= 0):
-            raise ConfigError(f"eps_warmup must be a number of epochs >= 0, got {eps_warmup!r}")
+        # 0, the default, counts as not given
+        warmup = renamed("eps_warmup", eps_warmup, "budget_warmup", budget_warmup or None, where="AdversarialTrainer")
+        budget_warmup = 0.0 if warmup is None else warmup
+        if not (isinstance(budget_warmup, int | float) and math.isfinite(budget_warmup) and budget_warmup >= 0):
+            raise ConfigError(f"budget_warmup must be a number of epochs >= 0, got {budget_warmup!r}")
         if amp not in AMP_CHOICES:
             raise ConfigError(f"amp must be None, 'auto', 'bf16' or 'fp16', got {amp!r}")
         seed = seed_value(seed)
@@ -174,7 +182,7 @@ class AdversarialTrainer:
         self.optimizer = optimizer or torch.optim.Adam(self.model.parameters(), lr=1e-3)
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
-        self.eps_warmup = float(eps_warmup)
+        self.budget_warmup = float(budget_warmup)
         self._class_weights_arg = class_weights
         self.class_weights: torch.Tensor | None = None
         self.attackable = attackable
@@ -190,7 +198,8 @@ class AdversarialTrainer:
         #: epochs of the current ``fit`` (set when it starts; callbacks may read it)
         self.total_epochs = 0
         self.global_step = 0
-        self.stop_training = False
+        #: what callbacks ask of the loop (:class:`~robustkit.training.callbacks.TrainerControl`), new every fit
+        self.control = TrainerControl()
         self.best_score: float | None = None
         self._best_state: dict[str, torch.Tensor] | None = None
         #: a batch of validation data (the first training batch without any) for checks run every epoch
@@ -232,7 +241,7 @@ class AdversarialTrainer:
             self._probe(val_loader)
         self._setup_class_weights(train_loader)
         self.held_out = self._held_out(val_loader, probe)
-        self.stop_training = False
+        self.control = TrainerControl()
         if resume is not None:
             self._restore(resume)
         else:
@@ -241,7 +250,7 @@ class AdversarialTrainer:
         self._net = distributed.wrap(self.model, self.device)
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        while self.epoch < total_epochs and not self.stop_training:
+        while self.epoch < total_epochs and not self.control.should_stop:
             start = time.perf_counter()
             for cb in self.callbacks:
                 cb.on_epoch_start(self)
@@ -255,6 +264,9 @@ class AdversarialTrainer:
             # from it has the same history and stops where the uninterrupted run stopped
             for cb in self.callbacks:
                 cb.on_epoch_end(self, record)
+            if self.control.should_stop:
+                record["stop_reason"] = self.control.reason
+                log.info("training stopped after epoch %d of %d: %s", self.epoch, total_epochs, self.control.reason)
             if self.checkpoint_dir is not None:
                 self._save(total_epochs)
         if self.method.select_by_validation and self._best_state is not None:
@@ -262,6 +274,22 @@ class AdversarialTrainer:
         for cb in self.callbacks:
             cb.on_fit_end(self)
         return self.history_frame()
+
+    @property
+    def stop_training(self) -> bool:
+        """Whether a callback stopped training (``control.should_stop``).
+
+        Setting it is deprecated: call ``trainer.control.stop(reason)``. Until it is removed, setting it to
+        True still stops training (with a warning); setting it to False withdraws nothing, as a stop is final.
+        """
+        return self.control.should_stop
+
+    @stop_training.setter
+    def stop_training(self, value: bool) -> None:
+        warnings.warn("setting trainer.stop_training is deprecated and will be removed in robustkit 0.3: call "
+                      "trainer.control.stop('why') in the callback instead", DeprecationWarning, stacklevel=2)
+        if value:
+            self.control.stop("a callback set trainer.stop_training")
 
     def history_frame(self) -> pd.DataFrame:
         """Per-epoch training and validation figures as a DataFrame."""
@@ -347,9 +375,9 @@ class AdversarialTrainer:
 
     # ----------------------------------------------------------------- one epoch
     def _budget(self, epoch: int, fraction: float) -> float:
-        if self.eps_warmup <= 0:
+        if self.budget_warmup <= 0:
             return self.space.budget
-        return self.space.budget * min(1.0, (epoch + fraction) / self.eps_warmup)
+        return self.space.budget * min(1.0, (epoch + fraction) / self.budget_warmup)
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         fp16 = autocast_dtype(self.device, self.amp) == torch.float16
@@ -418,7 +446,7 @@ class AdversarialTrainer:
         self.epoch += 1
         return {
             "epoch": self.epoch,
-            "eps": self._budget(epoch, 1.0),
+            "budget": self._budget(epoch, 1.0),
             "lr": float(self.optimizer.param_groups[0]["lr"]),
             "train_loss": float(stats[0]) / world / steps,
             "train_accuracy": float(stats[1] / stats[2]) if float(stats[2]) > 0 else float("nan"),
@@ -513,7 +541,7 @@ class AdversarialTrainer:
             "method": self.method.config(),
             "best_score": self.best_score,
             "history": self.history,
-            "stopped": self.stop_training,
+            "stopped": self.control.reason,
         }
         extra = {}
         if self._best_state is not None:
@@ -556,9 +584,12 @@ class AdversarialTrainer:
         for key, cb in self._keyed_callbacks():
             if key in saved:
                 cb.load_state_dict(saved[key])
-        self.stop_training = bool(state.get("stopped", False))
+        stopped = state.get("stopped")
+        if stopped:  # a reason; True in checkpoints written before the control object
+            self.control.stop(stopped if isinstance(stopped, str) else "a callback stopped training")
         self._best_state = extra.get("best")
-        log.info("resumed from %s after epoch %d (step %d)", directory, self.epoch, self.global_step)
+        log.info("resumed from %s after epoch %d (step %d)%s", directory, self.epoch, self.global_step,
+                 f"; training had stopped: {self.control.reason}" if self.control.should_stop else "")
 
 
 def _check_batch_norm(model: nn.Module, loader: Iterable[Any], x: torch.Tensor) -> None:
