@@ -226,8 +226,9 @@ def describe_presets() -> str:
         for p in PRESETS.values() if len(p.discrete) == 2 for s, q in [p.discrete]
     )
     search = (
-        "over discrete spaces each preset is the gradient-guided search (candidates per edit x restarts) and "
-        f"a black-box query search (positions x queries per position per edit), worst case per example: {discrete}; "
+        "over discrete spaces each preset is the gradient-guided search (candidates per edit x restarts), then "
+        "a black-box query search (positions x queries per position per edit) on the examples it left, worst case "
+        f"per example: {discrete}; "
         "per edit the search costs 1 backward and 1 + candidates forward passes per example and restart, the "
         "query search about 2 per position of the text plus positions x queries forward passes"
     )
