@@ -105,6 +105,7 @@ def _core(word: str) -> str:
     return word.strip("".join(_INVISIBLE) + "!?,;:.()\"'").lower()
 
 
+@lru_cache(maxsize=65536)
 def payload_kind(word: str) -> str | None:
     """``"url"``, ``"number"``, ``"price"``, ``"cta"`` or None for an ordinary word."""
     if _URL.search(word):
@@ -296,10 +297,13 @@ def _tricks(
         out += [("leet", replaced(LEET, at)) for at in _subsets(rng, leet, samples)]
         out += fixed_edits
     valid = {w for _, w in fixed_separators + fixed_edits}  # checked once per word, whatever the seed
+    # valid by construction: fold() strips invisible characters; on an ordinary word it also maps each
+    # homoglyph back to its one letter (no two letters share a glyph) and drops separators
+    trusted = {"zero-width", "homoglyph", "separators"} if kind is None else {"zero-width"}
     seen: set[str] = {word}
     kept = []
     for k, w in out:
-        if w not in seen and (w in valid or _substitution_ok(word, w, url_host_homoglyphs)):
+        if w not in seen and (k in trusted or w in valid or _substitution_ok(word, w, url_host_homoglyphs)):
             seen.add(w)
             kept.append((k, w))
     return tuple(kept)
