@@ -176,3 +176,13 @@ def test_the_chunk_encoder_gives_the_tokenizers_ids(texts: list[str], kind: str,
     assert encoder.cached == (kind != "byte-level")
     assert encoder(texts) == encode_ids(tok, texts)
     assert encoder(texts[::-1]) == encode_ids(tok, texts[::-1])  # from the cache this time
+
+
+def test_an_edit_applied_to_another_text_is_refused(tokenizer: Tokenizer) -> None:
+    """An edit names the word it replaces: applied to a text where that word is not, it is an error, not a
+    silently wrong text."""
+    space = ObfuscationSpace(tokenizer, 8, 2)
+    edit = next(e for e in space.candidates(CRASH, CRASH) if e.value[1] != "insert")
+    assert space.apply(CRASH, edit) != CRASH
+    with pytest.raises(rk.ConfigError, match="does not fit"):
+        space.apply("completely different words here now", edit)
