@@ -264,6 +264,12 @@ class Domain(ABC, Generic[OptionsT]):
 
         return fit_model(self, data, model, settings, resume=resume)
 
+    def training_plan(self, model: nn.Module, settings: TrainSettings) -> dict[str, Any]:
+        """What :meth:`fit` does to ``model`` with ``settings``, for the log, ``metrics.json`` and the report
+        (default: the method and its epochs). A domain that trains a model its own way (:meth:`fit`) says how
+        here, so that no run names a method it did not use."""
+        return {"method": settings.method, "epochs": settings.epochs}
+
     def eval_attacks(self, model: nn.Module, space: PerturbationSpace, preset: str,
                      seed: int) -> tuple[str | list[Attack], bool]:
         """The attacks evaluation runs on the decided ``model`` over ``space`` and whether the gradient-masking

@@ -53,7 +53,7 @@ from robustkit.evaluation.checks import TRIVIAL
 from robustkit.evaluation.presets import PRESETS
 from robustkit.files import atomic_write_dir, atomic_write_text, remove_dir
 from robustkit.models import frozen_eval, logits_of
-from robustkit.reporting import write_reports
+from robustkit.reporting import describe_plan, write_reports
 from robustkit.runlock import LOCK_NAME, RunLock, check_free
 from robustkit.spaces import DiscreteSpace
 from robustkit.training import callbacks
@@ -75,6 +75,7 @@ class _Trained:
     threshold: float | None
     seconds: float
     history: list[dict[str, Any]]
+    plan: dict[str, Any]
 
 
 # ----------------------------------------------------------------------------- run directory
@@ -211,22 +212,23 @@ def _train(
     model_dir = out / "models" / name
     ckpt = out / "checkpoints" / name
     spec = _model_spec(domain, data, config)
+    assert config.budget is not None and config.epochs is not None and config.batch_size is not None
+    assert config.lr is not None
+    settings = TrainSettings(method=method, budget=config.budget, epochs=config.epochs, batch_size=config.batch_size,
+                             lr=config.lr, seed=config.seed, budget_warmup=config.budget_warmup, checkpoint_dir=ckpt,
+                             progress=progress, callbacks=tuple(hooks))
     if resume and (model_dir / "model.json").is_file():
         model, meta = domain.load_model(model_dir, config.model_factory)
         saved = json.loads((model_dir / "train.json").read_text(encoding="utf-8"))
         log.info("%s model: already trained, loaded from %s", name, model_dir)
         _prune(ckpt, config)  # the run may have stopped between saving the model and removing its checkpoint
-        return _Trained(model, meta.get("spec", spec), meta.get("threshold"), saved["seconds"], saved["history"])
-    assert config.budget is not None and config.epochs is not None and config.batch_size is not None
-    assert config.lr is not None
+        plan = saved.get("plan") or domain.training_plan(model, settings)  # runs from before plans were saved
+        return _Trained(model, meta.get("spec", spec), meta.get("threshold"), saved["seconds"], saved["history"], plan)
     torch.manual_seed(config.seed)
     model = domain.make_model(spec, config.model_factory, config.weights).to(config.device)
-    settings = TrainSettings(method=method, budget=config.budget, epochs=config.epochs, batch_size=config.batch_size,
-                             lr=config.lr, seed=config.seed, budget_warmup=config.budget_warmup, checkpoint_dir=ckpt,
-                             progress=progress, callbacks=tuple(hooks))
     resume_from = ckpt if resume and (ckpt / "latest").is_file() else None
-    log.info("%s model: training with %s for %d epochs%s", name, method, config.epochs,
-             " (resuming)" if resume_from else "")
+    plan = domain.training_plan(model, settings)
+    log.info("%s model: training with %s%s", name, describe_plan(plan), " (resuming)" if resume_from else "")
     fitted = domain.fit(model, data, settings, resume=resume_from)
     threshold = fitted.threshold
     history = [{"model": name, **r} for r in fitted.history]
@@ -234,11 +236,12 @@ def _train(
 
     def write(folder: Path) -> None:
         domain.save_model(model, folder, spec, threshold)
-        (folder / "train.json").write_text(json.dumps({"seconds": seconds, "history": history}, default=float))
+        (folder / "train.json").write_text(json.dumps({"seconds": seconds, "history": history, "plan": plan},
+                                                      default=float))
 
     _on_main(lambda: atomic_write_dir(model_dir, write))  # resume trusts a model folder that exists: it is whole
     _prune(ckpt, config)
-    return _Trained(model, spec, threshold, seconds, history)
+    return _Trained(model, spec, threshold, seconds, history, plan)
 
 
 def _prune(ckpt: Path, config: RunConfig) -> None:
@@ -268,12 +271,16 @@ class _Evaluated:
 
 
 def _evaluate(
-    domain: Domain, model: nn.Module, threshold: float | None, data: DomainData, config: RunConfig, progress: bool
+    domain: Domain, model: nn.Module, threshold: float | None, data: DomainData, config: RunConfig, progress: bool,
+    name: str = "the",
 ) -> _Evaluated:
     assert config.budget is not None and config.batch_size is not None
     decided = domain.decided(model.eval(), threshold)
     space = domain.eval_space(config.budget, data, decided)
     attacks, checks = domain.eval_attacks(decided, space, config.preset, config.seed)
+    log.info("%s model: evaluating with %s", name,
+             f"the {attacks!r} preset" if isinstance(attacks, str)
+             else " + ".join(a.name for a in attacks) + " and the domain's own attacks")
     report = evaluate(
         decided,
         domain.loader(data.test, _eval_batch_size(config), shuffle=False),
@@ -583,14 +590,14 @@ def _harden(
     }
     evaluated: dict[str, _Evaluated] = {}
     for name, t in trained.items():
-        log.info("%s model: evaluating with the %r preset", name, config.preset)
-        evaluated[name] = _evaluate(domain, t.model, t.threshold, data, config, progress)
+        evaluated[name] = _evaluate(domain, t.model, t.threshold, data, config, progress, name)
     reports = {name: e.report for name, e in evaluated.items()}
     reports["hardened"] = _collapsed(reports["standard"], reports["hardened"])
-    entries = {name: _model_entry(reports[name], e.metrics, trained[name].seconds) for name, e in evaluated.items()}
+    entries = {name: {**_model_entry(reports[name], e.metrics, trained[name].seconds), "training": trained[name].plan}
+               for name, e in evaluated.items()}
     history = pd.DataFrame([row for t in trained.values() for row in t.history])
     metrics = _metrics("harden", domain, data, config, reports, entries, "hardened")
-    metrics["method"] = config.method
+    metrics["method"] = trained["hardened"].plan["method"]
 
     def write() -> None:
         # the hardened model's examples, then (inside their folder) those that beat the standard model

@@ -23,7 +23,7 @@ from robustkit.evaluation.report import figure_text, heading
 from robustkit.files import atomic_write_text
 from robustkit.rendering import render
 
-__all__ = ["breakdown_figure", "budget_figure", "history_figure", "write_reports"]
+__all__ = ["breakdown_figure", "budget_figure", "describe_plan", "history_figure", "write_reports"]
 
 #: font size of every chart's text, in points: the charts are drawn at 100 dpi at most 9 inches wide,
 #: so the page (at most 64em) shows them at full size and this reads like the page's own text
@@ -163,6 +163,21 @@ def _lead(m: dict[str, Any]) -> dict[str, Any]:
                                  "attacked": m["robust_accuracy"].get("worst"), "false_positive_rate": None}
 
 
+def describe_plan(plan: dict[str, Any]) -> str:
+    """A :meth:`~robustkit.domain.Domain.training_plan` in words.
+
+    Example:
+        >>> describe_plan({"method": "pgd", "epochs": 8})
+        'pgd for 8 epochs'
+        >>> describe_plan({"method": "augmentation", "model_type": "hgb", "rounds": 2})
+        'augmentation (model_type hgb, rounds 2)'
+    """
+    rest = {k: v for k, v in plan.items() if k != "method"}
+    if set(rest) == {"epochs"}:
+        return f"{plan['method']} for {rest['epochs']} epoch{'s' if rest['epochs'] != 1 else ''}"
+    return f"{plan['method']} ({', '.join(f'{k} {v}' for k, v in rest.items())})"
+
+
 def _summary(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """The summary table's columns and rows: the headline first. Where it is recall (one class of a binary problem
     attacked), the false-positive rate reached follows, then accuracy over every row, headed as such (the other
@@ -171,7 +186,8 @@ def _summary(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["model", "measure", "clean", "under the worst attack"]
     head += ["false-positive rate", "verdict", "accuracy on all rows, clean",
              "accuracy on all rows, the attacked class attacked"] if recall else ["verdict"]
-    head.append("training seconds")
+    planned = any("training" in m for m in metrics["models"].values())  # runs written before plans have none
+    head += ["training", "training seconds"] if planned else ["training seconds"]
     rows = []
     for name, m in metrics["models"].items():
         seconds, lead = m.get("train_seconds"), _lead(m)
@@ -182,6 +198,8 @@ def _summary(metrics: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                     _pct(m["robust_accuracy"].get("worst"))]
         else:
             row.append(m.get("verdict", ""))
+        if planned:
+            row.append(describe_plan(m["training"]) if "training" in m else "")
         rows.append([*row, "" if seconds is None else f"{seconds:.1f}"])
     return head, rows
 

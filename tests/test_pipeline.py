@@ -61,6 +61,8 @@ def test_run_directory_matches_the_contract(run):
                                     "trivial model"))
     assert set(m["versions"]) >= {"robustkit", "torch"}
     hardened, standard = m["models"]["hardened"], m["models"]["standard"]
+    assert m["method"] == "pgd" and hardened["training"] == {"method": "pgd", "epochs": 6}
+    assert standard["training"] == {"method": "standard", "epochs": 6}
     assert hardened["robust_accuracy"]["worst"] > standard["robust_accuracy"]["worst"] + 0.1
     html = (run / "report.html").read_text()
     assert 'id="budget-plot"' in html and 'id="history-plot"' in html and "robustkit harden toy-small" in html

@@ -33,6 +33,7 @@ from PIL import Image
 
 from robustkit.cli import main
 from robustkit.evaluation.report import figure_text, heading
+from robustkit.reporting import describe_plan
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(
@@ -332,12 +333,13 @@ def test_key_numbers_equal_metrics_json(rendered):
         assert [row[c] for c in ("model", "measure", "clean", "under the worst attack", "verdict")] == [
             name, lead["measure"], pct(lead["clean"]), pct(lead["attacked"]), m["verdict"]]
         assert row["training seconds"] == f"{m['train_seconds']:.1f}"
+        assert row["training"] == describe_plan(m["training"])  # what trained it: the method, epochs or rounds
         if recall:  # then the false-positive rate reached, and accuracy over every row under its own heading
             assert row["false-positive rate"] == pct(lead["false_positive_rate"])
             assert (row["accuracy on all rows, clean"], row["accuracy on all rows, the attacked class attacked"]) == (
                 pct(m["clean_accuracy"]), pct(m["robust_accuracy"]["worst"]))
         else:  # accuracy is the headline: no column repeats it, none stays empty
-            assert len(row) == 6 and all(row.values())
+            assert len(row) == 7 and all(row.values())
     # the worst case at the main budget in each model's attack table
     budget = float(metrics["threat"]["budget"])
     for name, m in metrics["models"].items():

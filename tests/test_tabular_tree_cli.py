@@ -58,6 +58,11 @@ def test_hgb_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
             assert schema.validate(adversarial, test.loc[rows.index, schema.names]).all()
             changed = pd.read_csv(examples / "changes.csv")
             assert set(changed["row"]) <= set(rows.index[rows["fooled"] | (rows["cost"] > 0)])
+    # the run names what trained the trees (augmentation rounds), not the MLP's method, epochs or preset
+    assert metrics["method"] == "augmentation"
+    assert metrics["models"]["hardened"]["training"] == {"method": "augmentation", "model_type": "hgb", "rounds": 1}
+    assert metrics["models"]["standard"]["training"] == {"method": "standard", "model_type": "hgb", "rounds": 0}
+    assert "augmentation (model_type hgb, rounds 1)" in (out / "report.md").read_text(encoding="utf-8")
     standard = metrics["models"]["standard"]["headline"]
     assert standard["attacked"] < standard["clean"]  # the attacks find evasions: the checks above bite
     rows = pd.read_csv(out / "examples" / "standard" / "examples.csv", index_col="index")

@@ -34,7 +34,6 @@ Example:
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from dataclasses import dataclass
@@ -91,7 +90,6 @@ __all__ = ["CategoricalSpace", "Column", "ColumnTransformerModule", "Relation", 
            "evaluate_blackbox", "harden_trees", "repair", "split_thresholds", "tree_attack", "typed_frame",
            "worst_case"]
 
-logger = logging.getLogger("robustkit")
 
 #: options that only synthetic data takes, and those that only files take
 SYNTHETIC_OPTIONS, FILE_OPTIONS = ("n_rows", "fraud_rate"), ("schema", "target", "positive_label")
@@ -213,15 +211,21 @@ class TabularDomain(Domain[TabularOptions]):
             return super().fit(model, data, settings, resume)
         started = time.perf_counter()
         schema: Schema = data.raw["schema"]
-        rounds = 0 if settings.method == "standard" else model.rounds
+        rounds = self.training_plan(model, settings)["rounds"]
         estimator = clone(model.prototype).set_params(random_state=settings.seed)
         fitted, log = harden_trees(estimator, schema.with_budget(settings.budget), data.raw["frames"]["train"],
                                    data.train.tensors[1].numpy(),  # type: ignore[attr-defined]
                                    target_fpr=data.raw.get("target_fpr", 0.01), rounds=rounds, seed=settings.seed)
         model.set_fitted(fitted, log)
-        logger.info("%s trees: %d augmentation round(s) (epochs and learning rate apply to the MLP only)",
-                    model.model_type, rounds)
         return Fitted(model, self.choose_threshold(model, data), [], time.perf_counter() - started)
+
+    def training_plan(self, model: nn.Module, settings: TrainSettings) -> dict[str, Any]:
+        """Trees: ``augmentation`` in ``rounds`` (none for ``method: standard``); epochs, learning rate and the
+        method's name apply to the MLP only."""
+        if not isinstance(model, TreeModel):
+            return super().training_plan(model, settings)
+        rounds = 0 if settings.method == "standard" else model.rounds
+        return {"method": "augmentation" if rounds else "standard", "model_type": model.model_type, "rounds": rounds}
 
     def eval_attacks(self, model: nn.Module, space: PerturbationSpace, preset: str,
                      seed: int) -> tuple[str | list[Attack], bool]:
