@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
 import robustkit as rk
 from domains.text import TextCNN, TextDataset
 from domains.text.adversarial import DiscreteAdversarialTraining
-from domains.text.model import train_tokenizer
+from domains.text.model import MAX_TOKENS, TokenModel, train_tokenizer
 from domains.text.obfuscation import (
     HAM_WORDS,
     HOMOGLYPHS,
@@ -186,3 +186,47 @@ def test_an_edit_applied_to_another_text_is_refused(tokenizer: Tokenizer) -> Non
     assert space.apply(CRASH, edit) != CRASH
     with pytest.raises(rk.ConfigError, match="does not fit"):
         space.apply("completely different words here now", edit)
+
+
+class SumLinear(TokenModel):
+    """Logits ``(0, sum_p <w_p, e_p>)``: linear in the embeddings, so a first-order score is exact. With one
+    ``w`` for every position (``positional=False``) for every edit; with ``w_p`` varying, for the edits that
+    leave every other token where it was (a trick keeping the word's token count)."""
+
+    def __init__(self, vocab_size: int, dim: int, positional: bool) -> None:
+        super().__init__(vocab_size, dim)
+        self.w = torch.nn.Parameter(torch.randn(256 if positional else 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        emb, _ = self.embed(x)
+        z = (emb * self.w[: emb.shape[1]]).sum(dim=(1, 2))
+        return torch.stack([torch.zeros_like(z), z], dim=1)
+
+
+@settings(max_examples=20, deadline=None)
+@given(text=TEXTS, seed=st.integers(0, 3), positional=st.booleans())
+def test_hotflip_scores_are_exact_on_a_model_linear_in_its_embeddings(tokenizer: Tokenizer, text: str, seed: int,
+                                                                       positional: bool) -> None:
+    # each edit scores the loss's derivative times the exact change of the logit: a wrong word, token or
+    # gap breaks the equality (the positional model checks each token against its own gradient)
+    torch.manual_seed(seed)
+    model = SumLinear(tokenizer.get_vocab_size(), 8, positional).eval()
+    space = ObfuscationSpace(tokenizer, 8, 3, embedding=model.embedding.weight, seed=seed)
+    x = space.encode([text]).requires_grad_(True)
+    logits = model(x)
+    (grad,) = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, torch.tensor([1])), x)
+    edits = space.candidates(text, text)
+    assert edits
+    edited = space.encode([space.apply(text, e) for e in edits])
+    with torch.no_grad():
+        moved = model(edited)[:, 1] - logits[0, 1]
+        slope = torch.softmax(logits[0], dim=0)[1] - 1  # d loss / d logit 1
+    scale = model.embedding.weight.detach().norm(dim=1).mean()  # TokenModel.embed scales the offsets by it
+    expected, scores = scale * slope * moved, space.scores(text, grad[0], edits)
+    tokens = (edited[..., 0] != 0).sum(dim=1)
+    kept = tokens < MAX_TOKENS  # truncation drops the text's last tokens: no first-order estimate sees that
+    if positional:
+        kept &= torch.tensor([e.value[1] != "insert" for e in edits]) & (tokens == int((x[0, :, 0] != 0).sum()))
+    assume(bool(kept.any()))
+    expected, scores = expected[kept], scores[kept]
+    assert torch.allclose(scores, expected, atol=1e-4 * float(expected.abs().max()) + 1e-6)

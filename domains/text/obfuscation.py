@@ -562,25 +562,34 @@ class ObfuscationSpace(DiscreteSpace[str]):
         insert = torch.tensor([v[1] == "insert" for v in values])
         k_of = torch.tensor([v[2] for v in values], dtype=torch.long)
         w_of = torch.tensor([slot[v[3]] for v in values], dtype=torch.long)
-        width = max(1, max(map(len, new_ids)), max(map(len, tokens), default=0))
-        word_ids, present = _padded(new_ids, width, -1)
-        used, where = torch.unique(word_ids.clamp(0, len(table) - 1), return_inverse=True)
-        new_rows = _rows(table, used)[where] * present[..., None]  # (distinct words, width, D), zero at padding
+        lengths = torch.tensor([len(ids) for ids in new_ids], dtype=torch.long)
+        used, local = torch.unique(torch.tensor([i for ids in new_ids for i in ids], dtype=torch.long)
+                                   .clamp(0, len(table) - 1), return_inverse=True)
+        rows = _rows(table, used)  # each distinct token row once: (tokens used, D)
         # pooled: <a gradient vector, the sum of the new tokens' rows> (the word's mean gradient; for an
-        # insertion, the gradient of the token after the gap)
-        # (every vector x every distinct new word) products, then one lookup per edit: no per-edit gathers
+        # insertion, the gradient of the token after the gap), from every vector x every distinct new word
+        # products and one lookup per edit: no per-edit gathers, no (words x longest word x D) tensor
+        sums = torch.nn.functional.embedding_bag(local, rows, torch.cumsum(lengths, 0) - lengths, mode="sum")
         pooled_vectors = torch.cat([g_word, g[torch.tensor(after, dtype=torch.long)]])
         row = torch.where(insert, n_words + k_of.clamp(max=n_words), k_of.clamp(max=max(0, n_words - 1)))
-        score = (pooled_vectors @ new_rows.sum(dim=1).T)[row, w_of]
-        # token for token (a trick keeping the word's token count): each new token with its own gradient
+        score = (pooled_vectors @ sums.T)[row, w_of]
+        # token for token (a trick keeping the word's token count): each new token with its own gradient,
+        # padded only to the longest word such a trick touches
         n_of = counts[k_of.clamp(max=max(0, n_words - 1))] if n_words else torch.zeros(len(values))
-        aligned = ~insert & (present.sum(dim=1)[w_of] == n_of)
+        aligned = ~insert & (lengths[w_of] == n_of)
         if bool(aligned.any()):
-            positions = _padded(tokens, width, n)[0]
-            g_pad = torch.cat([g, g.new_zeros(1, g.shape[1])])
             a = aligned.nonzero().squeeze(1)
-            per_word = g_pad[positions].flatten(1) @ new_rows.flatten(1).T  # (words, distinct new words)
-            score[a] = per_word[k_of[a], w_of[a]]
+            width = int(n_of[a].max())
+            fits = lengths <= width  # the distinct words an aligned edit can use, as local row indices
+            new_local = torch.full((len(distinct), width), len(used), dtype=torch.long)
+            starts = torch.cumsum(lengths, 0) - lengths
+            column = torch.arange(width)
+            inside = fits[:, None] & (column[None, :] < lengths[:, None])
+            new_local[inside] = local[(starts[:, None] + column[None, :])[inside]]
+            positions = _padded([ts[:width] for ts in tokens], width, n)[0]
+            g_pad = torch.cat([g, g.new_zeros(1, g.shape[1])])
+            rows_pad = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
+            score[a] = (g_pad[positions[k_of[a]]] * rows_pad[new_local[w_of[a]]]).sum(dim=(1, 2))
         # a trick takes the word's own tokens away; a trick on a word the model does not read scores 0
         trick = ~insert
         score[trick] -= old[k_of[trick]] if n_words else 0.0
