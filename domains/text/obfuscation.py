@@ -569,7 +569,8 @@ class ObfuscationSpace(DiscreteSpace[str]):
         # pooled: <a gradient vector, the sum of the new tokens' rows> (the word's mean gradient; for an
         # insertion, the gradient of the token after the gap), from every vector x every distinct new word
         # products and one lookup per edit: no per-edit gathers, no (words x longest word x D) tensor
-        sums = torch.nn.functional.embedding_bag(local, rows, torch.cumsum(lengths, 0) - lengths, mode="sum")
+        first = torch.cumsum(lengths, 0) - lengths  # where each distinct word's tokens start in ``local``
+        sums = torch.nn.functional.embedding_bag(local, rows, first, mode="sum")
         pooled_vectors = torch.cat([g_word, g[torch.tensor(after, dtype=torch.long)]])
         row = torch.where(insert, n_words + k_of.clamp(max=n_words), k_of.clamp(max=max(0, n_words - 1)))
         score = (pooled_vectors @ sums.T)[row, w_of]
@@ -582,10 +583,9 @@ class ObfuscationSpace(DiscreteSpace[str]):
             width = int(n_of[a].max())
             fits = lengths <= width  # the distinct words an aligned edit can use, as local row indices
             new_local = torch.full((len(distinct), width), len(used), dtype=torch.long)
-            starts = torch.cumsum(lengths, 0) - lengths
             column = torch.arange(width)
             inside = fits[:, None] & (column[None, :] < lengths[:, None])
-            new_local[inside] = local[(starts[:, None] + column[None, :])[inside]]
+            new_local[inside] = local[(first[:, None] + column[None, :])[inside]]
             positions = _padded([ts[:width] for ts in tokens], width, n)[0]
             g_pad = torch.cat([g, g.new_zeros(1, g.shape[1])])
             rows_pad = torch.cat([rows, rows.new_zeros(1, rows.shape[1])])
