@@ -8,13 +8,16 @@ test fraud row by :func:`domains.tabular.blackbox.evaluate_blackbox` (the tree a
 distilled surrogate, random search; every row passes ``schema.validate``).
 With ``--harden ROUNDS`` the same model hardened by :func:`domains.tabular.trees.harden_trees` is judged too.
 With ``--model robust`` the trees are :class:`domains.tabular.robust_trees.RobustBoostedTrees` (robust splitting
-with the schema's budget), judged beside the same learner with no band (budget 0), the control.
+with the schema's budget), judged beside the same learner with no band (budget 0), the control; ``--bands``
+draws the bands with other budgets (the attack keeps the schema's).
 
 Run from the repository root (one JSON line per run; writes ``bench/results/tree_attack_DATA_MODEL.json``):
 
     python bench/tree_attack.py --seeds 0 1 2 --fpr 0.01 0.05 --harden 1
     python bench/tree_attack.py --seeds 0 --model xgboost --harden 1     # needs the trees extra
     python bench/tree_attack.py --seeds 0 1 2 --fpr 0.01 0.05 --model robust
+    python bench/tree_attack.py --seeds 0 --model robust --bands 1 10 100    # bands drawn with other budgets
+    python bench/tree_attack.py --seeds 0 1 2 --model robust --band-side attacker --bands 3 1
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from tabular_robustness import load  # the same data and splits (this folder is on the path of a script)
@@ -76,6 +80,10 @@ def main() -> None:
                         help="the trees: scikit-learn's HistGradientBoosting (200 iterations), XGBoost or LightGBM "
                              "(200 trees, their defaults otherwise; the trees extra), or robustkit's "
                              "RobustBoostedTrees (200 trees of depth 4) with and without its band")
+    parser.add_argument("--bands", nargs="+", type=float, default=None,
+                        help="--model robust: the budgets its bands are drawn with (default: the schema's and 0)")
+    parser.add_argument("--band-side", choices=["worst-gain", "attacker"], default="worst-gain",
+                        help="--model robust: where a split's score puts the band (RobustBoostedTrees.band_side)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = []
@@ -87,9 +95,10 @@ def main() -> None:
         estimator = make(args.model, seed, schema)
         name = {"hgb": "HGB", "xgboost": "XGBoost", "lightgbm": "LightGBM", "robust": "robust trees"}[args.model]
         kinds = {f"standard {name}": (estimator, 0)}
-        if args.model == "robust":  # the control: the same learner with no band
-            kinds = {f"robust trees (budget {schema.budget:g})": (estimator, 0),
-                     "robust trees, no band (budget 0)": (make(args.model, seed, schema).set_params(budget=0.0), 0)}
+        if args.model == "robust":  # each band budget asked for (default: the schema's, and 0: the control)
+            bands = [schema.budget, 0.0] if args.bands is None else args.bands
+            kinds = {f"robust trees ({args.band_side}, band budget {b:g})":
+                     (clone(estimator).set_params(budget=b, band_side=args.band_side), 0) for b in bands}
         if args.harden:
             kinds[f"hardened {name} ({args.harden} rounds)"] = (estimator, args.harden)
         for kind, (prototype, rounds) in kinds.items():

@@ -3,10 +3,16 @@
 :class:`RobustBoostedTrees` is a small gradient-boosted tree learner (logistic loss, depth-limited trees,
 shrinkage, split thresholds on quantile bins) whose split finder follows Chen et al. 2019 ("Robust
 decision trees against adversarial examples"): when a node scores the split ``x_j <= t``, the training
-rows that the attacker could carry across ``t`` form an ambiguous band, and the split is scored by the
-smaller of two gains: the band put on the left, and the band put on the right. The worst side is the
-one where the band hurts most, so a split survives only where it separates the classes with the band
-on either side.
+rows that the attacker could carry across ``t`` form an ambiguous band, and the split is scored with the
+whole band on one side. Where, ``band_side`` says:
+
+- ``"worst-gain"`` (Chen et al.'s approximation, the default): the side that gives the smaller gain.
+- ``"attacker"``: the side the attacker would take it to, the one whose leaf then scores lower; if
+  neither side is (the band on either side lifts that side above the other), the split gains nothing.
+  A fraudster only ever lowers the score, and the smaller gain is not always where the fraud goes: a
+  split that parts legitimate rows from legitimate rows, with every fraud row able to reach both sides,
+  gains under Chen's score whichever side the band is put (the other side is purely legitimate),
+  and the attacker then takes every fraud row to that purely legitimate leaf.
 
 The threat model is the schema's:
 
@@ -82,6 +88,9 @@ class RobustBoostedTrees(ClassifierMixin, BaseEstimator):
         max_bins: most split thresholds per numeric column (quantiles of the training rows).
         min_samples_leaf: fewest training rows on either side of a split.
         l2_regularization: added to the hessian sum of every leaf and every split's score.
+        band_side: where a split's score puts the band: ``"worst-gain"`` (Chen et al.: on the side that
+            gives the smaller gain) or ``"attacker"`` (on the side whose leaf scores lower, where the
+            attacker would take it; when neither side is, the split gains nothing).
 
     ``fit(X, y, sample_weight=None)`` takes the schema's columns (numbers; categories as strings or as
     pandas categoricals, as :func:`~domains.tabular.trees.typed_frame` gives them) and two classes, the
@@ -90,7 +99,7 @@ class RobustBoostedTrees(ClassifierMixin, BaseEstimator):
 
     def __init__(self, schema: Schema, budget: float | None = None, n_estimators: int = 200,
                  learning_rate: float = 0.1, max_depth: int = 4, max_bins: int = 64, min_samples_leaf: int = 20,
-                 l2_regularization: float = 1.0) -> None:
+                 l2_regularization: float = 1.0, band_side: str = "worst-gain") -> None:
         self.schema = schema
         self.budget = budget
         self.n_estimators = n_estimators
@@ -99,6 +108,7 @@ class RobustBoostedTrees(ClassifierMixin, BaseEstimator):
         self.max_bins = max_bins
         self.min_samples_leaf = min_samples_leaf
         self.l2_regularization = l2_regularization
+        self.band_side = band_side
 
     # ----------------------------------------------------------------- checks and data
     def _check_params(self) -> None:
@@ -113,6 +123,8 @@ class RobustBoostedTrees(ClassifierMixin, BaseEstimator):
             fine = isinstance(value, int | float) and math.isfinite(value) and (value > 0 if positive else value >= 0)
             if not fine:
                 raise ConfigError(f"{name} must be a finite number {'>' if positive else '>='} 0, got {value!r}")
+        if self.band_side not in ("worst-gain", "attacker"):
+            raise ConfigError(f"band_side must be 'worst-gain' or 'attacker', got {self.band_side!r}")
         if self.budget is not None and not (isinstance(self.budget, int | float) and math.isfinite(self.budget)
                                             and self.budget >= 0):
             raise ConfigError(f"budget must be a number >= 0 or None (the schema's), got {self.budget!r}")
@@ -286,12 +298,21 @@ class RobustBoostedTrees(ClassifierMixin, BaseEstimator):
         ok = usable & (n_left >= self.min_samples_leaf) & (len(rows) - n_left >= self.min_samples_leaf)
         if not ok.any():
             return None
-        parent = score(g_all, h_all)
-        # the band on the right, then on the left: keep the worse
-        right, left = (score(g_left + side * g_band, h_left + side * h_band)
-                       + score(g_all - g_left - side * g_band, h_all - h_left - side * h_band) - parent
-                       for side in (0.0, 1.0))
-        gain = np.where(ok, np.minimum(right, left), -np.inf)
+        parent, lam = score(g_all, h_all), float(self.l2_regularization)
+        gains, chosen = [], []
+        for side in (0.0, 1.0):  # the band on the right, then on the left
+            gl, hl = g_left + side * g_band, h_left + side * h_band
+            gains.append(score(gl, hl) + score(g_all - gl, h_all - hl) - parent)
+            # would the attacker leave the band there: is its side's leaf the lower one?
+            below = -gl / (hl + lam) <= -(g_all - gl) / (h_all - hl + lam)
+            chosen.append(below if side else ~below)
+        right, left = gains
+        if self.band_side == "attacker":  # the band where the attacker would take it; nowhere stable: no gain
+            gain = np.where(chosen[0] & chosen[1], np.minimum(right, left),
+                            np.where(chosen[0], right, np.where(chosen[1], left, 0.0)))
+        else:  # Chen et al.: the worse of the two
+            gain = np.minimum(right, left)
+        gain = np.where(ok, gain, -np.inf)
         k, b = np.unravel_index(int(np.argmax(gain)), gain.shape)
         return (int(k), int(b)) if gain[k, b] > 1e-12 else None
 
