@@ -141,3 +141,20 @@ def test_bad_parameters_and_data_are_refused_before_fitting() -> None:
         RobustBoostedTrees(schema).fit(df.drop(columns="shop"), y)
     with pytest.raises(DataError, match="two classes"):
         RobustBoostedTrees(schema).fit(df, np.zeros(len(df)))
+
+
+def test_as_the_classifier_s_estimator_the_attacker_banded_trees_keep_more_recall_under_the_tree_attack() -> None:
+    from domains.tabular.estimator import RobustTabularClassifier
+    from domains.tabular.synthetic import card_schema, generate
+
+    schema, df = card_schema(), generate(1500, seed=0, fraud_rate=0.1)
+    train, test = df.iloc[:1000], df.iloc[1000:]
+    out = {}
+    for budget in (0.0, None):
+        trees = RobustBoostedTrees(schema, budget=budget, band_side="attacker", n_estimators=30)
+        clf = RobustTabularClassifier(schema, estimator=trees, method="standard", target_fpr=0.05)
+        out[budget] = clf.fit(train.drop(columns="is_fraud"), train["is_fraud"]).evaluate(
+            test.drop(columns="is_fraud"), test["is_fraud"])
+    assert out[0.0]["recall_attacked"] < out[0.0]["recall_clean"] - 0.1  # the control is evaded
+    assert out[None]["recall_attacked"] > out[0.0]["recall_attacked"] + 0.05
+    assert out[None]["recall_attacked"] >= out[None]["recall_clean"] - 0.05  # and these trees hardly
