@@ -7,11 +7,17 @@ split, decided at the threshold giving ``--fpr`` false positives on validation r
 test fraud row by :func:`domains.tabular.blackbox.evaluate_blackbox` (the tree attack, transfer from a
 distilled surrogate, random search; every row passes ``schema.validate``).
 With ``--harden ROUNDS`` the same model hardened by :func:`domains.tabular.trees.harden_trees` is judged too.
+With ``--model robust`` the trees are :class:`domains.tabular.robust_trees.RobustBoostedTrees` (robust splitting
+with the schema's budget), judged beside the same learner with no band (budget 0), the control; ``--bands``
+draws the bands with other budgets (the attack keeps the schema's).
 
 Run from the repository root (one JSON line per run; writes ``bench/results/tree_attack_DATA_MODEL.json``):
 
     python bench/tree_attack.py --seeds 0 1 2 --fpr 0.01 0.05 --harden 1
     python bench/tree_attack.py --seeds 0 --model xgboost --harden 1     # needs the trees extra
+    python bench/tree_attack.py --seeds 0 1 2 --fpr 0.01 0.05 --model robust
+    python bench/tree_attack.py --seeds 0 --model robust --bands 1 10 100    # bands drawn with other budgets
+    python bench/tree_attack.py --seeds 0 1 2 --model robust --band-side attacker --bands 3 1
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from sklearn.base import clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import roc_auc_score
 from tabular_robustness import load  # the same data and splits (this folder is on the path of a script)
 
 from domains.tabular.blackbox import SklearnModel, evaluate_blackbox
+from domains.tabular.robust_trees import RobustBoostedTrees
 from domains.tabular.trees import fraud_scores, harden_trees, typed_frame
 from robustkit.evaluation.binary import threshold_at_fpr
 
@@ -45,8 +53,10 @@ class Typed:
         return self.model.predict_proba(typed_frame(self.schema, rows))
 
 
-def make(kind: str, seed: int) -> Any:
+def make(kind: str, seed: int, schema: Any) -> Any:
     """An unfitted tree ensemble of the kind asked for (XGBoost and LightGBM imported only then)."""
+    if kind == "robust":
+        return RobustBoostedTrees(schema)
     if kind == "xgboost":
         import xgboost
 
@@ -66,9 +76,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--data", choices=["synthetic", "vehicle"], default="synthetic",
                         help="synthetic card transactions or vehicle insurance claims (as tabular_robustness.py)")
-    parser.add_argument("--model", choices=["hgb", "xgboost", "lightgbm"], default="hgb",
+    parser.add_argument("--model", choices=["hgb", "xgboost", "lightgbm", "robust"], default="hgb",
                         help="the trees: scikit-learn's HistGradientBoosting (200 iterations), XGBoost or LightGBM "
-                             "(200 trees, their defaults otherwise; the trees extra)")
+                             "(200 trees, their defaults otherwise; the trees extra), or robustkit's "
+                             "RobustBoostedTrees (200 trees of depth 4) with and without its band")
+    parser.add_argument("--bands", nargs="+", type=float, default=None,
+                        help="--model robust: the budgets its bands are drawn with (default: the schema's and 0)")
+    parser.add_argument("--band-side", choices=["worst-gain", "attacker"], default="worst-gain",
+                        help="--model robust: where a split's score puts the band (RobustBoostedTrees.band_side)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = []
@@ -77,13 +92,18 @@ def main() -> None:
         schema = data.raw["schema"]
         frames = data.raw["frames"]
         train, val, test = frames["train"], frames["val"], frames["test"]
-        estimator = make(args.model, seed)
-        name = {"hgb": "HGB", "xgboost": "XGBoost", "lightgbm": "LightGBM"}[args.model]
-        kinds = {f"standard {name}": 0, **({f"hardened {name} ({args.harden} rounds)": args.harden} if args.harden
-                                          else {})}
-        for kind, rounds in kinds.items():
+        estimator = make(args.model, seed, schema)
+        name = {"hgb": "HGB", "xgboost": "XGBoost", "lightgbm": "LightGBM", "robust": "robust trees"}[args.model]
+        kinds = {f"standard {name}": (estimator, 0)}
+        if args.model == "robust":  # each band budget asked for (default: the schema's, and 0: the control)
+            bands = [schema.budget, 0.0] if args.bands is None else args.bands
+            kinds = {f"robust trees ({args.band_side}, band budget {b:g})":
+                     (clone(estimator).set_params(budget=b, band_side=args.band_side), 0) for b in bands}
+        if args.harden:
+            kinds[f"hardened {name} ({args.harden} rounds)"] = (estimator, args.harden)
+        for kind, (prototype, rounds) in kinds.items():
             started = time.perf_counter()
-            model, _ = harden_trees(estimator, schema, train, train[schema.target], target_fpr=min(args.fpr),
+            model, _ = harden_trees(prototype, schema, train, train[schema.target], target_fpr=min(args.fpr),
                                     rounds=rounds, seed=seed)
             fit_seconds = time.perf_counter() - started
             p_test = fraud_scores(model, schema, test)

@@ -213,9 +213,10 @@ def split_thresholds(estimator: Any, schema: Schema) -> dict[str, np.ndarray] | 
     or None for a model whose trees this cannot read (then use :func:`probe_thresholds`).
 
     Reads scikit-learn's ``HistGradientBoosting*``, tree ensembles and single trees, XGBoost's and
-    LightGBM's scikit-learn estimators, and an estimator wrapping one of these as ``estimator_`` (a
-    fitted :class:`~domains.tabular.estimator.RobustTabularClassifier` on trees). Categorical splits
-    are skipped: the attack tries every category.
+    LightGBM's scikit-learn estimators, a model with a ``split_pairs()`` method yielding ``(column,
+    threshold)`` (:class:`~domains.tabular.robust_trees.RobustBoostedTrees`), and an estimator wrapping one
+    of these as ``estimator_`` (a fitted :class:`~domains.tabular.estimator.RobustTabularClassifier` on
+    trees). Categorical splits are skipped: the attack tries every category.
 
     Example:
         >>> import pandas as pd
@@ -236,6 +237,8 @@ def split_thresholds(estimator: Any, schema: Schema) -> dict[str, np.ndarray] | 
         pairs = _lightgbm(estimator, names)
     elif hasattr(estimator, "get_booster"):
         pairs = _xgboost(estimator, names)
+    elif callable(getattr(estimator, "split_pairs", None)):  # a model naming its own splits (robust_trees)
+        pairs = estimator.split_pairs()
     elif hasattr(estimator, "tree_") or (hasattr(estimator, "estimators_")
                                          and all(hasattr(t, "tree_") for t in np.ravel(estimator.estimators_))):
         pairs = _sklearn_trees(estimator, names)
