@@ -6,13 +6,15 @@ decision trees against adversarial examples"): when a node scores the split ``x_
 rows that the attacker could carry across ``t`` form an ambiguous band, and the split is scored with the
 whole band on one side. Where, ``band_side`` says:
 
-- ``"worst-gain"`` (Chen et al.'s approximation, the default): the side that gives the smaller gain.
-- ``"attacker"``: the side the attacker would take it to, the one whose leaf then scores lower; if
+- ``"attacker"`` (the default): the side the attacker would take it to, the one whose leaf then scores lower; if
   neither side is (the band on either side lifts that side above the other), the split gains nothing.
   A fraudster only ever lowers the score, and the smaller gain is not always where the fraud goes: a
   split that parts legitimate rows from legitimate rows, with every fraud row able to reach both sides,
   gains under Chen's score whichever side the band is put (the other side is purely legitimate),
   and the attacker then takes every fraud row to that purely legitimate leaf.
+- ``"worst-gain"`` (Chen et al.'s approximation): the side that gives the smaller gain. Measured on the
+  synthetic card data it keeps less recall under the tree attack than no band at all (the section
+  "Robust splitting, measured" of ``docs/benchmarks.md``), hence not the default.
 
 The threat model is the schema's:
 
@@ -88,9 +90,9 @@ class RobustBoostedTrees(ClassifierMixin, BaseEstimator):
         max_bins: most split thresholds per numeric column (quantiles of the training rows).
         min_samples_leaf: fewest training rows on either side of a split.
         l2_regularization: added to the hessian sum of every leaf and every split's score.
-        band_side: where a split's score puts the band: ``"worst-gain"`` (Chen et al.: on the side that
-            gives the smaller gain) or ``"attacker"`` (on the side whose leaf scores lower, where the
-            attacker would take it; when neither side is, the split gains nothing).
+        band_side: where a split's score puts the band: ``"attacker"`` (on the side whose leaf scores
+            lower, where the attacker would take it; when neither side is, the split gains nothing) or
+            ``"worst-gain"`` (Chen et al.: on the side that gives the smaller gain).
 
     ``fit(X, y, sample_weight=None)`` takes the schema's columns (numbers; categories as strings or as
     pandas categoricals, as :func:`~domains.tabular.trees.typed_frame` gives them) and two classes, the
@@ -99,7 +101,7 @@ class RobustBoostedTrees(ClassifierMixin, BaseEstimator):
 
     def __init__(self, schema: Schema, budget: float | None = None, n_estimators: int = 200,
                  learning_rate: float = 0.1, max_depth: int = 4, max_bins: int = 64, min_samples_leaf: int = 20,
-                 l2_regularization: float = 1.0, band_side: str = "worst-gain") -> None:
+                 l2_regularization: float = 1.0, band_side: str = "attacker") -> None:
         self.schema = schema
         self.budget = budget
         self.n_estimators = n_estimators
