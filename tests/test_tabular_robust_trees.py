@@ -3,6 +3,7 @@ finder against a direct reference, and the tree attack reading the learner's thr
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from domains.tabular.robust_trees import RobustBoostedTrees
 from domains.tabular.schema import Column, Schema
 from domains.tabular.trees import split_thresholds, tree_attack, typed_frame
-from robustkit.errors import ConfigError, DataError
+from robustkit.errors import ConfigError, DataError, ModelError
 from tests.test_tabular_trees import exhaustive_minimum, small_data
 
 
@@ -143,7 +144,8 @@ def test_bad_parameters_and_data_are_refused_before_fitting() -> None:
         RobustBoostedTrees(schema).fit(df, np.zeros(len(df)))
 
 
-def test_as_the_classifier_s_estimator_the_attacker_banded_trees_keep_more_recall_under_the_tree_attack() -> None:
+def test_as_the_classifier_s_estimator_the_attacker_banded_trees_keep_more_recall_under_the_tree_attack(
+        tmp_path: Path) -> None:
     from domains.tabular.estimator import RobustTabularClassifier
     from domains.tabular.synthetic import card_schema, generate
 
@@ -155,6 +157,15 @@ def test_as_the_classifier_s_estimator_the_attacker_banded_trees_keep_more_recal
         clf = RobustTabularClassifier(schema, estimator=trees, method="standard", target_fpr=0.05)
         out[budget] = clf.fit(train.drop(columns="is_fraud"), train["is_fraud"]).evaluate(
             test.drop(columns="is_fraud"), test["is_fraud"])
+    # saved without a pickle (arrays in safetensors, the rest in JSON) and read back to the same scores
+    folder = clf.save(tmp_path / "robust")
+    assert (folder / "estimator.safetensors").is_file() and not list(folder.glob("*.skops"))
+    again = RobustTabularClassifier.load(folder)
+    rows = test.drop(columns="is_fraud")
+    assert np.array_equal(again.predict_proba(rows), clf.predict_proba(rows))
+    described, arrays = clf.estimator_.state()
+    with pytest.raises(ModelError, match="do not fit"):
+        RobustBoostedTrees.from_state(described, {**arrays, "value": arrays["value"][:, :1]})
     assert out[0.0]["recall_attacked"] < out[0.0]["recall_clean"] - 0.1  # the control is evaded
     assert out[None]["recall_attacked"] > out[0.0]["recall_attacked"] + 0.05
     assert out[None]["recall_attacked"] >= out[None]["recall_clean"] - 0.05  # and these trees hardly

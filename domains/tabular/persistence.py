@@ -7,7 +7,9 @@ A saved classifier is a folder:
 - the neural path: ``model.safetensors`` (the weights; ``classifier.json`` holds the encoder's spec)
   and, with a ``preprocessor``, ``preprocessor.skops`` (the ColumnTransformer, as given and fitted);
 - the ``estimator`` path: XGBoost's own JSON (``estimator.json``), LightGBM's text model
-  (``estimator.txt``) or scikit-learn's ``HistGradientBoostingClassifier`` in ``estimator.skops``.
+  (``estimator.txt``), scikit-learn's ``HistGradientBoostingClassifier`` in ``estimator.skops``, or
+  :class:`~domains.tabular.robust_trees.RobustBoostedTrees` as its arrays in ``estimator.safetensors`` (its
+  parameters and schema in ``classifier.json``).
 
 skops files (``pip install -e ".[skops]"``) are read with an explicit list of trusted types
 (:data:`TRUSTED_TYPES`): a file naming any other type or function is refused, never loaded, so a file
@@ -25,12 +27,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file
+from sklearn.base import clone
 from torch import nn
 
 from domains.tabular.blackbox import SklearnModel
 from domains.tabular.estimator import _mlp
 from domains.tabular.model import SchemaEncoder, TabularMLP
+from domains.tabular.robust_trees import RobustBoostedTrees
 from domains.tabular.schema import Schema
 from domains.tabular.sklearn_bridge import bridge
 from domains.tabular.trees import TypedEstimator, require_library
@@ -71,7 +77,10 @@ def _skops() -> Any:
 
 
 def _library(estimator: Any) -> str:
-    """Which format saves ``estimator``: ``xgboost``, ``lightgbm`` or ``skops`` (HistGradientBoosting)."""
+    """Which format saves ``estimator``: ``xgboost``, ``lightgbm``, ``skops`` (HistGradientBoosting) or
+    ``robust-trees`` (:class:`~domains.tabular.robust_trees.RobustBoostedTrees`)."""
+    if isinstance(estimator, RobustBoostedTrees):
+        return "robust-trees"
     if isinstance(estimator, LightGBMBooster):  # a LightGBM model read back from its text file
         return "lightgbm"
     module = type(estimator).__module__.split(".")[0]
@@ -82,8 +91,8 @@ def _library(estimator: Any) -> str:
     if type(estimator) is HistGradientBoostingClassifier:
         return "skops"
     raise ModelError(f"cannot save a {type(estimator).__name__} without a pickle: saved estimators are "
-                     "HistGradientBoostingClassifier (skops), xgboost.XGBClassifier (JSON) and "
-                     "lightgbm.LGBMClassifier (text)")
+                     "HistGradientBoostingClassifier (skops), xgboost.XGBClassifier (JSON), "
+                     "lightgbm.LGBMClassifier (text) and RobustBoostedTrees (safetensors)")
 
 
 class LightGBMBooster:
@@ -108,6 +117,10 @@ def estimator_writer(param: Any, fitted: Any) -> tuple[dict[str, Any], Callable[
     if library == "skops":
         blob = _skops().dumps({"param": param, "fitted": fitted})
         return {"estimator": library}, lambda d: (d / "estimator.skops").write_bytes(blob)
+    if library == "robust-trees":
+        described, arrays = fitted.state()
+        return ({"estimator": library, "estimator_state": described},
+                lambda d: save_numpy(arrays, str(d / "estimator.safetensors")))
     try:
         params = json.loads(json.dumps(param.get_params(deep=False)))
     except (TypeError, ValueError) as exc:
@@ -125,6 +138,12 @@ def read_estimator(path: Path, meta: dict[str, Any], source: Path) -> tuple[Any,
     if library == "skops":
         parts = _read_skops(path / "estimator.skops")
         return parts["param"], parts["fitted"]
+    if library == "robust-trees":
+        described = meta.get("estimator_state")
+        if not isinstance(described, dict):
+            raise ModelError(f"{source}: estimator_state must be an object, got {described!r}")
+        fitted = RobustBoostedTrees.from_state(described, load_numpy(str(path / "estimator.safetensors")))
+        return clone(fitted), fitted
     if library not in ("xgboost", "lightgbm"):
         raise ModelError(f"{source}: unknown estimator format {library!r}")
     require_library(str(library))
