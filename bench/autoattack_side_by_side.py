@@ -1,7 +1,9 @@
 """AutoAttack side by side: robustkit's ``autoattack`` preset against the reference ``pyautoattack``.
 
-Same model, same MNIST test images (the first ``--n``), Linf eps 0.3, standard version. The models are trained
-by the quick recipes below (cached in ``bench/results/``).
+Same model, same test images (the first ``--n`` of MNIST, or of Fashion-MNIST with ``--data fashion-mnist``),
+standard version, Linf eps 0.3 (``--eps``; ``--norm L2`` for the L2 versions of every attack). The models are
+trained by the quick recipes below at Linf ``--train-eps`` (default 0.3 on MNIST, 0.1 on Fashion-MNIST;
+cached in ``bench/results/``).
 robustkit runs ``rk.evaluate(..., attacks="autoattack", checks=False)`` in this process; the reference runs
 in a separate process of its own virtual environment (``--reference-python``; it needs only torch and
 pyautoattack, installed with torch pinned: ``pip install -c constraints.txt pyautoattack``), on the model
@@ -51,8 +53,9 @@ def build(arch: str) -> torch.nn.Module:
                                torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 
 
-def train(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
-    """The model of recipe ``name``, trained (Adam, lr 1e-3, batch 128, seed 0) or loaded from the cache."""
+def train(name: str, x: torch.Tensor, y: torch.Tensor, data: str = "mnist", eps: float = EPS) -> torch.nn.Module:
+    """The model of recipe ``name`` on ``data`` (hardened at Linf ``eps``), trained (Adam, lr 1e-3, batch 128,
+    seed 0) or loaded from the cache."""
     from attack_overhead import RESULTS
     from safetensors.torch import load_file, save_file
     from torch.utils.data import DataLoader, TensorDataset
@@ -62,11 +65,12 @@ def train(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
     recipe = RECIPES[name]
     torch.manual_seed(0)
     model = build(recipe["arch"])
-    path = RESULTS / f"aa_{name}.safetensors"
+    tag = "" if (data, eps) == ("mnist", EPS) else f"{data}_{eps:g}_"
+    path = RESULTS / f"aa_{tag}{name}.safetensors"
     if path.exists():
         model.load_state_dict(load_file(str(path)))
         return model.eval()
-    space = rk.LinfBall(eps=EPS, bounds=(0.0, 1.0))
+    space = rk.LinfBall(eps=eps, bounds=(0.0, 1.0))
     method: Any = "standard" if recipe["method"] == "standard" else rk.methods.PGDTraining(steps=recipe["pgd_steps"])
     trainer = rk.AdversarialTrainer(model, space, method=method, optimizer=torch.optim.Adam(model.parameters(), 1e-3),
                                     budget_warmup=recipe["epochs"] / 2, seed=0, progress=False)
@@ -80,7 +84,7 @@ def train(name: str, x: torch.Tensor, y: torch.Tensor) -> torch.nn.Module:
     return model.eval()
 
 
-def reference_worker(folder: Path, threads: int, batch: int, eps: float) -> None:
+def reference_worker(folder: Path, threads: int, batch: int, eps: float, norm: str) -> None:
     """Run the reference AutoAttack on the saved model and images; write ``reference.json``."""
     from pyautoattack import AutoAttack
 
@@ -98,7 +102,7 @@ def reference_worker(folder: Path, threads: int, batch: int, eps: float) -> None
     log.setLevel(logging.DEBUG)
     log.addHandler(Keep())
     started = time.perf_counter()
-    x_adv, _ = AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0).run_standard_evaluation(
+    x_adv, _ = AutoAttack(model, norm=norm, eps=eps, version="standard", seed=0).run_standard_evaluation(
         x, y, batch_size=batch)
     seconds = time.perf_counter() - started
     with torch.no_grad():
@@ -107,22 +111,27 @@ def reference_worker(folder: Path, threads: int, batch: int, eps: float) -> None
              for m in (re.search(r"robust accuracy after (\S+): ([\d.]+)%", line) for line in lines) if m}
     clean = next(float(m.group(1)) / 100 for m in (re.search(r"initial accuracy: ([\d.]+)%", line) for line in lines)
                  if m)
-    valid = bool(((x_adv - x).abs().amax() <= eps + 1e-6) & (x_adv.min() >= 0) & (x_adv.max() <= 1))
+    delta = (x_adv - x).flatten(1)
+    size = delta.abs().amax(dim=1) if norm == "Linf" else delta.norm(dim=1)
+    valid = bool((size <= eps + 1e-5).all() & (x_adv.min() >= 0) & (x_adv.max() <= 1))
     out = {"seconds": seconds, "clean": clean, "after": after, "robust": robust.tolist(), "valid": valid,
            "log": lines}
     (folder / "reference.json").write_text(json.dumps(out))
 
 
-def run_robustkit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, eps: float) -> dict[str, Any]:
+def run_robustkit(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int, eps: float,
+                  norm: str) -> dict[str, Any]:
     import robustkit as rk
 
+    ball = rk.LinfBall if norm == "Linf" else rk.L2Ball
     started = time.perf_counter()
-    report = rk.evaluate(model, (x, y), rk.LinfBall(eps=eps, bounds=(0.0, 1.0)), attacks="autoattack",
+    report = rk.evaluate(model, (x, y), ball(eps=eps, bounds=(0.0, 1.0)), attacks="autoattack",
                          checks=False, batch_size=batch)
     seconds = time.perf_counter() - started
     rows = report.per_budget[0]["attacks"]
     return {"seconds": seconds, "clean": report.clean_accuracy,
             "after": {k: rows[k]["robust_accuracy"] for k in ORDER if k in rows},
+            "attack_seconds": {k: rows[k].get("seconds") for k in ORDER if k in rows},
             "robust": report.outcomes["robust"].tolist()}
 
 
@@ -158,7 +167,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200, help="first N MNIST test images")
     parser.add_argument("--models", nargs="+", default=["mlp-standard", "mlp-hardened"], choices=list(RECIPES))
-    parser.add_argument("--eps", type=float, default=EPS, help="Linf budget of the comparison (training uses 0.3)")
+    parser.add_argument("--data", choices=["mnist", "fashion-mnist"], default="mnist")
+    parser.add_argument("--norm", choices=["Linf", "L2"], default="Linf", help="the threat model compared")
+    parser.add_argument("--eps", type=float, default=EPS, help="budget of the comparison, in --norm")
+    parser.add_argument("--train-eps", type=float, help="Linf budget of the hardened recipes (default: 0.3 on "
+                                                         "MNIST, 0.1 on Fashion-MNIST)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=250)
     parser.add_argument("--reference-python", default=sys.executable,
@@ -170,20 +183,23 @@ def main() -> None:
     parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reference_worker is not None:
-        reference_worker(args.reference_worker, args.threads, args.batch, args.eps)
+        reference_worker(args.reference_worker, args.threads, args.batch, args.eps, args.norm)
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
     from attack_overhead import RESULTS, load_mnist
 
     torch.set_num_threads(args.threads)
-    root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets")) / "mnist"
+    folder_name = {"mnist": "mnist", "fashion-mnist": "fashion_mnist"}[args.data]
+    root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets")) / folder_name
+    train_eps = args.train_eps if args.train_eps is not None else (EPS if args.data == "mnist" else 0.1)
     x_train, y_train, x_test, y_test = load_mnist(root)
     x, y = x_test[: args.n].contiguous(), y_test[: args.n].contiguous()
-    results: dict[str, Any] = {"n": args.n, "eps": args.eps, "threads": args.threads, "torch": torch.__version__,
+    results: dict[str, Any] = {"n": args.n, "data": args.data, "norm": args.norm, "eps": args.eps,
+                               "train_eps": train_eps, "threads": args.threads, "torch": torch.__version__,
                                "load_before": os.getloadavg()}
     for name in args.models:
-        model = train(name, x_train, y_train)
+        model = train(name, x_train, y_train, args.data, train_eps)
         with torch.no_grad():
             clean_10k = float((torch.cat([model(b).argmax(1) for b in x_test.split(1000)]) == y_test).float().mean())
         if args.curve_steps:
@@ -198,9 +214,10 @@ def main() -> None:
             torch.save({"x": x, "y": y}, folder / "data.pt")
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             subprocess.run([args.reference_python, __file__, "--reference-worker", str(folder), "--threads",
-                            str(args.threads), "--batch", str(args.batch), "--eps", str(args.eps)], check=True, env=env)
+                            str(args.threads), "--batch", str(args.batch), "--eps", str(args.eps), "--norm", args.norm],
+                           check=True, env=env)
             ref = json.loads((folder / "reference.json").read_text())
-        ours = run_robustkit(model, x, y, args.batch, args.eps)
+        ours = run_robustkit(model, x, y, args.batch, args.eps, args.norm)
         row = {"clean_10k": clean_10k, "robustkit": ours, "reference": {k: v for k, v in ref.items() if k != "log"},
                "reference_log": ref["log"], "load_after": os.getloadavg()}
         for side in ("robustkit", "reference"):
