@@ -203,6 +203,20 @@ def _cpu_ticks() -> tuple[int, int]:
     return values[3] + values[4], sum(values)
 
 
+def steal_ticks() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat ((0, 0) where it does not exist): the time a
+    virtual machine's hypervisor gave to others, which slows every timing and which no wait can see."""
+    if not Path("/proc/stat").exists():
+        return 0, 0
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (values[7] if len(values) > 7 else 0), sum(values)
+
+
+def steal_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of the CPUs' time stolen by the hypervisor between two :func:`steal_ticks` readings."""
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
 def wait_quiet(max_wait: float = 120.0, busy_limit: float = 0.1, probe: float = 0.25) -> float:
     """Wait until other processes use under ``busy_limit`` of the CPUs; returns the seconds waited.
 

@@ -84,7 +84,11 @@ from robustkit.spaces import DiscreteSpace, Edit
 
 sys.path.insert(0, str(Path(__file__).parent))
 import text_independent_attack as independent  # an attack sharing no search code with robustkit
-from attack_overhead import wait_quiet  # the bench scripts share their quiet-machine wait
+from attack_overhead import (  # the bench scripts share their quiet-machine wait and steal reading
+    steal_share,
+    steal_ticks,
+    wait_quiet,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results"
@@ -106,6 +110,8 @@ GOAL_INDEPENDENT_POINTS = 2.0
 GOAL_F1_POINTS = 1.0
 GOAL_RATE = 10.0
 GOAL_THREADS = 2
+#: a timed run counts for the speed goal only if the hypervisor stole under this share of the CPUs meanwhile
+MAX_STEAL = 0.05
 
 
 def _sync(device: torch.device) -> None:
@@ -269,7 +275,7 @@ def run_attack(
     forward = backward = 0
     waited = wait_quiet(max_wait) if device.type == "cpu" and max_wait > 0 else 0.0
     _sync(device)
-    cpu, started = time.process_time(), time.perf_counter()
+    cpu, started, stolen = time.process_time(), time.perf_counter(), steal_ticks()
     for i in range(0, len(texts), EVAL_BATCH):
         part = texts[i : i + EVAL_BATCH]
         mask = flagged[i : i + EVAL_BATCH]
@@ -285,7 +291,7 @@ def run_attack(
     seconds = time.perf_counter() - started
     return {"x_adv": x_adv, "success": success, "forward": forward, "backward": backward, "seconds": seconds,
             "cpu_share": (time.process_time() - cpu) / max(seconds, 1e-9), "waited": waited,
-            "config": attack.config()}
+            "steal": steal_share(stolen, steal_ticks()), "config": attack.config()}
 
 
 def run_evaluation(
@@ -316,6 +322,7 @@ def run_evaluation(
     return {"x_adv": x_adv, "success": success, "per_attack": runs,
             **{k: sum(r[k] for r in runs.values()) for k in ("forward", "backward", "seconds", "waited")},
             "cpu_share": statistics.fmean(r["cpu_share"] for r in runs.values()),
+            "steal": max(r["steal"] for r in runs.values()),
             "config": {label: r["config"] for label, r in runs.items()}}
 
 
@@ -387,6 +394,7 @@ def evaluate(
         "attack_seconds": attacked["seconds"],
         "attack_examples_per_second": n_attacked / attacked["seconds"] if n_attacked else None,
         "attack_cpu_share": attacked["cpu_share"],
+        "attack_steal_share": attacked["steal"],
         "attack_waited_seconds": attacked["waited"],
         "attack": attacked["config"],
         **{f"recall_attacked_{label}": recall_left(r["success"])["recall_attacked"]
@@ -505,12 +513,16 @@ def goals(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "value": mean, "holds": mean is not None and mean <= GOAL_INDEPENDENT_POINTS,
                         "seeds_holding": f"{sum(e <= GOAL_INDEPENDENT_POINTS for e in extra)}/{len(rs)}"})
         if model == "builtin" and (std or hard):
-            # only runs timed on the goal's thread count count; None (n/a) if there is none
-            rates = [r["cpu_attack_examples_per_second"] for r in std + hard if r.get("threads") == GOAL_THREADS]
+            # only runs timed on the goal's thread count, with the hypervisor stealing under MAX_STEAL of the
+            # CPUs, count (a virtual machine's steal slows every timing by as much); None (n/a) if none is left
+            timed = [r for r in std + hard if r.get("threads") == GOAL_THREADS]
+            rates = [r["cpu_attack_examples_per_second"] for r in timed if r.get("attack_steal_share", 0) < MAX_STEAL]
             measured = [x for x in rates if x is not None]
             slowest = min(measured) if measured else None
             others = sorted({r.get("threads") for r in std + hard} - {GOAL_THREADS}, key=str)
+            stolen = len(timed) - len(rates)
             note = f" (runs on {others} threads left out)" if others else ""
+            note += f" ({stolen} run(s) with >= {MAX_STEAL:.0%} of the CPU stolen left out)" if stolen else ""
             out.append({"model": model, "goal": f"attack >= {GOAL_RATE:g} texts/s on {GOAL_THREADS} CPU threads "
                         f"(value: slowest run){note}",
                         "value": slowest,
