@@ -9,7 +9,8 @@ in a separate process of its own virtual environment (``--reference-python``; it
 pyautoattack, installed with torch pinned: ``pip install -c constraints.txt pyautoattack``), on the model
 and images this script saves for it. Both get ``--threads`` CPU threads, one after the other. Reported per
 library: robust accuracy, the robust accuracy after each attack and the examples each attack newly broke
-(parsed from the reference's log), wall time, and the images on which the two disagree. Every adversarial
+(parsed from the reference's log), wall time, the share of the CPU the hypervisor stole meanwhile (a
+virtual machine's steal slows every timing), and the images on which the two disagree. Every adversarial
 example the reference returns is checked for the budget and the pixel range.
 
     python bench/autoattack_side_by_side.py --n 200 --reference-python /path/to/venv/bin/python
@@ -187,7 +188,7 @@ def main() -> None:
         return
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from attack_overhead import RESULTS, load_mnist
+    from attack_overhead import RESULTS, load_mnist, steal_share, steal_ticks
 
     torch.set_num_threads(args.threads)
     folder_name = {"mnist": "mnist", "fashion-mnist": "fashion_mnist"}[args.data]
@@ -213,11 +214,15 @@ def main() -> None:
             torch.save(model, folder / "model.pt")
             torch.save({"x": x, "y": y}, folder / "data.pt")
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            stolen = steal_ticks()  # system-wide: the reference's process is timed from here
             subprocess.run([args.reference_python, __file__, "--reference-worker", str(folder), "--threads",
                             str(args.threads), "--batch", str(args.batch), "--eps", str(args.eps), "--norm", args.norm],
                            check=True, env=env)
             ref = json.loads((folder / "reference.json").read_text())
+            ref["steal"] = steal_share(stolen, steal_ticks())
+        stolen = steal_ticks()
         ours = run_robustkit(model, x, y, args.batch, args.eps, args.norm)
+        ours["steal"] = steal_share(stolen, steal_ticks())
         row = {"clean_10k": clean_10k, "robustkit": ours, "reference": {k: v for k, v in ref.items() if k != "log"},
                "reference_log": ref["log"], "load_after": os.getloadavg()}
         for side in ("robustkit", "reference"):
@@ -228,7 +233,8 @@ def main() -> None:
         print(f"[{name}] clean {ours['clean']:.3f} | robust: robustkit {ra:.3f} ({ours['seconds']:.0f} s), "
               f"reference {rr:.3f} ({ref['seconds']:.0f} s) | newly broken robustkit "
               f"{row['robustkit']['newly_broken']} reference {row['reference']['newly_broken']} | "
-              f"{row['disagree']} images differ; reference's points valid: {ref['valid']}", flush=True)
+              f"{row['disagree']} images differ; reference's points valid: {ref['valid']} | CPU stolen by the "
+              f"hypervisor: robustkit {ours['steal']:.1%}, reference {ref['steal']:.1%}", flush=True)
     path = args.out or RESULTS / "autoattack_side_by_side.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
