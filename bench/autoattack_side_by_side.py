@@ -3,7 +3,8 @@
 Same model, same test images (the first ``--n`` of MNIST, or of Fashion-MNIST with ``--data fashion-mnist``),
 standard version, Linf eps 0.3 (``--eps``; ``--norm L2`` for the L2 versions of every attack). The models are
 trained by the quick recipes below at Linf ``--train-eps`` (default 0.3 on MNIST, 0.1 on Fashion-MNIST;
-cached in ``bench/results/``).
+cached in ``bench/results/``), or, for ``cnn-hardened``, the hardened small CNN of the MNIST benchmark, which
+``images_robustness.py`` trains beforehand. ``--skip-reference`` runs robustkit's side alone.
 robustkit runs ``rk.evaluate(..., attacks="autoattack", checks=False)`` in this process; the reference runs
 in a separate process of its own virtual environment (``--reference-python``; it needs only torch and
 pyautoattack, installed with torch pinned: ``pip install -c constraints.txt pyautoattack``), on the model
@@ -41,6 +42,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cnn-standard": {"arch": "cnn", "method": "standard", "epochs": 1},
     "mlp-standard": {"arch": "mlp", "method": "standard", "epochs": 1},
     "mlp-hardened": {"arch": "mlp", "method": "pgd", "pgd_steps": 3, "epochs": 1},
+    # The hardened small CNN of the MNIST benchmark, trained beforehand by
+    # ``images_robustness.py --methods pgd --epochs 3 --attacks none --tag _aa`` (saved in bench/results/).
+    "cnn-hardened": {"arch": "smallcnn", "method": "images_robustness", "tag": "_aa_pgd"},
 }
 TRAIN_IMAGES = 20000
 
@@ -54,6 +58,23 @@ def build(arch: str) -> torch.nn.Module:
                                torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10))
 
 
+def trained_elsewhere(data: str, tag: str) -> torch.nn.Module:
+    """The ``SmallCNN`` that ``images_robustness.py`` trained and saved, as a plain ``nn.Sequential`` (the
+    reference's process unpickles it without robustkit)."""
+    from attack_overhead import RESULTS
+    from safetensors.torch import load_file
+
+    from domains.images.models import SmallCNN
+
+    path = RESULTS / f"images_{data}{tag}.safetensors"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: train it first with python bench/images_robustness.py --data {data} "
+                         "--methods pgd --epochs 3 --attacks none --tag _aa")
+    net = SmallCNN(channels=1, size=28, classes=10)
+    net.load_state_dict(load_file(str(path)))
+    return torch.nn.Sequential(*net.features, *net.head).eval()
+
+
 def train(name: str, x: torch.Tensor, y: torch.Tensor, data: str = "mnist", eps: float = EPS) -> torch.nn.Module:
     """The model of recipe ``name`` on ``data`` (hardened at Linf ``eps``), trained (Adam, lr 1e-3, batch 128,
     seed 0) or loaded from the cache."""
@@ -64,6 +85,8 @@ def train(name: str, x: torch.Tensor, y: torch.Tensor, data: str = "mnist", eps:
     import robustkit as rk
 
     recipe = RECIPES[name]
+    if recipe["method"] == "images_robustness":
+        return trained_elsewhere(data, recipe["tag"])
     torch.manual_seed(0)
     model = build(recipe["arch"])
     tag = "" if (data, eps) == ("mnist", EPS) else f"{data}_{eps:g}_"
@@ -179,7 +202,8 @@ def main() -> None:
                         help="python of the environment with pyautoattack")
     parser.add_argument("--curve-steps", type=int, default=0,
                         help="also compare one FMN run of this many steps with per-budget APGD (0: skip)")
-    parser.add_argument("--skip-reference", action="store_true", help="only the curve (with --curve-steps)")
+    parser.add_argument("--skip-reference", action="store_true", help="run robustkit's preset alone")
+    parser.add_argument("--curve-only", action="store_true", help="only the curve (with --curve-steps)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/autoattack_side_by_side.json)")
     parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -207,7 +231,17 @@ def main() -> None:
             curve = curve_against_apgd(model, x, y, args.curve_steps)
             results.setdefault("curves", {})[name] = curve
             print(f"[{name}] FMN-{args.curve_steps} curve {curve}", flush=True)
+        if args.curve_only:
+            continue
         if args.skip_reference:
+            stolen = steal_ticks()
+            ours = run_robustkit(model, x, y, args.batch, args.eps, args.norm)
+            ours["steal"] = steal_share(stolen, steal_ticks())
+            ours["newly_broken"] = newly_broken(ours["clean"], ours["after"], args.n)
+            results[name] = {"clean_10k": clean_10k, "robustkit": ours}
+            print(f"[{name}] clean {ours['clean']:.3f} | robust: robustkit {ours['after']['square']:.3f} "
+                  f"({ours['seconds']:.0f} s, {ours['steal']:.1%} stolen) | newly broken {ours['newly_broken']} | "
+                  f"seconds per attack {ours['attack_seconds']}", flush=True)
             continue
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)

@@ -4,10 +4,12 @@ For each method the script trains the reference small CNN (``domains.images.Smal
 ``AdversarialTrainer`` for as many epochs as fit in ``--minutes`` (calibrated on 20 timed steps), with
 Adam and a one-cycle schedule and the budget ramped up over the first epochs, then evaluates it with
 ``rk.evaluate(..., attacks="thorough")`` (PGD-50 x 5 restarts, APGD-CE-100, APGD-DLR-100, the
-gradient-free random search with 1000 queries, plus the gradient-masking checks) on the first
-``--n-eval`` test images. Per epoch it records the training minutes so far and robust accuracy under
-PGD-10 on 1000 held-out training images (the trainer's validation, also used to keep the best epoch):
-the minutes-vs-robustness curve.
+gradient-free random search with 1000 queries, plus the gradient-masking checks; ``--attacks`` names
+another preset, or ``none`` to skip) on the first ``--n-eval`` test images. The trained model is saved
+as ``bench/results/images_<data><tag>_<method>.safetensors`` (``autoattack_side_by_side.py`` reads it).
+Per epoch it records the training minutes so far and robust accuracy under PGD-10 on 1000 held-out
+training images (the trainer's validation, also used to keep the best epoch): the minutes-vs-robustness
+curve.
 
 Run from the repository root (prints a markdown table, writes ``bench/results/images_<data>.json``):
 
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 import robustkit as rk
@@ -93,22 +96,27 @@ def run_method(method: str, data: dict[str, torch.Tensor], space: rk.LinfBall,
         print(f"  epoch {point['epoch']:>2} {point['train_minutes']:5.1f} min  budget {point['budget']:.3f}  "
               f"val clean {point['val_clean']:.3f}  val PGD-10 {point['val_pgd10']:.3f}", flush=True)
 
-    started = time.perf_counter()
-    report = rk.evaluate(model, (data["x_test"], data["y_test"]), space, attacks="thorough", seed=args.seed)
-    eval_minutes = (time.perf_counter() - started) / 60
+    RESULTS.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(RESULTS / f"images_{args.data}{args.tag}_{method}.safetensors"))
     model.eval()
     with torch.no_grad():
         full_clean = float(torch.cat([model(x).argmax(1) for x in data["x_all_test"].split(1000)])
                            .eq(data["y_all_test"]).float().mean())
-    row = {
-        "method": method, "epochs": epochs, "train_minutes": train_minutes, "ms_per_step": per_step * 1000,
-        "clean_10k": full_clean, "clean": report.clean_accuracy,
-        "robust": {k: float(v) for k, v in report.robust_accuracy.items()},
+    row: dict[str, Any] = {"method": method, "epochs": epochs, "train_minutes": train_minutes,
+                           "ms_per_step": per_step * 1000, "clean_10k": full_clean, "curve": curve}
+    if args.attacks == "none":
+        print(f"[{method}] {train_minutes:.1f} min: clean {full_clean:.4f} (10k), not evaluated", flush=True)
+        return row
+    started = time.perf_counter()
+    report = rk.evaluate(model, (data["x_test"], data["y_test"]), space, attacks=args.attacks, seed=args.seed)
+    row.update({
+        "clean": report.clean_accuracy, "robust": {k: float(v) for k, v in report.robust_accuracy.items()},
         "verdict": report.verdict, "failed_checks": [c.name for c in report.failed_checks],
-        "eval_minutes": eval_minutes, "curve": curve,
-    }
+        "eval_minutes": (time.perf_counter() - started) / 60,
+    })
     print(f"[{method}] {train_minutes:.1f} min: clean {full_clean:.4f} (10k), worst {row['robust']['worst']:.3f} "
-          f"{row['robust']}  verdict: {report.verdict}  eval {eval_minutes:.1f} min", flush=True)
+          f"{row['robust']}  verdict: {report.verdict}  eval {row['eval_minutes']:.1f} min", flush=True)
     return row
 
 
@@ -136,6 +144,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-3, help="max learning rate of the one-cycle schedule")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--n-eval", type=int, default=1000)
+    parser.add_argument("--attacks", default="thorough", help="evaluation preset, or none")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tag", default="", help="suffix of the results file")
@@ -153,7 +162,7 @@ def main() -> None:
     print("\n| method | epochs | training min | clean (10k) | clean | PGD-50x5 | APGD-CE | APGD-DLR | search | worst "
           "| verdict |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in (r for r in rows if "robust" in r):
         rb = r["robust"]
         print(f"| {r['method']} | {r['epochs']} | {r['train_minutes']:.1f} | {r['clean_10k']:.4f} | {r['clean']:.3f} | "
               f"{rb.get('pgd', float('nan')):.3f} | {rb.get('apgd-ce', float('nan')):.3f} | "

@@ -34,6 +34,7 @@ __all__ = [
     "ThresholdModel",
     "autocast",
     "autocast_dtype",
+    "channels_last_on_cpu",
     "frozen_eval",
     "in_chunks",
     "logits_of",
@@ -183,6 +184,39 @@ def frozen_eval(model: nn.Module, train: bool = False) -> Iterator[nn.Module]:
             m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+@contextmanager
+def channels_last_on_cpu(model: nn.Module, probe: Any) -> Iterator[bool]:
+    """Hold a convolutional model's 4-D weights in channels-last layout on a CPU, for an attack's passes.
+
+    oneDNN's convolutions run faster in that layout on a CPU; an attack's many forward and backward
+    passes of a small CNN take about a third less time. Nothing changes where the layout cannot apply:
+    another device, inputs that are not 4-D tensors, a model without 4-D weights, or one whose forward
+    pass on ``probe`` (an example or two, run in eval mode without gradients) fails in that layout,
+    such as a ``.view`` after a convolution. On exit every weight is the tensor it was on entry. Yields
+    whether the layout was changed. Results may differ from the default layout in the last float
+    bits, so callers re-check successes outside this context.
+    """
+    weights = [p for p in model.parameters() if p.dim() == 4 and p.device.type == "cpu"]
+    usable = (isinstance(probe, torch.Tensor) and probe.dim() == 4 and probe.device.type == "cpu" and bool(weights)
+              and not model.training and all(p.is_contiguous() for p in weights))
+    originals = [p.data for p in weights] if usable else []
+    try:
+        for p, t in zip(weights, originals, strict=False):
+            p.data = t.contiguous(memory_format=torch.channels_last)
+        if usable:
+            try:
+                with torch.no_grad():
+                    model(probe)
+            except Exception:  # any failure in this layout: keep the model's own
+                for p, t in zip(weights, originals, strict=True):
+                    p.data = t
+                originals, usable = [], False
+        yield usable
+    finally:
+        for p, t in zip(weights, originals, strict=False):
+            p.data = t
 
 
 class ThresholdModel(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 
 from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.losses import LossFn, get_loss
-from robustkit.models import frozen_eval, logits_of, model_device, out_of_memory, release_memory
+from robustkit.models import channels_last_on_cpu, frozen_eval, logits_of, model_device, out_of_memory, release_memory
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
 __all__ = ["Attack", "AttackResult", "Best", "Problem", "as_labels", "integer_at_least", "seed_value"]
@@ -360,8 +360,9 @@ class Attack(ABC):
                 problem = Problem(model, self._take(x, part), y_t[part], None if target_t is None else target_t[part],
                                   ids_t[part], self.loss_fn, self.eot, None if ref is None else ref[part])
                 try:  # slicing is cheap next to an attack: memory runs out in the passes
-                    best = self._solve(problem)
-                    self._confirm(problem, best)
+                    with channels_last_on_cpu(model, self._take(x, part[:2])):
+                        best = self._solve(problem)
+                    self._confirm(problem, best)  # in the model's own layout: the successes reported hold there
                 except (RuntimeError, MemoryError) as exc:
                     if not out_of_memory(exc):
                         raise

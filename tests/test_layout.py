@@ -1,0 +1,61 @@
+"""Attacks hold a CPU convolutional model in channels-last layout and leave it exactly as found."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import robustkit as rk
+from robustkit.models import channels_last_on_cpu
+
+
+def cnn() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+
+
+class ViewNet(nn.Module):
+    """Flattens with ``.view``, which needs the default layout of the convolution's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4 * 8 * 8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).view(len(x), -1))
+
+
+def test_weights_change_layout_inside_and_are_the_same_tensors_after() -> None:
+    model, x = cnn(), torch.rand(6, 2, 8, 8)
+    before = [(p.data_ptr(), p.stride()) for p in model.parameters()]
+    expected = model(x)
+    with channels_last_on_cpu(model, x[:2]) as used:
+        assert used
+        weight = model[0].weight
+        assert weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
+        inside = model(x)
+    assert [(p.data_ptr(), p.stride()) for p in model.parameters()] == before  # the very same storage
+    torch.testing.assert_close(inside, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_that_needs_its_own_layout_is_left_alone() -> None:
+    model, x = ViewNet().eval(), torch.rand(6, 2, 8, 8)
+    with channels_last_on_cpu(model, x[:2]) as used:
+        assert not used
+        assert model.conv.weight.is_contiguous()
+        model(x)
+    training = cnn().train()
+    with channels_last_on_cpu(training, x[:2]) as used:
+        assert not used
+    with channels_last_on_cpu(cnn(), x.flatten(1)) as used:  # not a 4-D input
+        assert not used
+
+
+def test_attacks_report_successes_that_hold_in_the_models_own_layout() -> None:
+    for model in (cnn(), ViewNet().eval()):
+        x = torch.rand(64, 2, 8, 8)
+        y = model(x).argmax(1)
+        result = rk.PGD(rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), steps=20)(model, x, y)
+        assert result.success.any()
+        assert (model(result.x_adv).argmax(1) != y).eq(result.success).all()
+        assert all(p.is_contiguous() for p in model.parameters())
