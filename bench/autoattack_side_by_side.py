@@ -6,8 +6,8 @@ trained by the quick recipes below at Linf ``--train-eps`` (default 0.3 on MNIST
 cached in ``bench/results/``), or, for ``cnn-hardened``, the hardened small CNN of the MNIST benchmark, which
 ``images_robustness.py`` trains beforehand. ``--skip-reference`` runs robustkit's side alone.
 robustkit runs ``rk.evaluate(..., attacks="autoattack", checks=False)`` in this process; the reference runs
-in a separate process of its own virtual environment (``--reference-python``; it needs only torch and
-pyautoattack, installed with torch pinned: ``pip install -c constraints.txt pyautoattack``), on the model
+in a separate process of its own virtual environment (``--reference-python``; it needs torch, numpy and
+pyautoattack, which declares neither: ``pip install -c constraints.txt torch numpy pyautoattack``), on the model
 and images this script saves for it. Both get ``--threads`` CPU threads, one after the other. Reported per
 library: robust accuracy, the robust accuracy after each attack and the examples each attack newly broke
 (parsed from the reference's log), wall time, the share of the CPU the hypervisor stole meanwhile (a
@@ -43,7 +43,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "mlp-standard": {"arch": "mlp", "method": "standard", "epochs": 1},
     "mlp-hardened": {"arch": "mlp", "method": "pgd", "pgd_steps": 3, "epochs": 1},
     # The hardened small CNN of the MNIST benchmark, trained beforehand by
-    # ``images_robustness.py --methods pgd --epochs 3 --attacks none --tag _aa`` (saved in bench/results/).
+    # ``images_robustness.py --methods pgd --minutes 20 --attacks none --tag _aa`` (saved in bench/results/): the
+    # 20-minute recipe itself.
     "cnn-hardened": {"arch": "smallcnn", "method": "images_robustness", "tag": "_aa_pgd"},
 }
 TRAIN_IMAGES = 20000
@@ -69,7 +70,7 @@ def trained_elsewhere(data: str, tag: str) -> torch.nn.Module:
     path = RESULTS / f"images_{data}{tag}.safetensors"
     if not path.exists():
         raise SystemExit(f"{path} is missing: train it first with python bench/images_robustness.py --data {data} "
-                         "--methods pgd --epochs 3 --attacks none --tag _aa")
+                         "--methods pgd --minutes 20 --attacks none --tag _aa")
     net = SmallCNN(channels=1, size=28, classes=10)
     net.load_state_dict(load_file(str(path)))
     return torch.nn.Sequential(*net.features, *net.head).eval()

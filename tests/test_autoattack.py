@@ -314,6 +314,35 @@ def test_fmn_finds_the_exact_minimal_distance_to_a_linear_boundary(norm):
     assert bool((model(result.x_adv).argmax(1) != 0).all())
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fmn_from_a_far_adversarial_start_shrinks_to_the_exact_minimal_distance(norm):
+    model, x, y = _two_class_linear()
+    w = (model.weight[1] - model.weight[0]).detach()
+    gap = (model(x)[:, 0] - model(x)[:, 1]).detach()
+    exact = gap / (w.abs().sum() if norm == "linf" else w.norm())
+    # a start three times past the boundary along the optimal direction, and one short of it
+    direction = w.sign() / exact[:, None] if norm == "linf" else (w / w.norm())[None, :] / exact[:, None]
+    far = x + 3 * exact[:, None] ** 2 * direction
+    assert bool((model(far).argmax(1) == 1).all())
+    start = torch.where(torch.arange(10)[:, None] < 5, far, x + 0.5 * (far - x) / 3)
+    space = (rk.LinfBall if norm == "linf" else rk.L2Ball)(eps=10.0)
+    result = rk.FMN(space, steps=50, early_stop=False)(model, x, y, start=start)
+    assert bool(result.success.all())
+    torch.testing.assert_close(result.info["norms"], exact, atol=1e-3, rtol=0)
+    assert bool((result.info["norms"] >= exact - 1e-9).all())
+    # one step checks the start itself: from the input, one step finds nothing
+    one = rk.FMN(space, steps=1, early_stop=False)
+    assert bool(one(model, x, y, start=far).success.all()) and not bool(one(model, x, y).success.any())
+
+
+def test_only_attacks_that_take_a_start_accept_one():
+    model, x, y = _two_class_linear()
+    with pytest.raises(rk.ConfigError, match="does not take start"):
+        rk.PGD(rk.LinfBall(eps=0.1), steps=2)(model, x, y, start=x)
+    with pytest.raises(rk.DataError, match="shaped like the inputs"):
+        rk.FMN(rk.LinfBall(eps=0.1), steps=2)(model, x, y, start=x[:3])
+
+
 @pytest.mark.parametrize("method", ["fmn", "fab"])
 def test_one_run_gives_the_whole_curve_of_a_linear_model(method):
     from robustkit.evaluation.curves import robustness_curve
@@ -327,6 +356,9 @@ def test_one_run_gives_the_whole_curve_of_a_linear_model(method):
     budgets = [0.0, *((a + b) / 2 for a, b in pairwise(ranked)), ranked[-1] + 0.1]
     curve = robustness_curve(model, x, y, rk.L2Ball(eps=1.0), budgets, method=method, steps=30)
     assert curve.clean_accuracy == 0.9
+    if method == "fmn":  # without the warm start, FMN alone gives the same curve on a linear model
+        cold = robustness_curve(model, x, y, rk.L2Ball(eps=1.0), budgets, steps=30, warm_start=False)
+        assert cold.robust_accuracy == curve.robust_accuracy
     # between two examples' distances, exactly one more example is broken
     assert curve.robust_accuracy == pytest.approx([0.9 - k / 10 for k in range(10)])
     assert curve.median_norm == pytest.approx(float(exact[1:].median()), abs=1e-3)

@@ -109,10 +109,13 @@ class Problem:
         eot: int = 1,
         reference: torch.Tensor | None = None,
         hit_target: bool = True,
+        start: torch.Tensor | None = None,
     ) -> None:
         self.model = model
         self.hit_target = hit_target
         self.reference = reference
+        #: per example, a point to begin from (attacks with ``Attack.takes_start``), or None
+        self.start = start
         self.x = x
         self.y = y
         self.target = target
@@ -264,6 +267,8 @@ class Attack(ABC):
     """
 
     name = "attack"
+    #: whether ``__call__`` takes ``start=`` points to begin from (a warm start)
+    takes_start = False
 
     def __init__(
         self,
@@ -323,6 +328,7 @@ class Attack(ABC):
         target: torch.Tensor | None = None,
         ids: torch.Tensor | None = None,
         reference: torch.Tensor | None = None,
+        start: torch.Tensor | None = None,
     ) -> AttackResult:
         """Attack the examples selected by ``mask`` (all by default) and return an :class:`AttackResult`.
 
@@ -335,11 +341,14 @@ class Attack(ABC):
             ids: int64 per example keying its random stream (default: positions in this batch).
             reference: optional per-example tensor handed to the loss as its third argument
                 (for example the clean logits of the TRADES KL loss).
+            start: points to begin from, shaped like ``x`` (a warm start, for example another attack's
+                adversarial points), where the attack has ``takes_start`` (FMN).
         """
         device = model_device(model)
         y_t = as_labels(y, device)
         n = len(y_t)
         x = self._prepare_inputs(x, n, device)
+        begin = self._prepare_start(start, x, device)
         mask_t = self._prepare_mask(mask, n, device)
         target_t = self._prepare_target(target, y_t, device)
         ids_t = torch.arange(n, device=device) if ids is None else torch.as_tensor(ids, device=device).long()
@@ -353,12 +362,13 @@ class Attack(ABC):
             return AttackResult(self._copy(x), success, loss, mask_t)
         ref = None if reference is None else torch.as_tensor(reference, device=device)
         x_adv, forward, backward, infos = self._copy(x), 0, 0, []
-        chunk, start = len(idx), 0
+        chunk, done = len(idx), 0
         with frozen_eval(model):
-            while start < len(idx):  # one chunk unless memory runs out: then halve it and go on
-                part = idx[start : start + chunk]
+            while done < len(idx):  # one chunk unless memory runs out: then halve it and go on
+                part = idx[done : done + chunk]
                 problem = Problem(model, self._take(x, part), y_t[part], None if target_t is None else target_t[part],
-                                  ids_t[part], self.loss_fn, self.eot, None if ref is None else ref[part])
+                                  ids_t[part], self.loss_fn, self.eot, None if ref is None else ref[part],
+                                  start=None if begin is None else begin[part])
                 try:  # slicing is cheap next to an attack: memory runs out in the passes
                     with channels_last_on_cpu(model, self._take(x, part[:2])):
                         best = self._solve(problem)
@@ -378,7 +388,7 @@ class Attack(ABC):
                 loss[part] = best.loss.to(loss.dtype)
                 forward, backward = forward + problem.forward_passes, backward + problem.backward_passes
                 infos.append(problem.info)
-                start += len(part)
+                done += len(part)
         info = infos[0] if len(infos) == 1 else {"chunks": infos, "chunk_size": chunk}
         return AttackResult(x_adv, success, loss, mask_t, forward, backward, info)
 
@@ -399,7 +409,8 @@ class Attack(ABC):
                 break
             ref = None if problem.reference is None else problem.reference[todo]
             sub = Problem(problem.model, self._take(problem.x, todo), problem.y[todo], ranked[todo, k],
-                          problem.ids[todo], problem.loss_fn, problem.eot, ref, hit_target=False)
+                          problem.ids[todo], problem.loss_fn, problem.eot, ref, hit_target=False,
+                          start=None if problem.start is None else problem.start[todo])
             found = self._run(sub)
             problem.forward_passes += sub.forward_passes
             problem.backward_passes += sub.backward_passes
@@ -448,6 +459,18 @@ class Attack(ABC):
         out = x.clone()
         out[idx] = x_sub.to(out.dtype)
         return out
+
+    def _prepare_start(self, start: torch.Tensor | None, x: Any, device: torch.device) -> torch.Tensor | None:
+        if start is None:
+            return None
+        if not self.takes_start:
+            raise ConfigError(f"{type(self).__name__} does not take start= points: only attacks with takes_start "
+                              "(rk.FMN) begin from given points")
+        if not isinstance(start, torch.Tensor) or not isinstance(x, torch.Tensor) or start.shape != x.shape:
+            shape = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
+            raise DataError(f"start must be a tensor shaped like the inputs {tuple(getattr(x, 'shape', ()))}, "
+                            f"got {shape}")
+        return start.to(device=device, dtype=x.dtype)
 
     @staticmethod
     def _prepare_mask(mask: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:

@@ -47,11 +47,17 @@ class FMN(Attack):
         targeted, seed, early_stop: see :class:`~robustkit.attacks.base.Attack`; with ``early_stop`` an
             example stops once it has an adversarial point within the budget.
 
+    A call may pass ``start=`` points (the paper's warm start): each example begins there, with the
+    norm of its perturbation as its budget, instead of at the input. From an adversarial point the
+    budget then shrinks towards the boundary; on hardened models this finds points that a start at
+    the input, where the gradient says little, misses.
+
     The result's ``info["norms"]`` holds per example the norm of the adversarial point returned (inf
     where none was found within the budget).
     """
 
     name = "fmn"
+    takes_start = True
 
     def __init__(
         self,
@@ -112,8 +118,11 @@ class FMN(Attack):
         low, high = space._bounds_like(x0)
         dual = 1.0 if isinstance(space, LinfBall) else 2.0
         idx = torch.arange(n, device=x0.device)
-        delta = torch.zeros_like(x0)
-        radius = torch.zeros(n, device=x0.device, dtype=x0.dtype)
+        if problem.start is None:
+            delta = torch.zeros_like(x0)
+        else:
+            delta = space._apply_mask(torch.clamp(problem.start, low, high) - x0)
+        radius = space.norm(delta).to(x0.dtype)
         best_norm = torch.full_like(radius, float("inf"))
         x_best = x0.clone()
         found = torch.zeros(n, dtype=torch.bool, device=x0.device)
