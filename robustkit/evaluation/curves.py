@@ -126,8 +126,7 @@ def robustness_curve(
         if first is not None:
             found = first(model, x[part], y[part], mask=correct[part], ids=ids)
             begin = _shrunk(model, x[part], y[part], found.x_adv, found.success)
-        result = attack(model, x[part], y[part], mask=correct[part], ids=ids,
-                        **({} if begin is None else {"start": begin}))
+        result = attack(model, x[part], y[part], mask=correct[part], ids=ids, start=begin)
         norms[part] = torch.where(correct[part], result.info["norms"].to(norms.dtype), norms[part])
     n = len(x)
     robust = [float((correct & (norms > e)).sum()) / n for e in levels]
