@@ -1,4 +1,4 @@
-"""Attacks hold a CPU convolutional model in channels-last layout and leave it exactly as found."""
+"""Attacks on the CPU: channels-last weights, left exactly as found, and passes in slices of rows."""
 
 from __future__ import annotations
 
@@ -59,3 +59,24 @@ def test_attacks_report_successes_that_hold_in_the_models_own_layout() -> None:
         assert result.success.any()
         assert (model(result.x_adv).argmax(1) != y).eq(result.success).all()
         assert all(p.is_contiguous() for p in model.parameters())
+
+
+def test_cpu_passes_run_in_slices_with_the_whole_batchs_logits_gradients_and_counts() -> None:
+    from robustkit.attacks.base import CPU_ROWS, Problem
+    from robustkit.losses import get_loss
+
+    model, x = cnn(), torch.rand(2 * CPU_ROWS + 5, 2, 8, 8)
+    y = torch.arange(len(x)) % 3
+    seen: list[int] = []
+    model.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
+    problem = Problem(model, x, y, None, torch.arange(len(x)), get_loss("ce", False))
+    idx = torch.arange(len(x))
+    logits, _ = problem.evaluate(x, idx)
+    assert seen == [CPU_ROWS, CPU_ROWS, 5]
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-5)
+    _, _, grad = problem.loss_grad(x, idx)
+    xr = x.clone().requires_grad_(True)
+    (whole,) = torch.autograd.grad(nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
+    torch.testing.assert_close(grad, whole, atol=1e-5, rtol=1e-4)
+    assert (problem.forward_passes, problem.backward_passes) == (2 * len(x), len(x))

@@ -91,6 +91,10 @@ class AttackResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
+#: rows per model pass when attacking on the CPU (docs/benchmarks.md, performance findings)
+CPU_ROWS = 64
+
+
 class Problem:
     """The attackable examples of one call and the model's view of them, with pass counting.
 
@@ -135,11 +139,11 @@ class Problem:
     def logits(self, x: Any) -> torch.Tensor:
         """Logits of a batch, validated against the inputs and labels on first use."""
         if self.n_classes is not None:
-            out = logits_of(self.model(x))
+            out = self._passes(x)
             self.forward_passes += len(out)
             return out
         try:
-            out = logits_of(self.model(x))
+            out = self._passes(x)
         except (RuntimeError, ValueError, TypeError) as exc:
             if out_of_memory(exc):
                 raise
@@ -150,6 +154,13 @@ class Problem:
         self.forward_passes += len(out)
         self._validate(out, len(x))
         return out
+
+    def _passes(self, x: Any) -> torch.Tensor:
+        """The model's logits, in slices of ``CPU_ROWS`` rows on the CPU: a whole batch's activations
+        spill the caches, and the model then runs up to 1.4x slower per row."""
+        if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or len(x) <= CPU_ROWS:
+            return logits_of(self.model(x))
+        return torch.cat([logits_of(self.model(part)) for part in x.split(CPU_ROWS)])
 
     def _validate(self, logits: torch.Tensor, n: int) -> None:
         if len(logits) != n:
