@@ -224,6 +224,19 @@ class Problem:
         grad = torch.zeros_like(x) if g is None else torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
         return logits.detach(), loss.detach(), grad
 
+    def smallest_scale(self, x0: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor, steps: int) -> torch.Tensor:
+        """Per example, the smallest scale ``t`` in (0, 1] found by ``steps`` bisections at which
+        ``x0 + t * delta`` still succeeds (``x0 + delta`` is taken to succeed)."""
+        shape = (-1,) + (1,) * (x0.dim() - 1)
+        lo = torch.zeros(len(x0), device=x0.device, dtype=x0.dtype)
+        hi = torch.ones_like(lo)
+        for _ in range(steps):
+            mid = (lo + hi) / 2
+            logits, _ = self.evaluate(x0 + mid.view(shape) * delta, idx)
+            adv = self.success(logits, idx)
+            hi, lo = torch.where(adv, mid, hi), torch.where(adv, lo, mid)
+        return hi
+
     def evaluate(self, x: Any, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and per-example loss without gradients."""
         with torch.no_grad():

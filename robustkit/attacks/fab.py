@@ -226,13 +226,7 @@ class FAB(Attack):
             return
         x0 = problem.x[found]
         delta = x_best[found] - x0
+        hi = problem.smallest_scale(x0, delta, found, self.search_steps)
         shape = (-1,) + (1,) * (x0.dim() - 1)
-        lo = torch.zeros(len(found), device=x0.device, dtype=x0.dtype)
-        hi = torch.ones_like(lo)
-        for _ in range(self.search_steps):
-            mid = (lo + hi) / 2
-            logits, _ = problem.evaluate(x0 + mid.view(shape) * delta, found)
-            adv = problem.success(logits, found)
-            hi, lo = torch.where(adv, mid, hi), torch.where(adv, lo, mid)
         x_best[found] = x0 + hi.view(shape) * delta
         norm_best[found] = self.cspace.norm(x_best[found] - x0)

@@ -47,8 +47,9 @@ class FMN(Attack):
         targeted, seed, early_stop: see :class:`~robustkit.attacks.base.Attack`; with ``early_stop`` an
             example stops once it has an adversarial point within the budget.
 
-    A call may pass ``start=`` points (the paper's warm start): each example begins there, with the
-    norm of its perturbation as its budget, instead of at the input. From an adversarial point the
+    A call may pass ``start=`` points (the paper's warm start): each example begins there (an
+    adversarial start first bisected towards the input), with the norm of its perturbation as its
+    budget, instead of at the input. From an adversarial point the
     budget then shrinks towards the boundary; on hardened models this finds points that a start at
     the input, where the gradient says little, misses.
 
@@ -120,8 +121,13 @@ class FMN(Attack):
         idx = torch.arange(n, device=x0.device)
         if problem.start is None:
             delta = torch.zeros_like(x0)
-        else:
+        else:  # the paper's warm start: adversarial starts bisected towards the input first
             delta = space._apply_mask(torch.clamp(problem.start, low, high) - x0)
+            logits, _ = problem.evaluate(x0 + delta, idx)
+            adv = problem.success(logits, idx)
+            if bool(adv.any()):
+                scale = problem.smallest_scale(x0[adv], delta[adv], idx[adv], 10)
+                delta[adv] = delta[adv] * scale.view(-1, *[1] * (x0.dim() - 1))
         radius = space.norm(delta).to(x0.dtype)
         best_norm = torch.full_like(radius, float("inf"))
         x_best = x0.clone()

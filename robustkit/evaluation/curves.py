@@ -91,8 +91,8 @@ def robustness_curve(
             classes, with a final bisection).
         steps: iterations of the attack (per target for FAB).
         batch_size: examples per attack call; seed: the attack's seed.
-        warm_start: with "fmn", first run APGD-CE (``steps`` steps) at the largest budget, shrink each
-            adversarial point it finds towards its input by bisection, and start FMN there (the FMN
+        warm_start: with "fmn", first run APGD-CE (``steps`` steps) at the largest budget and start FMN
+            from the adversarial points it finds, bisected towards their inputs (the FMN
             paper's warm start). On hardened models FMN from the clean input alone misses points that
             APGD finds, so the curve would overstate robustness; False runs FMN alone, at half the cost.
         eps: the old name of ``budgets``, deprecated (a :class:`DeprecationWarning`; both: a ConfigError).
@@ -125,7 +125,7 @@ def robustness_curve(
         begin = None
         if first is not None:
             found = first(model, x[part], y[part], mask=correct[part], ids=ids)
-            begin = _shrunk(model, x[part], y[part], found.x_adv, found.success)
+            begin = torch.where(found.success.view(-1, *[1] * (x.dim() - 1)), found.x_adv, x[part])
         result = attack(model, x[part], y[part], mask=correct[part], ids=ids, start=begin)
         norms[part] = torch.where(correct[part], result.info["norms"].to(norms.dtype), norms[part])
     n = len(x)
@@ -133,18 +133,3 @@ def robustness_curve(
     median = float(norms[correct].median()) if bool(correct.any()) else float("nan")
     return Curve(levels, robust, float(correct.sum()) / n, median, norms.cpu(), method)
 
-
-def _shrunk(model: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor, success: torch.Tensor,
-            steps: int = 10) -> torch.Tensor:
-    """Each adversarial point moved towards its input by bisection on the scale of its perturbation, to
-    the smallest scale found that is still misclassified; the inputs themselves where ``success`` is False."""
-    delta = x_adv - x
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    low = torch.zeros(len(x), device=x.device, dtype=x.dtype)
-    high = torch.ones_like(low)
-    with torch.no_grad(), frozen_eval(model):
-        for _ in range(steps):
-            mid = (low + high) / 2
-            wrong = in_chunks(lambda a: logits_of(model(a)), x + mid.view(shape) * delta).argmax(1) != y
-            high, low = torch.where(wrong, mid, high), torch.where(wrong, low, mid)
-    return torch.where(success.view(shape), x + high.view(shape) * delta, x)
