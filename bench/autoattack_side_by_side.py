@@ -188,9 +188,58 @@ def newly_broken(clean: float, after: dict[str, float], n: int) -> dict[str, int
     return out
 
 
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One result from shards run with ``--first``: per model and side (robustkit, reference), the shards must
+    cover images ``0..N-1`` once each; where several files hold the same side of the same shard, the later one
+    on the command line counts (a side re-run alone with ``--skip-reference``). Seconds add up; accuracies are
+    recomputed from the per-image outcomes and the shards' ``after`` rows weighted by their size."""
+    shards = [json.loads(p.read_text()) for p in paths]
+    head = {k: shards[0][k] for k in ("data", "norm", "eps", "train_eps", "threads", "torch")}
+    if any({k: s[k] for k in head} != head for s in shards):
+        raise SystemExit("the shards differ in data, norm, eps, train_eps, threads or torch: merge like with like")
+    models = [k for k in shards[0] if isinstance(shards[0][k], dict) and "robustkit" in shards[0][k]]
+    out: dict[str, Any] = {**head, "shards": [str(p) for p in paths]}
+    for name in models:
+        row: dict[str, Any] = {}
+        for side in ("robustkit", "reference"):
+            parts = {s.get("first", 0): (s["n"], s[name][side]) for s in shards if side in s.get(name, {})}
+            starts = sorted(parts)
+            n = sum(parts[f][0] for f in starts)
+            if starts != [sum(parts[g][0] for g in starts[:i]) for i in range(len(starts))]:
+                raise SystemExit(f"{name}/{side}: shards starting at {starts} do not tile the images from 0")
+            runs = [parts[f][1] for f in starts]
+            merged: dict[str, Any] = {
+                "n": n, "seconds": sum(r["seconds"] for r in runs),
+                "clean": sum(parts[f][0] * parts[f][1]["clean"] for f in starts) / n,
+                "after": {a: sum(parts[f][0] * parts[f][1]["after"][a] for f in starts) / n
+                          for a in ORDER if all(a in r["after"] for r in runs)},
+                "robust": [v for r in runs for v in r["robust"]],
+                "newly_broken": {a: sum(r["newly_broken"][a] for r in runs) for a in ORDER},
+                "steal": max(r["steal"] for r in runs)}
+            if side == "robustkit":
+                merged["attack_seconds"] = {a: sum(r["attack_seconds"][a] for r in runs) for a in ORDER}
+            else:
+                merged["valid"] = all(r["valid"] for r in runs)
+            row[side] = merged
+        if row["robustkit"]["n"] != row["reference"]["n"]:
+            raise SystemExit(f"{name}: robustkit covers {row['robustkit']['n']} images, the reference "
+                             f"{row['reference']['n']}")
+        row["disagree"] = sum(a != b for a, b in zip(row["robustkit"]["robust"], row["reference"]["robust"],
+                                                     strict=True))
+        row["time_ratio"] = row["robustkit"]["seconds"] / row["reference"]["seconds"]
+        out[name] = row
+        ours, ref = row["robustkit"], row["reference"]
+        print(f"[{name}] {ours['n']} images | robust: robustkit {sum(ours['robust']) / ours['n']:.4f} "
+              f"({ours['seconds']:.0f} s), reference {sum(ref['robust']) / ref['n']:.4f} ({ref['seconds']:.0f} s), "
+              f"ratio {row['time_ratio']:.3f} | newly broken robustkit {ours['newly_broken']} reference "
+              f"{ref['newly_broken']} | {row['disagree']} images differ")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=200, help="first N MNIST test images")
+    parser.add_argument("--n", type=int, default=200, help="N test images (from --first on)")
+    parser.add_argument("--first", type=int, default=0, help="index of the first test image (to run in shards)")
     parser.add_argument("--models", nargs="+", default=["mlp-standard", "mlp-hardened"], choices=list(RECIPES))
     parser.add_argument("--data", choices=["mnist", "fashion-mnist"], default="mnist")
     parser.add_argument("--norm", choices=["Linf", "L2"], default="Linf", help="the threat model compared")
@@ -206,8 +255,17 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true", help="run robustkit's preset alone")
     parser.add_argument("--curve-only", action="store_true", help="only the curve (with --curve-steps)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/autoattack_side_by_side.json)")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="combine the results of shards (--first) into --out, running nothing")
     parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.merge:
+        merged = merge(args.merge)
+        if args.out is None:
+            raise SystemExit("--merge needs --out")
+        args.out.write_text(json.dumps(merged, indent=1))
+        print(f"written {args.out}")
+        return
     if args.reference_worker is not None:
         reference_worker(args.reference_worker, args.threads, args.batch, args.eps, args.norm)
         return
@@ -220,8 +278,8 @@ def main() -> None:
     root = Path(os.environ.get("ROBUSTKIT_DATA", "/work/shared/datasets")) / folder_name
     train_eps = args.train_eps if args.train_eps is not None else (EPS if args.data == "mnist" else 0.1)
     x_train, y_train, x_test, y_test = load_mnist(root)
-    x, y = x_test[: args.n].contiguous(), y_test[: args.n].contiguous()
-    results: dict[str, Any] = {"n": args.n, "data": args.data, "norm": args.norm, "eps": args.eps,
+    x, y = (t[args.first: args.first + args.n].contiguous() for t in (x_test, y_test))
+    results: dict[str, Any] = {"n": args.n, "first": args.first, "data": args.data, "norm": args.norm, "eps": args.eps,
                                "train_eps": train_eps, "threads": args.threads, "torch": torch.__version__,
                                "load_before": os.getloadavg()}
     for name in args.models:
