@@ -260,9 +260,9 @@ def main() -> None:
     parser.add_argument("--reference-worker", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.merge:
-        merged = merge(args.merge)
         if args.out is None:
             raise SystemExit("--merge needs --out")
+        merged = merge(args.merge)
         args.out.write_text(json.dumps(merged, indent=1))
         print(f"written {args.out}")
         return
@@ -279,7 +279,7 @@ def main() -> None:
     train_eps = args.train_eps if args.train_eps is not None else (EPS if args.data == "mnist" else 0.1)
     x_train, y_train, x_test, y_test = load_mnist(root)
     x, y = (t[args.first: args.first + args.n].contiguous() for t in (x_test, y_test))
-    results: dict[str, Any] = {"n": args.n, "first": args.first, "data": args.data, "norm": args.norm, "eps": args.eps,
+    results: dict[str, Any] = {"n": len(x), "first": args.first, "data": args.data, "norm": args.norm, "eps": args.eps,
                                "train_eps": train_eps, "threads": args.threads, "torch": torch.__version__,
                                "load_before": os.getloadavg()}
     for name in args.models:
@@ -296,7 +296,7 @@ def main() -> None:
             stolen = steal_ticks()
             ours = run_robustkit(model, x, y, args.batch, args.eps, args.norm)
             ours["steal"] = steal_share(stolen, steal_ticks())
-            ours["newly_broken"] = newly_broken(ours["clean"], ours["after"], args.n)
+            ours["newly_broken"] = newly_broken(ours["clean"], ours["after"], len(x))
             results[name] = {"clean_10k": clean_10k, "robustkit": ours}
             print(f"[{name}] clean {ours['clean']:.3f} | robust: robustkit {ours['after']['square']:.3f} "
                   f"({ours['seconds']:.0f} s, {ours['steal']:.1%} stolen) | newly broken {ours['newly_broken']} | "
@@ -319,7 +319,7 @@ def main() -> None:
         row = {"clean_10k": clean_10k, "robustkit": ours, "reference": {k: v for k, v in ref.items() if k != "log"},
                "reference_log": ref["log"], "load_after": os.getloadavg()}
         for side in ("robustkit", "reference"):
-            row[side]["newly_broken"] = newly_broken(row[side]["clean"], row[side]["after"], args.n)
+            row[side]["newly_broken"] = newly_broken(row[side]["clean"], row[side]["after"], len(x))
         row["disagree"] = sum(a != b for a, b in zip(ours["robust"], ref["robust"], strict=True))
         results[name] = row
         ra, rr = ours["after"]["square"], ref["after"].get("square", min(ref["after"].values()))

@@ -37,6 +37,7 @@ __all__ = [
     "channels_last_on_cpu",
     "frozen_eval",
     "in_chunks",
+    "keep_heap",
     "logits_of",
     "model_device",
     "out_of_memory",
@@ -69,6 +70,35 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
         return None
+
+
+#: glibc's mallopt parameters, and the values attacks set: the C heap keeps up to 512 MiB of freed
+#: memory for reuse, and serves allocations up to glibc's ceiling of 32 MiB from it instead of mapping
+#: fresh pages for each
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+HEAP_KEPT, MMAP_FROM = 512 << 20, 32 << 20
+
+
+@functools.cache
+def keep_heap() -> bool:
+    """Let the C heap keep freed memory for reuse (glibc only; once per process; True where it applied).
+
+    By default glibc may hand a model's freed activations back to the system and map fresh pages for
+    the next pass; a CPU forward pass of a small CNN then spends a fifth or more of its time in the
+    kernel's page faults, depending on what the process allocated before (docs/benchmarks.md,
+    performance findings). Attacks call this before their first pass on a CPU. Freed memory then
+    stays with the process (at most ``HEAP_KEPT`` at the top of the heap) until
+    :func:`trim_host_memory`, which evaluation calls after each batch.
+
+    Example:
+        >>> keep_heap() in (True, False)
+        True
+    """
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_FROM)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_KEPT))
 
 
 def trim_host_memory() -> None:

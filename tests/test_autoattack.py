@@ -330,17 +330,25 @@ def test_fmn_from_a_far_adversarial_start_shrinks_to_the_exact_minimal_distance(
     assert bool(result.success.all())
     torch.testing.assert_close(result.info["norms"], exact, atol=1e-3, rtol=0)
     assert bool((result.info["norms"] >= exact - 1e-9).all())
-    # one step checks the start itself: from the input, one step finds nothing
+    # one step checks the start, bisected towards the input (the boundary lies a third of the way to
+    # ``far``: ten halvings end within 2**-10 of that scale); from the input one step finds nothing
     one = rk.FMN(space, steps=1, early_stop=False)
-    assert bool(one(model, x, y, start=far).success.all()) and not bool(one(model, x, y).success.any())
+    shrunk = one(model, x, y, start=far)
+    assert bool(shrunk.success.all()) and not bool(one(model, x, y).success.any())
+    assert bool((shrunk.info["norms"] <= exact * (1 + 3 * 2**-10) + 1e-6).all())
 
 
-def test_only_attacks_that_take_a_start_accept_one():
+def test_only_attacks_that_take_a_start_accept_one_and_only_a_valid_one():
     model, x, y = _two_class_linear()
     with pytest.raises(rk.ConfigError, match="does not take start"):
         rk.PGD(rk.LinfBall(eps=0.1), steps=2)(model, x, y, start=x)
+    fmn = rk.FMN(rk.LinfBall(eps=0.1, bounds=(-10.0, 10.0)), steps=2)
     with pytest.raises(rk.DataError, match="shaped like the inputs"):
-        rk.FMN(rk.LinfBall(eps=0.1), steps=2)(model, x, y, start=x[:3])
+        fmn(model, x, y, start=x[:3])
+    with pytest.raises(rk.DataError, match="start points: inputs contain NaN"):
+        fmn(model, x, y, start=torch.where(torch.arange(10)[:, None] == 3, float("nan"), x))
+    with pytest.raises(rk.DataError, match="start points: inputs lie outside the space's bounds"):
+        fmn(model, x, y, start=x + 100.0)
 
 
 @pytest.mark.parametrize("method", ["fmn", "fab"])
@@ -363,6 +371,24 @@ def test_one_run_gives_the_whole_curve_of_a_linear_model(method):
     assert curve.robust_accuracy == pytest.approx([0.9 - k / 10 for k in range(10)])
     assert curve.median_norm == pytest.approx(float(exact[1:].median()), abs=1e-3)
     assert float(curve.norms[0]) == 0.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_one_step_curve_finds_the_boundary_only_from_the_warm_start(seed):
+    from robustkit.evaluation.curves import robustness_curve
+
+    model, x, y = _two_class_linear(seed=seed)
+    w = (model.weight[1] - model.weight[0]).detach()
+    exact = ((model(x)[:, 0] - model(x)[:, 1]) / w.norm()).detach()
+    ranked = sorted(float(e) for e in exact)
+    budgets = [(a + b) / 2 for a, b in pairwise(ranked)]
+    space = rk.L2Ball(eps=1.0)
+    cold = robustness_curve(model, x, y, space, budgets, steps=1, warm_start=False)
+    assert cold.robust_accuracy == [1.0] * len(budgets)  # one FMN step from the input crosses nothing
+    warm = robustness_curve(model, x, y, space, budgets, steps=1)
+    # the exact curve loses one example per budget; one step leaves some points a little past the boundary
+    assert all(0.9 - k / 10 - 1e-9 <= a <= 1.1 - k / 10 + 1e-9 for k, a in enumerate(warm.robust_accuracy))
+    assert float(exact.median()) - 1e-9 <= warm.median_norm <= 1.1 * float(exact.median())
 
 
 def test_fast_checks_run_the_same_checks_on_smaller_samples():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -69,7 +70,7 @@ def test_cpu_passes_run_in_slices_with_the_whole_batchs_logits_gradients_and_cou
     y = torch.arange(len(x)) % 3
     seen: list[int] = []
     model.register_forward_hook(lambda _m, inputs, _o: seen.append(len(inputs[0])))
-    problem = Problem(model, x, y, None, torch.arange(len(x)), get_loss("ce", False))
+    problem = Problem(model, x, y, None, torch.arange(len(x)), get_loss("ce", False), rows=CPU_ROWS)
     idx = torch.arange(len(x))
     logits, _ = problem.evaluate(x, idx)
     assert seen == [CPU_ROWS, CPU_ROWS, 5]
@@ -80,3 +81,39 @@ def test_cpu_passes_run_in_slices_with_the_whole_batchs_logits_gradients_and_cou
     (whole,) = torch.autograd.grad(nn.functional.cross_entropy(model(xr), y, reduction="sum"), xr)
     torch.testing.assert_close(grad, whole, atol=1e-5, rtol=1e-4)
     assert (problem.forward_passes, problem.backward_passes) == (2 * len(x), len(x))
+
+
+def test_attacks_slice_the_passes_of_a_convolutional_model_only() -> None:
+    from robustkit.attacks.base import CPU_ROWS
+
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(2 * 8 * 8, 3)).eval()
+    for model, sliced in ((cnn(), True), (ViewNet().eval(), False), (mlp, False)):
+        x = torch.rand(CPU_ROWS + 9, 2, 8, 8)
+        y = model(x).argmax(1)
+        seen: list[int] = []
+        hook = model.register_forward_hook(lambda _m, inputs, _o, seen=seen: seen.append(len(inputs[0])))
+        rk.APGD(rk.LinfBall(eps=1e-4, bounds=(0.0, 1.0)), steps=2, targeted=2)(model, x, y)
+        hook.remove()
+        big = [n for n in seen if n > 2]  # the layout's probe passes two examples
+        assert big and (max(big) == CPU_ROWS) == sliced, (type(model).__name__, seen)
+
+
+def test_after_an_attack_on_the_cpu_a_models_passes_reuse_the_heap_instead_of_faulting_in_pages() -> None:
+    resource = pytest.importorskip("resource")
+    from robustkit.models import keep_heap
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(64 * 28 * 28, 10)).eval()
+    x = torch.rand(64, 1, 28, 28)
+    rk.PGD(rk.LinfBall(eps=0.1, bounds=(0.0, 1.0)), steps=1)(model, x, model(x).argmax(1))
+    if not keep_heap():
+        pytest.skip("not glibc: the C heap's settings are its own")
+    with torch.no_grad():
+        model(x)  # the heap grows to the pass's size once
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(5):
+            model(x)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    # each pass allocates about 19 MB of activations: 4,700 fresh pages if the heap handed them back
+    assert faults < 500

@@ -23,7 +23,15 @@ from torch import nn
 
 from robustkit.errors import ConfigError, DataError, ModelError
 from robustkit.losses import LossFn, get_loss
-from robustkit.models import channels_last_on_cpu, frozen_eval, logits_of, model_device, out_of_memory, release_memory
+from robustkit.models import (
+    channels_last_on_cpu,
+    frozen_eval,
+    keep_heap,
+    logits_of,
+    model_device,
+    out_of_memory,
+    release_memory,
+)
 from robustkit.spaces import ContinuousSpace, PerturbationSpace
 
 __all__ = ["Attack", "AttackResult", "Best", "Problem", "as_labels", "integer_at_least", "seed_value"]
@@ -91,7 +99,8 @@ class AttackResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-#: rows per model pass when attacking on the CPU (docs/benchmarks.md, performance findings)
+#: rows per model pass when attacking a convolutional model on the CPU (docs/benchmarks.md, performance
+#: findings): past about a hundred rows its activations spill the caches
 CPU_ROWS = 64
 
 
@@ -114,8 +123,11 @@ class Problem:
         reference: torch.Tensor | None = None,
         hit_target: bool = True,
         start: torch.Tensor | None = None,
+        rows: int | None = None,
     ) -> None:
         self.model = model
+        #: rows per model pass (None: the whole batch at once)
+        self.rows = rows
         self.hit_target = hit_target
         self.reference = reference
         #: per example, a point to begin from (attacks with ``Attack.takes_start``), or None
@@ -156,16 +168,16 @@ class Problem:
         return out
 
     def _passes(self, x: Any) -> torch.Tensor:
-        """The model's logits, in slices of ``CPU_ROWS`` rows on the CPU: a whole batch's activations
-        spill the caches, and the model then runs up to 1.4x slower per row."""
-        if not isinstance(x, torch.Tensor) or x.device.type != "cpu" or len(x) <= CPU_ROWS:
+        """The model's logits, in slices of ``rows`` rows where it is set."""
+        if self.rows is None or not isinstance(x, torch.Tensor) or len(x) <= self.rows:
             return logits_of(self.model(x))
-        return torch.cat([logits_of(self.model(part)) for part in x.split(CPU_ROWS)])
+        return torch.cat([logits_of(self.model(part)) for part in x.split(self.rows)])
 
     def _validate(self, logits: torch.Tensor, n: int) -> None:
         if len(logits) != n:
-            raise ModelError(f"the model returned {len(logits)} rows of logits for a batch of {n} inputs: it must "
-                             "return one row per input")
+            sliced = f", passed in slices of {self.rows}" if self.rows is not None and n > self.rows else ""
+            raise ModelError(f"the model returned {len(logits)} rows of logits for a batch of {n} inputs{sliced}: "
+                             "it must return one row per input")
         n_classes = logits.shape[1]
         if len(self.y) and int(self.y.max()) >= n_classes:
             raise DataError(
@@ -369,6 +381,8 @@ class Attack(ABC):
                 adversarial points), where the attack has ``takes_start`` (FMN).
         """
         device = model_device(model)
+        if device.type == "cpu":
+            keep_heap()
         y_t = as_labels(y, device)
         n = len(y_t)
         x = self._prepare_inputs(x, n, device)
@@ -394,7 +408,9 @@ class Attack(ABC):
                                   ids_t[part], self.loss_fn, self.eot, None if ref is None else ref[part],
                                   start=None if begin is None else begin[part])
                 try:  # slicing is cheap next to an attack: memory runs out in the passes
-                    with channels_last_on_cpu(model, self._take(x, part[:2])):
+                    with channels_last_on_cpu(model, self._take(x, part[:2])) as convolutional:
+                        # the slices pay where the layout does: a CPU model's convolutions on 4-D inputs
+                        problem.rows = CPU_ROWS if convolutional else None
                         best = self._solve(problem)
                     self._confirm(problem, best)  # in the model's own layout: the successes reported hold there
                 except (RuntimeError, MemoryError) as exc:
@@ -434,7 +450,7 @@ class Attack(ABC):
             ref = None if problem.reference is None else problem.reference[todo]
             sub = Problem(problem.model, self._take(problem.x, todo), problem.y[todo], ranked[todo, k],
                           problem.ids[todo], problem.loss_fn, problem.eot, ref, hit_target=False,
-                          start=None if problem.start is None else problem.start[todo])
+                          start=None if problem.start is None else problem.start[todo], rows=problem.rows)
             found = self._run(sub)
             problem.forward_passes += sub.forward_passes
             problem.backward_passes += sub.backward_passes
@@ -494,7 +510,13 @@ class Attack(ABC):
             shape = tuple(start.shape) if isinstance(start, torch.Tensor) else type(start).__name__
             raise DataError(f"start must be a tensor shaped like the inputs {tuple(getattr(x, 'shape', ()))}, "
                             f"got {shape}")
-        return start.to(device=device, dtype=x.dtype)
+        begin = start.detach().to(device=device, dtype=x.dtype)
+        if isinstance(self.space, ContinuousSpace):
+            try:
+                self.space.check_inputs(begin)
+            except DataError as exc:
+                raise DataError(f"start points: {exc}") from None
+        return begin
 
     @staticmethod
     def _prepare_mask(mask: torch.Tensor | None, n: int, device: torch.device) -> torch.Tensor:

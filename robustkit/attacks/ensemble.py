@@ -114,7 +114,8 @@ class Ensemble(Attack):
                 continue
             sub = Problem(problem.model, self._take(problem.x, todo), problem.y[todo],
                           None if problem.target is None else problem.target[todo], problem.ids[todo],
-                          attack.loss_fn, attack.eot, None if problem.reference is None else problem.reference[todo])
+                          attack.loss_fn, attack.eot, None if problem.reference is None else problem.reference[todo],
+                          rows=problem.rows)
             found = attack._solve(sub)
             attack._confirm(sub, found)
             problem.forward_passes += sub.forward_passes
