@@ -100,7 +100,7 @@ class AttackResult:
 
 
 #: rows per model pass when attacking a convolutional model on the CPU (docs/benchmarks.md, performance
-#: findings): past about a hundred rows its activations spill the caches
+#: findings 7-8): a larger batch's activations pass glibc's 32 MiB ceiling, so every pass maps them afresh
 CPU_ROWS = 64
 
 
@@ -404,13 +404,15 @@ class Attack(ABC):
         with frozen_eval(model):
             while done < len(idx):  # one chunk unless memory runs out: then halve it and go on
                 part = idx[done : done + chunk]
-                problem = Problem(model, self._take(x, part), y_t[part], None if target_t is None else target_t[part],
-                                  ids_t[part], self.loss_fn, self.eot, None if ref is None else ref[part],
-                                  start=None if begin is None else begin[part])
+                problem: Problem | None = None
                 try:  # slicing is cheap next to an attack: memory runs out in the passes
                     with channels_last_on_cpu(model, self._take(x, part[:2])) as convolutional:
-                        # the slices pay where the layout does: a CPU model's convolutions on 4-D inputs
-                        problem.rows = CPU_ROWS if convolutional else None
+                        # the row slices pay where the layout does: a CPU model's convolutions on 4-D inputs
+                        problem = Problem(model, self._take(x, part), y_t[part],
+                                          None if target_t is None else target_t[part], ids_t[part], self.loss_fn,
+                                          self.eot, None if ref is None else ref[part],
+                                          start=None if begin is None else begin[part],
+                                          rows=CPU_ROWS if convolutional else None)
                         best = self._solve(problem)
                     self._confirm(problem, best)  # in the model's own layout: the successes reported hold there
                 except (RuntimeError, MemoryError) as exc:
@@ -419,7 +421,8 @@ class Attack(ABC):
                     if chunk == 1:
                         raise ModelError("attacking even one example runs out of memory: use a smaller model "
                                          "or a device with more memory") from None
-                    forward, backward = forward + problem.forward_passes, backward + problem.backward_passes
+                    if problem is not None:
+                        forward, backward = forward + problem.forward_passes, backward + problem.backward_passes
                     chunk = (chunk + 1) // 2
                     release_memory(device)
                     continue
