@@ -28,31 +28,24 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(Path(__file__).parent))
     from autoattack_side_by_side import trained_elsewhere
+    from cpu_passes import passes
 
     from robustkit.models import channels_last_on_cpu, keep_heap
 
     if args.keep_heap:
         print("keep_heap applied:", keep_heap())
     model = trained_elsewhere("mnist", "_aa_pgd")
-    x = torch.rand(256, 1, 28, 28)
     for rows in (64, 226):
-        xs, calls = x[:rows], 6400 // rows
-        with channels_last_on_cpu(model, xs[:2]):
+        calls = 6400 // rows
+        with channels_last_on_cpu(model, torch.rand(2, 1, 28, 28)):
             for grad in (False, True):
-                xr = xs.clone().requires_grad_(grad)
-                for i in range(calls + 3):  # three warm-up passes
-                    if i == 3:
-                        faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-                    if grad:
-                        torch.autograd.grad(model(xr).sum(), xr)
-                    else:
-                        with torch.no_grad():
-                            model(xr)
+                passes(model, rows, grad, 3 * rows)  # three warm-up passes
+                faults, started = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+                passes(model, rows, grad, calls * rows)
                 ms = (time.perf_counter() - started) / calls / rows * 1e3
                 per_call = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / calls
                 print(f"{rows} rows, {'forward+backward' if grad else 'forward'}: {ms:.3f} ms per image, "
                       f"{per_call:.0f} page faults per pass", flush=True)
-
 
 if __name__ == "__main__":
     main()
