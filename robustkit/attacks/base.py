@@ -151,9 +151,7 @@ class Problem:
     def logits(self, x: Any) -> torch.Tensor:
         """Logits of a batch, validated against the inputs and labels on first use."""
         if self.n_classes is not None:
-            out = self._passes(x)
-            self.forward_passes += len(out)
-            return out
+            return self.counted(self._passes(x), len(x))
         try:
             out = self._passes(x)
         except (RuntimeError, ValueError, TypeError) as exc:
@@ -163,9 +161,15 @@ class Problem:
             form = f" (shape {tuple(x.shape)}, dtype {x.dtype})" if isinstance(x, torch.Tensor) else ""
             raise DataError(f"the model does not take these inputs{form}: {first}; check their shape and dtype "
                             "against the model") from None
-        self.forward_passes += len(out)
-        self._validate(out, len(x))
-        return out
+        return self.counted(out, len(x))
+
+    def counted(self, logits: torch.Tensor, n: int | None = None) -> torch.Tensor:
+        """``logits`` of a forward pass on ``n`` inputs (default: one per row), counted, and validated on
+        first use; for passes an attack makes itself (a :class:`~robustkit.attacks.windowed.WindowedForward`)."""
+        self.forward_passes += len(logits)
+        if self.n_classes is None:
+            self._validate(logits, len(logits) if n is None else n)
+        return logits
 
     def _passes(self, x: Any) -> torch.Tensor:
         """The model's logits, in slices of ``rows`` rows where it is set."""

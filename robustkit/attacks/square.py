@@ -29,6 +29,7 @@ import torch
 
 from robustkit import _random
 from robustkit.attacks.base import Attack, Best, Problem
+from robustkit.attacks.windowed import WindowedForward
 from robustkit.errors import ConfigError, DataError
 from robustkit.losses import LossFn
 from robustkit.spaces import ContinuousSpace, L2Ball, LinfBall, PerturbationSpace
@@ -154,28 +155,42 @@ class Square(Attack):
         everyone = torch.arange(len(x), device=x.device)
         start = self._start(x, problem.ids)
         best = Best(start, x.device)
-        logits, loss = problem.evaluate(start, everyone)
-        best.update(everyone, start, loss, problem.success(logits, everyone))
+        # a Linf query changes one window: a sequential CNN's passes then recompute only near it
+        engine = WindowedForward.of(problem.model, x) if isinstance(self.space, LinfBall) else None
+        with torch.no_grad():
+            logits = problem.logits(start) if engine is None else problem.counted(engine.reset(start))
+        best.update(everyone, start, problem.loss(logits, everyone), problem.success(logits, everyone))
         # the active examples' current points live in local tensors, written back when the set shrinks:
         # a query then costs no gather or scatter of the whole batch
         active = everyone[~best.success] if self.early_stop else everyone
+        if engine is not None and len(active) < len(x):
+            engine.keep(~best.success)
         x0, cur, cur_loss = x[active], best.x[active], best.loss[active]
         cur_success, ids = best.success[active], problem.ids[active]
+        h, w = x.shape[-2:]
         for it in range(self.queries):
             if len(active) == 0:
                 break
-            proposal = self._propose(x0, cur, ids, it)
-            logits, loss = problem.evaluate(proposal, active)
+            proposal, corner = self._propose(x0, cur, ids, it)
+            if engine is None:
+                logits, loss = problem.evaluate(proposal, active)
+            else:
+                logits = problem.counted(engine(proposal, corner, self.side(it, h, w)))
+                loss = problem.loss(logits, active)
             success = problem.success(logits, active)
             better = torch.where(success == cur_success, loss > cur_loss, success)
             cur = torch.where(better.view(-1, *[1] * (x.dim() - 1)), proposal, cur)
             cur_loss = torch.where(better, loss.to(cur_loss.dtype), cur_loss)
             cur_success = cur_success | success
+            if engine is not None:
+                engine.accept(better)
             if self.early_stop and bool(success.any()):
                 best.update(active, cur, cur_loss, cur_success)
                 keep = ~cur_success
                 active, x0, cur, cur_loss, cur_success, ids = (
                     t[keep] for t in (active, x0, cur, cur_loss, cur_success, ids))
+                if engine is not None:
+                    engine.keep(keep)
         if len(active):
             best.update(active, cur, cur_loss, cur_success)
         return best
@@ -222,7 +237,10 @@ class Square(Attack):
         in_rows, in_cols = (rows >= 0) & (rows < s), (cols >= 0) & (cols < s)
         return in_rows[:, :, None] & in_cols[:, None, :], rows.clamp(0, s - 1), cols.clamp(0, s - 1)
 
-    def _propose(self, x0: torch.Tensor, current: torch.Tensor, ids: torch.Tensor, it: int) -> torch.Tensor:
+    def _propose(
+        self, x0: torch.Tensor, current: torch.Tensor, ids: torch.Tensor, it: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points of query ``it`` and the top-left corners (N, 2) of the (first) window each changed."""
         h, w = x0.shape[-2:]
         s = self.side(it, h, w)
         n, channels = len(x0), tuple(x0.shape[1:-2])
@@ -231,10 +249,11 @@ class Square(Attack):
         draws = _random.uniform(_random.derive(self.seed, it + 1), ids, (5 + math.prod(channels),), torch.float32)
         draws = draws.to(x0.device)
         signs = torch.where(draws[:, 5:] < 0.5, -1.0, 1.0).to(x0.dtype).view(n, *channels, 1, 1)
-        first, rows, cols = self._inside(self._window(draws[:, 0:2], s, h, w), s, h, w)
+        corner = self._window(draws[:, 0:2], s, h, w)
+        first, rows, cols = self._inside(corner, s, h, w)
         win = first.view(n, *lead, h, w)
         if isinstance(self.space, LinfBall):
-            return self.cspace.project(torch.where(win, x0 + self.cspace.eps * signs, current), x0)
+            return self.cspace.project(torch.where(win, x0 + self.cspace.eps * signs, current), x0), corner
         second, _, _ = self._inside(self._window(draws[:, 2:4], s, h, w), s, h, w)
         win2 = second.view(n, *lead, h, w)
         delta = current - x0
@@ -250,4 +269,4 @@ class Square(Attack):
         new = (pattern * signs + delta / (norm_first + 1e-12)) * win
         room = (self.cspace.eps**2 - norm_all**2).clamp_min(0.0) / math.prod(channels)
         new = new / (new.pow(2).sum(dim=dims, keepdim=True).sqrt() + 1e-12) * (room + norm_both**2).sqrt()
-        return self._on_sphere(x0, torch.where(win, new, torch.where(win2, 0.0, delta)))
+        return self._on_sphere(x0, torch.where(win, new, torch.where(win2, 0.0, delta))), corner
