@@ -4,13 +4,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
 import robustkit as rk
 import robustkit.attacks.square as square_module
+from domains.images.models import SmallCNN
 from robustkit.attacks.windowed import WindowedForward
+
+
+class _Net(nn.Module):
+    """Layers behind a forward method of its own (read by tracing), with a functional activation."""
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body, self.head = body, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(F.leaky_relu(self.body(x), 0.2), 1))
 
 
 @st.composite
@@ -45,7 +58,10 @@ def models_and_inputs(draw):
         elif kind == "strided" and h >= 4 and w >= 4:  # not local to a window: the full passes take over here
             layers.append(nn.Conv2d(c, c, 3, stride=2))
             h, w = (h - 3) // 2 + 1, (w - 3) // 2 + 1
-    model = nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(c * h * w, 3)).eval()
+    if draw(st.booleans()):
+        model: nn.Module = nn.Sequential(nn.Sequential(*layers), nn.Flatten(), nn.Linear(c * h * w, 3)).eval()
+    else:
+        model = _Net(nn.Sequential(*layers), nn.Linear(c * h * w, 3)).eval()
     return model, torch.rand(draw(st.integers(1, 5)), channels, height, width)
 
 
@@ -88,6 +104,29 @@ class _Skip(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) + x
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 1, 3, padding=1), nn.Linear(64, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head((self.conv(x) + x).flatten(1))
+
+
+def test_a_traced_image_model_is_read_up_to_its_first_global_layer():
+    model, x = SmallCNN(channels=1, size=12, classes=4).eval(), torch.rand(3, 1, 12, 12)
+    engine = WindowedForward.of(model, x)
+    assert engine is not None
+    assert [type(stage.layer).__name__ for stage in engine.stages] == ["NoneType", "Conv2d", "Conv2d", "MaxPool2d",
+                                                                       "Conv2d", "MaxPool2d"]
+    with torch.no_grad():
+        assert torch.allclose(engine.reset(x), model(x), atol=1e-6)
+        new = x.clone()
+        new[:, :, 5:8, 1:4] = 1.0
+        assert torch.allclose(engine(new, torch.tensor([[5, 1]] * 3), 3), model(new), atol=1e-6)
+    assert WindowedForward.of(_Residual().eval(), torch.rand(2, 1, 8, 8)) is None
 
 
 def test_models_that_are_not_plain_chains_of_local_layers_get_full_passes():

@@ -8,10 +8,12 @@ positions (such as ``Flatten``), runs in full on the patched activations. The re
 forward pass up to float rounding order; the floating-point work of a query with a small window
 drops several-fold on a small CNN, where the convolutions are most of it.
 
-It reads the model as a sequence of layers: an ``nn.Sequential`` (nested ones flattened) whose
-leading layers it knows (``Conv2d`` with stride 1 and zero padding, ``MaxPool2d``/``AvgPool2d``
-whose kernel equals the stride and divides the input, element-wise activations, ``BatchNorm2d``
-and ``Dropout`` in eval mode). Any other model gives no engine, and callers make full passes.
+It reads the model as a chain of layers (an ``nn.Sequential``, nested ones flattened, or a model
+whose ``torch.fx`` trace begins with a chain) and recomputes locally the leading layers it knows:
+``Conv2d`` with stride 1 and zero padding, ``MaxPool2d``/``AvgPool2d`` whose kernel equals the
+stride and divides the input, element-wise activations (modules or functions), and ``BatchNorm2d``
+and ``Dropout`` in eval mode. A model that begins otherwise gives no engine: callers make full
+passes. A probe on two inputs must reproduce the model's own logits before an engine is used.
 
 Example:
     >>> import torch
@@ -30,12 +32,13 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from robustkit.models import logits_of
 
@@ -45,18 +48,76 @@ _POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigm
               nn.Hardtanh, nn.Identity)
 
 
-def _layers(model: nn.Module) -> Iterator[nn.Module]:
-    """The model's layers in order, nested plain ``nn.Sequential`` containers flattened."""
+class _Call(nn.Module):
+    """An element-wise function call of a traced model (``F.relu(h)``), as a layer."""
+
+    def __init__(self, function: Callable[..., torch.Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        super().__init__()
+        self.function, self.args, self.kwargs = function, args, kwargs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.function(x, *self.args, **self.kwargs)
+
+
+_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.leaky_relu, F.elu, F.gelu, F.silu, torch.sigmoid, torch.tanh,
+              F.hardtanh, F.softplus}
+
+
+def _unfolded(model: nn.Module) -> tuple[list[nn.Module], Callable[[int], nn.Module]]:
+    """The model's leading layers as a list (where its forward pass is a chain of layers), and a function of
+    ``k`` giving a module that runs the rest of the model on the output of the first ``k`` of them.
+
+    A plain ``nn.Sequential`` is read as it is (nested ones flattened); any other model is traced with
+    ``torch.fx`` and read up to the first step that is neither a submodule nor an element-wise function
+    applied to the step before. A model that cannot be traced gives no layers."""
+    if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
+        layers = list(_flattened(model))
+        return layers, lambda k: nn.Sequential(*layers[k:])
+    try:
+        traced = fx.symbolic_trace(model)
+    except Exception:  # tracing runs the model's Python on proxies: any failure means "not a chain"
+        return [], lambda k: model
+    nodes = list(traced.graph.nodes)
+    if sum(node.op == "placeholder" for node in nodes) != 1 or nodes[0].op != "placeholder":
+        return [], lambda k: model
+    chain, layers = nodes[:1], []
+    for node in nodes[1:]:
+        before = chain[-1]
+        if before.op == "output" or len(before.users) != 1 or not node.args or node.args[0] is not before:
+            break
+        extra = node.args[1:]
+        if node.op == "call_module" and not extra and not node.kwargs:
+            layers.append(traced.get_submodule(str(node.target)))
+        elif (node.op == "call_function" and node.target in _FUNCTIONS
+              and not any(isinstance(a, fx.Node) for a in (*extra, *node.kwargs.values()))):
+            layers.append(_Call(node.target, tuple(extra), dict(node.kwargs)))
+        else:
+            break
+        chain.append(node)
+
+    def rest(k: int) -> nn.Module:
+        graph = fx.Graph()
+        env = {chain[k]: graph.placeholder("h")}
+        for node in nodes:
+            if node not in chain[: k + 1]:
+                env[node] = graph.node_copy(node, lambda n: env[n])
+        return fx.GraphModule(traced, graph)
+
+    return layers, rest
+
+
+def _flattened(model: nn.Module) -> Iterator[nn.Module]:
+    """The layers of a plain ``nn.Sequential`` in order, nested plain ones flattened."""
     if isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward:
         for child in model:
-            yield from _layers(child)
+            yield from _flattened(child)
     else:
         yield model
 
 
 def _pointwise(layer: nn.Module) -> bool:
     """Whether each output of ``layer`` depends only on the input at the same position."""
-    if isinstance(layer, _POINTWISE) or (isinstance(layer, nn.Dropout | nn.Dropout2d) and not layer.training):
+    if isinstance(layer, (*_POINTWISE, _Call)) or (isinstance(layer, nn.Dropout | nn.Dropout2d) and not layer.training):
         return True
     return (isinstance(layer, nn.BatchNorm2d) and not layer.training and layer.running_mean is not None)
 
@@ -181,21 +242,21 @@ class WindowedForward:
         layers are not ones it knows (or where it would not give the model's own outputs on ``x[:2]``)."""
         if x.dim() != 4 or not isinstance(model, nn.Module):
             return None
-        layers = list(_layers(model))
+        layers, rest = _unfolded(model)
         stages = [_Stage(None, size=(x.shape[2], x.shape[3]))]
         at = 0
         while at < len(layers) and _extend(stages, layers[at]):
             at += 1
         if len(stages) == 1:
             return None
-        engine = cls(stages, nn.Sequential(*layers[at:]))
         probe = x[:2]
         try:
+            engine = cls(stages, rest(at))
             with torch.no_grad():
                 mine, theirs = engine.reset(probe), logits_of(model(probe))
             same = mine.shape == theirs.shape and bool(torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5))
-        except (RuntimeError, ValueError, TypeError):
-            same = False
+        except Exception:  # a remainder cut from a traced graph may fail in any way: then no engine
+            return None
         engine.held = []
         return engine if same else None
 
@@ -233,7 +294,7 @@ class WindowedForward:
                 self._patches.append((patch, corner))
             last = self.held[-1].clone()
             _put(last, corner, patch)
-            return self.rest(last.permute(0, 3, 1, 2))
+            return logits_of(self.rest(last.permute(0, 3, 1, 2)))
 
     def accept(self, take: torch.Tensor) -> None:
         """Make the points of the last call the current ones where ``take`` (bool per example) is set."""
