@@ -4,7 +4,9 @@ Each query changes one square window of the best point found so far and keeps th
 margin loss rises (or the example is misclassified). The window's side shrinks on a fixed schedule
 of the query count. Linf windows are set to a corner of the ball (one random sign per channel);
 L2 windows get a pseudo-Gaussian bump and take the perturbation mass of a second window, so the
-point stays on the sphere. It needs only the model's outputs.
+point stays on the sphere. It needs only the model's outputs. At Linf on a CPU, a model whose first
+layers are a chain of convolutions, pools and activations is recomputed only near each query's
+window (:mod:`robustkit.attacks.windowed`): the same queries, a fraction of the arithmetic.
 
 Example:
     >>> import torch, robustkit as rk
@@ -155,8 +157,10 @@ class Square(Attack):
         everyone = torch.arange(len(x), device=x.device)
         start = self._start(x, problem.ids)
         best = Best(start, x.device)
-        # a Linf query changes one window: a sequential CNN's passes then recompute only near it
-        engine = WindowedForward.of(problem.model, x) if isinstance(self.space, LinfBall) else None
+        # a Linf query changes one window: a chain CNN's passes then recompute only near it (CPU only: on a
+        # GPU a small model's pass is bound by kernel launches, which the windowed pass has more of)
+        windowed = isinstance(self.space, LinfBall) and x.device.type == "cpu"
+        engine = WindowedForward.of(problem.model, x) if windowed else None
         with torch.no_grad():
             logits = problem.logits(start) if engine is None else problem.counted(engine.reset(start))
         best.update(everyone, start, problem.loss(logits, everyone), problem.success(logits, everyone))

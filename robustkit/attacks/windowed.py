@@ -128,12 +128,13 @@ def _extend(stages: list[_Stage], layer: nn.Module) -> bool:
     if _pointwise(layer):
         stages[-1].after.append(layer)
         return True
-    if (isinstance(layer, nn.Conv2d) and _pair(layer.stride) == (1, 1) and _pair(layer.dilation) == (1, 1)
+    # exact types: a subclass may change the forward pass that _Stage.apply recomputes
+    if (type(layer) is nn.Conv2d and _pair(layer.stride) == (1, 1) and _pair(layer.dilation) == (1, 1)
             and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)):
         k, p = _pair(layer.kernel_size), _pair(layer.padding)
         stages.append(_Stage(layer, kernel=k, pad=p, size=(h + 2 * p[0] - k[0] + 1, w + 2 * p[1] - k[1] + 1)))
         return True
-    if isinstance(layer, nn.MaxPool2d | nn.AvgPool2d):
+    if (type(layer) is nn.MaxPool2d and not layer.return_indices) or type(layer) is nn.AvgPool2d:
         k = _pair(layer.kernel_size)
         plain = (_pair(layer.stride) == k and _pair(layer.padding) == (0, 0) and not layer.ceil_mode
                  and h % k[0] == 0 and w % k[1] == 0
