@@ -11,6 +11,7 @@ from torch import nn
 
 import robustkit as rk
 import robustkit.attacks.square as square_module
+import robustkit.attacks.windowed as windowed_module
 from domains.images.models import SmallCNN
 from robustkit.attacks.windowed import WindowedForward
 
@@ -127,6 +128,14 @@ def test_a_traced_image_model_is_read_up_to_its_first_global_layer():
         new[:, :, 5:8, 1:4] = 1.0
         assert torch.allclose(engine(new, torch.tensor([[5, 1]] * 3), 3), model(new), atol=1e-6)
     assert WindowedForward.of(_Residual().eval(), torch.rand(2, 1, 8, 8)) is None
+
+
+def test_a_batch_whose_caches_would_exceed_the_memory_cap_gets_full_passes(monkeypatch):
+    model, x = _small_cnn().eval(), torch.rand(10, 2, 8, 8)
+    per_example = (2 * 10 * 10 + 8 * 8 * 8 + 8 * 6 * 6 + 8 * 4 * 4) * 4  # padded caches, float32
+    monkeypatch.setattr(windowed_module, "CACHE_BYTES", 10 * per_example)
+    assert WindowedForward.of(model, x) is not None
+    assert WindowedForward.of(model, torch.rand(11, 2, 8, 8)) is None
 
 
 def test_models_that_are_not_plain_chains_of_local_layers_get_full_passes():

@@ -42,7 +42,11 @@ from torch import fx, nn
 
 from robustkit.models import logits_of
 
-__all__ = ["WindowedForward"]
+__all__ = ["CACHE_BYTES", "WindowedForward"]
+
+#: the most memory the cached activations of one call may take; a larger batch gets full passes (which
+#: run in slices and need no cache)
+CACHE_BYTES = 2**31
 
 _POINTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softplus,
               nn.Hardtanh, nn.Identity)
@@ -240,7 +244,8 @@ class WindowedForward:
     @classmethod
     def of(cls, model: object, x: torch.Tensor) -> WindowedForward | None:
         """An engine for ``model`` on inputs shaped like ``x`` (N, C, H, W), or None where the model's first
-        layers are not ones it knows (or where it would not give the model's own outputs on ``x[:2]``)."""
+        layers are not ones it knows, where it would not give the model's own outputs on ``x[:2]``, or where
+        its caches for ``x`` would exceed :data:`CACHE_BYTES`."""
         if x.dim() != 4 or not isinstance(model, nn.Module):
             return None
         layers, rest = _unfolded(model)
@@ -258,8 +263,9 @@ class WindowedForward:
             same = mine.shape == theirs.shape and bool(torch.allclose(mine, theirs, rtol=1e-4, atol=1e-5))
         except Exception:  # a remainder cut from a traced graph may fail in any way: then no engine
             return None
+        per_example = sum(held[0].numel() for held in engine.held) * x.element_size()
         engine.held = []
-        return engine if same else None
+        return engine if same and per_example * len(x) <= CACHE_BYTES else None
 
     def _pad(self, i: int) -> tuple[int, int]:
         """The padding stage ``i``'s outputs are held with: the next stage's."""
