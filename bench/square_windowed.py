@@ -44,8 +44,8 @@ def per_side(model: torch.nn.Module, rows: int, repeats: int) -> None:
             torch.cat([model(part) for part in x.split(64)])
 
         def windowed(side: int, corner: torch.Tensor) -> None:
-            engine(x, corner, side)
-            engine.accept(torch.rand(rows, generator=accept) < 0.1)
+            _, patches = engine(x, corner, side)
+            engine.accept(patches, torch.rand(rows, generator=accept) < 0.1)
 
         full()
         started = time.perf_counter()

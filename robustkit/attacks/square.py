@@ -179,15 +179,15 @@ class Square(Attack):
             if engine is None:
                 logits, loss = problem.evaluate(proposal, active)
             else:
-                logits = problem.counted(engine(proposal, corner, self.side(it, h, w)))
-                loss = problem.loss(logits, active)
+                logits, patches = engine(proposal, corner, self.side(it, h, w))
+                logits, loss = problem.counted(logits), problem.loss(logits, active)
             success = problem.success(logits, active)
             better = torch.where(success == cur_success, loss > cur_loss, success)
             cur = torch.where(better.view(-1, *[1] * (x.dim() - 1)), proposal, cur)
             cur_loss = torch.where(better, loss.to(cur_loss.dtype), cur_loss)
             cur_success = cur_success | success
             if engine is not None:
-                engine.accept(better)
+                engine.accept(patches, better)
             if self.early_stop and bool(success.any()):
                 best.update(active, cur, cur_loss, cur_success)
                 keep = ~cur_success

@@ -26,7 +26,8 @@ Example:
     True
     >>> new = x.clone(); new[:, :, 2:4, 5:7] = 0.5
     >>> corners = torch.tensor([[2, 5]] * 5)
-    >>> torch.allclose(engine(new, corners, 2), net(new), atol=1e-6)
+    >>> logits, patches = engine(new, corners, 2)
+    >>> torch.allclose(logits, net(new), atol=1e-6)
     True
 """
 
@@ -42,7 +43,10 @@ from torch import fx, nn
 
 from robustkit.models import logits_of
 
-__all__ = ["CACHE_BYTES", "WindowedForward"]
+__all__ = ["CACHE_BYTES", "Patches", "WindowedForward"]
+
+#: per stage, the recomputed outputs (N, h, w, C) of a call and their top-left corners (N, 2)
+Patches = list[tuple[torch.Tensor, torch.Tensor]]
 
 #: the most memory the cached activations of one call may take; a larger batch gets full passes (which
 #: run in slices and need no cache)
@@ -231,7 +235,8 @@ class WindowedForward:
     only inside one window, from cached activations of the current points.
 
     Build it with :meth:`of`, set the current points with :meth:`reset`, score changed points with
-    ``engine(x_new, corners, side)`` and keep the ones accepted with :meth:`accept`.
+    ``logits, patches = engine(x_new, corners, side)`` and keep the accepted ones with
+    ``engine.accept(patches, take)``.
     """
 
     def __init__(self, stages: list[_Stage], rest: nn.Module) -> None:
@@ -239,7 +244,6 @@ class WindowedForward:
         self.rest = rest
         #: per stage, the current points' outputs (N, H + 2p, W + 2p, C), padded for the next stage
         self.held: list[torch.Tensor] = []
-        self._patches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @classmethod
     def of(cls, model: object, x: torch.Tensor) -> WindowedForward | None:
@@ -280,17 +284,18 @@ class WindowedForward:
             channels = c if stage.layer is None else _channels(stage.layer, c)
             self.held.append(x.new_zeros(n, stage.size[0] + 2 * ph, stage.size[1] + 2 * pw, channels))
             c = channels
-        logits = self(x, torch.zeros(n, 2, dtype=torch.long, device=x.device), (h, w))
-        self.accept(torch.ones(n, dtype=torch.bool, device=x.device))
+        logits, patches = self(x, torch.zeros(n, 2, dtype=torch.long, device=x.device), (h, w))
+        self.accept(patches, torch.ones(n, dtype=torch.bool, device=x.device))
         return logits
 
-    def __call__(self, x: torch.Tensor, corner: torch.Tensor, side: int | tuple[int, int]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, corner: torch.Tensor, side: int | tuple[int, int]
+                 ) -> tuple[torch.Tensor, Patches]:
         """Logits on ``x`` (N, C, H, W), which differs from the current points only in the window of ``side``
-        at ``corner`` (N, 2: top, left) of each example."""
+        at ``corner`` (N, 2: top, left) of each example, and the recomputed boxes, for :meth:`accept`."""
         box = _pair(side)
         with torch.no_grad():
             patch = self.stages[0].apply(_take(x.permute(0, 2, 3, 1), corner, box))
-            self._patches = [(patch, corner)]
+            patches = [(patch, corner)]
             for i, stage in enumerate(self.stages[1:], start=1):
                 box, out_corner = stage.out_box(box, corner)
                 crop_box, crop_corner = stage.in_box(box, out_corner)
@@ -298,17 +303,18 @@ class WindowedForward:
                 pad = torch.tensor(stage.pad, device=corner.device)
                 _put(crop, corner + pad - crop_corner, patch)
                 patch, corner = stage.apply(crop), out_corner
-                self._patches.append((patch, corner))
+                patches.append((patch, corner))
             last = self.held[-1].clone()
             _put(last, corner, patch)
-            return logits_of(self.rest(last.permute(0, 3, 1, 2)))
+            return logits_of(self.rest(last.permute(0, 3, 1, 2))), patches
 
-    def accept(self, take: torch.Tensor) -> None:
-        """Make the points of the last call the current ones where ``take`` (bool per example) is set."""
+    def accept(self, patches: Patches, take: torch.Tensor) -> None:
+        """Make the points that ``patches`` (from a call) describe the current ones where ``take`` (bool per
+        example) is set."""
         rows = take.nonzero().squeeze(1)
         if len(rows) == 0:
             return
-        for i, (patch, corner) in enumerate(self._patches):
+        for i, (patch, corner) in enumerate(patches):
             pad = torch.tensor(self._pad(i), device=corner.device)
             _put(self.held[i], corner[rows] + pad, patch[rows], rows)
 
